@@ -1,0 +1,457 @@
+#include "client/session.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <stop_token>
+#include <thread>
+#include <variant>
+
+#include "common/log.h"
+#include "common/wire/codec.h"
+
+namespace fedlora::client {
+namespace {
+
+using std::chrono::milliseconds;
+using wire::ErrorCode;
+
+// A unit of work for the job thread and what became of it.
+using Job = std::variant<wire::RoundTask, wire::EvalTask>;
+struct JobKey {
+  bool fit = true;
+  std::uint64_t round = 0;
+  friend bool operator==(const JobKey&, const JobKey&) = default;
+};
+JobKey KeyOf(const Job& job) {
+  if (const auto* t = std::get_if<wire::RoundTask>(&job)) return {true, t->round};
+  return {false, std::get<wire::EvalTask>(job).round};
+}
+struct JobDone {
+  JobKey key;
+  Result<wire::Body> result;  // Update or EvalResult.
+};
+
+// Why one connection ended.
+enum class Outcome { kBye, kReconnect, kStop, kFatal };
+
+}  // namespace
+
+class ClientSession::Impl {
+ public:
+  Impl(ClientConfig config, Worker& worker, net::Context& context, const Clock& clock)
+      : config_(std::move(config)), worker_(worker), context_(context), clock_(clock),
+        job_thread_([this] { JobLoop(); }) {}
+
+  ~Impl() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      shutting_down_ = true;
+      jobs_.clear();
+      if (current_stop_) current_stop_->request_stop();
+    }
+    cv_.notify_all();
+    job_thread_.join();
+  }
+
+  Status Run();
+  void Stop() {
+    stop_.store(true, std::memory_order_release);
+    wake_.Notify();
+  }
+
+ private:
+  // Progress messages: info for a standalone client, debug inside the simulator.
+  template <typename... Args>
+  void Progress(const Args&... args) const {
+    if (config_.log_progress) {
+      LogInfo(args...);
+    } else {
+      LogDebug(args...);
+    }
+  }
+
+  // ---- job thread ----
+  void JobLoop();
+  bool Enqueue(Job job);  // False if the same job is already queued or running.
+  void CancelJobs();
+
+  // ---- session thread ----
+  Outcome Serve();
+  // Handles one message; returns how the connection ends, if this message ends it.
+  std::optional<Outcome> HandleEnvelope(wire::Envelope envelope);
+  void HandleDone(JobDone done);
+  void Send(wire::Body body);
+  bool WaitBackoff(milliseconds delay);  // False if stopped meanwhile.
+
+  ClientConfig config_;
+  Worker& worker_;
+  net::Context& context_;
+  const Clock& clock_;
+  net::WakePipe wake_;  // Stop() and job completions wake the session thread.
+  std::atomic<bool> stop_{false};
+
+  // Connection state, session thread only.
+  net::Socket socket_;
+  bool welcomed_ = false;
+  std::uint64_t session_id_ = 0;
+  std::uint64_t sequence_out_ = 0;
+  std::uint64_t last_sequence_in_ = 0;
+  Clock::TimePoint last_heard_{}, last_sent_{}, hello_deadline_{};
+  milliseconds interval_{1000};
+  std::uint32_t liveness_ = 5;
+  Status fatal_;
+  // The last Update, kept until the coordinator acknowledges or refuses it.
+  std::optional<wire::Update> pending_update_;
+  std::uint64_t pending_sequence_ = 0;
+  std::deque<JobDone> unsent_;  // Completions waiting for a Welcome.
+
+  // Shared with the job thread.
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> jobs_;                          // Guarded by mu_.
+  std::optional<JobKey> running_;                 // Guarded by mu_.
+  std::optional<std::stop_source> current_stop_;  // Guarded by mu_.
+  std::deque<JobDone> done_;                      // Guarded by mu_.
+  bool shutting_down_ = false;                    // Guarded by mu_.
+  std::thread job_thread_;                        // Last: starts after the members above.
+};
+
+// ---- job thread ----------------------------------------------------------------------------
+
+void ClientSession::Impl::JobLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    cv_.wait(lock, [&] { return shutting_down_ || !jobs_.empty(); });
+    if (shutting_down_) return;
+    Job job = std::move(jobs_.front());
+    jobs_.pop_front();
+    const JobKey key = KeyOf(job);
+    running_ = key;
+    current_stop_.emplace();
+    const std::stop_token token = current_stop_->get_token();
+    lock.unlock();
+
+    Result<wire::Body> result = Status(StatusCode::kInternal, "unset");
+    if (auto* task = std::get_if<wire::RoundTask>(&job)) {
+      Progress("round ", task->round, ": training (", task->train.local_steps, " steps, lr ",
+              task->train.learning_rate, ")");
+      Result<wire::Update> update = worker_.Train(*task, token);
+      result = update.ok() ? Result<wire::Body>(wire::Body(std::move(update).value()))
+                           : Result<wire::Body>(update.status());
+    } else {
+      Result<wire::EvalResult> eval = worker_.Evaluate(std::get<wire::EvalTask>(job), token);
+      result = eval.ok() ? Result<wire::Body>(wire::Body(std::move(eval).value()))
+                         : Result<wire::Body>(eval.status());
+    }
+
+    lock.lock();
+    running_.reset();
+    current_stop_.reset();
+    done_.push_back(JobDone{key, std::move(result)});
+    wake_.Notify();
+  }
+}
+
+bool ClientSession::Impl::Enqueue(Job job) {
+  const JobKey key = KeyOf(job);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (running_ == key) return false;
+    for (const Job& j : jobs_) {
+      if (KeyOf(j) == key) return false;
+    }
+    for (const JobDone& d : done_) {
+      if (d.key == key) return false;
+    }
+    // A newer training task supersedes an older one still running or queued.
+    if (key.fit && running_ && running_->fit && running_->round < key.round && current_stop_) {
+      current_stop_->request_stop();
+    }
+    std::erase_if(jobs_, [&](const Job& j) { return KeyOf(j).fit && key.fit; });
+    jobs_.push_back(std::move(job));
+  }
+  cv_.notify_one();
+  return true;
+}
+
+void ClientSession::Impl::CancelJobs() {
+  std::lock_guard<std::mutex> lock(mu_);
+  jobs_.clear();
+  if (current_stop_) current_stop_->request_stop();
+}
+
+// ---- session thread ------------------------------------------------------------------------
+
+Status ClientSession::Impl::Run() {
+  milliseconds backoff(config_.transport.reconnect_min_ms);
+  std::uint32_t failures = 0;
+  while (true) {
+    if (stop_.load(std::memory_order_acquire)) {
+      CancelJobs();
+      return Status(StatusCode::kCancelled, "stopped on request");
+    }
+    net::SocketOptions options;
+    options.max_frame_bytes = static_cast<std::int64_t>(config_.transport.max_message_bytes);
+    FEDLORA_ASSIGN_OR_RETURN(socket_,
+                             net::Socket::Open(context_, net::SocketKind::kDealer, options));
+    if (Status s = socket_.Connect(config_.coordinator); !s.ok()) {
+      return Status(StatusCode::kInvalidArgument,
+                    StrCat("coordinator endpoint '", config_.coordinator, "': ", s.message()));
+    }
+    welcomed_ = false;
+    session_id_ = 0;
+    sequence_out_ = 0;
+    last_sequence_in_ = 0;
+    interval_ = milliseconds(config_.transport.heartbeat_interval_ms);
+    liveness_ = config_.transport.heartbeat_liveness;
+    const Clock::TimePoint now = clock_.Now();
+    last_heard_ = now;
+    hello_deadline_ = now + milliseconds(config_.transport.hello_timeout_ms);
+    Send(worker_.Describe());
+
+    const Outcome outcome = Serve();
+    if (outcome == Outcome::kStop) {
+      // Tell the coordinator we are leaving, then give the message a moment to go out.
+      if (welcomed_) Send(wire::Bye{"client stopping"});
+      socket_.SetLinger(500);
+    }
+    socket_ = net::Socket();
+    switch (outcome) {
+      case Outcome::kBye: CancelJobs(); return OkStatus();
+      case Outcome::kStop: CancelJobs(); return Status(StatusCode::kCancelled, "stopped on request");
+      case Outcome::kFatal: CancelJobs(); return fatal_;
+      case Outcome::kReconnect: break;
+    }
+    if (welcomed_) {  // The connection worked for a while: start the backoff over.
+      backoff = milliseconds(config_.transport.reconnect_min_ms);
+      failures = 0;
+    }
+    ++failures;
+    if (config_.transport.max_connect_attempts > 0 &&
+        failures >= config_.transport.max_connect_attempts) {
+      CancelJobs();
+      return Unavailable("no usable connection to ", config_.coordinator, " after ", failures,
+                         " attempt(s)");
+    }
+    LogInfo("reconnecting to ", config_.coordinator, " in ", backoff.count(), " ms");
+    if (!WaitBackoff(backoff)) continue;  // Stopped: handled at the top of the loop.
+    backoff = std::min(backoff * 2, milliseconds(config_.transport.reconnect_max_ms));
+  }
+}
+
+bool ClientSession::Impl::WaitBackoff(milliseconds delay) {
+  const Clock::TimePoint until = clock_.Now() + delay;
+  while (!stop_.load(std::memory_order_acquire)) {
+    const Clock::TimePoint now = clock_.Now();
+    if (now >= until) return true;
+    net::PollItem item;
+    item.fd = wake_.read_fd();
+    if (!net::Poll(std::span<net::PollItem>(&item, 1), milliseconds(MillisUntil(now, until))).ok()) {
+      return true;
+    }
+    // Job completions also wake us; they wait in done_ until the next connection's Welcome.
+    if (item.readable) wake_.Drain();
+  }
+  return false;
+}
+
+Outcome ClientSession::Impl::Serve() {
+  wire::DecodeLimits limits;
+  limits.max_message_bytes = config_.transport.max_message_bytes;
+  while (true) {
+    const Clock::TimePoint now = clock_.Now();
+    Clock::TimePoint next = std::min(last_sent_ + interval_, last_heard_ + interval_ * liveness_);
+    if (!welcomed_) next = std::min(next, hello_deadline_);
+    net::PollItem items[2];
+    items[0].socket = &socket_;
+    items[1].fd = wake_.read_fd();
+    if (Status s = net::Poll(items, milliseconds(MillisUntil(now, next))); !s.ok()) {
+      fatal_ = s;
+      return Outcome::kFatal;
+    }
+    if (items[1].readable) wake_.Drain();
+    if (stop_.load(std::memory_order_acquire)) return Outcome::kStop;
+
+    while (true) {
+      Result<std::optional<net::Message>> message = socket_.Receive(milliseconds(0));
+      if (!message.ok()) {
+        fatal_ = message.status();
+        return Outcome::kFatal;
+      }
+      if (!message->has_value()) break;
+      Result<wire::Envelope> envelope = wire::Decode((*message)->frames(), limits);
+      if (!envelope.ok()) {
+        LogWarn("undecodable message from the coordinator: ", envelope.status().ToString());
+        continue;
+      }
+      if (std::optional<Outcome> end = HandleEnvelope(std::move(envelope).value())) return *end;
+    }
+
+    if (welcomed_) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        while (!done_.empty()) {
+          unsent_.push_back(std::move(done_.front()));
+          done_.pop_front();
+        }
+      }
+      while (!unsent_.empty()) {
+        JobDone done = std::move(unsent_.front());
+        unsent_.pop_front();
+        HandleDone(std::move(done));
+      }
+    }
+
+    const Clock::TimePoint after = clock_.Now();
+    if (!welcomed_ && after >= hello_deadline_) {
+      LogWarn("no Welcome from ", config_.coordinator, " within ",
+              config_.transport.hello_timeout_ms, " ms");
+      return Outcome::kReconnect;
+    }
+    if (after - last_heard_ >= interval_ * liveness_) {
+      LogWarn("coordinator silent for ", interval_.count() * liveness_, " ms");
+      return Outcome::kReconnect;
+    }
+    if (after - last_sent_ >= interval_) Send(wire::Heartbeat{});
+  }
+}
+
+std::optional<Outcome> ClientSession::Impl::HandleEnvelope(wire::Envelope envelope) {
+  if (welcomed_ && envelope.session_id != session_id_) {
+    LogWarn("ignoring ", wire::BodyName(envelope.body), " for another session");
+    return std::nullopt;
+  }
+  if (envelope.sequence <= last_sequence_in_) {
+    LogWarn("ignoring replayed ", wire::BodyName(envelope.body), " (sequence ", envelope.sequence,
+            ")");
+    return std::nullopt;
+  }
+  last_sequence_in_ = envelope.sequence;
+  last_heard_ = clock_.Now();
+
+  if (auto* welcome = std::get_if<wire::Welcome>(&envelope.body)) {
+    welcomed_ = true;
+    session_id_ = envelope.session_id;
+    interval_ = milliseconds(std::max<std::uint32_t>(1, welcome->heartbeat_interval_ms));
+    liveness_ = std::max<std::uint32_t>(1, welcome->heartbeat_liveness);
+    Progress("connected to ", config_.coordinator, " as ", welcome->client_id, " (strategy ",
+            welcome->strategy, ", round ", welcome->current_round, ")");
+    if (pending_update_) {
+      if (pending_update_->round < welcome->current_round) {
+        pending_update_.reset();  // Its round is over.
+      } else {
+        wire::Update resend = *pending_update_;
+        pending_sequence_ = sequence_out_ + 1;
+        Send(std::move(resend));
+      }
+    }
+    return std::nullopt;
+  }
+  if (!welcomed_ && !std::holds_alternative<wire::Error>(envelope.body)) {
+    LogWarn("ignoring ", wire::BodyName(envelope.body), " before Welcome");
+    return std::nullopt;
+  }
+  if (std::holds_alternative<wire::Heartbeat>(envelope.body)) return std::nullopt;
+  if (auto* task = std::get_if<wire::RoundTask>(&envelope.body)) {
+    if (pending_update_ && pending_update_->round == task->round) {
+      wire::Update resend = *pending_update_;  // Trained already; the coordinator lost it.
+      pending_sequence_ = sequence_out_ + 1;
+      Send(std::move(resend));
+      return std::nullopt;
+    }
+    const std::uint64_t round = task->round;
+    if (!Enqueue(std::move(*task))) LogDebug("round ", round, ": task already in hand");
+    return std::nullopt;
+  }
+  if (auto* task = std::get_if<wire::EvalTask>(&envelope.body)) {
+    Enqueue(std::move(*task));
+    return std::nullopt;
+  }
+  if (const auto* ack = std::get_if<wire::Ack>(&envelope.body)) {
+    if (pending_update_ && ack->round == pending_update_->round) {
+      Progress("round ", ack->round, ": update acknowledged");
+      pending_update_.reset();
+    }
+    return std::nullopt;
+  }
+  if (const auto* error = std::get_if<wire::Error>(&envelope.body)) {
+    LogWarn("coordinator: ", wire::ErrorCodeName(error->code), ": ", error->message);
+    switch (error->code) {
+      case ErrorCode::kBaseModelMismatch:
+      case ErrorCode::kVersionMismatch:
+        fatal_ = FailedPrecondition("coordinator refused this client: ",
+                                    wire::ErrorCodeName(error->code), ": ", error->message);
+        return Outcome::kFatal;
+      case ErrorCode::kInvalidField:
+        if (!welcomed_) {  // Our Hello itself is unacceptable (e.g. the name): retrying won't help.
+          fatal_ = FailedPrecondition("coordinator refused our hello: ", error->message);
+          return Outcome::kFatal;
+        }
+        break;
+      case ErrorCode::kDuplicateClient:
+      case ErrorCode::kShuttingDown:
+      case ErrorCode::kSessionMismatch:
+        return Outcome::kReconnect;
+      default: break;
+    }
+    // Any refusal of our pending upload is final for that upload.
+    if (pending_update_ && error->ref_sequence == pending_sequence_) pending_update_.reset();
+    return std::nullopt;
+  }
+  if (const auto* bye = std::get_if<wire::Bye>(&envelope.body)) {
+    Progress("coordinator says bye: ", bye->reason);
+    return Outcome::kBye;
+  }
+  LogWarn("ignoring unexpected ", wire::BodyName(envelope.body), " from the coordinator");
+  return std::nullopt;
+}
+
+void ClientSession::Impl::HandleDone(JobDone done) {
+  if (!done.result.ok()) {
+    if (done.result.status().code() == StatusCode::kCancelled) return;
+    LogError(done.key.fit ? "training" : "evaluation", " for round ", done.key.round,
+             " failed: ", done.result.status().ToString());
+    const ErrorCode code = done.result.status().code() == StatusCode::kInvalidArgument
+                               ? ErrorCode::kInvalidField
+                               : ErrorCode::kInternal;
+    Send(wire::Error{code, done.result.status().message(), 0});
+    return;
+  }
+  wire::Body body = std::move(done.result).value();
+  if (auto* update = std::get_if<wire::Update>(&body)) {
+    if (config_.faults.hold_update) {
+      LogWarn("fault injection: holding update for round ", update->round, " (never sent)");
+      return;
+    }
+    pending_update_ = *update;
+    pending_sequence_ = sequence_out_ + 1;
+    Progress("round ", update->round, ": uploading update");
+  }
+  Send(std::move(body));
+}
+
+void ClientSession::Impl::Send(wire::Body body) {
+  const wire::Envelope envelope{wire::kProtocolVersion, session_id_, ++sequence_out_,
+                                std::move(body)};
+  const wire::EncodedMessage encoded = wire::Encode(envelope);
+  last_sent_ = clock_.Now();
+  if (Status s = socket_.Send(encoded.frames()); !s.ok()) {
+    // DEALER queues until connected; failure means the queue is full. Liveness handles the rest.
+    LogWarn("send ", wire::BodyName(envelope.body), " failed: ", s.message());
+  }
+}
+
+// ---- ClientSession -------------------------------------------------------------------------
+
+ClientSession::ClientSession(ClientConfig config, Worker& worker, net::Context& context,
+                             const Clock& clock)
+    : impl_(std::make_unique<Impl>(std::move(config), worker, context, clock)) {}
+ClientSession::~ClientSession() = default;
+Status ClientSession::Run() { return impl_->Run(); }
+void ClientSession::Stop() { impl_->Stop(); }
+
+}  // namespace fedlora::client

@@ -1,0 +1,222 @@
+#include "common/net/zmq_transport.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <zmq.hpp>
+
+namespace fedlora::net {
+namespace {
+
+Status FromZmq(const zmq::error_t& e, std::string_view what) {
+  const int err = e.num();
+  const StatusCode code = (err == EAGAIN || err == EHOSTUNREACH || err == EADDRINUSE)
+                              ? StatusCode::kUnavailable
+                          : (err == EINVAL || err == EPROTONOSUPPORT || err == ENOCOMPATPROTO)
+                              ? StatusCode::kInvalidArgument
+                          : err == ETERM ? StatusCode::kCancelled
+                                         : StatusCode::kInternal;
+  return Status(code, StrCat(what, ": ", e.what()));
+}
+
+}  // namespace
+
+// ---- Context -------------------------------------------------------------------------------
+
+struct Context::Impl {
+  zmq::context_t ctx;
+};
+
+Context::Context(int io_threads) : impl_(std::make_unique<Impl>()) {
+  impl_->ctx.set(zmq::ctxopt::io_threads, io_threads);
+  // Sockets are closed with linger 0, so terminating the context never blocks on them.
+  impl_->ctx.set(zmq::ctxopt::blocky, 0);
+}
+Context::~Context() = default;
+void* Context::raw() { return impl_->ctx.handle(); }
+
+// ---- Message -------------------------------------------------------------------------------
+
+struct Message::Impl {
+  std::vector<zmq::message_t> parts;
+};
+
+Message::Message() : impl_(std::make_unique<Impl>()) {}
+Message::~Message() = default;
+Message::Message(Message&&) noexcept = default;
+Message& Message::operator=(Message&&) noexcept = default;
+
+std::size_t Message::size() const { return impl_->parts.size(); }
+
+std::span<const std::byte> Message::frame(std::size_t i) const {
+  const zmq::message_t& m = impl_->parts.at(i);
+  return {static_cast<const std::byte*>(m.data()), m.size()};
+}
+
+std::size_t Message::total_bytes() const {
+  std::size_t total = 0;
+  for (const auto& m : impl_->parts) total += m.size();
+  return total;
+}
+
+std::vector<std::span<const std::byte>> Message::frames(std::size_t first) const {
+  std::vector<std::span<const std::byte>> out;
+  for (std::size_t i = first; i < size(); ++i) out.push_back(frame(i));
+  return out;
+}
+
+// ---- Socket --------------------------------------------------------------------------------
+
+struct Socket::Impl {
+  zmq::socket_t socket;
+};
+
+Socket::Socket() = default;
+Socket::~Socket() = default;
+Socket::Socket(Socket&&) noexcept = default;
+Socket& Socket::operator=(Socket&&) noexcept = default;
+
+Result<Socket> Socket::Open(Context& context, SocketKind kind, const SocketOptions& options) try {
+  const zmq::socket_type type = kind == SocketKind::kRouter   ? zmq::socket_type::router
+                                : kind == SocketKind::kDealer ? zmq::socket_type::dealer
+                                                              : zmq::socket_type::pair;
+  Socket s;
+  s.impl_ = std::make_unique<Impl>();
+  s.impl_->socket = zmq::socket_t(context.impl_->ctx, type);
+  zmq::socket_t& sock = s.impl_->socket;
+  sock.set(zmq::sockopt::linger, 0);
+  sock.set(zmq::sockopt::sndhwm, options.send_hwm);
+  sock.set(zmq::sockopt::rcvhwm, options.receive_hwm);
+  if (options.max_frame_bytes >= 0) sock.set(zmq::sockopt::maxmsgsize, options.max_frame_bytes);
+  if (!options.routing_id.empty()) sock.set(zmq::sockopt::routing_id, options.routing_id);
+  if (kind == SocketKind::kRouter) sock.set(zmq::sockopt::router_mandatory, 1);
+  return s;
+} catch (const zmq::error_t& e) {
+  return FromZmq(e, "opening socket");
+}
+
+Status Socket::Bind(const std::string& endpoint) try {
+  impl_->socket.bind(endpoint);
+  return OkStatus();
+} catch (const zmq::error_t& e) {
+  return FromZmq(e, StrCat("bind ", endpoint));
+}
+
+Status Socket::Connect(const std::string& endpoint) try {
+  impl_->socket.connect(endpoint);
+  return OkStatus();
+} catch (const zmq::error_t& e) {
+  return FromZmq(e, StrCat("connect ", endpoint));
+}
+
+Result<std::string> Socket::LastEndpoint() const try {
+  return impl_->socket.get(zmq::sockopt::last_endpoint);
+} catch (const zmq::error_t& e) {
+  return FromZmq(e, "last_endpoint");
+}
+
+Status Socket::Send(std::span<const std::span<const std::byte>> frames,
+                    std::span<const std::byte> prefix) try {
+  FEDLORA_CHECK(!frames.empty());
+  zmq::socket_t& sock = impl_->socket;
+  // The first part decides whether the peer is reachable: with dontwait nothing is queued when
+  // it fails, and once one part is accepted ZeroMQ guarantees the rest of the message is too.
+  const auto more = zmq::send_flags::sndmore | zmq::send_flags::dontwait;
+  if (!prefix.empty()) {
+    if (!sock.send(zmq::const_buffer(prefix.data(), prefix.size()), more)) {
+      return Unavailable("send would block (peer queue full)");
+    }
+  }
+  for (std::size_t i = 0; i < frames.size(); ++i) {
+    const bool last = i + 1 == frames.size();
+    zmq::message_t part(frames[i].data(), frames[i].size());  // The one copy of the bytes.
+    if (!sock.send(part, last ? zmq::send_flags::dontwait : more)) {
+      return Unavailable("send would block (peer queue full)");
+    }
+  }
+  return OkStatus();
+} catch (const zmq::error_t& e) {
+  return FromZmq(e, "send");
+}
+
+Result<std::optional<Message>> Socket::Receive(std::chrono::milliseconds timeout) try {
+  zmq::socket_t& sock = impl_->socket;
+  if (timeout.count() != 0) {
+    zmq::pollitem_t item{sock.handle(), 0, ZMQ_POLLIN, 0};
+    if (zmq::poll(&item, 1, timeout) == 0) return std::optional<Message>();
+  }
+  Message msg;
+  zmq::message_t part;
+  if (!sock.recv(part, zmq::recv_flags::dontwait)) return std::optional<Message>();
+  bool more = part.more();
+  msg.impl_->parts.push_back(std::move(part));
+  while (more) {  // The remaining parts of a multipart message are already here.
+    zmq::message_t next;
+    if (!sock.recv(next, zmq::recv_flags::none)) break;
+    more = next.more();
+    msg.impl_->parts.push_back(std::move(next));
+  }
+  return std::optional<Message>(std::move(msg));
+} catch (const zmq::error_t& e) {
+  return FromZmq(e, "receive");
+}
+
+void Socket::SetLinger(int milliseconds) {
+  try {
+    impl_->socket.set(zmq::sockopt::linger, milliseconds);
+  } catch (const zmq::error_t&) {  // Only fails on a closed socket: nothing to deliver then.
+  }
+}
+
+bool Socket::valid() const { return impl_ != nullptr && impl_->socket.handle() != nullptr; }
+void* Socket::raw() const { return impl_->socket.handle(); }
+
+// ---- WakePipe ------------------------------------------------------------------------------
+
+WakePipe::WakePipe() {
+  FEDLORA_CHECK_MSG(pipe2(fds_, O_NONBLOCK | O_CLOEXEC) == 0, "pipe2 failed, errno ", errno);
+}
+
+WakePipe::~WakePipe() {
+  close(fds_[0]);
+  close(fds_[1]);
+}
+
+void WakePipe::Notify() {
+  const char c = 1;
+  // A full pipe already holds a pending wake-up; nothing else can go wrong here.
+  [[maybe_unused]] ssize_t n = write(fds_[1], &c, 1);
+}
+
+void WakePipe::Drain() {
+  char buf[64];
+  while (read(fds_[0], buf, sizeof(buf)) > 0) {
+  }
+}
+
+// ---- Poll ----------------------------------------------------------------------------------
+
+Status Poll(std::span<PollItem> items, std::chrono::milliseconds timeout) {
+  std::vector<zmq_pollitem_t> raw(items.size());
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    raw[i].socket = items[i].socket != nullptr ? items[i].socket->raw() : nullptr;
+    raw[i].fd = items[i].fd;
+    raw[i].events = ZMQ_POLLIN;
+    raw[i].revents = 0;
+    items[i].readable = false;
+  }
+  const int rc = zmq_poll(raw.data(), static_cast<int>(raw.size()),
+                          timeout.count() < 0 ? -1 : static_cast<long>(timeout.count()));
+  if (rc < 0) {
+    if (errno == EINTR) return OkStatus();
+    if (errno == ETERM) return Status(StatusCode::kCancelled, "context terminated");
+    return Internal("zmq_poll: ", zmq_strerror(errno));
+  }
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    items[i].readable = (raw[i].revents & ZMQ_POLLIN) != 0;
+  }
+  return OkStatus();
+}
+
+}  // namespace fedlora::net

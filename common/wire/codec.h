@@ -1,0 +1,66 @@
+// codec.h — Envelope <-> ZeroMQ frames.
+//
+// The only code that includes the generated Cap'n Proto header (codec.cc). Frame 0 carries the
+// Cap'n Proto Envelope; each further frame carries one tensor's raw little-endian bytes, described
+// in the envelope by a TensorRef with its name, dtype, shape, frame index, byte length and SHA-256.
+//
+// Decoding never trusts the peer: the traversal limit is bounded, every ref is checked against its
+// frame, and every failure becomes a Status whose detail() is the wire::ErrorCode to answer with.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "common/status.h"
+#include "common/wire/messages.h"
+
+namespace fedlora::wire {
+
+struct DecodeLimits {
+  // Upper bound on all frames together; also bounds Cap'n Proto's traversal of frame 0.
+  std::size_t max_message_bytes = std::size_t{256} << 20;
+  std::size_t max_frames = 4096;  // Envelope plus tensor frames.
+};
+
+// An encoded message. `tensor_frames` borrow the bytes of the Envelope given to Encode(), which
+// must outlive this object and stay unmodified; the transport copies each frame once when sending.
+struct EncodedMessage {
+  std::vector<std::byte> envelope;
+  std::vector<std::span<const std::byte>> tensor_frames;
+
+  std::size_t total_bytes() const;
+  // Frame 0 followed by the tensor frames, as views.
+  std::vector<std::span<const std::byte>> frames() const;
+};
+
+// Serialises `envelope`. Tensors are emitted in TensorMap (name) order, frames 1..n. Tensors must
+// be valid (see Validate in tensor.h); that is a precondition, checked.
+EncodedMessage Encode(const Envelope& envelope);
+
+// Parses and validates one received message. On failure the Status code says what to do
+// (kDataLoss: corrupted bytes; kInvalidArgument: well-formed but unacceptable;
+// kResourceExhausted: over a limit) and detail() holds the wire::ErrorCode for the peer.
+Result<Envelope> Decode(std::span<const std::span<const std::byte>> frames,
+                        const DecodeLimits& limits);
+
+// The wire::ErrorCode carried by a Decode failure, kInternal if none was set.
+ErrorCode DecodeErrorCode(const Status& status);
+
+// Header fields of frame 0, read without validating the body, so the receiver of a message that
+// fails to decode can still quote its sequence number. nullopt if even the header is unreadable.
+struct EnvelopeHeader {
+  std::uint16_t protocol_version = 0;
+  std::uint64_t session_id = 0;
+  std::uint64_t sequence = 0;
+};
+std::optional<EnvelopeHeader> PeekHeader(std::span<const std::byte> frame0,
+                                         const DecodeLimits& limits);
+
+// Encodes `envelope` but stores `raw_kind` as the union discriminant, imitating a peer built from
+// a newer schema. For tests of kUnknownMessageKind only.
+EncodedMessage EncodeWithUnknownKindForTesting(const Envelope& envelope, std::uint16_t raw_kind);
+
+}  // namespace fedlora::wire

@@ -1,0 +1,55 @@
+#include "common/wire/messages.h"
+
+namespace fedlora::wire {
+
+std::string_view ErrorCodeName(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::kUnspecified: return "UNSPECIFIED";
+    case ErrorCode::kMalformedEnvelope: return "MALFORMED_ENVELOPE";
+    case ErrorCode::kVersionMismatch: return "VERSION_MISMATCH";
+    case ErrorCode::kUnknownMessageKind: return "UNKNOWN_MESSAGE_KIND";
+    case ErrorCode::kFrameCountMismatch: return "FRAME_COUNT_MISMATCH";
+    case ErrorCode::kTensorFrameMismatch: return "TENSOR_FRAME_MISMATCH";
+    case ErrorCode::kDigestMismatch: return "DIGEST_MISMATCH";
+    case ErrorCode::kTensorDtypeMismatch: return "TENSOR_DTYPE_MISMATCH";
+    case ErrorCode::kTensorShapeMismatch: return "TENSOR_SHAPE_MISMATCH";
+    case ErrorCode::kBaseModelMismatch: return "BASE_MODEL_MISMATCH";
+    case ErrorCode::kMessageTooLarge: return "MESSAGE_TOO_LARGE";
+    case ErrorCode::kUnexpectedMessage: return "UNEXPECTED_MESSAGE";
+    case ErrorCode::kSessionMismatch: return "SESSION_MISMATCH";
+    case ErrorCode::kSequenceReplay: return "SEQUENCE_REPLAY";
+    case ErrorCode::kStaleRound: return "STALE_ROUND";
+    case ErrorCode::kNotSelected: return "NOT_SELECTED";
+    case ErrorCode::kNonFiniteTensor: return "NON_FINITE_TENSOR";
+    case ErrorCode::kInvalidField: return "INVALID_FIELD";
+    case ErrorCode::kDuplicateClient: return "DUPLICATE_CLIENT";
+    case ErrorCode::kShuttingDown: return "SHUTTING_DOWN";
+    case ErrorCode::kInternal: return "INTERNAL";
+  }
+  return "UNKNOWN";
+}
+
+std::string_view BodyName(const Body& body) {
+  struct Namer {
+    std::string_view operator()(const Hello&) const { return "hello"; }
+    std::string_view operator()(const Welcome&) const { return "welcome"; }
+    std::string_view operator()(const RoundTask&) const { return "roundTask"; }
+    std::string_view operator()(const Update&) const { return "update"; }
+    std::string_view operator()(const Ack&) const { return "ack"; }
+    std::string_view operator()(const Heartbeat&) const { return "heartbeat"; }
+    std::string_view operator()(const EvalTask&) const { return "evalTask"; }
+    std::string_view operator()(const EvalResult&) const { return "evalResult"; }
+    std::string_view operator()(const Error&) const { return "error"; }
+    std::string_view operator()(const Bye&) const { return "bye"; }
+  };
+  return std::visit(Namer{}, body);
+}
+
+const TensorMap* TensorsOf(const Body& body) {
+  if (const auto* m = std::get_if<RoundTask>(&body)) return &m->tensors;
+  if (const auto* m = std::get_if<Update>(&body)) return &m->tensors;
+  if (const auto* m = std::get_if<EvalTask>(&body)) return &m->tensors;
+  return nullptr;
+}
+
+}  // namespace fedlora::wire

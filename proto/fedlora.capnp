@@ -1,0 +1,197 @@
+@0x9bcddffb25cad903;
+# fedlora wire protocol: the messages exchanged between the coordinator and training clients.
+#
+# Framing. Every message is one ZeroMQ multipart message:
+#   frame 0       an Envelope, serialized unpacked (capnp::messageToFlatArray), 8-byte words;
+#   frames 1..n   raw little-endian tensor bytes, one tensor per frame, each described by exactly
+#                 one TensorRef inside the envelope (TensorRef.frame = its frame index).
+# Tensor bytes never sit inside the Cap'n Proto message, so an adapter upload is copied at most
+# once on each side. The coordinator binds a ROUTER socket; clients connect DEALER sockets (the
+# ROUTER prepends the peer's routing id, which is not part of this protocol).
+#
+# Limits. Readers bound Cap'n Proto's traversal by the configured max_message_bytes, reject a
+# message whose frames together exceed it (MESSAGE_TOO_LARGE), and check every TensorRef against
+# its frame: length (TENSOR_FRAME_MISMATCH), SHA-256 (DIGEST_MISMATCH), one ref per frame
+# (FRAME_COUNT_MISMATCH). Zero-valued enums ("unspecified") are always rejected, never guessed.
+#
+# Compatibility. protocolVersion is checked first; a peer with another version gets
+# VERSION_MISMATCH. A union member this build does not know gets UNKNOWN_MESSAGE_KIND, so an old
+# peer degrades with a clear error instead of hanging. Field ordinals are never reused.
+#
+# docs/protocol.md describes the conversation (which side sends what, and when).
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("fedlora::proto");
+
+enum DType {
+  unspecified @0;
+  f32 @1;
+  bf16 @2;
+  f16 @3;
+  f64 @4;
+}
+
+enum ErrorCode {
+  unspecified @0;
+  malformedEnvelope @1;     # Frame 0 is not a readable Envelope (truncated, garbled, misaligned).
+  versionMismatch @2;       # protocolVersion differs from the reader's.
+  unknownMessageKind @3;    # The union holds a member this reader does not know.
+  frameCountMismatch @4;    # Tensor refs and tensor frames do not pair up one to one.
+  tensorFrameMismatch @5;   # A frame's byte length disagrees with its ref, dtype or shape.
+  digestMismatch @6;        # SHA-256 of a tensor frame differs from its ref.
+  tensorDtypeMismatch @7;   # A tensor's dtype differs from what the task asked for.
+  tensorShapeMismatch @8;   # A tensor's shape or name differs from what the task asked for.
+  baseModelMismatch @9;     # Hello's base-model digest or module layout differs.
+  messageTooLarge @10;      # Frames together exceed the reader's max_message_bytes.
+  unexpectedMessage @11;    # Valid, but not acceptable in the current state.
+  sessionMismatch @12;      # Wrong sessionId for this connection.
+  sequenceReplay @13;       # sequence not greater than the last one seen from this sender.
+  staleRound @14;           # Update or result for a round that is not open.
+  notSelected @15;          # Update from a client that was not selected for the round.
+  nonFiniteTensor @16;      # NaN or infinity in an uploaded tensor.
+  invalidField @17;         # A field is out of range (empty name, zero rank, ...).
+  duplicateClient @18;      # Another live connection already uses this client name.
+  shuttingDown @19;         # The coordinator is stopping; reconnect later.
+  internal @20;             # The sender of this Error hit a bug.
+}
+
+struct TensorRef {
+  name @0 :Text;            # "model.layers.0.self_attn.q_proj.lora_A.weight"
+  dtype @1 :DType;
+  shape @2 :List(Int64);    # Row-major; nn.Linear layout [out, in] for weights.
+  frame @3 :UInt32;         # Index of the frame holding the bytes (>= 1).
+  byteLength @4 :UInt64;    # Must equal the frame's size and elements * dtype width.
+  sha256 @5 :Data;          # 32 bytes, SHA-256 of the frame.
+}
+
+struct Metric {
+  name @0 :Text;
+  value @1 :Float64;
+}
+
+struct ModuleInfo {
+  name @0 :Text;            # Hugging Face module path: "model.layers.3.self_attn.q_proj".
+  dOut @1 :Int64;
+  dIn @2 :Int64;
+}
+
+struct Capabilities {
+  device @0 :Text;          # "cpu", "cuda:0".
+  memoryBytes @1 :UInt64;
+  maxRank @2 :UInt32;       # 0 = no limit.
+  numExamples @3 :UInt64;
+  relativeSpeed @4 :Float64;
+}
+
+struct LoraSpec {
+  rank @0 :UInt32;
+  alpha @1 :Float64;
+  dropout @2 :Float64;
+  rslora @3 :Bool;
+  targets @4 :List(Text);   # Short module names: "q_proj", "v_proj", ...
+}
+
+struct TrainSpec {
+  learningRate @0 :Float64;
+  warmupSteps @1 :UInt32;
+  localSteps @2 :UInt32;
+  localEpochs @3 :UInt32;
+  batchSize @4 :UInt32;
+  seqLen @5 :UInt32;
+  gradClip @6 :Float64;
+  weightDecay @7 :Float64;
+  beta1 @8 :Float64;
+  beta2 @9 :Float64;
+  eps @10 :Float64;
+  seed @11 :UInt64;
+  uploadDtype @12 :DType;
+}
+
+# Client -> coordinator, first message of every connection (sessionId = 0).
+struct Hello {
+  clientName @0 :Text;
+  softwareVersion @1 :Text;
+  baseModelSha256 @2 :Text;     # Hex SHA-256 of the base weights; must match the coordinator's.
+  capabilities @3 :Capabilities;
+  modules @4 :List(ModuleInfo); # Every LoRA-adaptable linear module of the client's model.
+}
+
+# Coordinator -> client, answer to Hello. Carries the session id both sides use from now on.
+struct Welcome {
+  clientId @0 :Text;
+  heartbeatIntervalMs @1 :UInt32;
+  heartbeatLiveness @2 :UInt32;
+  currentRound @3 :UInt64;
+  strategy @4 :Text;
+}
+
+# Coordinator -> client: train this round. Tensors: the adapter to start from.
+struct RoundTask {
+  round @0 :UInt64;
+  deadlineMs @1 :UInt64;
+  lora @2 :LoraSpec;
+  train @3 :TrainSpec;
+  tensors @4 :List(TensorRef);
+}
+
+# Client -> coordinator: the trained adapter. Acknowledged only once persisted.
+struct Update {
+  round @0 :UInt64;
+  numSamples @1 :UInt64;
+  numExamples @2 :UInt64;
+  metrics @3 :List(Metric);
+  tensors @4 :List(TensorRef);
+}
+
+struct Ack {
+  round @0 :UInt64;
+  ackedSequence @1 :UInt64;
+}
+
+struct Heartbeat {}
+
+# Coordinator -> client: evaluate this adapter on the held-out split.
+struct EvalTask {
+  round @0 :UInt64;
+  deadlineMs @1 :UInt64;
+  maxBatches @2 :UInt32;
+  lora @3 :LoraSpec;
+  train @4 :TrainSpec;
+  tensors @5 :List(TensorRef);
+}
+
+struct EvalResult {
+  round @0 :UInt64;
+  loss @1 :Float64;
+  numTokens @2 :UInt64;
+  numExamples @3 :UInt64;
+  metrics @4 :List(Metric);
+}
+
+struct Error {
+  code @0 :ErrorCode;
+  message @1 :Text;
+  refSequence @2 :UInt64;
+}
+
+struct Bye {
+  reason @0 :Text;
+}
+
+struct Envelope {
+  protocolVersion @0 :UInt16;
+  sessionId @1 :UInt64;
+  sequence @2 :UInt64;
+  union {
+    hello @3 :Hello;
+    welcome @4 :Welcome;
+    roundTask @5 :RoundTask;
+    update @6 :Update;
+    ack @7 :Ack;
+    heartbeat @8 :Heartbeat;
+    evalTask @9 :EvalTask;
+    evalResult @10 :EvalResult;
+    error @11 :Error;
+    bye @12 :Bye;
+  }
+}

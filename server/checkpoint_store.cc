@@ -1,0 +1,315 @@
+#include "server/checkpoint_store.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "common/crypto/sha256.h"
+#include "common/fs.h"
+#include "common/log.h"
+#include "common/safetensors.h"
+
+namespace fedlora::server {
+namespace {
+
+namespace stdfs = std::filesystem;
+using nlohmann::json;
+
+constexpr int kFormatVersion = 1;
+
+std::string RoundName(std::uint64_t round) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%06llu", static_cast<unsigned long long>(round));
+  return buf;
+}
+
+std::optional<std::uint64_t> ParseRoundName(const std::string& name) {
+  if (name.empty() || !std::all_of(name.begin(), name.end(), ::isdigit)) return std::nullopt;
+  return std::stoull(name);
+}
+
+std::span<const std::byte> Bytes(const std::string& s) {
+  return std::as_bytes(std::span<const char>(s.data(), s.size()));
+}
+
+json LoraToJson(const wire::LoraSpec& l) {
+  return {{"rank", l.rank}, {"alpha", l.alpha}, {"dropout", l.dropout}, {"rslora", l.rslora},
+          {"targets", l.targets}};
+}
+
+wire::LoraSpec LoraFromJson(const json& j) {
+  wire::LoraSpec l;
+  l.rank = j.at("rank").get<std::uint32_t>();
+  l.alpha = j.at("alpha").get<double>();
+  l.dropout = j.at("dropout").get<double>();
+  l.rslora = j.at("rslora").get<bool>();
+  l.targets = j.at("targets").get<std::vector<std::string>>();
+  return l;
+}
+
+Result<Checkpoint> ReadCheckpoint(const std::string& dir, std::uint64_t round) try {
+  FEDLORA_ASSIGN_OR_RETURN(std::string manifest_text, fs::ReadFile(dir + "/manifest.json"));
+  const json manifest = json::parse(manifest_text);
+  std::map<std::string, std::string> contents;
+  for (const auto& [name, digest] : manifest.at("files").items()) {
+    FEDLORA_ASSIGN_OR_RETURN(std::string bytes, fs::ReadFile(dir + "/" + name));
+    const std::string actual = crypto::ToHex(crypto::Sha256(bytes));
+    if (actual != digest.get<std::string>()) {
+      return DataLoss(dir, "/", name, ": SHA-256 ", actual, " differs from the manifest's ",
+                      digest.get<std::string>());
+    }
+    contents[name] = std::move(bytes);
+  }
+  for (const char* required : {"state.json", "global.safetensors"}) {
+    if (!contents.contains(required)) return DataLoss(dir, ": manifest lacks ", required);
+  }
+  const json state = json::parse(contents["state.json"]);
+  if (state.at("format_version").get<int>() != kFormatVersion) {
+    return FailedPrecondition(dir, "/state.json: format_version ", state.at("format_version"),
+                              " is not supported by this build (", kFormatVersion, ")");
+  }
+  Checkpoint cp;
+  cp.round = state.at("round").get<std::uint64_t>();
+  if (cp.round != round) {
+    return DataLoss(dir, "/state.json: says round ", cp.round, " in the directory of round ", round);
+  }
+  cp.strategy = state.at("strategy").get<std::string>();
+  cp.layout.base_model_sha256 = state.at("base_model_sha256").get<std::string>();
+  for (const json& m : state.at("modules")) {
+    cp.layout.modules.push_back(
+        {m.at("name").get<std::string>(), m.at("d_out").get<std::int64_t>(),
+         m.at("d_in").get<std::int64_t>()});
+  }
+  cp.lora = LoraFromJson(state.at("lora"));
+  cp.state.round = cp.round;
+  FEDLORA_ASSIGN_OR_RETURN(safetensors::File global,
+                           safetensors::Parse(Bytes(contents["global.safetensors"]),
+                                              dir + "/global.safetensors"));
+  cp.state.adapter = std::move(global.tensors);
+  if (contents.contains("extra.safetensors")) {
+    FEDLORA_ASSIGN_OR_RETURN(safetensors::File extra,
+                             safetensors::Parse(Bytes(contents["extra.safetensors"]),
+                                                dir + "/extra.safetensors"));
+    cp.state.extra = std::move(extra.tensors);
+  }
+  if (contents.contains("metrics.json")) cp.metrics_json = contents["metrics.json"];
+  return cp;
+} catch (const json::exception& e) {
+  return DataLoss(dir, ": malformed checkpoint metadata: ", e.what());
+}
+
+}  // namespace
+
+CheckpointStore::CheckpointStore(CheckpointStore&& other) noexcept
+    : dir_(std::move(other.dir_)), lock_fd_(std::exchange(other.lock_fd_, -1)) {}
+
+CheckpointStore& CheckpointStore::operator=(CheckpointStore&& other) noexcept {
+  if (this != &other) {
+    if (lock_fd_ >= 0) ::close(lock_fd_);
+    dir_ = std::move(other.dir_);
+    lock_fd_ = std::exchange(other.lock_fd_, -1);
+  }
+  return *this;
+}
+
+CheckpointStore::~CheckpointStore() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // Releases the flock.
+}
+
+Result<CheckpointStore> CheckpointStore::Open(const std::string& state_dir) {
+  CheckpointStore store;
+  store.dir_ = state_dir;
+  FEDLORA_RETURN_IF_ERROR(fs::MakeDirectories(state_dir + "/checkpoints"));
+  FEDLORA_RETURN_IF_ERROR(fs::MakeDirectories(state_dir + "/pending"));
+  const std::string lock_path = state_dir + "/LOCK";
+  store.lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (store.lock_fd_ < 0) {
+    return FailedPrecondition("cannot open '", lock_path, "': ", std::strerror(errno));
+  }
+  if (::flock(store.lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    return FailedPrecondition("state directory '", state_dir,
+                              "' is in use by another coordinator (", lock_path, " is locked)");
+  }
+  std::error_code ec;
+  for (const auto& entry : stdfs::directory_iterator(state_dir + "/checkpoints", ec)) {
+    if (entry.path().filename().string().starts_with(".staging-")) {
+      LogWarn("removing interrupted checkpoint ", entry.path().string());
+      FEDLORA_RETURN_IF_ERROR(fs::RemoveAll(entry.path().string()));
+    }
+  }
+  if (ec) return DataLoss("listing ", state_dir, "/checkpoints: ", ec.message());
+  return store;
+}
+
+std::string CheckpointStore::CheckpointDir(std::uint64_t round) const {
+  return dir_ + "/checkpoints/" + RoundName(round);
+}
+
+std::string CheckpointStore::MetricsPath() const { return dir_ + "/metrics.jsonl"; }
+
+Result<std::optional<Checkpoint>> CheckpointStore::LoadLatest() const {
+  std::vector<std::uint64_t> rounds;
+  std::error_code ec;
+  for (const auto& entry : stdfs::directory_iterator(dir_ + "/checkpoints", ec)) {
+    if (const auto r = ParseRoundName(entry.path().filename().string())) rounds.push_back(*r);
+  }
+  if (ec) return DataLoss("listing ", dir_, "/checkpoints: ", ec.message());
+  std::sort(rounds.rbegin(), rounds.rend());
+  for (std::uint64_t round : rounds) {
+    Result<Checkpoint> cp = ReadCheckpoint(CheckpointDir(round), round);
+    if (cp.ok()) return std::optional<Checkpoint>(std::move(cp).value());
+    if (cp.status().code() == StatusCode::kFailedPrecondition) return cp.status();
+    LogWarn("skipping unusable checkpoint: ", cp.status().ToString());
+  }
+  return std::optional<Checkpoint>();
+}
+
+Status CheckpointStore::Commit(const Checkpoint& cp, std::uint32_t keep) {
+  const std::string final_dir = CheckpointDir(cp.round);
+  if (stdfs::exists(final_dir)) {
+    return MakeStatus(StatusCode::kAlreadyExists, "checkpoint ", final_dir, " already exists");
+  }
+  const std::string staging = dir_ + "/checkpoints/.staging-" + RoundName(cp.round);
+  FEDLORA_RETURN_IF_ERROR(fs::RemoveAll(staging));
+  FEDLORA_RETURN_IF_ERROR(fs::MakeDirectories(staging));
+
+  std::map<std::string, std::string> files;
+  json state = {{"format_version", kFormatVersion},
+                {"round", cp.round},
+                {"strategy", cp.strategy},
+                {"base_model_sha256", cp.layout.base_model_sha256},
+                {"lora", LoraToJson(cp.lora)}};
+  json modules = json::array();
+  for (const auto& m : cp.layout.modules) {
+    modules.push_back({{"name", m.name}, {"d_out", m.d_out}, {"d_in", m.d_in}});
+  }
+  state["modules"] = std::move(modules);
+  files["state.json"] = state.dump(2) + "\n";
+  const safetensors::Metadata meta = {{"format", "pt"},
+                                      {"fedlora.round", std::to_string(cp.round)},
+                                      {"fedlora.strategy", cp.strategy},
+                                      {"fedlora.lora", LoraToJson(cp.lora).dump()},
+                                      {"fedlora.base_model_sha256", cp.layout.base_model_sha256}};
+  const std::vector<std::byte> global = safetensors::Serialize(cp.state.adapter, meta);
+  files["global.safetensors"].assign(reinterpret_cast<const char*>(global.data()), global.size());
+  if (!cp.state.extra.empty()) {
+    const std::vector<std::byte> extra = safetensors::Serialize(cp.state.extra);
+    files["extra.safetensors"].assign(reinterpret_cast<const char*>(extra.data()), extra.size());
+  }
+  if (!cp.metrics_json.empty()) files["metrics.json"] = cp.metrics_json;
+
+  json manifest = {{"round", cp.round}, {"files", json::object()}};
+  for (const auto& [name, bytes] : files) {
+    FEDLORA_RETURN_IF_ERROR(fs::WriteFileSynced(staging + "/" + name, bytes));
+    manifest["files"][name] = crypto::ToHex(crypto::Sha256(bytes));
+  }
+  FEDLORA_RETURN_IF_ERROR(fs::WriteFileSynced(staging + "/manifest.json", manifest.dump(2) + "\n"));
+  FEDLORA_RETURN_IF_ERROR(fs::CommitDirectory(staging, final_dir));
+
+  // The round is durable; its pending uploads are now redundant.
+  FEDLORA_RETURN_IF_ERROR(fs::RemoveAll(dir_ + "/pending/" + RoundName(cp.round)));
+  if (keep > 0) {
+    std::vector<std::uint64_t> rounds;
+    for (const auto& entry : stdfs::directory_iterator(dir_ + "/checkpoints")) {
+      if (const auto r = ParseRoundName(entry.path().filename().string())) rounds.push_back(*r);
+    }
+    std::sort(rounds.rbegin(), rounds.rend());
+    for (std::size_t i = keep; i < rounds.size(); ++i) {
+      FEDLORA_RETURN_IF_ERROR(fs::RemoveAll(CheckpointDir(rounds[i])));
+    }
+  }
+  return OkStatus();
+}
+
+Status CheckpointStore::PersistUpdate(std::uint64_t round, const ClientUpdate& update) {
+  const std::string dir = dir_ + "/pending/" + RoundName(round);
+  FEDLORA_RETURN_IF_ERROR(fs::MakeDirectories(dir));
+  json metrics = json::object();
+  for (const auto& [k, v] : update.metrics) metrics[k] = v;
+  const safetensors::Metadata meta = {{"fedlora.client", update.client_id},
+                                      {"fedlora.round", std::to_string(round)},
+                                      {"fedlora.num_samples", std::to_string(update.num_samples)},
+                                      {"fedlora.num_examples", std::to_string(update.num_examples)},
+                                      {"fedlora.metrics", metrics.dump()}};
+  return safetensors::Write(dir + "/" + update.client_id + ".safetensors", update.tensors, meta);
+}
+
+Result<std::vector<ClientUpdate>> CheckpointStore::LoadPending(std::uint64_t round) const {
+  std::vector<ClientUpdate> out;
+  const std::string dir = dir_ + "/pending/" + RoundName(round);
+  if (!stdfs::exists(dir)) return out;
+  std::error_code ec;
+  for (const auto& entry : stdfs::directory_iterator(dir, ec)) {
+    const std::string path = entry.path().string();
+    if (entry.path().extension() != ".safetensors") continue;
+    Result<safetensors::File> file = safetensors::Read(path);
+    if (!file.ok()) {
+      LogWarn("ignoring unreadable pending upload: ", file.status().ToString());
+      continue;
+    }
+    try {
+      const safetensors::Metadata& m = file->metadata;
+      ClientUpdate u;
+      u.client_id = m.at("fedlora.client");
+      u.num_samples = std::stoull(m.at("fedlora.num_samples"));
+      u.num_examples = std::stoull(m.at("fedlora.num_examples"));
+      const json metrics = json::parse(m.at("fedlora.metrics"));
+      for (const auto& [k, v] : metrics.items()) u.metrics[k] = v.get<double>();
+      if (std::stoull(m.at("fedlora.round")) != round) {
+        LogWarn("ignoring pending upload ", path, ": recorded for another round");
+        continue;
+      }
+      u.tensors = std::move(file->tensors);
+      out.push_back(std::move(u));
+    } catch (const std::exception& e) {
+      LogWarn("ignoring pending upload ", path, ": bad metadata: ", e.what());
+    }
+  }
+  if (ec) return DataLoss("listing ", dir, ": ", ec.message());
+  std::sort(out.begin(), out.end(),
+            [](const ClientUpdate& a, const ClientUpdate& b) { return a.client_id < b.client_id; });
+  return out;
+}
+
+Result<std::vector<std::uint64_t>> CheckpointStore::MetricsRounds() const {
+  std::vector<std::uint64_t> rounds;
+  if (!stdfs::exists(MetricsPath())) return rounds;
+  FEDLORA_ASSIGN_OR_RETURN(std::string text, fs::ReadFile(MetricsPath()));
+  std::size_t start = 0;
+  std::size_t line_no = 0;
+  while (start < text.size()) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    ++line_no;
+    const std::string line = text.substr(start, end - start);
+    start = end + 1;
+    if (line.empty()) continue;
+    try {
+      rounds.push_back(json::parse(line).at("round").get<std::uint64_t>());
+    } catch (const json::exception& e) {
+      // A torn last line (crash during append) is tolerated; AppendMetrics rewrites the record.
+      LogWarn(MetricsPath(), ":", line_no, ": unreadable record ignored: ", e.what());
+    }
+  }
+  return rounds;
+}
+
+Status CheckpointStore::AppendMetrics(std::uint64_t round, const std::string& json_line) {
+  FEDLORA_ASSIGN_OR_RETURN(std::vector<std::uint64_t> rounds, MetricsRounds());
+  if (std::find(rounds.begin(), rounds.end(), round) != rounds.end()) return OkStatus();
+  // After a crash mid-append the file may end in a torn line; start the record on a fresh line.
+  bool torn = false;
+  if (stdfs::exists(MetricsPath())) {
+    FEDLORA_ASSIGN_OR_RETURN(std::string text, fs::ReadFile(MetricsPath()));
+    torn = !text.empty() && text.back() != '\n';
+  }
+  return fs::AppendLineSynced(MetricsPath(), torn ? "\n" + json_line : json_line);
+}
+
+}  // namespace fedlora::server

@@ -1,0 +1,80 @@
+// checkpoint_store.h — everything the coordinator keeps on disk, written crash-safely.
+//
+// Layout of a state directory:
+//   LOCK                               flock()ed while a coordinator uses the directory
+//   checkpoints/<round:06d>/           one committed round (0 = the initial adapter)
+//       global.safetensors             global adapter factors
+//       extra.safetensors              strategy tensors (only when non-empty)
+//       state.json                     round, strategy, model layout, LoRA spec
+//       metrics.json                   the round's metrics.jsonl record
+//       manifest.json                  SHA-256 of every file above; verified on load
+//   pending/<round:06d>/<client>.safetensors   accepted uploads of the open round
+//   metrics.jsonl                      one JSON object per committed round
+//
+// A checkpoint is staged in checkpoints/.staging-<round>, fsynced and renamed into place, so a
+// crash leaves either the old or the new round. Uploads are persisted (atomically) before their
+// Ack, so a coordinator killed with SIGKILL restarts into the same round without losing one.
+//
+// Thread-compatible: owned by the coordinator's loop thread.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "common/wire/messages.h"
+#include "server/strategies/strategy.h"
+
+namespace fedlora::server {
+
+struct Checkpoint {
+  std::uint64_t round = 0;
+  std::string strategy;
+  ModelLayout layout;
+  wire::LoraSpec lora;
+  GlobalState state;
+  std::string metrics_json;  // One line, without newline; empty if the round has no record.
+};
+
+class CheckpointStore {
+ public:
+  // Creates the directory tree if needed, takes the lock (kFailedPrecondition if another process
+  // holds it) and removes leftovers of interrupted commits.
+  static Result<CheckpointStore> Open(const std::string& state_dir);
+
+  CheckpointStore(CheckpointStore&&) noexcept;
+  CheckpointStore& operator=(CheckpointStore&&) noexcept;
+  ~CheckpointStore();
+
+  // The newest checkpoint whose manifest verifies, or nullopt when there is none. Corrupt newer
+  // checkpoints are reported with a warning and skipped.
+  Result<std::optional<Checkpoint>> LoadLatest() const;
+
+  // Atomically writes `checkpoint`, then drops its pending uploads and, if `keep` > 0, all but
+  // the newest `keep` checkpoints. kAlreadyExists if that round is already committed.
+  Status Commit(const Checkpoint& checkpoint, std::uint32_t keep = 0);
+
+  // Persists an accepted upload for `round` (atomic; replaces an earlier one from that client).
+  Status PersistUpdate(std::uint64_t round, const ClientUpdate& update);
+  // Uploads persisted for `round`, sorted by client id. Unreadable files are skipped with a
+  // warning (their clients simply are asked again).
+  Result<std::vector<ClientUpdate>> LoadPending(std::uint64_t round) const;
+
+  // Appends `json_line` for `round` to metrics.jsonl unless a record for that round is there.
+  Status AppendMetrics(std::uint64_t round, const std::string& json_line);
+  // Rounds recorded in metrics.jsonl, in file order.
+  Result<std::vector<std::uint64_t>> MetricsRounds() const;
+
+  const std::string& dir() const { return dir_; }
+  std::string CheckpointDir(std::uint64_t round) const;
+  std::string MetricsPath() const;
+
+ private:
+  CheckpointStore() = default;
+  std::string dir_;
+  int lock_fd_ = -1;
+};
+
+}  // namespace fedlora::server

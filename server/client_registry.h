@@ -1,0 +1,53 @@
+// client_registry.h — the clients the coordinator can reach right now.
+//
+// Knows who is connected (by client id and by ZeroMQ routing id), their session, sequence
+// numbers, liveness and Hello. Knows nothing about rounds, strategies or the wire format.
+//
+// Thread-compatible: owned by the coordinator's loop thread, no internal locking.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/wire/messages.h"
+
+namespace fedlora::server {
+
+struct ClientConnection {
+  std::string id;                 // The client's name from its Hello.
+  std::string route;              // ROUTER routing id of the current connection (opaque bytes).
+  std::uint64_t session_id = 0;
+  std::uint64_t last_sequence_in = 0;  // Highest sequence number received this session.
+  std::uint64_t next_sequence_out = 1;
+  Clock::TimePoint last_heard{};
+  Clock::TimePoint last_sent{};
+  wire::Hello hello;
+};
+
+class ClientRegistry {
+ public:
+  ClientConnection* FindByRoute(std::string_view route);
+  ClientConnection* FindById(std::string_view id);
+
+  // Registers `connection`, replacing any earlier connection of the same id (a reconnect).
+  ClientConnection& Admit(ClientConnection connection);
+  void Remove(std::string_view id);
+
+  // Removes and returns the ids of clients silent since before `cutoff`, sorted.
+  std::vector<std::string> ExpireSilentSince(Clock::TimePoint cutoff);
+
+  std::vector<std::string> Ids() const;  // Sorted.
+  std::size_t size() const { return by_id_.size(); }
+  std::map<std::string, ClientConnection, std::less<>>& all() { return by_id_; }
+  const std::map<std::string, ClientConnection, std::less<>>& all() const { return by_id_; }
+
+ private:
+  std::map<std::string, ClientConnection, std::less<>> by_id_;
+  std::map<std::string, std::string, std::less<>> id_by_route_;
+};
+
+}  // namespace fedlora::server

@@ -1,0 +1,70 @@
+// config.h — the coordinator's configuration: typed structs with documented defaults.
+//
+// configs/coordinator.yaml is the worked example and README.md documents every key. The
+// coordinator is the source of truth for the LoRA and local-training hyper-parameters: they are
+// sent to clients in every RoundTask.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/config/yaml_config.h"
+#include "common/status.h"
+#include "common/wire/messages.h"
+#include "server/strategies/make_strategy.h"
+
+namespace fedlora::server {
+
+struct CoordinatorTransportConfig {
+  std::string bind = "tcp://*:5555";             // ZeroMQ ROUTER endpoint; "tcp://127.0.0.1:*"
+                                                 // picks a free port (logged at start).
+  std::uint32_t heartbeat_interval_ms = 1000;    // Sent to clients in the Welcome.
+  std::uint32_t heartbeat_liveness = 5;          // Silent intervals before a client is dropped.
+  std::uint64_t max_message_bytes = 256ull << 20;  // Larger messages get MESSAGE_TOO_LARGE.
+};
+
+struct RoundConfig {
+  double fraction = 1.0;           // Share of live clients selected each round...
+  std::uint32_t min_clients = 1;   // ...but at least this many (the round waits for them)...
+  std::uint32_t max_clients = 0;   // ...and at most this many (0 = no cap).
+  std::uint32_t quorum = 1;        // Updates needed to aggregate at the deadline...
+  double quorum_fraction = 0.0;    // ...and at least this share of the selected clients.
+  std::uint64_t timeout_ms = 600000;  // Deadline for uploads, from when tasks are sent.
+  std::uint32_t max_attempts = 0;  // Retries of a round below quorum before giving up; 0 = never.
+};
+
+struct EvalConfig {
+  bool enabled = true;             // Evaluate every new global adapter on the reporters' data.
+  bool initial = true;             // Also evaluate the initial adapter (round 0).
+  std::uint32_t max_batches = 0;   // Per client; 0 = the whole held-out split.
+  std::uint64_t timeout_ms = 120000;
+};
+
+struct CoordinatorConfig {
+  std::string state_dir = "state";   // Checkpoints, pending uploads and metrics.jsonl.
+  std::uint32_t rounds = 10;
+  std::uint64_t seed = 0;            // Client selection, adapter init, local-training seeds.
+  // Hex SHA-256 every client's base model must have (fedlora-client --print-digest prints it).
+  // Empty: pin the first client's digest and require it of all others.
+  std::string base_model_sha256;
+  std::uint32_t keep_checkpoints = 0;  // Keep the newest N round checkpoints; 0 = all.
+  std::string log_level = "info";
+  CoordinatorTransportConfig transport;
+  RoundConfig round;
+  EvalConfig eval;
+  StrategyConfig strategy;
+  wire::LoraSpec lora{.rank = 8, .alpha = 16.0, .dropout = 0.0, .rslora = false,
+                      .targets = {"q_proj", "v_proj"}};
+  wire::TrainSpec train;
+};
+
+// Reads the coordinator keys of `section` into `config` (keys absent keep their defaults) and
+// validates ranges. Errors name the file, line and key.
+Status ParseCoordinatorConfig(const config::ConfigSection& section, CoordinatorConfig* config);
+
+// Loads `path` (empty = defaults) with `--set` overrides.
+Result<CoordinatorConfig> LoadCoordinatorConfig(const std::string& path,
+                                                const std::vector<std::string>& overrides);
+
+}  // namespace fedlora::server

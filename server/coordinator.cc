@@ -1,0 +1,453 @@
+#include "server/coordinator.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/crypto/random.h"
+#include "common/log.h"
+#include "server/coordinator_impl.h"
+
+namespace fedlora::server {
+namespace {
+
+using std::chrono::milliseconds;
+using wire::ErrorCode;
+
+constexpr std::size_t kMaxMessagesPerTick = 256;
+constexpr milliseconds kMaxPollWait{1000};
+constexpr int kByeLingerMs = 2000;
+
+// Client names become file names in the state directory: keep them boring.
+bool ValidClientName(std::string_view name) {
+  if (name.empty() || name.size() > 64 || name[0] == '.') return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '_' || c == '.';
+  });
+}
+
+std::string PrintableRoute(std::string_view route) {
+  std::string out = "peer#";
+  for (unsigned char c : route) {
+    static constexpr char kHex[] = "0123456789abcdef";
+    out.push_back(kHex[c >> 4]);
+    out.push_back(kHex[c & 15]);
+  }
+  return out;
+}
+
+}  // namespace
+
+Status ValidateUpload(const wire::Update& update, const ClientTask& task) {
+  const auto fail = [](ErrorCode code, auto&&... args) {
+    return Status(StatusCode::kInvalidArgument, StrCat(args...), static_cast<std::uint32_t>(code));
+  };
+  for (const auto& [name, spec] : task.expected_upload) {
+    const auto it = update.tensors.find(name);
+    if (it == update.tensors.end()) {
+      return fail(ErrorCode::kTensorShapeMismatch, "missing tensor '", name, "'");
+    }
+    if (it->second.dtype != spec.dtype) {
+      return fail(ErrorCode::kTensorDtypeMismatch, "tensor '", name, "' is ",
+                  DTypeName(it->second.dtype), ", expected ", DTypeName(spec.dtype));
+    }
+    if (it->second.shape != spec.shape) {
+      return fail(ErrorCode::kTensorShapeMismatch, "tensor '", name, "' has shape ",
+                  ShapeString(it->second.shape), ", expected ", ShapeString(spec.shape));
+    }
+    if (!AllFinite(it->second)) {
+      return fail(ErrorCode::kNonFiniteTensor, "tensor '", name, "' contains NaN or infinity");
+    }
+  }
+  for (const auto& [name, t] : update.tensors) {
+    if (!task.expected_upload.contains(name)) {
+      return fail(ErrorCode::kTensorShapeMismatch, "unexpected tensor '", name, "'");
+    }
+  }
+  if (update.num_samples == 0 || update.num_examples == 0) {
+    return fail(ErrorCode::kInvalidField, "num_samples and num_examples must be > 0");
+  }
+  for (const auto& [name, v] : update.metrics) {
+    if (!std::isfinite(v)) return fail(ErrorCode::kInvalidField, "metric '", name, "' is not finite");
+  }
+  return OkStatus();
+}
+
+
+// ---- start-up ------------------------------------------------------------------------------
+
+Status Coordinator::Impl::Start() {
+  FEDLORA_ASSIGN_OR_RETURN(CheckpointStore store, CheckpointStore::Open(config_.state_dir));
+  store_.emplace(std::move(store));
+  FEDLORA_ASSIGN_OR_RETURN(std::optional<Checkpoint> latest, store_->LoadLatest());
+  if (latest) {
+    const auto where = StrCat("state directory '", config_.state_dir, "' (round ", latest->round,
+                              ")");
+    if (latest->strategy != strategy_->name()) {
+      return FailedPrecondition(where, " was written by strategy '", latest->strategy,
+                                "', but this coordinator runs '", strategy_->name(),
+                                "' (use another state_dir)");
+    }
+    if (!config_.base_model_sha256.empty() &&
+        config_.base_model_sha256 != latest->layout.base_model_sha256) {
+      return FailedPrecondition(where, " belongs to base model ", latest->layout.base_model_sha256,
+                                ", but base_model_sha256 is ", config_.base_model_sha256);
+    }
+    const wire::LoraSpec& l = latest->lora;
+    if (l.rank != config_.lora.rank || l.targets != config_.lora.targets ||
+        l.alpha != config_.lora.alpha || l.rslora != config_.lora.rslora) {
+      return FailedPrecondition(where, " holds a LoRA adapter of rank ", l.rank, ", alpha ",
+                                l.alpha, " on ", l.targets.size(),
+                                " target(s), which differs from the configured lora section");
+    }
+    layout_ = latest->layout;
+    state_ = latest->state;
+    committed_ = latest->round;
+    Count([&](CoordinatorCounters& c) {
+      c.committed_round = latest->round;
+      c.has_committed = true;
+    });
+    // A crash between the checkpoint and the metrics append leaves the record only in the
+    // checkpoint; restore it so metrics.jsonl has exactly one line per committed round.
+    if (!latest->metrics_json.empty()) {
+      FEDLORA_RETURN_IF_ERROR(store_->AppendMetrics(latest->round, latest->metrics_json));
+    }
+    LogInfo("resuming from checkpoint of round ", latest->round, " in ", config_.state_dir,
+            "; next round is ", latest->round + 1);
+  }
+
+  net::SocketOptions options;
+  options.max_frame_bytes = static_cast<std::int64_t>(config_.transport.max_message_bytes);
+  FEDLORA_ASSIGN_OR_RETURN(router_, net::Socket::Open(context_, net::SocketKind::kRouter, options));
+  FEDLORA_RETURN_IF_ERROR(router_.Bind(config_.transport.bind));
+  FEDLORA_ASSIGN_OR_RETURN(endpoint_, router_.LastEndpoint());
+  LogInfo("coordinator listening on ", endpoint_, " (strategy ", strategy_->name(), ", ",
+          config_.rounds, " rounds, state in ", config_.state_dir, ")");
+  return OkStatus();
+}
+
+// ---- the loop ------------------------------------------------------------------------------
+
+Status Coordinator::Impl::Run() {
+  FEDLORA_CHECK_MSG(router_.valid(), "Run() before a successful Start()");
+  while (true) {
+    if (stop_.load(std::memory_order_acquire)) {
+      for (auto& [id, client] : clients_.all()) {
+        Send(client, wire::Error{ErrorCode::kShuttingDown,
+                                 "coordinator is shutting down; reconnect later", 0});
+      }
+      router_.SetLinger(kByeLingerMs);
+      LogInfo("stopped on request; state is saved, a restart resumes at round ",
+              committed_ ? *committed_ + 1 : 0);
+      return Status(StatusCode::kCancelled, "stopped on request");
+    }
+    if (!fatal_.ok()) return fatal_;
+    if (phase_ == Phase::kDone) {
+      router_.SetLinger(kByeLingerMs);
+      return OkStatus();
+    }
+
+    net::PollItem items[2];
+    items[0].socket = &router_;
+    items[1].fd = wake_.read_fd();
+    FEDLORA_RETURN_IF_ERROR(net::Poll(items, NextWait()));
+    if (items[1].readable) wake_.Drain();
+    for (std::size_t i = 0; i < kMaxMessagesPerTick; ++i) {
+      Result<std::optional<net::Message>> message = router_.Receive(milliseconds(0));
+      if (!message.ok()) return message.status();
+      if (!message->has_value()) break;
+      HandleMessage(**message);
+    }
+    OnTick();
+    Advance();
+  }
+}
+
+milliseconds Coordinator::Impl::NextWait() const {
+  const Clock::TimePoint now = clock_.Now();
+  Clock::TimePoint next = now + kMaxPollWait;
+  const milliseconds interval(config_.transport.heartbeat_interval_ms);
+  for (const auto& [id, c] : clients_.all()) {
+    next = std::min(next, c.last_sent + interval);
+    next = std::min(next, c.last_heard + interval * config_.transport.heartbeat_liveness);
+  }
+  if (phase_ == Phase::kFit && !run_.awaiting_retry) next = std::min(next, run_.deadline);
+  if (phase_ == Phase::kEval) next = std::min(next, run_.eval_deadline);
+  return milliseconds(MillisUntil(now, next));
+}
+
+void Coordinator::Impl::OnTick() {
+  const Clock::TimePoint now = clock_.Now();
+  const milliseconds interval(config_.transport.heartbeat_interval_ms);
+  const std::vector<std::string> expired =
+      clients_.ExpireSilentSince(now - interval * config_.transport.heartbeat_liveness);
+  for (const std::string& id : expired) {
+    Count([](CoordinatorCounters& c) { ++c.clients_expired; });
+    OnClientGone(id, "silent for longer than heartbeat_interval_ms x heartbeat_liveness");
+  }
+  for (auto& [id, client] : clients_.all()) {
+    if (now - client.last_sent >= interval) Send(client, wire::Heartbeat{});
+  }
+}
+
+void Coordinator::Impl::OnClientGone(const std::string& id, std::string_view why) {
+  LogWarn("client ", id, " is gone: ", why);
+  if (run_.outstanding.erase(id) > 0) run_.failed.insert(id);
+  run_.eval_outstanding.erase(id);
+}
+
+// ---- messaging -----------------------------------------------------------------------------
+
+std::size_t Coordinator::Impl::Send(ClientConnection& client, wire::Body body) {
+  wire::Envelope envelope{wire::kProtocolVersion, client.session_id, client.next_sequence_out++,
+                          std::move(body)};
+  const wire::EncodedMessage encoded = wire::Encode(envelope);
+  const std::vector<std::span<const std::byte>> frames = encoded.frames();
+  const Status s = router_.Send(frames, std::as_bytes(std::span<const char>(client.route)));
+  client.last_sent = clock_.Now();
+  if (!s.ok()) {
+    LogDebug("send ", wire::BodyName(envelope.body), " to ", client.id, " failed: ", s.message());
+    return 0;
+  }
+  return encoded.total_bytes();
+}
+
+void Coordinator::Impl::SendError(const std::string& route, std::uint64_t ref_sequence,
+                                  ErrorCode code, const std::string& message) {
+  if (ClientConnection* client = clients_.FindByRoute(route)) {
+    Send(*client, wire::Error{code, message, ref_sequence});
+    return;
+  }
+  wire::Envelope envelope{wire::kProtocolVersion, 0, ++anonymous_sequence_,
+                          wire::Error{code, message, ref_sequence}};
+  const wire::EncodedMessage encoded = wire::Encode(envelope);
+  // A peer that already vanished cannot be told; nothing else to do.
+  (void)router_.Send(encoded.frames(), std::as_bytes(std::span<const char>(route)));
+}
+
+void Coordinator::Impl::ProtocolError(const std::string& who, const std::string& route,
+                                      std::uint64_t ref_sequence, ErrorCode code,
+                                      const std::string& message) {
+  Count([](CoordinatorCounters& c) { ++c.protocol_errors; });
+  LogWarn(who, ": ", wire::ErrorCodeName(code), ": ", message);
+  SendError(route, ref_sequence, code, message);
+}
+
+void Coordinator::Impl::HandleMessage(const net::Message& message) {
+  Count([](CoordinatorCounters& c) { ++c.messages_in; });
+  if (message.size() < 2) return;  // A ROUTER always prepends the route; nothing to answer.
+  const std::span<const std::byte> route_bytes = message.frame(0);
+  const std::string route(reinterpret_cast<const char*>(route_bytes.data()), route_bytes.size());
+  const std::vector<std::span<const std::byte>> frames = message.frames(1);
+  const std::size_t bytes = message.total_bytes() - route_bytes.size();
+  ClientConnection* client = clients_.FindByRoute(route);
+  const std::string who = client != nullptr ? StrCat("client ", client->id) : PrintableRoute(route);
+
+  Result<wire::Envelope> decoded = wire::Decode(frames, limits_);
+  if (!decoded.ok()) {
+    const std::optional<wire::EnvelopeHeader> header = wire::PeekHeader(frames[0], limits_);
+    ProtocolError(who, route, header ? header->sequence : 0,
+                  wire::DecodeErrorCode(decoded.status()), decoded.status().message());
+    return;
+  }
+  wire::Envelope& envelope = *decoded;
+  if (std::holds_alternative<wire::Hello>(envelope.body)) {
+    HandleHello(route, envelope);
+    return;
+  }
+  if (client == nullptr) {
+    ProtocolError(who, route, envelope.sequence, ErrorCode::kUnexpectedMessage,
+                  StrCat(wire::BodyName(envelope.body), " before Hello (send Hello first)"));
+    return;
+  }
+  if (envelope.session_id != client->session_id) {
+    ProtocolError(who, route, envelope.sequence, ErrorCode::kSessionMismatch,
+                  StrCat("session id ", envelope.session_id, " is not this connection's"));
+    return;
+  }
+  if (envelope.sequence <= client->last_sequence_in) {
+    ProtocolError(who, route, envelope.sequence, ErrorCode::kSequenceReplay,
+                  StrCat("sequence ", envelope.sequence, " after ", client->last_sequence_in));
+    return;
+  }
+  client->last_sequence_in = envelope.sequence;
+  client->last_heard = clock_.Now();
+
+  if (std::holds_alternative<wire::Heartbeat>(envelope.body)) return;
+  if (auto* update = std::get_if<wire::Update>(&envelope.body)) {
+    HandleUpdate(*client, envelope.sequence, std::move(*update), bytes);
+  } else if (auto* result = std::get_if<wire::EvalResult>(&envelope.body)) {
+    HandleEvalResult(*client, std::move(*result), bytes);
+  } else if (const auto* error = std::get_if<wire::Error>(&envelope.body)) {
+    LogWarn(who, " reports ", wire::ErrorCodeName(error->code), ": ", error->message);
+    if (run_.outstanding.erase(client->id) > 0) run_.failed.insert(client->id);
+    run_.eval_outstanding.erase(client->id);
+  } else if (const auto* bye = std::get_if<wire::Bye>(&envelope.body)) {
+    const std::string id = client->id;
+    clients_.Remove(id);
+    OnClientGone(id, StrCat("said bye (", bye->reason, ")"));
+  } else {
+    ProtocolError(who, route, envelope.sequence, ErrorCode::kUnexpectedMessage,
+                  StrCat("a client may not send ", wire::BodyName(envelope.body)));
+  }
+}
+
+void Coordinator::Impl::HandleHello(const std::string& route, const wire::Envelope& envelope) {
+  const wire::Hello& hello = std::get<wire::Hello>(envelope.body);
+  const std::string who = StrCat("hello from '", hello.client_name, "'");
+  const auto reject = [&](ErrorCode code, const std::string& message) {
+    ProtocolError(who, route, envelope.sequence, code, message);
+  };
+  if (!ValidClientName(hello.client_name)) {
+    reject(ErrorCode::kInvalidField,
+           "client name must be 1-64 characters of [A-Za-z0-9._-], not starting with '.'");
+    return;
+  }
+  const std::string& expected_digest =
+      !config_.base_model_sha256.empty() ? config_.base_model_sha256
+      : layout_                          ? layout_->base_model_sha256
+                                         : hello.base_model_sha256;
+  if (hello.base_model_sha256 != expected_digest || expected_digest.empty()) {
+    reject(ErrorCode::kBaseModelMismatch,
+           StrCat("base model digest ", hello.base_model_sha256, " differs from the federation's ",
+                  expected_digest, " (every client must load the same base weights)"));
+    return;
+  }
+  if (hello.modules.empty()) {
+    reject(ErrorCode::kInvalidField, "hello lists no LoRA-adaptable modules");
+    return;
+  }
+  std::set<std::string, std::less<>> names;
+  for (const wire::ModuleInfo& m : hello.modules) {
+    if (m.name.empty() || m.d_out <= 0 || m.d_in <= 0 || !names.insert(m.name).second) {
+      reject(ErrorCode::kInvalidField, StrCat("invalid or duplicate module '", m.name, "' [",
+                                              m.d_out, " x ", m.d_in, "]"));
+      return;
+    }
+  }
+  if (layout_ && layout_->modules != hello.modules) {
+    reject(ErrorCode::kBaseModelMismatch,
+           "module layout differs from the federation's although the digest matches");
+    return;
+  }
+  const Clock::TimePoint now = clock_.Now();
+  const milliseconds interval(config_.transport.heartbeat_interval_ms);
+  if (ClientConnection* existing = clients_.FindById(hello.client_name);
+      existing != nullptr && existing->route != route && now - existing->last_heard < interval) {
+    reject(ErrorCode::kDuplicateClient,
+           StrCat("client '", hello.client_name, "' is already connected and alive"));
+    return;
+  }
+  if (ClientConnection* other = clients_.FindByRoute(route);
+      other != nullptr && other->id != hello.client_name) {
+    clients_.Remove(other->id);  // Same socket, new name: the old identity is gone.
+  }
+
+  if (!layout_) {
+    layout_ = ModelLayout{hello.base_model_sha256, hello.modules};
+    LogInfo("federation base model pinned to ", hello.base_model_sha256, " (",
+            hello.modules.size(), " adaptable modules) by client ", hello.client_name);
+  }
+  ClientConnection connection;
+  connection.id = hello.client_name;
+  connection.route = route;
+  connection.session_id = crypto::RandomU64();
+  connection.last_sequence_in = envelope.sequence;
+  connection.last_heard = now;
+  connection.last_sent = now;
+  connection.hello = hello;
+  ClientConnection& client = clients_.Admit(std::move(connection));
+  Count([](CoordinatorCounters& c) { ++c.clients_admitted; });
+  Send(client, wire::Welcome{client.id, config_.transport.heartbeat_interval_ms,
+                             config_.transport.heartbeat_liveness,
+                             committed_ ? *committed_ + 1 : 0, std::string(strategy_->name())});
+  LogInfo("client ", client.id, " connected (", hello.capabilities.device, ", ",
+          hello.capabilities.num_examples, " examples); ", clients_.size(), " live");
+
+  // A client that reconnects while it owes us work gets its task again; a client that kept
+  // training across the reconnect ignores the duplicate, one that restarted starts over.
+  if (phase_ == Phase::kFit && run_.outstanding.contains(client.id)) SendTask(client.id);
+  if (phase_ == Phase::kEval && run_.eval_outstanding.contains(client.id)) {
+    SendEvalTask(client.id);
+  }
+}
+
+void Coordinator::Impl::HandleUpdate(ClientConnection& client, std::uint64_t sequence,
+                                     wire::Update update, std::size_t bytes) {
+  const std::string who = StrCat("update from ", client.id);
+  if (phase_ != Phase::kFit || update.round != run_.round) {
+    ProtocolError(who, client.route, sequence, ErrorCode::kStaleRound,
+                  StrCat("round ", update.round, " is not open for uploads"));
+    return;
+  }
+  const auto task = run_.tasks.find(client.id);
+  if (task == run_.tasks.end()) {
+    ProtocolError(who, client.route, sequence, ErrorCode::kNotSelected,
+                  StrCat("client was not selected for round ", run_.round));
+    return;
+  }
+  if (run_.updates.contains(client.id)) {  // A resend after a lost Ack: acknowledge again.
+    Send(client, wire::Ack{update.round, sequence});
+    return;
+  }
+  if (Status valid = ValidateUpload(update, task->second); !valid.ok()) {
+    Count([](CoordinatorCounters& c) { ++c.updates_rejected; });
+    ProtocolError(who, client.route, sequence, wire::DecodeErrorCode(valid), valid.message());
+    if (run_.outstanding.erase(client.id) > 0) run_.failed.insert(client.id);
+    return;
+  }
+  ClientUpdate accepted{client.id, update.num_samples, update.num_examples,
+                        std::move(update.metrics), std::move(update.tensors)};
+  if (Status s = store_->PersistUpdate(run_.round, accepted); !s.ok()) {
+    SendError(client.route, sequence, ErrorCode::kInternal, "coordinator could not persist");
+    Fatal(s.WithContext("persisting an accepted upload"));
+    return;
+  }
+  run_.updates.emplace(client.id, std::move(accepted));
+  run_.outstanding.erase(client.id);
+  run_.failed.erase(client.id);
+  run_.bytes_up += bytes;
+  Count([](CoordinatorCounters& c) { ++c.updates_accepted; });
+  Send(client, wire::Ack{run_.round, sequence});
+  LogDebug("round ", run_.round, ": update from ", client.id, " accepted (", run_.updates.size(),
+          "/", run_.want, ")");
+}
+
+void Coordinator::Impl::HandleEvalResult(ClientConnection& client, wire::EvalResult result,
+                                         std::size_t bytes) {
+  const std::string who = StrCat("eval result from ", client.id);
+  if (phase_ != Phase::kEval || result.round != run_.round) {
+    ProtocolError(who, client.route, 0, ErrorCode::kStaleRound,
+                  StrCat("no evaluation of round ", result.round, " is open"));
+    return;
+  }
+  if (!run_.eval_outstanding.contains(client.id)) {
+    ProtocolError(who, client.route, 0, ErrorCode::kUnexpectedMessage,
+                  "this client was not asked to evaluate (or already answered)");
+    return;
+  }
+  if (!std::isfinite(result.loss) || result.loss < 0 || result.num_tokens == 0) {
+    ProtocolError(who, client.route, 0, ErrorCode::kInvalidField,
+                  "loss must be finite and >= 0, num_tokens > 0");
+    run_.eval_outstanding.erase(client.id);
+    return;
+  }
+  run_.eval_outstanding.erase(client.id);
+  run_.eval_bytes_up += bytes;
+  run_.eval_results.emplace(client.id, std::move(result));
+}
+
+// ---- Coordinator ---------------------------------------------------------------------------
+
+Coordinator::Coordinator(CoordinatorConfig config, std::unique_ptr<Strategy> strategy,
+                         net::Context& context, const Clock& clock)
+    : impl_(std::make_unique<Impl>(std::move(config), std::move(strategy), context, clock)) {}
+Coordinator::~Coordinator() = default;
+Status Coordinator::Start() { return impl_->Start(); }
+Status Coordinator::Run() { return impl_->Run(); }
+void Coordinator::Stop() { impl_->Stop(); }
+void Coordinator::Wake() { impl_->Wake(); }
+std::string Coordinator::endpoint() const { return impl_->endpoint(); }
+CoordinatorCounters Coordinator::counters() const { return impl_->counters(); }
+
+}  // namespace fedlora::server

@@ -1,0 +1,67 @@
+// coordinator.h — the server's event loop: clients in, rounds out.
+//
+// Binds a ROUTER socket, admits clients (Hello -> Welcome), runs rounds (select, send RoundTask,
+// validate and persist each Update before its Ack, aggregate at quorum or deadline, evaluate the
+// new global adapter, checkpoint, append metrics) and resumes from its state directory after a
+// restart. Nothing a peer sends can crash or stall it: protocol problems become a typed Error to
+// that peer, a counter and a log line.
+//
+// Threading: one thread calls Start() then Run(); it alone owns the socket, the registry, the
+// round state and the strategy. Stop() and Wake() are the only methods other threads (or a
+// signal handler, for Stop) may call.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "common/clock.h"
+#include "common/net/zmq_transport.h"
+#include "common/status.h"
+#include "server/config.h"
+#include "server/strategies/strategy.h"
+
+namespace fedlora::server {
+
+// Counters for observability and tests. A snapshot; thread-safe to read.
+struct CoordinatorCounters {
+  std::uint64_t messages_in = 0;
+  std::uint64_t protocol_errors = 0;  // Malformed or unacceptable messages answered with Error.
+  std::uint64_t updates_accepted = 0;
+  std::uint64_t updates_rejected = 0;
+  std::uint64_t clients_admitted = 0;
+  std::uint64_t clients_expired = 0;
+  std::uint64_t committed_round = 0;
+  bool has_committed = false;
+};
+
+class Coordinator {
+ public:
+  // `context` and `clock` must outlive the coordinator.
+  Coordinator(CoordinatorConfig config, std::unique_ptr<Strategy> strategy, net::Context& context,
+              const Clock& clock);
+  ~Coordinator();
+  Coordinator(const Coordinator&) = delete;
+  Coordinator& operator=(const Coordinator&) = delete;
+
+  // Opens the state directory (resuming from its newest checkpoint), binds the socket.
+  // kFailedPrecondition if the state belongs to another strategy or model, or is locked.
+  Status Start();
+
+  // Serves until every configured round is committed (OK), Stop() is called (kCancelled; the
+  // state on disk lets a restart resume), or a fatal error (e.g. the configured LoRA targets do
+  // not exist in the clients' model; a round failed max_attempts times).
+  Status Run();
+
+  void Stop();  // Thread-safe and async-signal-safe.
+  void Wake();  // Thread-safe: re-check timers now (tests that drive a FakeClock).
+
+  std::string endpoint() const;  // The bound endpoint (a real port for "tcp://host:*").
+  CoordinatorCounters counters() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace fedlora::server

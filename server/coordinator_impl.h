@@ -1,0 +1,144 @@
+// coordinator_impl.h — private to server/: the coordinator's state, shared by coordinator.cc
+// (start-up, event loop, messaging) and coordinator_rounds.cc (the round engine).
+//
+// Threading: everything here is owned by the thread running Coordinator::Run(), except the
+// atomics and the mutex-guarded counters that Stop(), Wake() and counters() touch.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/net/zmq_transport.h"
+#include "common/wire/codec.h"
+#include "server/checkpoint_store.h"
+#include "server/client_registry.h"
+#include "server/coordinator.h"
+
+namespace fedlora::server {
+
+// OK when `update` has exactly the tensors `task` asked for (names, dtypes, shapes), all finite,
+// and sane counts; otherwise kInvalidArgument with the wire::ErrorCode as detail().
+Status ValidateUpload(const wire::Update& update, const ClientTask& task);
+
+class Coordinator::Impl {
+ public:
+  Impl(CoordinatorConfig config, std::unique_ptr<Strategy> strategy, net::Context& context,
+       const Clock& clock)
+      : config_(std::move(config)), strategy_(std::move(strategy)), context_(context),
+        clock_(clock) {
+    limits_.max_message_bytes = config_.transport.max_message_bytes;
+  }
+
+  Status Start();
+  Status Run();
+  void Stop() {
+    stop_.store(true, std::memory_order_release);
+    wake_.Notify();
+  }
+  void Wake() { wake_.Notify(); }
+  std::string endpoint() const { return endpoint_; }
+  CoordinatorCounters counters() const {
+    std::lock_guard<std::mutex> lock(counters_mu_);
+    return counters_;
+  }
+
+ private:
+  enum class Phase { kWaiting, kFit, kEval, kDone };
+
+  // Everything about the round in progress. Reset when the round commits.
+  struct RoundRun {
+    std::uint64_t round = 0;
+    std::uint32_t attempt = 0;
+    std::uint32_t want = 0;           // Updates wanted in total.
+    std::uint32_t quorum = 1;         // Updates needed to aggregate.
+    bool awaiting_retry = false;
+    Clock::TimePoint started{};
+    Clock::TimePoint deadline{};
+    std::map<std::string, ClientTask, std::less<>> tasks;    // Every client tasked this round.
+    std::set<std::string, std::less<>> outstanding;          // Tasked this attempt, no answer yet.
+    std::set<std::string, std::less<>> failed;
+    std::map<std::string, ClientUpdate, std::less<>> updates;
+    std::uint32_t selected = 0;
+    std::uint64_t bytes_up = 0, bytes_down = 0, eval_bytes_up = 0, eval_bytes_down = 0;
+    // Evaluation of the candidate global state.
+    std::optional<GlobalState> candidate;
+    AggregateReport report;
+    std::set<std::string, std::less<>> eval_outstanding;
+    std::map<std::string, wire::EvalResult, std::less<>> eval_results;
+    Clock::TimePoint eval_deadline{};
+  };
+
+  // ---- messaging ----
+  void HandleMessage(const net::Message& message);
+  void HandleHello(const std::string& route, const wire::Envelope& envelope);
+  void HandleUpdate(ClientConnection& client, std::uint64_t sequence, wire::Update update,
+                    std::size_t bytes);
+  void HandleEvalResult(ClientConnection& client, wire::EvalResult result, std::size_t bytes);
+  std::size_t Send(ClientConnection& client, wire::Body body);
+  void SendError(const std::string& route, std::uint64_t ref_sequence, wire::ErrorCode code,
+                 const std::string& message);
+  void ProtocolError(const std::string& who, const std::string& route, std::uint64_t ref_sequence,
+                     wire::ErrorCode code, const std::string& message);
+
+  // ---- timers and membership ----
+  void OnTick();
+  std::chrono::milliseconds NextWait() const;
+  void OnClientGone(const std::string& id, std::string_view why);
+
+  // ---- rounds ----
+  void Advance();
+  std::vector<std::string> Select(std::vector<std::string> candidates, std::size_t want,
+                                  std::uint64_t round, std::uint32_t attempt) const;
+  std::uint32_t WantedClients(std::size_t live) const;
+  void StartFit(std::uint64_t round);
+  void StartAttempt();
+  void CheckFit();
+  void Aggregate();
+  void StartEval(const std::vector<std::string>& clients);
+  void CheckEval();
+  void Commit();
+  void Finish();
+  void SendTask(const std::string& id);
+  void SendEvalTask(const std::string& id);
+  void Fatal(Status status) {
+    if (fatal_.ok()) fatal_ = std::move(status);
+  }
+  template <typename F>
+  void Count(F&& f) {
+    std::lock_guard<std::mutex> lock(counters_mu_);
+    f(counters_);
+  }
+
+  CoordinatorConfig config_;
+  std::unique_ptr<Strategy> strategy_;
+  net::Context& context_;
+  const Clock& clock_;
+  wire::DecodeLimits limits_;
+
+  net::Socket router_;
+  net::WakePipe wake_;
+  std::atomic<bool> stop_{false};
+  std::string endpoint_;
+  Status fatal_;
+
+  std::optional<CheckpointStore> store_;
+  ClientRegistry clients_;
+  std::optional<ModelLayout> layout_;
+  std::optional<GlobalState> state_;
+  std::optional<std::uint64_t> committed_;
+  Phase phase_ = Phase::kWaiting;
+  RoundRun run_;
+  std::uint64_t anonymous_sequence_ = 0;
+  Clock::TimePoint last_wait_log_{};
+
+  mutable std::mutex counters_mu_;
+  CoordinatorCounters counters_;  // Guarded by counters_mu_.
+};
+
+}  // namespace fedlora::server

@@ -1,0 +1,353 @@
+// coordinator_rounds.cc — the round engine: select, task, wait for quorum or deadline,
+// aggregate, evaluate, commit. Runs on the coordinator's loop thread (see coordinator_impl.h).
+#include <algorithm>
+#include <cmath>
+#include <random>
+
+#include "common/log.h"
+#include "server/coordinator_impl.h"
+#include "server/round_metrics.h"
+
+namespace fedlora::server {
+namespace {
+
+using std::chrono::milliseconds;
+
+std::string Megabytes(std::uint64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f MB", static_cast<double>(bytes) / 1e6);
+  return buf;
+}
+
+std::string Fixed(double v, int digits = 4) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.*f", digits, v);
+  return buf;
+}
+
+}  // namespace
+
+// ---- rounds --------------------------------------------------------------------------------
+
+std::uint32_t Coordinator::Impl::WantedClients(std::size_t live) const {
+  auto want = static_cast<std::uint32_t>(std::ceil(config_.round.fraction * live - 1e-9));
+  want = std::max(want, config_.round.min_clients);
+  if (config_.round.max_clients > 0) want = std::min(want, config_.round.max_clients);
+  return want;
+}
+
+std::vector<std::string> Coordinator::Impl::Select(std::vector<std::string> candidates,
+                                                   std::size_t want, std::uint64_t round,
+                                                   std::uint32_t attempt) const {
+  std::sort(candidates.begin(), candidates.end());
+  // Deterministic in (seed, round, attempt) and the set of candidates.
+  std::seed_seq seq{static_cast<std::uint32_t>(config_.seed), static_cast<std::uint32_t>(
+                        config_.seed >> 32), static_cast<std::uint32_t>(round), attempt};
+  std::mt19937_64 rng(seq);
+  std::shuffle(candidates.begin(), candidates.end(), rng);
+  candidates.resize(std::min(want, candidates.size()));
+  std::sort(candidates.begin(), candidates.end());
+  return candidates;
+}
+
+void Coordinator::Impl::Advance() {
+  if (!fatal_.ok() || phase_ == Phase::kDone) return;
+  if (phase_ == Phase::kFit) {
+    CheckFit();
+    return;
+  }
+  if (phase_ == Phase::kEval) {
+    CheckEval();
+    return;
+  }
+  // Waiting: initialise, evaluate the initial adapter, or start the next round.
+  if (!state_) {
+    if (!layout_) return;  // The first client's Hello tells us the model.
+    Result<GlobalState> initial = strategy_->Initialize(*layout_);
+    if (!initial.ok()) {
+      Fatal(initial.status().WithContext("initialising the global adapter"));
+      return;
+    }
+    state_ = std::move(initial).value();
+    state_->round = 0;
+    LogInfo("initialised global adapter: ", state_->adapter.size(), " tensors, ",
+            PayloadBytes(state_->adapter), " bytes");
+  }
+  const std::uint64_t next = committed_ ? *committed_ + 1 : 0;
+  if (next > config_.rounds) {
+    Finish();
+    return;
+  }
+  const std::size_t live = clients_.size();
+  if (live < config_.round.min_clients) {
+    const Clock::TimePoint now = clock_.Now();
+    if (now - last_wait_log_ > std::chrono::seconds(10)) {
+      LogInfo("waiting for clients: ", live, " live, round.min_clients = ",
+              config_.round.min_clients);
+      last_wait_log_ = now;
+    }
+    return;
+  }
+  if (next == 0) {
+    run_ = RoundRun{};
+    run_.round = 0;
+    run_.started = clock_.Now();
+    run_.candidate = *state_;
+    if (config_.eval.enabled && config_.eval.initial) {
+      StartEval(Select(clients_.Ids(), WantedClients(live), 0, 0));
+    } else {
+      Commit();
+    }
+    return;
+  }
+  StartFit(next);
+}
+
+void Coordinator::Impl::StartFit(std::uint64_t round) {
+  run_ = RoundRun{};
+  run_.round = round;
+  run_.started = clock_.Now();
+  phase_ = Phase::kFit;
+  run_.want = WantedClients(clients_.size());
+  run_.quorum = std::max<std::uint32_t>(
+      config_.round.quorum,
+      static_cast<std::uint32_t>(std::ceil(config_.round.quorum_fraction * run_.want - 1e-9)));
+
+  // Uploads accepted before a restart count: their clients are not asked again.
+  Result<std::vector<ClientUpdate>> restored = store_->LoadPending(round);
+  if (!restored.ok()) {
+    Fatal(restored.status());
+    return;
+  }
+  for (ClientUpdate& u : *restored) {
+    Result<std::vector<ClientTask>> tasks =
+        strategy_->Configure(*state_, std::vector<ClientInfo>{ClientInfo{u.client_id, {}}});
+    if (!tasks.ok()) {
+      Fatal(tasks.status());
+      return;
+    }
+    wire::Update as_wire{round, u.num_samples, u.num_examples, u.metrics, u.tensors};
+    if (Status s = ValidateUpload(as_wire, tasks->front()); !s.ok()) {
+      LogWarn("round ", round, ": dropping restored upload of ", u.client_id, ": ", s.message());
+      continue;
+    }
+    run_.tasks[u.client_id] = std::move(tasks->front());
+    run_.updates.emplace(u.client_id, std::move(u));
+  }
+  if (!run_.updates.empty()) {
+    LogInfo("round ", round, ": restored ", run_.updates.size(),
+            " accepted upload(s) persisted before the restart");
+  }
+  StartAttempt();
+}
+
+void Coordinator::Impl::StartAttempt() {
+  ++run_.attempt;
+  run_.awaiting_retry = false;
+  std::vector<std::string> fresh, retried;
+  for (const std::string& id : clients_.Ids()) {
+    if (run_.updates.contains(id)) continue;
+    (run_.failed.contains(id) ? retried : fresh).push_back(id);
+  }
+  const std::size_t need =
+      run_.want > run_.updates.size() ? run_.want - run_.updates.size() : 0;
+  std::vector<std::string> chosen = Select(fresh, need, run_.round, run_.attempt);
+  if (chosen.size() < need) {  // Give clients that failed earlier in this round another chance.
+    std::vector<std::string> more =
+        Select(retried, need - chosen.size(), run_.round, run_.attempt + 1000);
+    chosen.insert(chosen.end(), more.begin(), more.end());
+  }
+  std::vector<ClientInfo> infos;
+  for (const std::string& id : chosen) {
+    infos.push_back(ClientInfo{id, clients_.FindById(id)->hello.capabilities});
+  }
+  Result<std::vector<ClientTask>> tasks = strategy_->Configure(*state_, infos);
+  if (!tasks.ok()) {
+    Fatal(tasks.status().WithContext("configuring round tasks"));
+    return;
+  }
+  run_.deadline = clock_.Now() + milliseconds(config_.round.timeout_ms);
+  for (ClientTask& task : *tasks) {
+    const std::string id = task.client_id;
+    run_.tasks[id] = std::move(task);
+    run_.failed.erase(id);
+    run_.outstanding.insert(id);
+    ++run_.selected;
+    SendTask(id);
+  }
+  LogInfo("round ", run_.round, "/", config_.rounds, (run_.attempt > 1 ? " (retry)" : ""),
+          ": tasks sent to ", chosen.size(), " client(s); aggregating at ", run_.quorum,
+          "+ updates, deadline in ", config_.round.timeout_ms, " ms");
+}
+
+void Coordinator::Impl::SendTask(const std::string& id) {
+  ClientConnection* client = clients_.FindById(id);
+  const ClientTask& task = run_.tasks.at(id);
+  if (client == nullptr) return;
+  wire::RoundTask message{run_.round,
+                          static_cast<std::uint64_t>(MillisUntil(clock_.Now(), run_.deadline)),
+                          task.lora, task.train, task.tensors};
+  run_.bytes_down += Send(*client, std::move(message));
+}
+
+void Coordinator::Impl::CheckFit() {
+  const Clock::TimePoint now = clock_.Now();
+  if (run_.awaiting_retry) {
+    // Wait for at least one client that can still contribute.
+    for (const std::string& id : clients_.Ids()) {
+      if (!run_.updates.contains(id)) {
+        StartAttempt();
+        return;
+      }
+    }
+    return;
+  }
+  if (!run_.outstanding.empty() && now < run_.deadline) return;
+  for (const std::string& id : run_.outstanding) {
+    LogWarn("round ", run_.round, ": client ", id, " missed the deadline");
+    run_.failed.insert(id);
+  }
+  run_.outstanding.clear();
+  if (run_.updates.size() >= run_.quorum) {
+    Aggregate();
+    return;
+  }
+  if (config_.round.max_attempts > 0 && run_.attempt >= config_.round.max_attempts) {
+    Fatal(Aborted("round ", run_.round, " reached only ", run_.updates.size(), " of ",
+                  run_.quorum, " required updates in ", run_.attempt, " attempt(s)"));
+    return;
+  }
+  LogWarn("round ", run_.round, ": ", run_.updates.size(), " of ", run_.quorum,
+          " required updates; selecting more clients");
+  run_.awaiting_retry = true;
+}
+
+void Coordinator::Impl::Aggregate() {
+  std::vector<ClientUpdate> updates;  // Sorted by client id: std::map order.
+  for (auto& [id, u] : run_.updates) updates.push_back(u);
+  GlobalState candidate = *state_;
+  Result<AggregateReport> report = strategy_->Aggregate(candidate, updates);
+  if (!report.ok()) {
+    Fatal(report.status().WithContext(StrCat("aggregating round ", run_.round)));
+    return;
+  }
+  candidate.round = run_.round;
+  run_.candidate = std::move(candidate);
+  run_.report = std::move(report).value();
+  std::vector<std::string> evaluators;
+  for (const auto& [id, u] : run_.updates) {
+    if (clients_.FindById(id) != nullptr) evaluators.push_back(id);
+  }
+  if (config_.eval.enabled && !evaluators.empty()) {
+    StartEval(evaluators);
+  } else {
+    Commit();
+  }
+}
+
+void Coordinator::Impl::StartEval(const std::vector<std::string>& clients) {
+  phase_ = Phase::kEval;
+  run_.eval_deadline = clock_.Now() + milliseconds(config_.eval.timeout_ms);
+  for (const std::string& id : clients) {
+    run_.eval_outstanding.insert(id);
+    SendEvalTask(id);
+  }
+}
+
+void Coordinator::Impl::SendEvalTask(const std::string& id) {
+  ClientConnection* client = clients_.FindById(id);
+  if (client == nullptr) return;
+  const ClientInfo info{id, client->hello.capabilities};
+  wire::EvalTask task{run_.round,
+                      static_cast<std::uint64_t>(MillisUntil(clock_.Now(), run_.eval_deadline)),
+                      config_.eval.max_batches, strategy_->EvalLora(info), config_.train,
+                      strategy_->EvalTensors(*run_.candidate, info)};
+  run_.eval_bytes_down += Send(*client, std::move(task));
+}
+
+void Coordinator::Impl::CheckEval() {
+  if (!run_.eval_outstanding.empty() && clock_.Now() < run_.eval_deadline) return;
+  for (const std::string& id : run_.eval_outstanding) {
+    LogWarn("round ", run_.round, ": client ", id, " did not return its evaluation in time");
+  }
+  run_.eval_outstanding.clear();
+  Commit();
+}
+
+void Coordinator::Impl::Commit() {
+  RoundMetrics m;
+  m.round = run_.round;
+  m.strategy = std::string(strategy_->name());
+  m.weighting = config_.strategy.weighting;
+  m.clients_selected = run_.selected;
+  m.clients_reported = static_cast<std::uint32_t>(run_.updates.size());
+  m.clients_failed = static_cast<std::uint32_t>(run_.failed.size());
+  m.attempts = run_.attempt;
+  double loss_sum = 0, samples = 0;
+  for (const auto& [id, u] : run_.updates) {
+    if (const auto it = u.metrics.find("train_loss"); it != u.metrics.end()) {
+      loss_sum += it->second * static_cast<double>(u.num_samples);
+      samples += static_cast<double>(u.num_samples);
+    }
+  }
+  if (samples > 0) m.train_loss = loss_sum / samples;
+  double eval_sum = 0;
+  for (const auto& [id, r] : run_.eval_results) {
+    eval_sum += r.loss * static_cast<double>(r.num_tokens);
+    m.eval_tokens += r.num_tokens;
+  }
+  m.eval_clients = static_cast<std::uint32_t>(run_.eval_results.size());
+  if (m.eval_tokens > 0) m.eval_loss = eval_sum / static_cast<double>(m.eval_tokens);
+  m.bytes_up = run_.bytes_up;
+  m.bytes_down = run_.bytes_down;
+  m.eval_bytes_up = run_.eval_bytes_up;
+  m.eval_bytes_down = run_.eval_bytes_down;
+  m.seconds = std::chrono::duration<double>(clock_.Now() - run_.started).count();
+  m.weights = run_.report.weights;
+  m.strategy_metrics = run_.report.metrics;
+  m.timestamp = UtcTimestamp();
+  const std::string line = ToJsonLine(m);
+
+  Checkpoint checkpoint{run_.round, std::string(strategy_->name()), *layout_, config_.lora,
+                        *run_.candidate, line};
+  if (Status s = store_->Commit(checkpoint, config_.keep_checkpoints); !s.ok()) {
+    Fatal(s.WithContext(StrCat("committing round ", run_.round)));
+    return;
+  }
+  if (Status s = store_->AppendMetrics(run_.round, line); !s.ok()) {
+    Fatal(s.WithContext("appending metrics"));
+    return;
+  }
+  state_ = std::move(run_.candidate);
+  committed_ = run_.round;
+  Count([&](CoordinatorCounters& c) {
+    c.committed_round = run_.round;
+    c.has_committed = true;
+  });
+  std::string summary =
+      run_.round == 0
+          ? std::string("round 0 (initial adapter)")
+          : StrCat("round ", run_.round, "/", config_.rounds, ": ", m.clients_reported, "/",
+                   m.clients_selected, " clients reported");
+  if (m.train_loss) summary += StrCat(", train_loss ", Fixed(*m.train_loss));
+  if (m.eval_loss) {
+    summary += StrCat(", eval_loss ", Fixed(*m.eval_loss), " (ppl ",
+                      Fixed(std::exp(*m.eval_loss), 2), ", ", m.eval_clients, " clients)");
+  }
+  summary += StrCat(", ", Fixed(m.seconds, 1), " s, up ", Megabytes(m.bytes_up), ", down ",
+                    Megabytes(m.bytes_down));
+  LogInfo(summary, "; committed to ", store_->CheckpointDir(run_.round));
+  run_ = RoundRun{};
+  phase_ = Phase::kWaiting;
+}
+
+void Coordinator::Impl::Finish() {
+  for (auto& [id, client] : clients_.all()) {
+    Send(client, wire::Bye{StrCat("training complete after ", config_.rounds, " rounds")});
+  }
+  LogInfo("all ", config_.rounds, " rounds committed; metrics in ", store_->MetricsPath(),
+          ", checkpoints in ", config_.state_dir, "/checkpoints");
+  phase_ = Phase::kDone;
+}
+
+}  // namespace fedlora::server

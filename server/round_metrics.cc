@@ -1,0 +1,47 @@
+#include "server/round_metrics.h"
+
+#include <chrono>
+#include <ctime>
+#include <nlohmann/json.hpp>
+
+namespace fedlora::server {
+
+std::string ToJsonLine(const RoundMetrics& m) {
+  nlohmann::ordered_json j;
+  const auto opt = [](const std::optional<double>& v) {
+    return v ? nlohmann::ordered_json(*v) : nlohmann::ordered_json(nullptr);
+  };
+  j["round"] = m.round;
+  j["strategy"] = m.strategy;
+  j["weighting"] = m.weighting;
+  j["clients_selected"] = m.clients_selected;
+  j["clients_reported"] = m.clients_reported;
+  j["clients_failed"] = m.clients_failed;
+  j["attempts"] = m.attempts;
+  j["train_loss"] = opt(m.train_loss);
+  j["eval_loss"] = opt(m.eval_loss);
+  j["eval_clients"] = m.eval_clients;
+  j["eval_tokens"] = m.eval_tokens;
+  j["bytes_up"] = m.bytes_up;
+  j["bytes_down"] = m.bytes_down;
+  j["eval_bytes_up"] = m.eval_bytes_up;
+  j["eval_bytes_down"] = m.eval_bytes_down;
+  j["seconds"] = m.seconds;
+  j["weights"] = nlohmann::ordered_json::object();
+  for (const auto& [id, w] : m.weights) j["weights"][id] = w;
+  j["strategy_metrics"] = nlohmann::ordered_json::object();
+  for (const auto& [k, v] : m.strategy_metrics) j["strategy_metrics"][k] = v;
+  j["timestamp"] = m.timestamp;
+  return j.dump();
+}
+
+std::string UtcTimestamp() {
+  const std::time_t now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+}  // namespace fedlora::server

@@ -1,0 +1,45 @@
+// round_metrics.h — one line of metrics.jsonl: what happened in one committed round.
+//
+// The field names are a public interface (outside tools read them); README.md documents each.
+// Never rename one; add new fields instead.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+
+#include "common/wire/messages.h"
+
+namespace fedlora::server {
+
+struct RoundMetrics {
+  std::uint64_t round = 0;
+  std::string strategy;
+  std::string weighting;
+  std::uint32_t clients_selected = 0;   // Clients sent a RoundTask (over all attempts).
+  std::uint32_t clients_reported = 0;   // Accepted updates aggregated.
+  std::uint32_t clients_failed = 0;     // Selected clients that dropped, erred or timed out.
+  std::uint32_t attempts = 0;           // Selection attempts (1 unless the quorum was missed).
+  std::optional<double> train_loss;     // Mean of reporters' train losses, weighted by samples.
+  std::optional<double> eval_loss;      // Per-token NLL of the new global adapter on the
+                                        // evaluating clients' held-out data.
+  std::uint32_t eval_clients = 0;
+  std::uint64_t eval_tokens = 0;
+  std::uint64_t bytes_up = 0;           // Update messages accepted (envelope + tensor frames).
+  std::uint64_t bytes_down = 0;         // RoundTask messages sent.
+  std::uint64_t eval_bytes_up = 0;      // EvalResult messages.
+  std::uint64_t eval_bytes_down = 0;    // EvalTask messages.
+  double seconds = 0;                   // Wall time from the first task sent to the commit.
+  std::map<std::string, double, std::less<>> weights;  // Client id -> aggregation weight.
+  wire::Metrics strategy_metrics;
+  std::string timestamp;                // UTC, ISO 8601, at commit.
+};
+
+// One JSON object on one line, fields in a fixed order; absent optionals are null.
+std::string ToJsonLine(const RoundMetrics& m);
+
+// "2026-11-23T23:40:01Z" for now.
+std::string UtcTimestamp();
+
+}  // namespace fedlora::server

@@ -1,0 +1,41 @@
+#include "client/config.h"
+
+#include <gtest/gtest.h>
+
+namespace fedlora::client {
+namespace {
+
+TEST(ClientConfigTest, ShippedExampleLoadsWithPathsResolvedAgainstTheFile) {
+  const Result<ClientConfig> c = LoadClientConfig(FEDLORA_SOURCE_DIR "/configs/client.yaml", {});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->model.path,
+            std::string(FEDLORA_SOURCE_DIR) + "/assets/models/stories260K/stories260K.bin");
+  EXPECT_FALSE(c->name.empty());  // Defaulted from the host name.
+}
+
+TEST(ClientConfigTest, OverridesAreAppliedAndCommandLinePathsStayAsGiven) {
+  const Result<ClientConfig> c =
+      LoadClientConfig(FEDLORA_SOURCE_DIR "/configs/client.yaml",
+                       {"name=alice", "data.partition_index=3", "data.path=corpus.txt"});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->name, "alice");
+  EXPECT_EQ(c->data.partition_index, 3u);
+  EXPECT_EQ(c->data.path, "corpus.txt");
+}
+
+TEST(ClientConfigTest, InvalidValuesNameTheirKey) {
+  const auto message = [](std::vector<std::string> overrides) {
+    const Result<ClientConfig> c =
+        LoadClientConfig(FEDLORA_SOURCE_DIR "/configs/client.yaml", overrides);
+    EXPECT_FALSE(c.ok());
+    return c.ok() ? std::string() : c.status().message();
+  };
+  EXPECT_NE(message({"data.partition=random"}).find("data.partition"), std::string::npos);
+  EXPECT_NE(message({"data.partition_index=8"}).find("partition_index"), std::string::npos);
+  EXPECT_NE(message({"model.fromat=hf"}).find("model.fromat"), std::string::npos);
+  EXPECT_NE(message({"device=tpu"}).find("device"), std::string::npos);
+  EXPECT_NE(message({"data.heldout_fraction=1.5"}).find("heldout_fraction"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace fedlora::client

@@ -1,0 +1,236 @@
+#include "client/local_worker.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <mutex>
+#include <thread>
+
+#include "client/data/text_dataset.h"
+#include "client/model/tokenizer.h"
+#include "tests/client_ml/ml_test_util.h"
+
+namespace fedlora::client {
+namespace {
+
+using ::testing::HasSubstr;
+using namespace ml_test;  // NOLINT: test helpers.
+
+std::shared_ptr<const ModelAssets> SharedAssets() {
+  static const std::shared_ptr<const ModelAssets> assets = [] {
+    ModelConfig config;
+    config.path = LegacyModelPath();
+    config.tokenizer = TokenizerPath();
+    Result<std::shared_ptr<const ModelAssets>> a = LoadModelAssets(config);
+    FEDLORA_CHECK_MSG(a.ok(), a.status().ToString());
+    return std::move(a).value();
+  }();
+  return assets;
+}
+
+ClientConfig WorkerConfig(const std::string& name, std::uint32_t partition = 1) {
+  ClientConfig config;
+  config.name = name;
+  config.data.path = ShakespearePath();
+  config.data.partition = "speaker";
+  config.data.num_partitions = 8;
+  config.data.partition_index = partition;
+  config.data.heldout_fraction = 0.1;
+  config.capabilities.max_rank = 16;
+  return config;
+}
+
+std::unique_ptr<Worker> MakeWorkerOrDie(const ClientConfig& config) {
+  Result<std::unique_ptr<Worker>> worker = MakeLocalWorker(config, SharedAssets());
+  FEDLORA_CHECK_MSG(worker.ok(), worker.status().ToString());
+  return std::move(worker).value();
+}
+
+wire::RoundTask WorkerTask(std::uint64_t round, std::uint32_t steps = 4) {
+  wire::RoundTask task;
+  task.round = round;
+  task.lora.rank = 4;
+  task.lora.alpha = 8;
+  task.lora.targets = {"q_proj", "v_proj", "down_proj"};
+  task.train.learning_rate = 5e-3;
+  task.train.local_steps = steps;
+  task.train.batch_size = 4;
+  task.train.seq_len = 64;
+  task.train.seed = 99;
+  task.train.upload_dtype = DType::kBF16;
+  return task;
+}
+
+wire::EvalTask EvalTaskFor(const wire::RoundTask& train, TensorMap tensors) {
+  wire::EvalTask task;
+  task.round = train.round;
+  task.lora = train.lora;
+  task.train = train.train;
+  task.max_batches = 4;
+  task.tensors = std::move(tensors);
+  return task;
+}
+
+TEST(LocalWorkerTest, DescribeIntroducesTheClientItsModelAndItsData) {
+  auto worker = MakeWorkerOrDie(WorkerConfig("alice"));
+  const wire::Hello hello = worker->Describe();
+  EXPECT_EQ(hello.client_name, "alice");
+  EXPECT_EQ(hello.software_version, "fedlora 0.1.0");
+  EXPECT_EQ(hello.base_model_sha256, BaseModelDigest(*SharedAssets()));
+  EXPECT_EQ(hello.base_model_sha256, Stories260K().Digest());
+  EXPECT_EQ(hello.modules, AdaptableModules(*SharedAssets()));
+  EXPECT_EQ(hello.modules.size(), 35u);
+  EXPECT_EQ(hello.capabilities.device, "cpu");
+  EXPECT_GT(hello.capabilities.memory_bytes, 0u);
+  EXPECT_EQ(hello.capabilities.max_rank, 16u);
+  EXPECT_GT(hello.capabilities.num_examples, 50u);
+  EXPECT_DOUBLE_EQ(hello.capabilities.relative_speed, 1.0);
+}
+
+TEST(LocalWorkerTest, DescribeCountsTrainingWindowsOf128Tokens) {
+  ClientConfig config = WorkerConfig("bob");
+  auto worker = MakeWorkerOrDie(config);
+  const Result<ClientData> data = LoadClientData(config.data, Tok512());
+  ASSERT_TRUE(data.ok());
+  EXPECT_EQ(worker->Describe().capabilities.num_examples, data->train.size() / 128);
+}
+
+TEST(LocalWorkerTest, TrainReturnsAnUpdateWithMetricsAndFactorsInTheUploadDtype) {
+  auto worker = MakeWorkerOrDie(WorkerConfig("carol"));
+  const wire::RoundTask task = WorkerTask(3);
+  const Result<wire::Update> update = worker->Train(task, {});
+  ASSERT_TRUE(update.ok()) << update.status().ToString();
+  EXPECT_EQ(update->round, 3u);
+  EXPECT_EQ(update->num_samples, 16u);  // 4 steps x batch 4.
+  const Result<ClientData> data = LoadClientData(WorkerConfig("carol").data, Tok512());
+  EXPECT_EQ(update->num_examples, data->train.size() / 64);
+  for (const char* key : {"train_loss", "steps", "tokens", "seconds"}) {
+    EXPECT_TRUE(update->metrics.contains(key)) << key;
+  }
+  EXPECT_DOUBLE_EQ(update->metrics.at("steps"), 4.0);
+  EXPECT_DOUBLE_EQ(update->metrics.at("tokens"), 16.0 * 64);
+  ASSERT_EQ(update->tensors.size(), 2u * 3 * 5);
+  const Tensor& b = update->tensors.at("model.layers.4.mlp.down_proj.lora_B.weight");
+  EXPECT_EQ(b.dtype, DType::kBF16);
+  EXPECT_EQ(b.shape, (std::vector<std::int64_t>{64, 4}));
+}
+
+TEST(LocalWorkerTest, TrainingFromTheReturnedAdapterLowersTheHeldoutLoss) {
+  auto worker = MakeWorkerOrDie(WorkerConfig("dave"));
+  wire::RoundTask task = WorkerTask(1, 30);
+  task.train.upload_dtype = DType::kF32;
+  const Result<wire::Update> update = worker->Train(task, {});
+  ASSERT_TRUE(update.ok()) << update.status().ToString();
+  const Result<wire::EvalResult> base = worker->Evaluate(EvalTaskFor(task, {}), {});
+  const Result<wire::EvalResult> tuned = worker->Evaluate(EvalTaskFor(task, update->tensors), {});
+  ASSERT_TRUE(base.ok()) << base.status().ToString();
+  ASSERT_TRUE(tuned.ok()) << tuned.status().ToString();
+  EXPECT_EQ(tuned->num_examples, 16u);  // max_batches 4 x batch 4.
+  EXPECT_EQ(tuned->num_tokens, 16u * 64);
+  EXPECT_NEAR(tuned->metrics.at("perplexity"), std::exp(tuned->loss), 1e-9);
+  EXPECT_LT(tuned->loss, base->loss - 0.5);
+}
+
+TEST(LocalWorkerTest, TheSameTaskGivesTheSameUpdateAndAnotherClientNameAnother) {
+  wire::RoundTask task = WorkerTask(2, 3);
+  task.train.upload_dtype = DType::kF32;
+  const auto first = MakeWorkerOrDie(WorkerConfig("erin"))->Train(task, {});
+  const auto again = MakeWorkerOrDie(WorkerConfig("erin"))->Train(task, {});
+  const auto other = MakeWorkerOrDie(WorkerConfig("frank"))->Train(task, {});
+  ASSERT_TRUE(first.ok() && again.ok() && other.ok());
+  EXPECT_EQ(first->tensors, again->tensors);
+  EXPECT_NE(first->tensors, other->tensors);
+}
+
+TEST(LocalWorkerTest, TrainStartsFromTheTaskTensors) {
+  auto worker = MakeWorkerOrDie(WorkerConfig("gina"));
+  wire::RoundTask task = WorkerTask(1, 2);
+  task.train.upload_dtype = DType::kF32;
+  const Result<wire::Update> first = worker->Train(task, {});
+  ASSERT_TRUE(first.ok());
+  task.round = 2;
+  task.train.learning_rate = 0.0;  // No movement: the upload must equal what was sent.
+  task.tensors = first->tensors;
+  const Result<wire::Update> second = worker->Train(task, {});
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  EXPECT_EQ(second->tensors, first->tensors);
+}
+
+TEST(LocalWorkerTest, TrainRejectsAnInconsistentTask) {
+  auto worker = MakeWorkerOrDie(WorkerConfig("hank"));
+  wire::RoundTask task = WorkerTask(1, 1);
+  task.lora.targets = {"attn_proj"};
+  EXPECT_EQ(worker->Train(task, {}).status().code(), StatusCode::kInvalidArgument);
+  task = WorkerTask(1, 1);
+  task.lora.rank = 32;  // Above max_rank 16.
+  EXPECT_THAT(worker->Train(task, {}).status().message(), HasSubstr("max_rank"));
+  task = WorkerTask(1, 1);
+  task.tensors["model.layers.0.self_attn.q_proj.lora_A.weight"] = Zeros(DType::kF32, {4, 64});
+  EXPECT_THAT(worker->Train(task, {}).status().message(), HasSubstr("missing adapter tensor"));
+}
+
+TEST(LocalWorkerTest, TrainHonoursAStopRequest) {
+  auto worker = MakeWorkerOrDie(WorkerConfig("ivy"));
+  std::stop_source stop;
+  stop.request_stop();
+  EXPECT_EQ(worker->Train(WorkerTask(1), stop.get_token()).status().code(),
+            StatusCode::kCancelled);
+}
+
+TEST(LocalWorkerTest, EvaluateRespectsTheConfiguredWindowCap) {
+  ClientConfig config = WorkerConfig("judy");
+  config.data.max_eval_windows = 3;
+  auto worker = MakeWorkerOrDie(config);
+  const Result<wire::EvalResult> result = worker->Evaluate(EvalTaskFor(WorkerTask(1), {}), {});
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_EQ(result->num_examples, 3u);
+}
+
+TEST(LocalWorkerTest, WorkersSharingAComputeLockBothTrainAndReleaseIt) {
+  std::mutex lock;
+  std::vector<std::unique_ptr<Worker>> workers;
+  for (const char* name : {"kim", "lou"}) {
+    Result<std::unique_ptr<Worker>> w =
+        MakeLocalWorker(WorkerConfig(name), SharedAssets(), {.compute_lock = &lock});
+    ASSERT_TRUE(w.ok());
+    workers.push_back(std::move(w).value());
+  }
+  std::vector<Status> results(2);
+  std::vector<std::thread> threads;
+  for (std::size_t i = 0; i < 2; ++i) {
+    threads.emplace_back([&, i] { results[i] = workers[i]->Train(WorkerTask(1, 2), {}).status(); });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_TRUE(results[0].ok()) << results[0].ToString();
+  EXPECT_TRUE(results[1].ok()) << results[1].ToString();
+  ASSERT_TRUE(lock.try_lock());  // Neither worker kept the lock.
+  lock.unlock();
+}
+
+TEST(LocalWorkerTest, LoadModelAssetsNamesTheFileAtFault) {
+  ModelConfig config;
+  config.path = "/nonexistent/model.bin";
+  config.tokenizer = TokenizerPath();
+  EXPECT_THAT(LoadModelAssets(config).status().message(), HasSubstr("/nonexistent/model.bin"));
+  config.path = LegacyModelPath();
+  config.tokenizer = "/nonexistent/tok.bin";
+  EXPECT_THAT(LoadModelAssets(config).status().message(), HasSubstr("/nonexistent/tok.bin"));
+  config.format = "gguf";
+  EXPECT_EQ(LoadModelAssets(config).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(LocalWorkerTest, MakeLocalWorkerRejectsUnsupportedDevicesAndBadData) {
+  ClientConfig config = WorkerConfig("leo");
+  config.device = "cuda:0";
+  EXPECT_EQ(MakeLocalWorker(config, SharedAssets()).status().code(), StatusCode::kUnimplemented);
+  config = WorkerConfig("leo");
+  config.data.path = "/nonexistent/corpus.txt";
+  const Status s = MakeLocalWorker(config, SharedAssets()).status();
+  EXPECT_EQ(s.code(), StatusCode::kNotFound);
+  EXPECT_THAT(s.message(), HasSubstr("/nonexistent/corpus.txt"));
+  EXPECT_THAT(s.message(), HasSubstr("leo"));
+}
+
+}  // namespace
+}  // namespace fedlora::client

@@ -1,0 +1,164 @@
+#include "common/wire/codec.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+namespace fedlora::wire {
+namespace {
+
+Tensor Matrix(std::int64_t rows, std::int64_t cols, float start) {
+  std::vector<float> v(static_cast<std::size_t>(rows * cols));
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = start + static_cast<float>(i);
+  return MakeF32({rows, cols}, v);
+}
+
+Envelope SampleUpdate() {
+  Update u;
+  u.round = 7;
+  u.num_samples = 160;
+  u.num_examples = 420;
+  u.metrics = {{"train_loss", 3.25}, {"steps", 10}};
+  u.tensors["m.lora_A.weight"] = Matrix(2, 5, 0.5f);
+  u.tensors["m.lora_B.weight"] = Matrix(3, 2, -1.0f);
+  return Envelope{kProtocolVersion, 99, 4, u};
+}
+
+// Owns copies of frames so tests can corrupt them.
+struct Frames {
+  std::vector<std::vector<std::byte>> data;
+  explicit Frames(const EncodedMessage& m) {
+    for (auto f : m.frames()) data.emplace_back(f.begin(), f.end());
+  }
+  std::vector<std::span<const std::byte>> views() const {
+    std::vector<std::span<const std::byte>> out;
+    for (const auto& d : data) out.emplace_back(d);
+    return out;
+  }
+};
+
+ErrorCode CodeOf(const Frames& frames, DecodeLimits limits = {}) {
+  Result<Envelope> r = Decode(frames.views(), limits);
+  EXPECT_FALSE(r.ok());
+  return r.ok() ? ErrorCode::kUnspecified : DecodeErrorCode(r.status());
+}
+
+TEST(CodecTest, EveryMessageKindRoundTrips) {
+  Hello hello{"alice", "fedlora 0.1.0", std::string(64, 'a'),
+              Capabilities{"cpu", 1 << 30, 16, 512, 1.5},
+              {{"model.layers.0.self_attn.q_proj", 64, 64}, {"model.layers.0.mlp.up_proj", 172, 64}}};
+  RoundTask task;
+  task.round = 3;
+  task.deadline_ms = 5000;
+  task.lora = LoraSpec{4, 8.0, 0.05, true, {"q_proj", "v_proj"}};
+  task.train.learning_rate = 2e-3;
+  task.train.upload_dtype = DType::kBF16;
+  task.tensors["x.lora_A.weight"] = Matrix(4, 3, 1.0f);
+  EvalTask eval;
+  eval.round = 3;
+  eval.max_batches = 5;
+  eval.tensors["x.lora_B.weight"] = FromDoubles(DType::kF16, {2, 2}, std::vector<double>{1, 2, 3, 4});
+  const std::vector<Body> bodies = {
+      hello,
+      Welcome{"alice", 250, 4, 12, "fedavg"},
+      task,
+      SampleUpdate().body,
+      Ack{3, 17},
+      Heartbeat{},
+      eval,
+      EvalResult{3, 2.5, 1000, 12, {{"perplexity", 12.18}}},
+      Error{ErrorCode::kDigestMismatch, "bad bytes", 9},
+      Bye{"done"}};
+  for (const Body& body : bodies) {
+    const Envelope in{kProtocolVersion, 1234567890123ull, 42, body};
+    const EncodedMessage encoded = Encode(in);
+    Result<Envelope> out = Decode(encoded.frames(), {});
+    ASSERT_TRUE(out.ok()) << BodyName(body) << ": " << out.status().ToString();
+    EXPECT_EQ(*out, in) << BodyName(body);
+  }
+}
+
+TEST(CodecTest, TensorsTravelAsTheirOwnFramesInNameOrder) {
+  const Envelope in = SampleUpdate();
+  const EncodedMessage encoded = Encode(in);
+  ASSERT_EQ(encoded.tensor_frames.size(), 2u);
+  const auto& tensors = std::get<Update>(in.body).tensors;
+  EXPECT_EQ(encoded.tensor_frames[0].size(), tensors.at("m.lora_A.weight").data.size());
+  EXPECT_EQ(0, std::memcmp(encoded.tensor_frames[1].data(),
+                           tensors.at("m.lora_B.weight").data.data(),
+                           encoded.tensor_frames[1].size()));
+}
+
+TEST(CodecTest, RejectsTruncatedEnvelopeAsMalformed) {
+  Frames frames(Encode(SampleUpdate()));
+  frames.data[0].resize(frames.data[0].size() - 16);
+  EXPECT_EQ(CodeOf(frames), ErrorCode::kMalformedEnvelope);
+  frames.data[0].resize(13);  // Not even whole words.
+  EXPECT_EQ(CodeOf(frames), ErrorCode::kMalformedEnvelope);
+}
+
+TEST(CodecTest, RejectsGarbageAsMalformed) {
+  Frames frames(Encode(Envelope{kProtocolVersion, 1, 1, Heartbeat{}}));
+  for (auto& b : frames.data[0]) b = std::byte{0xFF};
+  EXPECT_EQ(CodeOf(frames), ErrorCode::kMalformedEnvelope);
+}
+
+TEST(CodecTest, RejectsMissingAndExtraTensorFrames) {
+  Frames missing(Encode(SampleUpdate()));
+  missing.data.pop_back();
+  EXPECT_EQ(CodeOf(missing), ErrorCode::kFrameCountMismatch);
+  Frames extra(Encode(SampleUpdate()));
+  extra.data.push_back(extra.data.back());
+  EXPECT_EQ(CodeOf(extra), ErrorCode::kFrameCountMismatch);
+  Frames heartbeat(Encode(Envelope{kProtocolVersion, 1, 1, Heartbeat{}}));
+  heartbeat.data.push_back(std::vector<std::byte>(8));
+  EXPECT_EQ(CodeOf(heartbeat), ErrorCode::kFrameCountMismatch);
+}
+
+TEST(CodecTest, RejectsCorruptedTensorBytesByDigest) {
+  Frames frames(Encode(SampleUpdate()));
+  frames.data[1][3] ^= std::byte{0x01};
+  EXPECT_EQ(CodeOf(frames), ErrorCode::kDigestMismatch);
+}
+
+TEST(CodecTest, RejectsFrameWhoseLengthDisagreesWithItsRef) {
+  Frames frames(Encode(SampleUpdate()));
+  frames.data[2].resize(frames.data[2].size() - 4);
+  EXPECT_EQ(CodeOf(frames), ErrorCode::kTensorFrameMismatch);
+}
+
+TEST(CodecTest, RejectsWrongProtocolVersion) {
+  Envelope env = SampleUpdate();
+  env.protocol_version = kProtocolVersion + 1;
+  const Frames frames(Encode(env));
+  EXPECT_EQ(CodeOf(frames), ErrorCode::kVersionMismatch);
+}
+
+TEST(CodecTest, RejectsUnknownMessageKind) {
+  const Frames frames(
+      EncodeWithUnknownKindForTesting(Envelope{kProtocolVersion, 1, 2, Heartbeat{}}, 200));
+  EXPECT_EQ(CodeOf(frames), ErrorCode::kUnknownMessageKind);
+}
+
+TEST(CodecTest, RejectsMessagesOverTheSizeLimit) {
+  const Frames frames(Encode(SampleUpdate()));
+  DecodeLimits limits;
+  limits.max_message_bytes = 64;
+  EXPECT_EQ(CodeOf(frames, limits), ErrorCode::kMessageTooLarge);
+  limits = DecodeLimits{};
+  limits.max_frames = 2;
+  EXPECT_EQ(CodeOf(frames, limits), ErrorCode::kMessageTooLarge);
+}
+
+TEST(CodecTest, PeekHeaderReadsSequenceOfAnInvalidBody) {
+  Frames frames(Encode(SampleUpdate()));
+  frames.data.pop_back();  // Body invalid (frame count), header still readable.
+  const std::optional<EnvelopeHeader> header = PeekHeader(frames.data[0], {});
+  ASSERT_TRUE(header.has_value());
+  EXPECT_EQ(header->sequence, 4u);
+  EXPECT_EQ(header->session_id, 99u);
+  EXPECT_FALSE(PeekHeader(std::vector<std::byte>(5), {}).has_value());
+}
+
+}  // namespace
+}  // namespace fedlora::wire

@@ -1,0 +1,134 @@
+#include "server/checkpoint_store.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "common/fs.h"
+
+namespace fedlora::server {
+namespace {
+
+namespace stdfs = std::filesystem;
+
+class CheckpointStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::testing::TempDir() + "/fedlora_ckpt_" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    stdfs::remove_all(dir_);
+  }
+  void TearDown() override { stdfs::remove_all(dir_); }
+
+  static Checkpoint Make(std::uint64_t round, float value) {
+    Checkpoint cp;
+    cp.round = round;
+    cp.strategy = "fedavg";
+    cp.layout = {"ab" + std::string(62, '0'), {{"model.layers.0.self_attn.q_proj", 4, 3}}};
+    cp.lora = {.rank = 2, .alpha = 4, .targets = {"q_proj"}};
+    cp.state.round = round;
+    cp.state.adapter["model.layers.0.self_attn.q_proj.lora_A.weight"] =
+        MakeF32({2, 3}, std::vector<float>(6, value));
+    cp.metrics_json = "{\"round\":" + std::to_string(round) + "}";
+    return cp;
+  }
+
+  std::string dir_;
+};
+
+TEST_F(CheckpointStoreTest, CommittedCheckpointLoadsBackExactly) {
+  CheckpointStore store = std::move(CheckpointStore::Open(dir_).value());
+  EXPECT_FALSE(store.LoadLatest().value().has_value());
+  Checkpoint cp = Make(0, 1.0f);
+  cp.state.extra["log.U"] = MakeF32({1}, std::vector<float>{2.0f});
+  ASSERT_TRUE(store.Commit(cp).ok());
+  ASSERT_TRUE(store.Commit(Make(1, 2.0f)).ok());
+  const std::optional<Checkpoint> latest = store.LoadLatest().value();
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(latest->round, 1u);
+  EXPECT_EQ(latest->state, Make(1, 2.0f).state);
+  EXPECT_EQ(latest->layout, Make(1, 2.0f).layout);
+  EXPECT_EQ(latest->lora, Make(1, 2.0f).lora);
+  EXPECT_EQ(latest->metrics_json, "{\"round\":1}");
+  EXPECT_EQ(store.Commit(Make(1, 3.0f)).code(), StatusCode::kAlreadyExists);
+}
+
+TEST_F(CheckpointStoreTest, CorruptNewestCheckpointFallsBackToThePreviousOne) {
+  CheckpointStore store = std::move(CheckpointStore::Open(dir_).value());
+  ASSERT_TRUE(store.Commit(Make(1, 1.0f)).ok());
+  ASSERT_TRUE(store.Commit(Make(2, 2.0f)).ok());
+  {  // Flip bytes in round 2's adapter: the manifest digest no longer matches.
+    std::fstream f(store.CheckpointDir(2) + "/global.safetensors",
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-2, std::ios::end);
+    f.write("\x7f\x7f", 2);
+  }
+  const std::optional<Checkpoint> latest = store.LoadLatest().value();
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(latest->round, 1u);
+}
+
+TEST_F(CheckpointStoreTest, InterruptedCommitLeavesNoTraceAfterReopen) {
+  {
+    CheckpointStore store = std::move(CheckpointStore::Open(dir_).value());
+    ASSERT_TRUE(store.Commit(Make(1, 1.0f)).ok());
+  }
+  ASSERT_TRUE(fs::MakeDirectories(dir_ + "/checkpoints/.staging-000002").ok());
+  CheckpointStore store = std::move(CheckpointStore::Open(dir_).value());
+  EXPECT_FALSE(stdfs::exists(dir_ + "/checkpoints/.staging-000002"));
+  EXPECT_EQ(store.LoadLatest().value()->round, 1u);
+}
+
+TEST_F(CheckpointStoreTest, SecondCoordinatorCannotOpenALockedStateDir) {
+  CheckpointStore first = std::move(CheckpointStore::Open(dir_).value());
+  const Result<CheckpointStore> second = CheckpointStore::Open(dir_);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(second.status().message().find("in use"), std::string::npos);
+}
+
+TEST_F(CheckpointStoreTest, PersistedUploadsSurviveAReopenUntilTheirRoundCommits) {
+  ClientUpdate u{"alice", 40, 120, {{"train_loss", 2.5}},
+                 {{"w", MakeF32({2}, std::vector<float>{1, 2})}}};
+  {
+    CheckpointStore store = std::move(CheckpointStore::Open(dir_).value());
+    ASSERT_TRUE(store.PersistUpdate(3, u).ok());
+    ClientUpdate b = u;
+    b.client_id = "bob";
+    ASSERT_TRUE(store.PersistUpdate(3, b).ok());
+  }
+  CheckpointStore store = std::move(CheckpointStore::Open(dir_).value());
+  const std::vector<ClientUpdate> pending = store.LoadPending(3).value();
+  ASSERT_EQ(pending.size(), 2u);
+  EXPECT_EQ(pending[0].client_id, "alice");
+  EXPECT_EQ(pending[0].num_examples, 120u);
+  EXPECT_EQ(pending[0].metrics.at("train_loss"), 2.5);
+  EXPECT_EQ(pending[0].tensors, u.tensors);
+  EXPECT_TRUE(store.LoadPending(4).value().empty());
+  ASSERT_TRUE(store.Commit(Make(3, 1.0f)).ok());
+  EXPECT_TRUE(store.LoadPending(3).value().empty());
+}
+
+TEST_F(CheckpointStoreTest, MetricsGetOneLinePerRoundEvenAfterATornAppend) {
+  CheckpointStore store = std::move(CheckpointStore::Open(dir_).value());
+  ASSERT_TRUE(store.AppendMetrics(1, "{\"round\":1}").ok());
+  ASSERT_TRUE(store.AppendMetrics(1, "{\"round\":1}").ok());  // Idempotent.
+  {
+    std::ofstream f(store.MetricsPath(), std::ios::app);
+    f << "{\"round\":2,\"trai";  // A crash mid-append.
+  }
+  ASSERT_TRUE(store.AppendMetrics(2, "{\"round\":2}").ok());
+  EXPECT_EQ(store.MetricsRounds().value(), (std::vector<std::uint64_t>{1, 2}));
+}
+
+TEST_F(CheckpointStoreTest, KeepPrunesAllButTheNewestCheckpoints) {
+  CheckpointStore store = std::move(CheckpointStore::Open(dir_).value());
+  for (std::uint64_t r = 0; r < 5; ++r) ASSERT_TRUE(store.Commit(Make(r, 1.0f), 2).ok());
+  EXPECT_FALSE(stdfs::exists(store.CheckpointDir(2)));
+  EXPECT_TRUE(stdfs::exists(store.CheckpointDir(3)));
+  EXPECT_TRUE(stdfs::exists(store.CheckpointDir(4)));
+}
+
+}  // namespace
+}  // namespace fedlora::server

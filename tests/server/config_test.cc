@@ -1,0 +1,65 @@
+#include "server/config.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace fedlora::server {
+namespace {
+
+Result<CoordinatorConfig> Parse(std::string_view yaml, std::vector<std::string> overrides = {}) {
+  FEDLORA_ASSIGN_OR_RETURN(config::ConfigDocument doc,
+                           config::ConfigDocument::Parse(yaml, "coord.yaml", overrides));
+  CoordinatorConfig c;
+  FEDLORA_RETURN_IF_ERROR(ParseCoordinatorConfig(doc.Root(), &c));
+  return c;
+}
+
+TEST(CoordinatorConfigTest, ShippedExampleLoads) {
+  const Result<CoordinatorConfig> c =
+      LoadCoordinatorConfig(FEDLORA_SOURCE_DIR "/configs/coordinator.yaml", {});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->strategy.name, "fedavg");
+}
+
+TEST(CoordinatorConfigTest, DefaultsAreUsable) {
+  const Result<CoordinatorConfig> c = Parse("");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->rounds, 10u);
+  EXPECT_EQ(c->lora.targets, (std::vector<std::string>{"q_proj", "v_proj"}));
+}
+
+TEST(CoordinatorConfigTest, OverridesReachNestedSections) {
+  const Result<CoordinatorConfig> c =
+      Parse("rounds: 3\n", {"train.learning_rate=0.01", "lora.rank=4", "round.min_clients=3"});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->train.learning_rate, 0.01);
+  EXPECT_EQ(c->lora.rank, 4u);
+  EXPECT_EQ(c->round.min_clients, 3u);
+}
+
+TEST(CoordinatorConfigTest, TypoInANestedKeyNamesItsLine) {
+  const Result<CoordinatorConfig> c = Parse("rounds: 3\ntrain:\n  learning_rat: 0.1\n");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("coord.yaml:3"), std::string::npos) << c.status().message();
+  EXPECT_NE(c.status().message().find("train.learning_rat"), std::string::npos);
+}
+
+TEST(CoordinatorConfigTest, RangeErrorsNameTheKey) {
+  const auto message = [](std::string_view yaml) {
+    const Result<CoordinatorConfig> c = Parse(yaml);
+    EXPECT_FALSE(c.ok()) << yaml;
+    return c.ok() ? std::string() : c.status().message();
+  };
+  EXPECT_NE(message("rounds: 0").find("rounds"), std::string::npos);
+  EXPECT_NE(message("train: {learning_rate: -1}").find("learning_rate"), std::string::npos);
+  EXPECT_NE(message("lora: {targets: [qkv]}").find("qkv"), std::string::npos);
+  EXPECT_NE(message("strategy: {name: fedprox}").find("fedprox"), std::string::npos);
+  EXPECT_NE(message("round: {quorum: 3, min_clients: 2}").find("quorum"), std::string::npos);
+  EXPECT_NE(message("base_model_sha256: abc").find("64 hex"), std::string::npos);
+  EXPECT_NE(message("train: {upload_dtype: int8}").find("int8"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace fedlora::server

@@ -1,0 +1,346 @@
+#include "server/coordinator.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <thread>
+
+#include "common/fs.h"
+#include "server/checkpoint_store.h"
+#include "server/strategies/make_strategy.h"
+#include "tests/server/test_peer.h"
+
+namespace fedlora::server {
+namespace {
+
+using testing::MakeHello;
+using testing::TestPeer;
+using wire::ErrorCode;
+
+const std::string kDigest(64, 'd');
+const std::vector<wire::ModuleInfo> kModules = {{"model.layers.0.self_attn.q_proj", 6, 4},
+                                                {"model.layers.0.self_attn.v_proj", 3, 4}};
+
+class CoordinatorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    dir_ = ::testing::TempDir() + "/fedlora_coord_" + name;
+    std::filesystem::remove_all(dir_);
+    config_.state_dir = dir_;
+    config_.rounds = 1;
+    config_.base_model_sha256 = kDigest;
+    bind_base_ = "inproc://coordinator-test-" + name;
+    config_.transport.heartbeat_interval_ms = 100;
+    config_.transport.heartbeat_liveness = 1000;
+    config_.transport.max_message_bytes = 64 << 10;
+    config_.round.min_clients = 2;
+    config_.round.quorum = 1;
+    config_.round.timeout_ms = 60000;
+    config_.eval.enabled = false;
+    config_.lora = {.rank = 2, .alpha = 4, .targets = {"q_proj", "v_proj"}};
+  }
+  void TearDown() override {
+    StopCoordinator();
+    std::filesystem::remove_all(dir_);
+  }
+
+  void StartCoordinator(const Clock& clock) {
+    // ZeroMQ releases an inproc name asynchronously after its socket closes, so a restarted
+    // coordinator in the same context binds a fresh name; its peers connect to endpoint().
+    config_.transport.bind = bind_base_ + "-" + std::to_string(++starts_);
+    auto strategy = MakeStrategy(config_.strategy, {.lora = config_.lora, .train = config_.train,
+                                                    .seed = config_.seed});
+    ASSERT_TRUE(strategy.ok());
+    coordinator_ = std::make_unique<Coordinator>(config_, std::move(strategy).value(), context_,
+                                                 clock);
+    const Status started = coordinator_->Start();
+    ASSERT_TRUE(started.ok()) << started.ToString();
+    thread_ = std::thread([this] { result_ = coordinator_->Run(); });
+  }
+  // Waits for Run() to return and gives its status.
+  Status FinishCoordinator() {
+    if (thread_.joinable()) thread_.join();
+    return result_;
+  }
+  void StopCoordinator() {
+    if (coordinator_) coordinator_->Stop();
+    if (thread_.joinable()) thread_.join();
+    coordinator_.reset();
+  }
+  std::vector<std::string> MetricsLines() const {
+    std::vector<std::string> lines;
+    const std::string text = fs::ReadFile(dir_ + "/metrics.jsonl").value();
+    std::size_t start = 0;
+    while (start < text.size()) {
+      const std::size_t end = text.find('\n', start);
+      lines.push_back(text.substr(start, end - start));
+      start = end + 1;
+    }
+    return lines;
+  }
+
+  // A well-formed upload for `task`: its own tensors, nudged.
+  static wire::Update UpdateFor(const wire::RoundTask& task, float delta = 0.5f) {
+    wire::Update u;
+    u.round = task.round;
+    u.num_samples = 16;
+    u.num_examples = 100;
+    u.metrics = {{"train_loss", 2.0}};
+    for (const auto& [name, t] : task.tensors) {
+      std::vector<double> v = ToDoubles(t);
+      for (double& x : v) x += delta;
+      u.tensors[name] = FromDoubles(DType::kF32, t.shape, v);
+    }
+    return u;
+  }
+
+  std::string dir_;
+  std::string bind_base_;
+  int starts_ = 0;
+  CoordinatorConfig config_;
+  net::Context context_;
+  SystemClock system_clock_;
+  std::unique_ptr<Coordinator> coordinator_;
+  std::thread thread_;
+  Status result_;
+};
+
+TEST_F(CoordinatorTest, MalformedInputsGetTheirOwnErrorCodesWhileOthersAreServed) {
+  StartCoordinator(system_clock_);
+  const std::string endpoint = coordinator_->endpoint();
+  TestPeer good(context_, endpoint);
+  TestPeer bad(context_, endpoint);
+  good.Join(MakeHello("good", kDigest, kModules));
+  bad.Join(MakeHello("bad", kDigest, kModules));
+  const wire::RoundTask good_task = good.Expect<wire::RoundTask>();
+  const wire::RoundTask bad_task = bad.Expect<wire::RoundTask>();
+  ASSERT_EQ(good_task.round, 1u);
+  ASSERT_EQ(good_task.tensors.size(), 4u);
+
+  // Truncated envelope.
+  auto frames = bad.Frames(wire::Heartbeat{});
+  frames[0].resize(frames[0].size() - 8);
+  bad.SendFrames(frames);
+  EXPECT_EQ(bad.ExpectError(), ErrorCode::kMalformedEnvelope);
+  // Wrong frame count.
+  frames = bad.Frames(UpdateFor(bad_task));
+  frames.pop_back();
+  bad.SendFrames(frames);
+  EXPECT_EQ(bad.ExpectError(), ErrorCode::kFrameCountMismatch);
+  // Tensor bytes that do not match their digest.
+  frames = bad.Frames(UpdateFor(bad_task));
+  frames[1][0] ^= std::byte{1};
+  bad.SendFrames(frames);
+  EXPECT_EQ(bad.ExpectError(), ErrorCode::kDigestMismatch);
+  // Unknown message kind.
+  const wire::EncodedMessage unknown = wire::EncodeWithUnknownKindForTesting(
+      wire::Envelope{wire::kProtocolVersion, bad.session(), bad.sequence() + 1, wire::Heartbeat{}},
+      77);
+  bad.SendFrames(TestPeer::Copy(unknown));
+  EXPECT_EQ(bad.ExpectError(), ErrorCode::kUnknownMessageKind);
+  // Wrong protocol version.
+  bad.Send(wire::Heartbeat{}, wire::kProtocolVersion + 1);
+  EXPECT_EQ(bad.ExpectError(), ErrorCode::kVersionMismatch);
+  // Oversize: two 40 KiB frames, each under the transport's frame limit, together over 64 KiB.
+  wire::Update big = UpdateFor(bad_task);
+  big.tensors["x.a"] = Zeros(DType::kF32, {10240});
+  big.tensors["x.b"] = Zeros(DType::kF32, {10240});
+  bad.Send(big);
+  EXPECT_EQ(bad.ExpectError(), ErrorCode::kMessageTooLarge);
+  // Replayed sequence number and foreign session.
+  bad.SendEnvelope(wire::Envelope{wire::kProtocolVersion, bad.session(), 1, wire::Heartbeat{}});
+  EXPECT_EQ(bad.ExpectError(), ErrorCode::kSequenceReplay);
+  bad.SendEnvelope(
+      wire::Envelope{wire::kProtocolVersion, bad.session() + 1, 1000, wire::Heartbeat{}});
+  EXPECT_EQ(bad.ExpectError(), ErrorCode::kSessionMismatch);
+  // Upload for a round that is not open.
+  wire::Update stale = UpdateFor(bad_task);
+  stale.round = 99;
+  bad.Send(stale);
+  EXPECT_EQ(bad.ExpectError(), ErrorCode::kStaleRound);
+  // Non-finite values.
+  wire::Update nan = UpdateFor(bad_task);
+  nan.tensors.begin()->second = FromDoubles(DType::kF32, nan.tensors.begin()->second.shape,
+                                            std::vector<double>(8, std::nan("")));
+  bad.Send(nan);
+  EXPECT_EQ(bad.ExpectError(), ErrorCode::kNonFiniteTensor);
+  // Wrong dtype, then wrong shape, for a tensor the task asked for.
+  wire::Update f16 = UpdateFor(bad_task);
+  for (auto& [name, t] : f16.tensors) t = FromDoubles(DType::kF16, t.shape, ToDoubles(t));
+  bad.Send(f16);
+  EXPECT_EQ(bad.ExpectError(), ErrorCode::kTensorDtypeMismatch);
+  wire::Update shape = UpdateFor(bad_task);
+  shape.tensors.begin()->second = Zeros(DType::kF32, {2, 5});
+  bad.Send(shape);
+  EXPECT_EQ(bad.ExpectError(), ErrorCode::kTensorShapeMismatch);
+  // A client of another base model, and a peer that skips Hello.
+  TestPeer stranger(context_, endpoint);
+  stranger.Send(MakeHello("stranger", std::string(64, 'e'), kModules));
+  EXPECT_EQ(stranger.ExpectError(), ErrorCode::kBaseModelMismatch);
+  TestPeer rude(context_, endpoint);
+  rude.Send(wire::Heartbeat{});
+  EXPECT_EQ(rude.ExpectError(), ErrorCode::kUnexpectedMessage);
+
+  // Through all of that the good client is served normally.
+  const std::uint64_t sequence = good.Send(UpdateFor(good_task));
+  const wire::Ack ack = good.Expect<wire::Ack>();
+  EXPECT_EQ(ack.round, 1u);
+  EXPECT_EQ(ack.acked_sequence, sequence);
+  good.Expect<wire::Bye>();
+  ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+  EXPECT_EQ(coordinator_->counters().protocol_errors, 14u);
+  EXPECT_EQ(coordinator_->counters().updates_accepted, 1u);
+
+  const std::vector<std::string> lines = MetricsLines();
+  ASSERT_EQ(lines.size(), 2u);  // Rounds 0 and 1.
+  EXPECT_NE(lines[1].find("\"clients_selected\":2"), std::string::npos) << lines[1];
+  EXPECT_NE(lines[1].find("\"clients_reported\":1"), std::string::npos);
+  EXPECT_NE(lines[1].find("\"clients_failed\":1"), std::string::npos);
+}
+
+TEST_F(CoordinatorTest, ClientThatMissesTheDeadlineIsCountedAsFailed) {
+  FakeClock clock;
+  config_.round.timeout_ms = 5000;
+  StartCoordinator(clock);
+  TestPeer a(context_, coordinator_->endpoint());
+  TestPeer b(context_, coordinator_->endpoint());
+  a.Join(MakeHello("a", kDigest, kModules));
+  b.Join(MakeHello("b", kDigest, kModules));
+  const wire::RoundTask task = a.Expect<wire::RoundTask>();
+  b.Expect<wire::RoundTask>();
+  a.Send(UpdateFor(task));
+  a.Expect<wire::Ack>();
+  clock.Advance(std::chrono::seconds(6));
+  coordinator_->Wake();
+  a.Expect<wire::Bye>();
+  ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+  const std::string round1 = MetricsLines().at(1);
+  EXPECT_NE(round1.find("\"clients_reported\":1"), std::string::npos) << round1;
+  EXPECT_NE(round1.find("\"clients_failed\":1"), std::string::npos) << round1;
+}
+
+TEST_F(CoordinatorTest, RoundBelowQuorumAtTheDeadlineIsRetried) {
+  FakeClock clock;
+  config_.round.quorum = 2;
+  config_.round.timeout_ms = 5000;
+  StartCoordinator(clock);
+  TestPeer a(context_, coordinator_->endpoint());
+  TestPeer b(context_, coordinator_->endpoint());
+  a.Join(MakeHello("a", kDigest, kModules));
+  b.Join(MakeHello("b", kDigest, kModules));
+  const wire::RoundTask task = a.Expect<wire::RoundTask>();
+  b.Expect<wire::RoundTask>();
+  a.Send(UpdateFor(task));
+  a.Expect<wire::Ack>();
+  clock.Advance(std::chrono::seconds(6));  // b misses the deadline: 1 of 2 updates.
+  coordinator_->Wake();
+  const wire::RoundTask retry = b.Expect<wire::RoundTask>();  // Asked again, same round.
+  EXPECT_EQ(retry.round, 1u);
+  b.Send(UpdateFor(retry, -0.5f));
+  b.Expect<wire::Ack>();
+  a.Expect<wire::Bye>();
+  ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+  const std::string round1 = MetricsLines().at(1);
+  EXPECT_NE(round1.find("\"clients_reported\":2"), std::string::npos) << round1;
+  EXPECT_NE(round1.find("\"attempts\":2"), std::string::npos) << round1;
+}
+
+TEST_F(CoordinatorTest, AcknowledgedUploadSurvivesACoordinatorRestart) {
+  config_.round.quorum = 2;
+  StartCoordinator(system_clock_);
+  {
+    TestPeer a(context_, coordinator_->endpoint());
+    TestPeer b(context_, coordinator_->endpoint());
+    a.Join(MakeHello("a", kDigest, kModules));
+    b.Join(MakeHello("b", kDigest, kModules));
+    const wire::RoundTask task = a.Expect<wire::RoundTask>();
+    a.Send(UpdateFor(task));
+    a.Expect<wire::Ack>();
+    coordinator_->Stop();
+    EXPECT_EQ(a.ExpectError(), ErrorCode::kShuttingDown);
+    EXPECT_EQ(FinishCoordinator().code(), StatusCode::kCancelled);
+    coordinator_.reset();
+  }
+  StartCoordinator(system_clock_);
+  TestPeer a(context_, coordinator_->endpoint());
+  TestPeer b(context_, coordinator_->endpoint());
+  EXPECT_EQ(a.Join(MakeHello("a", kDigest, kModules)).current_round, 1u);
+  b.Join(MakeHello("b", kDigest, kModules));
+  // Only b is asked: a's upload from before the restart still counts.
+  const wire::RoundTask task = b.Expect<wire::RoundTask>();
+  b.Send(UpdateFor(task, -0.5f));
+  b.Expect<wire::Ack>();
+  a.Expect<wire::Bye>();
+  ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+  const std::string round1 = MetricsLines().at(1);
+  EXPECT_NE(round1.find("\"clients_reported\":2"), std::string::npos) << round1;
+  EXPECT_NE(round1.find("\"clients_selected\":1"), std::string::npos) << round1;
+}
+
+TEST_F(CoordinatorTest, RestartWithTheSameStateDirContinuesAtTheNextRound) {
+  StartCoordinator(system_clock_);
+  {
+    TestPeer a(context_, coordinator_->endpoint());
+    TestPeer b(context_, coordinator_->endpoint());
+    a.Join(MakeHello("a", kDigest, kModules));
+    b.Join(MakeHello("b", kDigest, kModules));
+    a.Send(UpdateFor(a.Expect<wire::RoundTask>()));
+    b.Send(UpdateFor(b.Expect<wire::RoundTask>()));
+    a.Expect<wire::Ack>();
+    a.Expect<wire::Bye>();
+    ASSERT_TRUE(FinishCoordinator().ok());
+    coordinator_.reset();
+  }
+  const TensorMap after_round1 =
+      CheckpointStore::Open(dir_).value().LoadLatest().value()->state.adapter;
+  config_.rounds = 2;
+  StartCoordinator(system_clock_);
+  TestPeer a(context_, coordinator_->endpoint());
+  TestPeer b(context_, coordinator_->endpoint());
+  EXPECT_EQ(a.Join(MakeHello("a", kDigest, kModules)).current_round, 2u);
+  b.Join(MakeHello("b", kDigest, kModules));
+  const wire::RoundTask task = a.Expect<wire::RoundTask>();
+  EXPECT_EQ(task.round, 2u);
+  EXPECT_EQ(task.tensors, after_round1);  // Starts from the committed global adapter.
+  a.Send(UpdateFor(task));
+  b.Send(UpdateFor(b.Expect<wire::RoundTask>()));
+  a.Expect<wire::Ack>();
+  a.Expect<wire::Bye>();
+  ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+  const std::vector<std::string> lines = MetricsLines();
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_NE(lines[2].find("\"round\":2"), std::string::npos);
+}
+
+TEST_F(CoordinatorTest, SecondLiveConnectionWithTheSameNameIsRefused) {
+  StartCoordinator(system_clock_);
+  TestPeer first(context_, coordinator_->endpoint());
+  first.Join(MakeHello("alice", kDigest, kModules));
+  TestPeer second(context_, coordinator_->endpoint());
+  second.Send(MakeHello("alice", kDigest, kModules));
+  EXPECT_EQ(second.ExpectError(), ErrorCode::kDuplicateClient);
+  TestPeer odd(context_, coordinator_->endpoint());
+  odd.Send(MakeHello("../etc", kDigest, kModules));
+  EXPECT_EQ(odd.ExpectError(), ErrorCode::kInvalidField);
+}
+
+TEST_F(CoordinatorTest, StateOfAnotherStrategyOrLoraShapeIsRefusedAtStart) {
+  {
+    CheckpointStore store = std::move(CheckpointStore::Open(dir_).value());
+    Checkpoint cp;
+    cp.strategy = "fedavg";
+    cp.layout = {kDigest, kModules};
+    cp.lora = {.rank = 16, .alpha = 4, .targets = {"q_proj", "v_proj"}};
+    ASSERT_TRUE(store.Commit(cp).ok());
+  }
+  auto strategy = MakeStrategy(config_.strategy, {.lora = config_.lora});
+  Coordinator coordinator(config_, std::move(strategy).value(), context_, system_clock_);
+  const Status s = coordinator.Start();
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("rank 16"), std::string::npos) << s.message();
+}
+
+}  // namespace
+}  // namespace fedlora::server

@@ -1,0 +1,113 @@
+// test_peer.h — a hand-driven protocol peer for coordinator tests: a real DEALER socket that
+// sends exactly the bytes a test asks for (valid or not) and waits for specific replies.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "common/net/zmq_transport.h"
+#include "common/wire/codec.h"
+
+namespace fedlora::testing {
+
+inline wire::Hello MakeHello(std::string name, std::string digest,
+                             std::vector<wire::ModuleInfo> modules) {
+  wire::Hello h;
+  h.client_name = std::move(name);
+  h.software_version = "test";
+  h.base_model_sha256 = std::move(digest);
+  h.capabilities = wire::Capabilities{"cpu", 1 << 20, 0, 100, 1.0};
+  h.modules = std::move(modules);
+  return h;
+}
+
+class TestPeer {
+ public:
+  TestPeer(net::Context& context, const std::string& endpoint) {
+    socket_ = std::move(net::Socket::Open(context, net::SocketKind::kDealer).value());
+    EXPECT_TRUE(socket_.Connect(endpoint).ok());
+  }
+
+  // Sends `body` in an envelope with this peer's session and next sequence number.
+  std::uint64_t Send(wire::Body body, std::uint16_t version = wire::kProtocolVersion) {
+    const wire::Envelope env{version, session_, ++sequence_, std::move(body)};
+    const wire::EncodedMessage m = wire::Encode(env);
+    EXPECT_TRUE(socket_.Send(m.frames()).ok());
+    return env.sequence;
+  }
+  std::uint64_t SendEnvelope(const wire::Envelope& env) {
+    const wire::EncodedMessage m = wire::Encode(env);
+    EXPECT_TRUE(socket_.Send(m.frames()).ok());
+    return env.sequence;
+  }
+  void SendFrames(const std::vector<std::vector<std::byte>>& frames) {
+    std::vector<std::span<const std::byte>> views(frames.begin(), frames.end());
+    EXPECT_TRUE(socket_.Send(views).ok());
+  }
+  static std::vector<std::vector<std::byte>> Copy(const wire::EncodedMessage& m) {
+    std::vector<std::vector<std::byte>> out;
+    for (auto f : m.frames()) out.emplace_back(f.begin(), f.end());
+    return out;
+  }
+  // Frames of `body` as this peer would send it, for tests to corrupt.
+  std::vector<std::vector<std::byte>> Frames(wire::Body body) {
+    const wire::Envelope env{wire::kProtocolVersion, session_, ++sequence_, std::move(body)};
+    const wire::EncodedMessage m = wire::Encode(env);
+    std::vector<std::vector<std::byte>> out;
+    for (auto f : m.frames()) out.emplace_back(f.begin(), f.end());
+    return out;
+  }
+
+  // The next message that is not a Heartbeat. Fails the test after a generous bound (which only
+  // guards against a hung test; nothing waits for it in a passing run).
+  wire::Envelope Next() {
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (std::chrono::steady_clock::now() < give_up) {
+      Result<std::optional<net::Message>> m = socket_.Receive(std::chrono::milliseconds(1000));
+      if (!m.ok() || !m->has_value()) continue;
+      Result<wire::Envelope> env = wire::Decode((*m)->frames(), {});
+      EXPECT_TRUE(env.ok()) << env.status().ToString();
+      if (!env.ok()) continue;
+      if (std::holds_alternative<wire::Heartbeat>(env->body)) continue;
+      return std::move(env).value();
+    }
+    ADD_FAILURE() << "no message within 30 s";
+    return wire::Envelope{};
+  }
+  template <typename T>
+  T Expect() {
+    wire::Envelope env = Next();
+    EXPECT_TRUE(std::holds_alternative<T>(env.body))
+        << "expected another message kind, got " << wire::BodyName(env.body)
+        << (std::holds_alternative<wire::Error>(env.body)
+                ? ": " + std::get<wire::Error>(env.body).message
+                : "");
+    if (!std::holds_alternative<T>(env.body)) return T{};
+    return std::get<T>(std::move(env.body));
+  }
+  wire::ErrorCode ExpectError() { return Expect<wire::Error>().code; }
+
+  // Says Hello and waits for the Welcome; adopts its session id.
+  wire::Welcome Join(wire::Hello hello) {
+    Send(std::move(hello));
+    wire::Envelope env = Next();
+    EXPECT_TRUE(std::holds_alternative<wire::Welcome>(env.body)) << wire::BodyName(env.body);
+    session_ = env.session_id;
+    return std::holds_alternative<wire::Welcome>(env.body) ? std::get<wire::Welcome>(env.body)
+                                                           : wire::Welcome{};
+  }
+
+  std::uint64_t session() const { return session_; }
+  std::uint64_t sequence() const { return sequence_; }
+  void set_session(std::uint64_t s) { session_ = s; }
+
+ private:
+  net::Socket socket_;
+  std::uint64_t session_ = 0;
+  std::uint64_t sequence_ = 0;
+};
+
+}  // namespace fedlora::testing
