@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "common/crypto/random.h"
 #include "common/log.h"
@@ -159,7 +160,13 @@ Status Coordinator::Impl::Run() {
       HandleMessage(**message);
     }
     OnTick();
-    Advance();
+    // One step can enable the next (a commit allows the next round to start): step until the
+    // state settles rather than waiting for the next wake-up.
+    for (int i = 0; i < 8; ++i) {
+      const auto before = std::make_tuple(phase_, run_.round, committed_);
+      Advance();
+      if (before == std::make_tuple(phase_, run_.round, committed_)) break;
+    }
   }
 }
 

@@ -166,10 +166,10 @@ Status RunSimulation(const SimConfig& config) {
     threads.emplace_back([&, i] { client_status[i] = sessions[i]->Run(); });
   }
   const Status result = coordinator.Run();
-  // Clients leave on the coordinator's Bye; after an error or a stop, tell them directly.
-  if (!result.ok()) {
-    for (auto& s : sessions) s->Stop();
-  }
+  // Clients leave on the coordinator's Bye. Those that never got one (the run was already
+  // complete when they connected, or it ended in an error or a stop) are told directly; a session
+  // that already returned ignores this.
+  for (auto& s : sessions) s->Stop();
   for (std::thread& t : threads) t.join();
   OnStopSignal([](void*) {}, nullptr);
   for (std::size_t i = 0; i < client_status.size(); ++i) {
