@@ -33,6 +33,7 @@ Status ParseClientConfig(const config::ConfigSection& root, ClientConfig* c) {
   FEDLORA_RETURN_IF_ERROR(root.Read("device", &c->device));
   FEDLORA_RETURN_IF_ERROR(root.Read("log_level", &c->log_level));
   FEDLORA_RETURN_IF_ERROR(root.Read("log_progress", &c->log_progress));
+  FEDLORA_RETURN_IF_ERROR(root.ReadPath("state_dir", &c->state_dir));
 
   const config::ConfigSection model = root.Section("model");
   FEDLORA_RETURN_IF_ERROR(model.ReadPath("path", &c->model.path));
@@ -49,6 +50,8 @@ Status ParseClientConfig(const config::ConfigSection& root, ClientConfig* c) {
   FEDLORA_RETURN_IF_ERROR(data.Read("partition_seed", &c->data.partition_seed));
   FEDLORA_RETURN_IF_ERROR(data.Read("heldout_fraction", &c->data.heldout_fraction));
   FEDLORA_RETURN_IF_ERROR(data.Read("max_eval_windows", &c->data.max_eval_windows));
+  FEDLORA_RETURN_IF_ERROR(data.ReadPath("init_path", &c->data.init_path));
+  FEDLORA_RETURN_IF_ERROR(data.Read("init_from_train", &c->data.init_from_train));
   FEDLORA_RETURN_IF_ERROR(data.Finish());
 
   const config::ConfigSection transport = root.Section("transport");
@@ -74,6 +77,7 @@ Status ParseClientConfig(const config::ConfigSection& root, ClientConfig* c) {
   FEDLORA_RETURN_IF_ERROR(root.Finish());
 
   if (c->name.empty()) c->name = DefaultName();
+  if (c->state_dir.empty()) c->state_dir = "fedlora-client-" + c->name;
   if (c->model.path.empty()) return InvalidArgument("model.path is required");
   if (c->model.tokenizer.empty()) return InvalidArgument("model.tokenizer is required");
   if (c->model.format != "llama2c") {

@@ -33,6 +33,10 @@ struct DataConfig {
   std::uint64_t partition_seed = 0;   // Must be equal on every client of one federation.
   double heldout_fraction = 0.1;      // Share of this client's paragraphs kept for evaluation.
   std::uint32_t max_eval_windows = 0; // Cap on held-out windows evaluated; 0 = all.
+  // Data this client declares for strategy initialisation (Fed-SB's gradient estimate, which
+  // is not private): a separate corpus, or (init_from_train) its own training split.
+  std::string init_path;
+  bool init_from_train = false;
 };
 
 struct ClientTransportConfig {
@@ -62,6 +66,9 @@ struct ClientConfig {
   std::uint32_t threads = 0;                          // LibTorch intra-op threads; 0 = all cores.
   std::string device = "cpu";
   std::string log_level = "info";
+  // Where the client keeps state across rounds and restarts (FedSA-LoRA's private B). Empty:
+  // "fedlora-client-<name>" in the working directory.
+  std::string state_dir;
   bool log_progress = true;  // Log each task, upload and acknowledgement at info level (else debug).
   ModelConfig model;
   DataConfig data;

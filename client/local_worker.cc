@@ -1,5 +1,7 @@
 // local_worker.cc — the door between the torch-free Worker interface and the LibTorch stack:
-// model + tokenizer (ModelAssets), the client's tokenized data, LoRA training and evaluation.
+// model + tokenizer (ModelAssets), the client's tokenized data, LoRA training and evaluation in
+// every adapter mode of the protocol (task_adapter.h), base corrections (base_overlay.h),
+// FedSA-LoRA's private B (local_factor_store.h) and the LoRA-SB initialisation.
 #include "client/local_worker.h"
 
 #include <ATen/ATen.h>
@@ -7,31 +9,48 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <new>
+#include <numeric>
+#include <optional>
 #include <thread>
 
 #include "client/data/text_dataset.h"
+#include "client/lora/local_factor_store.h"
 #include "client/lora/lora_adapter.h"
+#include "client/lora/task_adapter.h"
+#include "client/model/base_overlay.h"
 #include "client/model/llama.h"
 #include "client/model/tokenizer.h"
+#include "client/torch_bridge.h"
 #include "client/train/trainer.h"
+#include "common/log.h"
+#include "common/lora/factor_math.h"
 
 namespace fedlora::client {
 
 class ModelAssets {
  public:
   ModelAssets(std::shared_ptr<const LlamaModel> model, Tokenizer tokenizer)
-      : model_(std::move(model)), tokenizer_(std::move(tokenizer)) {}
+      : model_(std::move(model)),
+        tokenizer_(std::move(tokenizer)),
+        overlays_(std::make_shared<BaseOverlayCache>()) {}
   const LlamaModel& model() const { return *model_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
+  // Corrected base weights shared by the workers on these assets (thread-safe).
+  BaseOverlayCache& overlays() const { return *overlays_; }
 
  private:
   std::shared_ptr<const LlamaModel> model_;
   Tokenizer tokenizer_;
+  std::shared_ptr<BaseOverlayCache> overlays_;
 };
 
 namespace {
+
+using wire::AdapterInit;
+using wire::AdapterMode;
 
 constexpr std::string_view kSoftwareVersion = "fedlora 0.1.0";
 constexpr std::uint32_t kDescribeSeqLen = 128;  // Window length Hello's num_examples counts.
@@ -50,11 +69,15 @@ std::uint64_t PhysicalMemoryBytes() {
 class LocalWorker final : public Worker {
  public:
   LocalWorker(ClientConfig config, std::shared_ptr<const ModelAssets> assets,
-              LocalWorkerOptions options, ClientData data)
+              LocalWorkerOptions options, ClientData data, std::vector<TokenId> init_stream)
       : config_(std::move(config)),
         assets_(std::move(assets)),
         options_(options),
-        data_(std::move(data)) {
+        data_(std::move(data)),
+        init_stream_(std::move(init_stream)),
+        local_store_(config_.state_dir.empty() ? StrCat("fedlora-client-", config_.name)
+                                               : config_.state_dir,
+                     config_.name, assets_->model().Digest()) {
     const LlamaModel& model = assets_->model();
     hello_.client_name = config_.name;
     hello_.software_version = std::string(kSoftwareVersion);
@@ -67,31 +90,76 @@ class LocalWorker final : public Worker {
     hello_.capabilities.num_examples = TrainWindows(
         static_cast<std::uint32_t>(std::min<std::int64_t>(kDescribeSeqLen, model.config().seq_len)));
     hello_.capabilities.relative_speed = config_.capabilities.relative_speed;
+    hello_.capabilities.can_initialize = !InitStream().empty();
     hello_.modules = model.AdaptableModules();
   }
 
-  wire::Hello Describe() const override { return hello_; }
+  // May run on the session's thread while a task runs on its job thread: reads only immutable
+  // members and the atomic base version.
+  wire::Hello Describe() const override {
+    wire::Hello hello = hello_;
+    hello.base_version = base_version_.load();
+    return hello;
+  }
 
   Result<wire::Update> Train(const wire::RoundTask& task, std::stop_token stop) override try {
-    FEDLORA_RETURN_IF_ERROR(CheckRank(task.lora));
     std::unique_lock<std::mutex> lock = LockCompute();
+    FEDLORA_RETURN_IF_ERROR(UpdateBase(task.base, task.tensors));
+    const TensorMap adapter_tensors = AdapterTensors(task.tensors, task.base);
+    FEDLORA_ASSIGN_OR_RETURN(
+        const ResolvedPlan plan,
+        InContext(ResolvePlan(assets_->model(), task.lora, task.plan, TaskPurpose::kTrain)));
+    FEDLORA_RETURN_IF_ERROR(CheckRank(plan));
+    if (plan.plan.mode == AdapterMode::kLoraSbInit) {
+      return InitLoraSb(task, plan, adapter_tensors, stop);
+    }
     const std::uint64_t seed =
         MixSeed(MixSeed(task.train.seed, StableHash(config_.name)), task.round);
+    ModuleTensors local_b;
+    if (plan.plan.init == AdapterInit::kLocalB) local_b = LocalB(plan);
+    // fresh: this client's own draw; fromTask without tensors (a federation that leaves the
+    // first initialisation to clients): every client draws the same A from the task seed.
+    const AdapterSources sources{
+        .tensors = &adapter_tensors,
+        .init_seed = plan.plan.init == AdapterInit::kFresh ? MixSeed(seed, kInitSalt)
+                                                           : MixSeed(task.train.seed, kInitSalt),
+        .local_b = &local_b,
+        .sb_cache = &sb_cache_};
     FEDLORA_ASSIGN_OR_RETURN(std::unique_ptr<LoraAdapter> adapter,
-                             MakeAdapter(task.lora, task.tensors, task.train.seed));
+                             InContext(BuildTaskAdapter(assets_->model(), task.lora, plan, sources)));
     adapter->SetSeed(MixSeed(seed, kDropoutSalt));
+    std::map<std::string, double, std::less<>> start_scores;
+    if (plan.pruning()) {
+      FEDLORA_RETURN_IF_ERROR(
+          InContext(adapter->SetTailPenalty(plan.plan.pruning.gamma, plan.plan.pruning.lambda)));
+      start_scores = adapter->TailScores();
+    }
     FEDLORA_ASSIGN_OR_RETURN(const TrainStats stats,
                              TrainLora(assets_->model(), *adapter, data_.train, task.train,
-                                       MixSeed(seed, kOrderSalt), stop));
+                                       MixSeed(seed, kOrderSalt), stop, BaseWeights()));
     wire::Update update;
     update.round = task.round;
     update.num_samples = stats.samples;
     update.num_examples = TrainWindows(task.train.seq_len);
+    update.base_version = base_version_.load();
     update.metrics = {{"train_loss", stats.loss},
                       {"steps", static_cast<double>(stats.steps)},
                       {"tokens", static_cast<double>(stats.tokens)},
                       {"seconds", stats.seconds}};
-    FEDLORA_ASSIGN_OR_RETURN(update.tensors, adapter->Export(task.train.upload_dtype));
+    std::map<std::string, std::int64_t, std::less<>> pruned;
+    if (plan.pruning()) {
+      const auto end_scores = adapter->TailScores();
+      pruned = PrunedRanks(plan, start_scores, end_scores);
+      double start_sum = 0, end_sum = 0;
+      for (const auto& [m, v] : start_scores) start_sum += v;
+      for (const auto& [m, v] : end_scores) end_sum += v;
+      update.metrics["tail_score_start"] = start_sum;
+      update.metrics["tail_score_end"] = end_sum;
+      update.metrics["pruned_modules"] = static_cast<double>(pruned.size());
+    }
+    FEDLORA_ASSIGN_OR_RETURN(update.tensors,
+                             ExportUpload(*adapter, plan, task.train.upload_dtype, pruned));
+    if (plan.plan.init == AdapterInit::kLocalB) KeepLocalB(plan, *adapter);
     return update;
   } catch (const std::bad_alloc&) {
     return ResourceExhausted("client '", config_.name, "': out of memory while training round ",
@@ -103,23 +171,39 @@ class LocalWorker final : public Worker {
   Result<wire::EvalResult> Evaluate(const wire::EvalTask& task, std::stop_token stop) override
       try {
     std::unique_lock<std::mutex> lock = LockCompute();
+    FEDLORA_RETURN_IF_ERROR(UpdateBase(task.base, task.tensors));
+    const TensorMap adapter_tensors = AdapterTensors(task.tensors, task.base);
     std::unique_ptr<LoraAdapter> adapter;
-    if (!task.tensors.empty()) {
-      FEDLORA_RETURN_IF_ERROR(CheckRank(task.lora));
-      FEDLORA_ASSIGN_OR_RETURN(adapter, MakeAdapter(task.lora, task.tensors, task.train.seed));
+    if (task.plan.mode == AdapterMode::kLoraSbInit) {
+      return InvalidArgument("client '", config_.name, "': cannot evaluate a LoRA-SB ",
+                             "initialisation plan");
+    }
+    if (!adapter_tensors.empty()) {  // Without adapter tensors: the (corrected) base.
+      FEDLORA_ASSIGN_OR_RETURN(
+          const ResolvedPlan plan,
+          InContext(ResolvePlan(assets_->model(), task.lora, task.plan, TaskPurpose::kEvaluate)));
+      ModuleTensors local_b;
+      if (plan.plan.init == AdapterInit::kLocalB) local_b = LocalB(plan);
+      const AdapterSources sources{.tensors = &adapter_tensors,
+                                   .init_seed = MixSeed(task.train.seed, kInitSalt),
+                                   .local_b = &local_b,
+                                   .sb_cache = &sb_cache_};
+      FEDLORA_ASSIGN_OR_RETURN(
+          adapter, InContext(BuildTaskAdapter(assets_->model(), task.lora, plan, sources)));
     }
     const EvalOptions options{.seq_len = task.train.seq_len,
                               .batch_size = task.train.batch_size,
                               .max_batches = task.max_batches,
                               .max_windows = config_.data.max_eval_windows};
-    FEDLORA_ASSIGN_OR_RETURN(
-        const EvalStats stats,
-        EvaluateLoss(assets_->model(), adapter.get(), data_.heldout, options, stop));
+    FEDLORA_ASSIGN_OR_RETURN(const EvalStats stats,
+                             EvaluateLoss(assets_->model(), adapter.get(), data_.heldout, options,
+                                          stop, BaseWeights()));
     wire::EvalResult result;
     result.round = task.round;
     result.loss = stats.loss;
     result.num_tokens = stats.tokens;
     result.num_examples = stats.windows;
+    result.base_version = base_version_.load();
     result.metrics = {{"perplexity", std::exp(stats.loss)}, {"seconds", stats.seconds}};
     return result;
   } catch (const std::bad_alloc&) {
@@ -129,46 +213,195 @@ class LocalWorker final : public Worker {
     return Internal("client '", config_.name, "': evaluating round ", task.round, ": ", e.what());
   }
 
+  TensorMap CorrectedBaseForTesting() const {
+    TensorMap out;
+    if (base_ == nullptr) return out;
+    const std::vector<wire::ModuleInfo>& modules = assets_->model().AdaptableModules();
+    const std::span<const at::Tensor> weights = base_->weights();
+    for (std::size_t i = 0; i < weights.size(); ++i) {
+      if (!weights[i].defined()) continue;
+      Result<Tensor> t = ToWire(weights[i]);
+      FEDLORA_CHECK_MSG(t.ok(), t.status().ToString());
+      out.emplace(StrCat(modules[i].name, ".weight"), std::move(t).value());
+    }
+    return out;
+  }
+
  private:
   std::unique_lock<std::mutex> LockCompute() const {
     return options_.compute_lock != nullptr ? std::unique_lock<std::mutex>(*options_.compute_lock)
                                             : std::unique_lock<std::mutex>();
   }
 
+  template <typename T>
+  Result<T> InContext(Result<T> r) const {
+    if (r.ok()) return r;
+    return r.status().WithContext(StrCat("client '", config_.name, "'"));
+  }
+  Status InContext(const Status& s) const {
+    return s.WithContext(StrCat("client '", config_.name, "'"));
+  }
+
   std::uint64_t TrainWindows(std::uint32_t seq_len) const {
     return seq_len == 0 ? 0 : MakeWindows(data_.train.size(), seq_len).size();
   }
 
-  Status CheckRank(const wire::LoraSpec& lora) const {
+  // The data the LoRA-SB initialisation estimates gradients on: data.init_path, else the
+  // training split when data.init_from_train, else none.
+  std::span<const TokenId> InitStream() const {
+    if (!init_stream_.empty()) return init_stream_;
+    if (config_.data.init_from_train) return data_.train;
+    return {};
+  }
+
+  Status CheckRank(const ResolvedPlan& plan) const {
     const std::uint32_t max_rank = config_.capabilities.max_rank;
-    if (max_rank != 0 && lora.rank > max_rank) {
-      return InvalidArgument("client '", config_.name, "': LoRA rank ", lora.rank,
+    if (max_rank != 0 && plan.max_rank > static_cast<std::int64_t>(max_rank)) {
+      return InvalidArgument("client '", config_.name, "': LoRA rank ", plan.max_rank,
                              " exceeds this client's max_rank ", max_rank);
     }
     return OkStatus();
   }
 
-  // A fresh adapter for `lora`, then the task's factors. With no factors (the very first round of
-  // a federation that leaves initialisation to clients) every client draws the same A from the
-  // task seed alone, so their adapters start from one point.
-  Result<std::unique_ptr<LoraAdapter>> MakeAdapter(const wire::LoraSpec& lora,
-                                                   const TensorMap& tensors,
-                                                   std::uint64_t task_seed) const {
-    Result<std::unique_ptr<LoraAdapter>> adapter =
-        LoraAdapter::Create(assets_->model(), lora, MixSeed(task_seed, kInitSalt));
-    if (!adapter.ok()) return adapter.status().WithContext(StrCat("client '", config_.name, "'"));
-    if (!tensors.empty()) {
-      const Status loaded = (*adapter)->Load(tensors);
-      if (!loaded.ok()) return loaded.WithContext(StrCat("client '", config_.name, "'"));
-    }
-    return adapter;
+  std::span<const at::Tensor> BaseWeights() const {
+    return base_ != nullptr ? base_->weights() : std::span<const at::Tensor>();
   }
+
+  // Applies a task's base update; on error (a version mismatch keeps its wire code in detail())
+  // the base is unchanged. Once applied it stays applied even if the task then fails, as the
+  // coordinator assumes (tasks are applied in order).
+  Status UpdateBase(const wire::BaseUpdate& update, const TensorMap& tensors) {
+    Result<std::shared_ptr<const BaseOverlay>> next =
+        ApplyBaseUpdate(assets_->model(), base_, update, tensors, &assets_->overlays());
+    if (!next.ok()) return InContext(next.status());
+    base_ = std::move(next).value();
+    base_version_.store(BaseVersionOf(base_.get()));
+    return OkStatus();
+  }
+
+  // ---- FedSA-LoRA: the private B ----
+
+  static FactorLayout LocalBLayout(const ResolvedPlan& plan) {
+    FactorLayout layout;
+    for (const PlannedModule& m : plan.modules) {
+      layout[LoraTensorName(m.name, LoraFactor::kB)] = {m.d_out, m.rank};
+    }
+    return layout;
+  }
+
+  // The client's B for `plan` (zeros the first time), from memory or its state directory.
+  ModuleTensors LocalB(const ResolvedPlan& plan) {
+    const FactorLayout layout = LocalBLayout(plan);
+    const std::string path = local_store_.PathFor(layout);
+    if (!local_b_ || local_b_->path != path) {
+      const TensorMap stored = local_store_.Load(layout);
+      ModuleTensors b;
+      for (const PlannedModule& m : plan.modules) {
+        Result<at::Tensor> t = FromWireAsFloat(stored.at(LoraTensorName(m.name, LoraFactor::kB)));
+        FEDLORA_CHECK_MSG(t.ok(), t.status().ToString());  // The store checked every tensor.
+        b.emplace(m.name, std::move(t).value());
+      }
+      local_b_ = LocalBState{path, std::move(b)};
+    }
+    return local_b_->b;
+  }
+
+  // Keeps the trained B in memory and persists it; a failed write is logged (the in-memory copy
+  // still serves this process) so one full disk does not fail every round.
+  void KeepLocalB(const ResolvedPlan& plan, const LoraAdapter& adapter) {
+    const FactorLayout layout = LocalBLayout(plan);
+    ModuleTensors b;
+    TensorMap wire;
+    for (const PlannedModule& m : plan.modules) {
+      at::Tensor t = adapter.Factor(m.name, LoraFactor::kB);
+      Result<Tensor> w = ToWire(t, DType::kF32);
+      FEDLORA_CHECK_MSG(w.ok(), w.status().ToString());
+      wire.emplace(LoraTensorName(m.name, LoraFactor::kB), std::move(w).value());
+      b.emplace(m.name, std::move(t));
+    }
+    local_b_ = LocalBState{local_store_.PathFor(layout), std::move(b)};
+    if (const Status saved = local_store_.Save(layout, wire); !saved.ok()) {
+      LogWarn("client '", config_.name, "': could not persist its private LoRA B: ",
+              saved.ToString());
+    }
+  }
+
+  // ---- LoRA-SB initialisation (ALGORITHMS.md §5) ----
+
+  Result<wire::Update> InitLoraSb(const wire::RoundTask& task, const ResolvedPlan& plan,
+                                  const TensorMap& adapter_tensors, std::stop_token stop) {
+    if (!adapter_tensors.empty()) {
+      return InvalidArgument("client '", config_.name, "': unknown adapter tensor '",
+                             adapter_tensors.begin()->first,
+                             "' (a LoRA-SB initialisation task carries none)");
+    }
+    const std::span<const TokenId> stream = InitStream();
+    if (stream.empty()) {
+      return FailedPrecondition("client '", config_.name, "' holds no initialisation data ",
+                                "(hint: set data.init_path, or data.init_from_train to use its ",
+                                "training split)");
+    }
+    const LlamaModel& model = assets_->model();
+    if (task.train.seq_len == 0 || task.train.seq_len > model.config().seq_len) {
+      return InvalidArgument("train.seq_len ", task.train.seq_len, " must be in [1, ",
+                             model.config().seq_len, "]");
+    }
+    if (task.train.batch_size == 0) return InvalidArgument("train.batch_size must be >= 1");
+    // The first init_samples windows of the stream, in order, in batches of train.batch_size:
+    // a pure function of the data, so the estimate is reproducible anywhere.
+    std::vector<TokenWindow> picked = MakeWindows(stream.size(), task.train.seq_len);
+    picked.resize(std::min<std::size_t>(picked.size(), task.plan.init_samples));
+    std::vector<std::size_t> indices;
+    for (const PlannedModule& m : plan.modules) indices.push_back(m.index);
+
+    FEDLORA_ASSIGN_OR_RETURN(const BaseGradients g,
+                             AccumulateBaseGradients(model, indices, stream, picked,
+                                                     task.train.batch_size, stop, BaseWeights()));
+    wire::Update update;
+    update.round = task.round;
+    update.num_samples = g.samples;
+    update.num_examples = TrainWindows(task.train.seq_len);
+    update.base_version = base_version_.load();
+    update.metrics = {{"train_loss", g.loss},
+                      {"steps", static_cast<double>(g.batches)},
+                      {"tokens", static_cast<double>(g.tokens)},
+                      {"init_samples", static_cast<double>(g.samples)},
+                      {"seconds", g.seconds}};
+    const DType dtype = task.train.upload_dtype;
+    for (std::size_t i = 0; i < plan.modules.size(); ++i) {
+      const PlannedModule& m = plan.modules[i];
+      // ΔW0 = −η·sign(G): the first AdamW step of full fine-tuning; then its rank-r SVD.
+      const at::Tensor delta = at::sign(g.grads[i].to(at::kDouble)) * (-task.plan.init_learning_rate);
+      Result<lora::SbInit> init = lora::SbInitFromUpdate(delta, m.rank, plan.scale);
+      if (!init.ok()) return InContext(init.status().WithContext(StrCat("module '", m.name, "'")));
+      FEDLORA_ASSIGN_OR_RETURN(update.tensors[LoraTensorName(m.name, LoraFactor::kB)],
+                               ToWire(init->B, dtype));
+      FEDLORA_ASSIGN_OR_RETURN(update.tensors[LoraTensorName(m.name, LoraFactor::kA)],
+                               ToWire(init->A, dtype));
+      FEDLORA_ASSIGN_OR_RETURN(update.tensors[LoraTensorName(m.name, LoraFactor::kR)],
+                               ToWire(init->R, dtype));
+    }
+    return update;
+  }
+
+  struct LocalBState {
+    std::string path;
+    ModuleTensors b;
+  };
 
   const ClientConfig config_;
   const std::shared_ptr<const ModelAssets> assets_;
   const LocalWorkerOptions options_;
   const ClientData data_;
-  wire::Hello hello_;
+  const std::vector<TokenId> init_stream_;  // data.init_path's tokens (empty if unset).
+  const LocalFactorStore local_store_;
+  wire::Hello hello_;                       // Without base_version (see Describe).
+
+  // Job-thread state.
+  std::shared_ptr<const BaseOverlay> base_;  // Null: the pristine base at version 0.
+  std::atomic<std::uint64_t> base_version_{0};
+  LoraSbCache sb_cache_;                     // LoRA-SB's frozen B and A, per module.
+  std::optional<LocalBState> local_b_;       // FedSA-LoRA's B, as last trained or loaded.
 };
 
 }  // namespace
@@ -210,13 +443,34 @@ Result<std::unique_ptr<Worker>> MakeLocalWorker(const ClientConfig& config,
   }
   Result<ClientData> data = LoadClientData(resolved.data, assets->tokenizer());
   if (!data.ok()) return data.status().WithContext(StrCat("client '", resolved.name, "'"));
+  std::vector<TokenId> init_stream;
+  if (!resolved.data.init_path.empty()) {  // A whole corpus declared for initialisation.
+    Result<std::string> text = ReadTextFile(resolved.data.init_path);
+    if (!text.ok()) {
+      return text.status().WithContext(StrCat("client '", resolved.name, "': data.init_path"));
+    }
+    const std::vector<std::string> paragraphs = SplitParagraphs(*text);
+    std::vector<std::size_t> all(paragraphs.size());
+    std::iota(all.begin(), all.end(), std::size_t{0});
+    init_stream = assets->tokenizer().Encode(JoinParagraphs(paragraphs, all), false, false);
+  }
   return std::unique_ptr<Worker>(std::make_unique<LocalWorker>(
-      std::move(resolved), std::move(assets), options, std::move(data).value()));
+      std::move(resolved), std::move(assets), options, std::move(data).value(),
+      std::move(init_stream)));
 }
 
 void ConfigureTorchThreads(unsigned threads) {
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
   at::set_num_threads(static_cast<int>(threads));
+}
+
+std::size_t LiveBaseOverlaysForTesting(const ModelAssets& assets) {
+  return assets.overlays().LiveCount();
+}
+
+TensorMap CorrectedBaseWeightsForTesting(const Worker& worker) {
+  const auto* local = dynamic_cast<const LocalWorker*>(&worker);
+  return local != nullptr ? local->CorrectedBaseForTesting() : TensorMap();
 }
 
 }  // namespace fedlora::client

@@ -18,6 +18,8 @@ namespace fedlora::client {
 
 // The frozen base model and its tokenizer. Immutable after loading, so one instance may be
 // shared by any number of workers on any threads (the simulator shares one across all clients).
+// It also holds a thread-safe cache through which workers at the same base-correction version
+// share one copy of the corrected weights (client/model/base_overlay.h).
 class ModelAssets;
 
 // Loads the checkpoint and tokenizer named by `config`; errors name the file at fault.
@@ -45,5 +47,15 @@ Result<std::unique_ptr<Worker>> MakeLocalWorker(const ClientConfig& config,
 
 // Sets LibTorch's intra-op thread count (0 = all cores). LibTorch defaults to 1 on some machines.
 void ConfigureTorchThreads(unsigned threads);
+
+// ---- For tests -------------------------------------------------------------------------------
+
+// Corrected base weights (base_overlay.h) alive among the workers sharing `assets`: workers at
+// the same base version share one.
+std::size_t LiveBaseOverlaysForTesting(const ModelAssets& assets);
+
+// The corrected base weights a LocalWorker currently trains and evaluates on, by HF weight name
+// ("<module>.weight"), as f32 copies; only corrected modules are listed. Empty for other Workers.
+TensorMap CorrectedBaseWeightsForTesting(const Worker& worker);
 
 }  // namespace fedlora::client

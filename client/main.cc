@@ -70,6 +70,7 @@ int Main(int argc, char** argv) {
   OnStopSignal([](void* s) { static_cast<client::ClientSession*>(s)->Stop(); }, &session);
   LogInfo("client ", config->name, " starting; coordinator ", config->coordinator);
   const Status s = session.Run();
+  OnStopSignal([](void*) {}, nullptr);  // The session is about to be destroyed.
   if (s.ok() || s.code() == StatusCode::kCancelled) return 0;
   LogError("client stopped: ", s.ToString());
   if (s.code() == StatusCode::kFailedPrecondition) return 1;

@@ -32,7 +32,14 @@ JobKey KeyOf(const Job& job) {
 }
 struct JobDone {
   JobKey key;
-  Result<wire::Body> result;  // Update or EvalResult.
+  std::uint64_t task_sequence = 0;  // The coordinator's sequence number of the task message.
+  Result<wire::Body> result;        // Update or EvalResult.
+};
+
+// A queued task with the sequence number of the message that carried it.
+struct QueuedJob {
+  Job job;
+  std::uint64_t sequence = 0;
 };
 
 // Why one connection ended.
@@ -76,7 +83,8 @@ class ClientSession::Impl {
 
   // ---- job thread ----
   void JobLoop();
-  bool Enqueue(Job job);  // False if the same job is already queued or running.
+  // False if the same job is already queued or running.
+  bool Enqueue(Job job, std::uint64_t sequence);
   void CancelJobs();
 
   // ---- session thread ----
@@ -104,6 +112,7 @@ class ClientSession::Impl {
   milliseconds interval_{1000};
   std::uint32_t liveness_ = 5;
   Status fatal_;
+  bool reachable_ = false;  // The coordinator answered this connection (if only to refuse it).
   // The last Update, kept until the coordinator acknowledges or refuses it.
   std::optional<wire::Update> pending_update_;
   std::uint64_t pending_sequence_ = 0;
@@ -112,7 +121,7 @@ class ClientSession::Impl {
   // Shared with the job thread.
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Job> jobs_;                          // Guarded by mu_.
+  std::deque<QueuedJob> jobs_;                    // Guarded by mu_.
   std::optional<JobKey> running_;                 // Guarded by mu_.
   std::optional<std::stop_source> current_stop_;  // Guarded by mu_.
   std::deque<JobDone> done_;                      // Guarded by mu_.
@@ -127,8 +136,9 @@ void ClientSession::Impl::JobLoop() {
   while (true) {
     cv_.wait(lock, [&] { return shutting_down_ || !jobs_.empty(); });
     if (shutting_down_) return;
-    Job job = std::move(jobs_.front());
+    QueuedJob queued = std::move(jobs_.front());
     jobs_.pop_front();
+    Job& job = queued.job;
     const JobKey key = KeyOf(job);
     running_ = key;
     current_stop_.emplace();
@@ -151,28 +161,34 @@ void ClientSession::Impl::JobLoop() {
     lock.lock();
     running_.reset();
     current_stop_.reset();
-    done_.push_back(JobDone{key, std::move(result)});
+    done_.push_back(JobDone{key, queued.sequence, std::move(result)});
     wake_.Notify();
   }
 }
 
-bool ClientSession::Impl::Enqueue(Job job) {
+bool ClientSession::Impl::Enqueue(Job job, std::uint64_t sequence) {
   const JobKey key = KeyOf(job);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (running_ == key) return false;
-    for (const Job& j : jobs_) {
-      if (KeyOf(j) == key) return false;
+    for (const QueuedJob& j : jobs_) {
+      if (KeyOf(j.job) == key) return false;
     }
     for (const JobDone& d : done_) {
       if (d.key == key) return false;
     }
-    // A newer training task supersedes an older one still running or queued.
-    if (key.fit && running_ && running_->fit && running_->round < key.round && current_stop_) {
+    // A newer training task supersedes older work still running or queued (training or
+    // evaluation of an earlier round): the coordinator has moved on.
+    if (key.fit && running_ && running_->round < key.round && current_stop_) {
       current_stop_->request_stop();
     }
-    std::erase_if(jobs_, [&](const Job& j) { return KeyOf(j).fit && key.fit; });
-    jobs_.push_back(std::move(job));
+    if (key.fit) {
+      std::erase_if(jobs_, [&](const QueuedJob& j) {
+        const JobKey k = KeyOf(j.job);
+        return k.fit || k.round < key.round;
+      });
+    }
+    jobs_.push_back(QueuedJob{std::move(job), sequence});
   }
   cv_.notify_one();
   return true;
@@ -230,7 +246,8 @@ Status ClientSession::Impl::Run() {
       backoff = milliseconds(config_.transport.reconnect_min_ms);
       failures = 0;
     }
-    ++failures;
+    if (!reachable_) ++failures;
+    reachable_ = false;
     if (config_.transport.max_connect_attempts > 0 &&
         failures >= config_.transport.max_connect_attempts) {
       CancelJobs();
@@ -316,7 +333,8 @@ Outcome ClientSession::Impl::Serve() {
       LogWarn("coordinator silent for ", interval_.count() * liveness_, " ms");
       return Outcome::kReconnect;
     }
-    if (after - last_sent_ >= interval_) Send(wire::Heartbeat{});
+    // Before the Welcome there is no session to heartbeat in (session id 0 is for Hello only).
+    if (welcomed_ && after - last_sent_ >= interval_) Send(wire::Heartbeat{});
   }
 }
 
@@ -364,11 +382,13 @@ std::optional<Outcome> ClientSession::Impl::HandleEnvelope(wire::Envelope envelo
       return std::nullopt;
     }
     const std::uint64_t round = task->round;
-    if (!Enqueue(std::move(*task))) LogDebug("round ", round, ": task already in hand");
+    if (!Enqueue(std::move(*task), envelope.sequence)) {
+      LogDebug("round ", round, ": task already in hand");
+    }
     return std::nullopt;
   }
   if (auto* task = std::get_if<wire::EvalTask>(&envelope.body)) {
-    Enqueue(std::move(*task));
+    Enqueue(std::move(*task), envelope.sequence);
     return std::nullopt;
   }
   if (const auto* ack = std::get_if<wire::Ack>(&envelope.body)) {
@@ -393,6 +413,10 @@ std::optional<Outcome> ClientSession::Impl::HandleEnvelope(wire::Envelope envelo
         }
         break;
       case ErrorCode::kDuplicateClient:
+        // Our previous connection still looks alive to the coordinator: it is reachable, so
+        // this does not count as a failed connection attempt.
+        reachable_ = true;
+        return Outcome::kReconnect;
       case ErrorCode::kShuttingDown:
       case ErrorCode::kSessionMismatch:
         return Outcome::kReconnect;
@@ -413,12 +437,16 @@ std::optional<Outcome> ClientSession::Impl::HandleEnvelope(wire::Envelope envelo
 void ClientSession::Impl::HandleDone(JobDone done) {
   if (!done.result.ok()) {
     if (done.result.status().code() == StatusCode::kCancelled) return;
+    const Status& status = done.result.status();
     LogError(done.key.fit ? "training" : "evaluation", " for round ", done.key.round,
-             " failed: ", done.result.status().ToString());
-    const ErrorCode code = done.result.status().code() == StatusCode::kInvalidArgument
-                               ? ErrorCode::kInvalidField
-                               : ErrorCode::kInternal;
-    Send(wire::Error{code, done.result.status().message(), 0});
+             " failed: ", status.ToString());
+    // A worker may name the precise protocol error (e.g. BASE_VERSION_MISMATCH) as detail().
+    const ErrorCode code =
+        status.detail() != 0 && status.detail() <= static_cast<std::uint32_t>(wire::kLastErrorCode)
+            ? static_cast<ErrorCode>(status.detail())
+        : status.code() == StatusCode::kInvalidArgument ? ErrorCode::kInvalidField
+                                                        : ErrorCode::kInternal;
+    Send(wire::Error{code, status.message(), done.task_sequence});
     return;
   }
   wire::Body body = std::move(done.result).value();

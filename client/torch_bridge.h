@@ -1,31 +1,15 @@
-// torch_bridge.h — the one door between fedlora::Tensor (wire values) and LibTorch.
-//
-// Everything that crosses from the wire into LibTorch, or back, goes through these functions, so
-// dtype mapping, byte order and ownership are decided in one place. Torch-light header: only the
-// forward declaration of at::Tensor. Thread-safe: the functions only read their arguments.
+// torch_bridge.h — forwarder: the wire <-> LibTorch bridge moved to common/lora/tensor_bridge.h so
+// the coordinator's strategies can use it too. Kept so client code keeps its fedlora::client
+// spelling; new code should include common/lora/tensor_bridge.h directly.
 #pragma once
 
-#include "common/status.h"
-#include "common/tensor.h"
-
-namespace at {
-class Tensor;  // The same forward declaration ATen_fwd.h makes.
-}  // namespace at
+#include "common/lora/tensor_bridge.h"
 
 namespace fedlora::client {
 
-// Deep-copies `t` (any strides, CPU) into a contiguous little-endian wire value of its own dtype
-// (f32, bf16, f16 or f64). kInvalidArgument for other dtypes or an undefined tensor.
-Result<Tensor> ToWire(const at::Tensor& t);
-
-// Same, converting the elements to `dtype` first (round to nearest even).
-Result<Tensor> ToWire(const at::Tensor& t, DType dtype);
-
-// A new CPU tensor that owns its memory (never aliases `wire.data`), in the wire's dtype.
-// kInvalidArgument when `wire` fails Validate (byte count disagrees with shape and dtype).
-Result<at::Tensor> FromWire(const Tensor& wire);
-
-// FromWire, then converted to float32 (the dtype our parameters live in).
-Result<at::Tensor> FromWireAsFloat(const Tensor& wire);
+using lora::FromWire;
+using lora::FromWireAs;
+using lora::FromWireAsFloat;
+using lora::ToWire;
 
 }  // namespace fedlora::client

@@ -6,8 +6,6 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 namespace fedlora::fs {
 namespace {
@@ -62,12 +60,26 @@ std::string ParentOf(const std::string& path) {
 }  // namespace
 
 Result<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound("cannot open '", path, "'");
-  std::ostringstream out;
-  out << in.rdbuf();
-  if (in.bad()) return DataLoss("error reading '", path, "'");
-  return std::move(out).str();
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    const int err = errno;
+    if (err == EMFILE || err == ENFILE || err == ENOMEM) {
+      return ResourceExhausted("open '", path, "': ", std::strerror(err));
+    }
+    return Errno("open", path);
+  }
+  std::string out;
+  char buf[1 << 16];
+  while (true) {
+    const ssize_t n = ::read(fd.get(), buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Errno("read", path);
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  return out;
 }
 
 Status WriteFileSynced(const std::string& path, std::span<const std::byte> bytes) {
@@ -99,8 +111,10 @@ Status WriteFileAtomic(const std::string& path, std::string_view text) {
 }
 
 Status AppendLineSynced(const std::string& path, std::string_view line) {
+  const bool created = ::access(path.c_str(), F_OK) != 0;
   Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
   if (fd.get() < 0) return Errno("open for append", path);
+  if (created) FEDLORA_RETURN_IF_ERROR(FsyncDirectory(ParentOf(path)));
   std::string with_newline(line);
   with_newline.push_back('\n');
   FEDLORA_RETURN_IF_ERROR(WriteAll(fd.get(), AsBytes(with_newline), path));
@@ -116,10 +130,15 @@ Status FsyncDirectory(const std::string& path) {
 }
 
 Status MakeDirectories(const std::string& path) {
+  const std::filesystem::path p = std::filesystem::path(path).lexically_normal();
   std::error_code ec;
-  std::filesystem::create_directories(path, ec);
-  if (ec) return Status(StatusCode::kDataLoss, StrCat("mkdir '", path, "': ", ec.message()));
-  return OkStatus();
+  if (std::filesystem::is_directory(p, ec)) return OkStatus();
+  const std::filesystem::path parent = p.parent_path();
+  if (!parent.empty() && parent != p) FEDLORA_RETURN_IF_ERROR(MakeDirectories(parent.string()));
+  if (!std::filesystem::create_directory(p, ec) && ec) {
+    return Status(StatusCode::kDataLoss, StrCat("mkdir '", path, "': ", ec.message()));
+  }
+  return FsyncDirectory(parent.empty() ? "." : parent.string());
 }
 
 Status CommitDirectory(const std::string& staging, const std::string& final_path) {

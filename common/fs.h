@@ -14,7 +14,9 @@
 
 namespace fedlora::fs {
 
-// kNotFound if missing, kDataLoss on read errors.
+// kNotFound if missing, kPermissionDenied, kResourceExhausted (e.g. out of file descriptors),
+// kDataLoss on I/O errors. The code reflects the cause, so callers can tell a missing or
+// corrupt file from an environment problem.
 Result<std::string> ReadFile(const std::string& path);
 
 // Writes `bytes` to `path` atomically (temp file in the same directory, fsync, rename, fsync dir).
@@ -30,6 +32,8 @@ Status WriteFileSynced(const std::string& path, std::string_view text);
 Status AppendLineSynced(const std::string& path, std::string_view line);
 
 Status FsyncDirectory(const std::string& path);
+// Creates `path` and any missing parents, fsyncing the parent of each directory it creates so
+// the new entries survive a power loss.
 Status MakeDirectories(const std::string& path);
 
 // Renames directory `staging` to `final_path` (which must not exist) and fsyncs the parent.

@@ -10,7 +10,8 @@ void TuneMallocForTraining();
 
 // On the first SIGINT or SIGTERM calls `stop(arg)` from the signal handler, so `stop` must be
 // async-signal-safe (Coordinator::Stop and ClientSession::Stop are). A second signal exits
-// immediately with status 130. SIGPIPE is ignored. Call once, from main().
+// immediately with status 130. SIGPIPE is ignored. Call from main(); call again with a no-op
+// before the object `arg` points to is destroyed.
 void OnStopSignal(void (*stop)(void*), void* arg);
 
 }  // namespace fedlora

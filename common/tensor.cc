@@ -62,7 +62,8 @@ std::string ShapeString(std::span<const std::int64_t> shape) {
 }
 
 Result<std::int64_t> NumElements(std::span<const std::int64_t> shape) {
-  constexpr std::int64_t kLimit = std::int64_t{1} << 62;
+  // 2^56 elements of at most 8 bytes keeps every byte count below 2^59: no overflow anywhere.
+  constexpr std::int64_t kLimit = std::int64_t{1} << 56;
   std::int64_t n = 1;
   for (std::int64_t d : shape) {
     if (d < 0) return InvalidArgument("negative dimension in shape ", ShapeString(shape));
@@ -71,6 +72,7 @@ Result<std::int64_t> NumElements(std::span<const std::int64_t> shape) {
     }
     n *= d;
   }
+  if (n > kLimit) return InvalidArgument("shape ", ShapeString(shape), " has too many elements");
   return n;
 }
 

@@ -36,7 +36,8 @@ struct TensorSpec {
 };
 std::string ShapeString(std::span<const std::int64_t> shape);  // "[8, 64]"
 
-// Number of elements of `shape`, or an error for negative dims or overflow past 2^62.
+// Number of elements of `shape`, or an error for negative dims or more than 2^56 elements (so
+// elements times any dtype width never overflows).
 Result<std::int64_t> NumElements(std::span<const std::int64_t> shape);
 
 // A dense, row-major tensor stored as little-endian bytes. A pure value: copying copies the bytes,

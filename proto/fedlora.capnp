@@ -53,6 +53,7 @@ enum ErrorCode {
   duplicateClient @18;      # Another live connection already uses this client name.
   shuttingDown @19;         # The coordinator is stopping; reconnect later.
   internal @20;             # The sender of this Error hit a bug.
+  baseVersionMismatch @21;  # A BaseUpdate starts at a version the client's base is not at.
 }
 
 struct TensorRef {
@@ -81,6 +82,7 @@ struct Capabilities {
   maxRank @2 :UInt32;       # 0 = no limit.
   numExamples @3 :UInt64;
   relativeSpeed @4 :Float64;
+  canInitialize @5 :Bool;   # Holds data declared for strategy initialisation (Fed-SB).
 }
 
 struct LoraSpec {
@@ -107,6 +109,65 @@ struct TrainSpec {
   uploadDtype @12 :DType;
 }
 
+# How a client builds, trains and uploads its adapter (client adapter modes).
+enum AdapterMode {
+  standard @0;      # A (r x d_in), B (d_out x r) per module.
+  sketched @1;      # FSLoRA: sub-blocks B[:, I], A[I, :] of the global adapter, scale s*r/k.
+  loraSb @2;        # LoRA-SB: B and A frozen, only R (r x r) trains.
+  loraSbInit @3;    # LoRA-SB initialisation from a first-gradient estimate.
+}
+
+enum AdapterInit {
+  fromTask @0;      # The task's tensors.
+  fresh @1;         # PEFT default init, seeded per client and round.
+  localB @2;        # A from the task, B from the client's own store.
+}
+
+struct ModulePlan {
+  module @0 :Text;
+  rank @1 :UInt32;            # 0 = no LoRA on this module (LoRA depth).
+  sketch @2 :List(UInt32);    # Sketched mode: indices into the global rank.
+}
+
+struct RankPruning {          # HetLoRA self-pruning; gamma = 0 disables it.
+  gamma @0 :Float64;
+  lambda @1 :Float64;
+  minRank @2 :UInt32;
+}
+
+struct AdapterPlan {
+  mode @0 :AdapterMode;
+  init @1 :AdapterInit;
+  trainA @2 :Bool;
+  trainB @3 :Bool;
+  uploadA @4 :Bool;
+  uploadB @5 :Bool;
+  globalRank @6 :UInt32;
+  modules @7 :List(ModulePlan);   # Empty: every target module at lora.rank.
+  pruning @8 :RankPruning;
+  initSamples @9 :UInt32;
+  initLearningRate @10 :Float64;
+}
+
+# One correction of a module's frozen weight: W += U*V (scale folded in), or W += dense. The
+# named tensors travel in the same message.
+struct CorrectionRef {
+  version @0 :UInt64;
+  module @1 :Text;
+  u @2 :Text;
+  v @3 :Text;
+  dense @4 :Text;
+}
+
+# Brings the client's base weights from fromVersion to toVersion (after restoring the pristine
+# weights when rebase is set), applying entries in order in fp32 with a fixed summation order.
+struct BaseUpdate {
+  rebase @0 :Bool;
+  fromVersion @1 :UInt64;
+  toVersion @2 :UInt64;
+  entries @3 :List(CorrectionRef);
+}
+
 # Client -> coordinator, first message of every connection (sessionId = 0).
 struct Hello {
   clientName @0 :Text;
@@ -114,6 +175,7 @@ struct Hello {
   baseModelSha256 @2 :Text;     # Hex SHA-256 of the base weights; must match the coordinator's.
   capabilities @3 :Capabilities;
   modules @4 :List(ModuleInfo); # Every LoRA-adaptable linear module of the client's model.
+  baseVersion @5 :UInt64;       # Base-correction version the client's weights are at.
 }
 
 # Coordinator -> client, answer to Hello. Carries the session id both sides use from now on.
@@ -123,6 +185,7 @@ struct Welcome {
   heartbeatLiveness @2 :UInt32;
   currentRound @3 :UInt64;
   strategy @4 :Text;
+  plan @5 :AdapterPlan;         # This client's LoRA depth and per-module ranks.
 }
 
 # Coordinator -> client: train this round. Tensors: the adapter to start from.
@@ -132,6 +195,8 @@ struct RoundTask {
   lora @2 :LoraSpec;
   train @3 :TrainSpec;
   tensors @4 :List(TensorRef);
+  plan @5 :AdapterPlan;
+  base @6 :BaseUpdate;
 }
 
 # Client -> coordinator: the trained adapter. Acknowledged only once persisted.
@@ -141,6 +206,7 @@ struct Update {
   numExamples @2 :UInt64;
   metrics @3 :List(Metric);
   tensors @4 :List(TensorRef);
+  baseVersion @5 :UInt64;
 }
 
 struct Ack {
@@ -158,6 +224,8 @@ struct EvalTask {
   lora @3 :LoraSpec;
   train @4 :TrainSpec;
   tensors @5 :List(TensorRef);
+  plan @6 :AdapterPlan;
+  base @7 :BaseUpdate;
 }
 
 struct EvalResult {
@@ -166,6 +234,7 @@ struct EvalResult {
   numTokens @2 :UInt64;
   numExamples @3 :UInt64;
   metrics @4 :List(Metric);
+  baseVersion @5 :UInt64;
 }
 
 struct Error {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -30,8 +31,22 @@ std::string RoundName(std::uint64_t round) {
 }
 
 std::optional<std::uint64_t> ParseRoundName(const std::string& name) {
-  if (name.empty() || !std::all_of(name.begin(), name.end(), ::isdigit)) return std::nullopt;
-  return std::stoull(name);
+  std::uint64_t round = 0;
+  const auto [ptr, ec] = std::from_chars(name.data(), name.data() + name.size(), round);
+  if (name.empty() || ec != std::errc() || ptr != name.data() + name.size()) return std::nullopt;
+  return round;
+}
+
+// Round numbers of the committed checkpoint directories, newest first.
+Result<std::vector<std::uint64_t>> CommittedRounds(const std::string& dir) {
+  std::vector<std::uint64_t> rounds;
+  std::error_code ec;
+  for (const auto& entry : stdfs::directory_iterator(dir + "/checkpoints", ec)) {
+    if (const auto r = ParseRoundName(entry.path().filename().string())) rounds.push_back(*r);
+  }
+  if (ec) return DataLoss("listing ", dir, "/checkpoints: ", ec.message());
+  std::sort(rounds.rbegin(), rounds.rend());
+  return rounds;
 }
 
 std::span<const std::byte> Bytes(const std::string& s) {
@@ -41,6 +56,58 @@ std::span<const std::byte> Bytes(const std::string& s) {
 json LoraToJson(const wire::LoraSpec& l) {
   return {{"rank", l.rank}, {"alpha", l.alpha}, {"dropout", l.dropout}, {"rslora", l.rslora},
           {"targets", l.targets}};
+}
+
+json PlanToJson(const wire::AdapterPlan& p) {
+  json modules = json::array();
+  for (const auto& m : p.modules) {
+    modules.push_back({{"module", m.module}, {"rank", m.rank}, {"sketch", m.sketch}});
+  }
+  return {{"mode", static_cast<int>(p.mode)},
+          {"init", static_cast<int>(p.init)},
+          {"train_a", p.train_a},
+          {"train_b", p.train_b},
+          {"upload_a", p.upload_a},
+          {"upload_b", p.upload_b},
+          {"global_rank", p.global_rank},
+          {"modules", std::move(modules)},
+          {"pruning", {{"gamma", p.pruning.gamma}, {"lambda", p.pruning.lambda},
+                       {"min_rank", p.pruning.min_rank}}},
+          {"init_samples", p.init_samples},
+          {"init_learning_rate", p.init_learning_rate}};
+}
+
+wire::AdapterPlan PlanFromJson(const json& j) {
+  wire::AdapterPlan p;
+  p.mode = static_cast<wire::AdapterMode>(j.at("mode").get<int>());
+  p.init = static_cast<wire::AdapterInit>(j.at("init").get<int>());
+  p.train_a = j.at("train_a").get<bool>();
+  p.train_b = j.at("train_b").get<bool>();
+  p.upload_a = j.at("upload_a").get<bool>();
+  p.upload_b = j.at("upload_b").get<bool>();
+  p.global_rank = j.at("global_rank").get<std::uint32_t>();
+  for (const json& m : j.at("modules")) {
+    p.modules.push_back({m.at("module").get<std::string>(), m.at("rank").get<std::uint32_t>(),
+                         m.at("sketch").get<std::vector<std::uint32_t>>()});
+  }
+  const json& pr = j.at("pruning");
+  p.pruning = {pr.at("gamma").get<double>(), pr.at("lambda").get<double>(),
+               pr.at("min_rank").get<std::uint32_t>()};
+  p.init_samples = j.at("init_samples").get<std::uint32_t>();
+  p.init_learning_rate = j.at("init_learning_rate").get<double>();
+  return p;
+}
+
+json CapabilitiesToJson(const wire::Capabilities& c) {
+  return {{"device", c.device},           {"memory_bytes", c.memory_bytes},
+          {"max_rank", c.max_rank},       {"num_examples", c.num_examples},
+          {"relative_speed", c.relative_speed}, {"can_initialize", c.can_initialize}};
+}
+
+wire::Capabilities CapabilitiesFromJson(const json& j) {
+  return {j.at("device").get<std::string>(),        j.at("memory_bytes").get<std::uint64_t>(),
+          j.at("max_rank").get<std::uint32_t>(),    j.at("num_examples").get<std::uint64_t>(),
+          j.at("relative_speed").get<double>(),     j.at("can_initialize").get<bool>()};
 }
 
 wire::LoraSpec LoraFromJson(const json& j) {
@@ -98,6 +165,14 @@ Result<Checkpoint> ReadCheckpoint(const std::string& dir, std::uint64_t round) t
                                                 dir + "/extra.safetensors"));
     cp.state.extra = std::move(extra.tensors);
   }
+  if (contents.contains("corrections.safetensors")) {
+    FEDLORA_ASSIGN_OR_RETURN(safetensors::File corrections,
+                             safetensors::Parse(Bytes(contents["corrections.safetensors"]),
+                                                dir + "/corrections.safetensors"));
+    FEDLORA_ASSIGN_OR_RETURN(cp.state.corrections,
+                             CorrectionLog::FromTensors(corrections.tensors));
+  }
+  cp.state.strategy_json = state.value("strategy_state", std::string());
   if (contents.contains("metrics.json")) cp.metrics_json = contents["metrics.json"];
   return cp;
 } catch (const json::exception& e) {
@@ -154,25 +229,39 @@ std::string CheckpointStore::CheckpointDir(std::uint64_t round) const {
 std::string CheckpointStore::MetricsPath() const { return dir_ + "/metrics.jsonl"; }
 
 Result<std::optional<Checkpoint>> CheckpointStore::LoadLatest() const {
-  std::vector<std::uint64_t> rounds;
-  std::error_code ec;
-  for (const auto& entry : stdfs::directory_iterator(dir_ + "/checkpoints", ec)) {
-    if (const auto r = ParseRoundName(entry.path().filename().string())) rounds.push_back(*r);
-  }
-  if (ec) return DataLoss("listing ", dir_, "/checkpoints: ", ec.message());
-  std::sort(rounds.rbegin(), rounds.rend());
+  FEDLORA_ASSIGN_OR_RETURN(std::vector<std::uint64_t> rounds, CommittedRounds(dir_));
   for (std::uint64_t round : rounds) {
     Result<Checkpoint> cp = ReadCheckpoint(CheckpointDir(round), round);
     if (cp.ok()) return std::optional<Checkpoint>(std::move(cp).value());
-    if (cp.status().code() == StatusCode::kFailedPrecondition) return cp.status();
-    LogWarn("skipping unusable checkpoint: ", cp.status().ToString());
+    // Only a checkpoint that is provably damaged (digest mismatch, unparsable) is set aside;
+    // anything else (permissions, no file descriptors, I/O errors) stops the start-up rather
+    // than silently resuming from an older round.
+    if (cp.status().code() != StatusCode::kDataLoss) return cp.status();
+    const std::string aside = StrCat(dir_, "/checkpoints/.corrupt-", RoundName(round));
+    LogWarn("checkpoint of round ", round, " is damaged (", cp.status().message(),
+            "); moved to ", aside, " and falling back to an older one");
+    std::error_code ec;
+    stdfs::remove_all(aside, ec);
+    stdfs::rename(CheckpointDir(round), aside, ec);
+    if (ec) return DataLoss("cannot set aside damaged ", CheckpointDir(round), ": ", ec.message());
   }
   return std::optional<Checkpoint>();
 }
 
+Status CheckpointStore::DropPendingThrough(std::uint64_t round) {
+  std::error_code ec;
+  for (const auto& entry : stdfs::directory_iterator(dir_ + "/pending", ec)) {
+    const auto r = ParseRoundName(entry.path().filename().string());
+    if (r && *r <= round) FEDLORA_RETURN_IF_ERROR(fs::RemoveAll(entry.path().string()));
+  }
+  if (ec) return DataLoss("listing ", dir_, "/pending: ", ec.message());
+  return OkStatus();
+}
+
 Status CheckpointStore::Commit(const Checkpoint& cp, std::uint32_t keep) {
   const std::string final_dir = CheckpointDir(cp.round);
-  if (stdfs::exists(final_dir)) {
+  std::error_code exists_ec;
+  if (stdfs::exists(final_dir, exists_ec)) {
     return MakeStatus(StatusCode::kAlreadyExists, "checkpoint ", final_dir, " already exists");
   }
   const std::string staging = dir_ + "/checkpoints/.staging-" + RoundName(cp.round);
@@ -190,17 +279,22 @@ Status CheckpointStore::Commit(const Checkpoint& cp, std::uint32_t keep) {
     modules.push_back({{"name", m.name}, {"d_out", m.d_out}, {"d_in", m.d_in}});
   }
   state["modules"] = std::move(modules);
-  files["state.json"] = state.dump(2) + "\n";
+  state["strategy_state"] = cp.state.strategy_json;
+  files["state.json"] = state.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   const safetensors::Metadata meta = {{"format", "pt"},
                                       {"fedlora.round", std::to_string(cp.round)},
                                       {"fedlora.strategy", cp.strategy},
-                                      {"fedlora.lora", LoraToJson(cp.lora).dump()},
+                                      {"fedlora.lora", LoraToJson(cp.lora).dump(-1, ' ', false, json::error_handler_t::replace)},
                                       {"fedlora.base_model_sha256", cp.layout.base_model_sha256}};
   const std::vector<std::byte> global = safetensors::Serialize(cp.state.adapter, meta);
   files["global.safetensors"].assign(reinterpret_cast<const char*>(global.data()), global.size());
   if (!cp.state.extra.empty()) {
     const std::vector<std::byte> extra = safetensors::Serialize(cp.state.extra);
     files["extra.safetensors"].assign(reinterpret_cast<const char*>(extra.data()), extra.size());
+  }
+  if (!cp.state.corrections.empty()) {
+    const std::vector<std::byte> c = safetensors::Serialize(cp.state.corrections.ToTensors());
+    files["corrections.safetensors"].assign(reinterpret_cast<const char*>(c.data()), c.size());
   }
   if (!cp.metrics_json.empty()) files["metrics.json"] = cp.metrics_json;
 
@@ -209,17 +303,13 @@ Status CheckpointStore::Commit(const Checkpoint& cp, std::uint32_t keep) {
     FEDLORA_RETURN_IF_ERROR(fs::WriteFileSynced(staging + "/" + name, bytes));
     manifest["files"][name] = crypto::ToHex(crypto::Sha256(bytes));
   }
-  FEDLORA_RETURN_IF_ERROR(fs::WriteFileSynced(staging + "/manifest.json", manifest.dump(2) + "\n"));
+  FEDLORA_RETURN_IF_ERROR(fs::WriteFileSynced(staging + "/manifest.json", manifest.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"));
   FEDLORA_RETURN_IF_ERROR(fs::CommitDirectory(staging, final_dir));
 
   // The round is durable; its pending uploads are now redundant.
   FEDLORA_RETURN_IF_ERROR(fs::RemoveAll(dir_ + "/pending/" + RoundName(cp.round)));
   if (keep > 0) {
-    std::vector<std::uint64_t> rounds;
-    for (const auto& entry : stdfs::directory_iterator(dir_ + "/checkpoints")) {
-      if (const auto r = ParseRoundName(entry.path().filename().string())) rounds.push_back(*r);
-    }
-    std::sort(rounds.rbegin(), rounds.rend());
+    FEDLORA_ASSIGN_OR_RETURN(std::vector<std::uint64_t> rounds, CommittedRounds(dir_));
     for (std::size_t i = keep; i < rounds.size(); ++i) {
       FEDLORA_RETURN_IF_ERROR(fs::RemoveAll(CheckpointDir(rounds[i])));
     }
@@ -227,23 +317,28 @@ Status CheckpointStore::Commit(const Checkpoint& cp, std::uint32_t keep) {
   return OkStatus();
 }
 
-Status CheckpointStore::PersistUpdate(std::uint64_t round, const ClientUpdate& update) {
+Status CheckpointStore::PersistUpdate(std::uint64_t round, const PendingUpload& upload) {
+  const ClientUpdate& update = upload.update;
   const std::string dir = dir_ + "/pending/" + RoundName(round);
   FEDLORA_RETURN_IF_ERROR(fs::MakeDirectories(dir));
   json metrics = json::object();
   for (const auto& [k, v] : update.metrics) metrics[k] = v;
-  const safetensors::Metadata meta = {{"fedlora.client", update.client_id},
-                                      {"fedlora.round", std::to_string(round)},
-                                      {"fedlora.num_samples", std::to_string(update.num_samples)},
-                                      {"fedlora.num_examples", std::to_string(update.num_examples)},
-                                      {"fedlora.metrics", metrics.dump()}};
+  const safetensors::Metadata meta = {
+      {"fedlora.client", update.client_id},
+      {"fedlora.round", std::to_string(round)},
+      {"fedlora.num_samples", std::to_string(update.num_samples)},
+      {"fedlora.num_examples", std::to_string(update.num_examples)},
+      {"fedlora.metrics", metrics.dump(-1, ' ', false, json::error_handler_t::replace)},
+      {"fedlora.capabilities", CapabilitiesToJson(upload.capabilities).dump(-1, ' ', false, json::error_handler_t::replace)},
+      {"fedlora.plan", PlanToJson(upload.plan).dump(-1, ' ', false, json::error_handler_t::replace)}};
   return safetensors::Write(dir + "/" + update.client_id + ".safetensors", update.tensors, meta);
 }
 
-Result<std::vector<ClientUpdate>> CheckpointStore::LoadPending(std::uint64_t round) const {
-  std::vector<ClientUpdate> out;
+Result<std::vector<PendingUpload>> CheckpointStore::LoadPending(std::uint64_t round) const {
+  std::vector<PendingUpload> out;
   const std::string dir = dir_ + "/pending/" + RoundName(round);
-  if (!stdfs::exists(dir)) return out;
+  std::error_code exists_ec;
+  if (!stdfs::exists(dir, exists_ec)) return out;
   std::error_code ec;
   for (const auto& entry : stdfs::directory_iterator(dir, ec)) {
     const std::string path = entry.path().string();
@@ -255,31 +350,36 @@ Result<std::vector<ClientUpdate>> CheckpointStore::LoadPending(std::uint64_t rou
     }
     try {
       const safetensors::Metadata& m = file->metadata;
-      ClientUpdate u;
+      PendingUpload p;
+      ClientUpdate& u = p.update;
       u.client_id = m.at("fedlora.client");
       u.num_samples = std::stoull(m.at("fedlora.num_samples"));
       u.num_examples = std::stoull(m.at("fedlora.num_examples"));
       const json metrics = json::parse(m.at("fedlora.metrics"));
       for (const auto& [k, v] : metrics.items()) u.metrics[k] = v.get<double>();
+      p.capabilities = CapabilitiesFromJson(json::parse(m.at("fedlora.capabilities")));
+      p.plan = PlanFromJson(json::parse(m.at("fedlora.plan")));
       if (std::stoull(m.at("fedlora.round")) != round) {
         LogWarn("ignoring pending upload ", path, ": recorded for another round");
         continue;
       }
       u.tensors = std::move(file->tensors);
-      out.push_back(std::move(u));
+      out.push_back(std::move(p));
     } catch (const std::exception& e) {
       LogWarn("ignoring pending upload ", path, ": bad metadata: ", e.what());
     }
   }
   if (ec) return DataLoss("listing ", dir, ": ", ec.message());
-  std::sort(out.begin(), out.end(),
-            [](const ClientUpdate& a, const ClientUpdate& b) { return a.client_id < b.client_id; });
+  std::sort(out.begin(), out.end(), [](const PendingUpload& a, const PendingUpload& b) {
+    return a.update.client_id < b.update.client_id;
+  });
   return out;
 }
 
 Result<std::vector<std::uint64_t>> CheckpointStore::MetricsRounds() const {
   std::vector<std::uint64_t> rounds;
-  if (!stdfs::exists(MetricsPath())) return rounds;
+  std::error_code exists_ec;
+  if (!stdfs::exists(MetricsPath(), exists_ec)) return rounds;
   FEDLORA_ASSIGN_OR_RETURN(std::string text, fs::ReadFile(MetricsPath()));
   std::size_t start = 0;
   std::size_t line_no = 0;
@@ -305,7 +405,8 @@ Status CheckpointStore::AppendMetrics(std::uint64_t round, const std::string& js
   if (std::find(rounds.begin(), rounds.end(), round) != rounds.end()) return OkStatus();
   // After a crash mid-append the file may end in a torn line; start the record on a fresh line.
   bool torn = false;
-  if (stdfs::exists(MetricsPath())) {
+  std::error_code exists_ec;
+  if (stdfs::exists(MetricsPath(), exists_ec)) {
     FEDLORA_ASSIGN_OR_RETURN(std::string text, fs::ReadFile(MetricsPath()));
     torn = !text.empty() && text.back() != '\n';
   }

@@ -5,7 +5,8 @@
 //   checkpoints/<round:06d>/           one committed round (0 = the initial adapter)
 //       global.safetensors             global adapter factors
 //       extra.safetensors              strategy tensors (only when non-empty)
-//       state.json                     round, strategy, model layout, LoRA spec
+//       corrections.safetensors        base-weight correction log (only when non-empty)
+//       state.json                     round, strategy, model layout, LoRA spec, strategy state
 //       metrics.json                   the round's metrics.jsonl record
 //       manifest.json                  SHA-256 of every file above; verified on load
 //   pending/<round:06d>/<client>.safetensors   accepted uploads of the open round
@@ -29,6 +30,13 @@
 
 namespace fedlora::server {
 
+// An accepted upload of the open round, with what is needed to re-derive its task.
+struct PendingUpload {
+  ClientUpdate update;
+  wire::Capabilities capabilities;
+  wire::AdapterPlan plan;
+};
+
 struct Checkpoint {
   std::uint64_t round = 0;
   std::string strategy;
@@ -48,19 +56,23 @@ class CheckpointStore {
   CheckpointStore& operator=(CheckpointStore&&) noexcept;
   ~CheckpointStore();
 
-  // The newest checkpoint whose manifest verifies, or nullopt when there is none. Corrupt newer
-  // checkpoints are reported with a warning and skipped.
+  // The newest checkpoint whose manifest verifies, or nullopt when there is none. A newer
+  // checkpoint that is provably damaged (digest mismatch, unparsable) is moved aside to
+  // checkpoints/.corrupt-<round> with a warning; any other error (permissions, I/O) is returned.
   Result<std::optional<Checkpoint>> LoadLatest() const;
+
+  // Removes pending uploads of rounds <= `round` (left behind by a crash after their commit).
+  Status DropPendingThrough(std::uint64_t round);
 
   // Atomically writes `checkpoint`, then drops its pending uploads and, if `keep` > 0, all but
   // the newest `keep` checkpoints. kAlreadyExists if that round is already committed.
   Status Commit(const Checkpoint& checkpoint, std::uint32_t keep = 0);
 
   // Persists an accepted upload for `round` (atomic; replaces an earlier one from that client).
-  Status PersistUpdate(std::uint64_t round, const ClientUpdate& update);
+  Status PersistUpdate(std::uint64_t round, const PendingUpload& upload);
   // Uploads persisted for `round`, sorted by client id. Unreadable files are skipped with a
   // warning (their clients simply are asked again).
-  Result<std::vector<ClientUpdate>> LoadPending(std::uint64_t round) const;
+  Result<std::vector<PendingUpload>> LoadPending(std::uint64_t round) const;
 
   // Appends `json_line` for `round` to metrics.jsonl unless a record for that round is there.
   Status AppendMetrics(std::uint64_t round, const std::string& json_line);

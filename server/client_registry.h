@@ -7,7 +7,9 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <map>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -26,7 +28,16 @@ struct ClientConnection {
   Clock::TimePoint last_heard{};
   Clock::TimePoint last_sent{};
   wire::Hello hello;
+  wire::AdapterPlan plan;  // LoRA depth and ranks from the rank policy, sent in the Welcome.
+  // Base-correction version the client's weights are at, as far as we know: from its Hello,
+  // then the target of every BaseUpdate sent (tasks are applied in order). kUnknownVersion
+  // after the client reported a mismatch, which forces a rebase.
+  std::uint64_t base_version = 0;
+  // Strategy cache keys the client confirmed holding this session (ClientInfo::cached).
+  std::set<std::string, std::less<>> cached;
 };
+
+inline constexpr std::uint64_t kUnknownVersion = std::numeric_limits<std::uint64_t>::max();
 
 class ClientRegistry {
  public:

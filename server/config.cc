@@ -76,6 +76,110 @@ Status ParseTrain(const ConfigSection& s, wire::TrainSpec* train) {
 
 }  // namespace
 
+Status ParseStrategyConfig(const ConfigSection& s, StrategyConfig* c) {
+  FEDLORA_RETURN_IF_ERROR(s.Read("name", &c->name));
+  FEDLORA_RETURN_IF_ERROR(s.Read("weighting", &c->weighting));
+
+  const ConfigSection fair = s.Section("lorafair");
+  FEDLORA_RETURN_IF_ERROR(fair.Read("solver", &c->lorafair.solver));
+  FEDLORA_RETURN_IF_ERROR(fair.Read("lambda", &c->lorafair.lambda));
+  FEDLORA_RETURN_IF_ERROR(fair.Read("iterations", &c->lorafair.iterations));
+  FEDLORA_RETURN_IF_ERROR(fair.Read("learning_rate", &c->lorafair.learning_rate));
+  FEDLORA_RETURN_IF_ERROR(fair.Finish());
+
+  const ConfigSection het = s.Section("hetlora");
+  FEDLORA_RETURN_IF_ERROR(het.Read("weighting", &c->hetlora.weighting));
+  FEDLORA_RETURN_IF_ERROR(het.Read("sparsity_scope", &c->hetlora.sparsity_scope));
+  FEDLORA_RETURN_IF_ERROR(het.Read("gamma", &c->hetlora.gamma));
+  FEDLORA_RETURN_IF_ERROR(het.Read("lambda", &c->hetlora.lambda));
+  FEDLORA_RETURN_IF_ERROR(het.Read("min_rank", &c->hetlora.min_rank));
+  FEDLORA_RETURN_IF_ERROR(het.Finish());
+
+  const ConfigSection fs = s.Section("fslora");
+  FEDLORA_RETURN_IF_ERROR(fs.Read("sketch_ratio", &c->fslora.sketch_ratio));
+  FEDLORA_RETURN_IF_ERROR(fs.Read("server_optimizer", &c->fslora.server_optimizer));
+  FEDLORA_RETURN_IF_ERROR(fs.Read("server_learning_rate", &c->fslora.server_learning_rate));
+  FEDLORA_RETURN_IF_ERROR(fs.Read("beta1", &c->fslora.beta1));
+  FEDLORA_RETURN_IF_ERROR(fs.Read("beta2", &c->fslora.beta2));
+  FEDLORA_RETURN_IF_ERROR(fs.Read("eps", &c->fslora.eps));
+  FEDLORA_RETURN_IF_ERROR(fs.Read("weight_decay", &c->fslora.weight_decay));
+  FEDLORA_RETURN_IF_ERROR(fs.Finish());
+
+  const ConfigSection sb = s.Section("fedsb");
+  FEDLORA_RETURN_IF_ERROR(sb.Read("init_client", &c->fedsb.init_client));
+  FEDLORA_RETURN_IF_ERROR(sb.Read("init_samples", &c->fedsb.init_samples));
+  FEDLORA_RETURN_IF_ERROR(sb.Read("init_learning_rate", &c->fedsb.init_learning_rate));
+  FEDLORA_RETURN_IF_ERROR(sb.Finish());
+
+  const ConfigSection corrections = s.Section("corrections");
+  FEDLORA_RETURN_IF_ERROR(corrections.Read("compact_ratio", &c->corrections.compact_ratio));
+  FEDLORA_RETURN_IF_ERROR(corrections.Finish());
+
+  const ConfigSection policy = s.Section("rank_policy");
+  FEDLORA_RETURN_IF_ERROR(policy.Read("kind", &c->rank_policy.kind));
+  FEDLORA_RETURN_IF_ERROR(policy.Read("min_rank", &c->rank_policy.min_rank));
+  FEDLORA_RETURN_IF_ERROR(policy.Read("min_depth", &c->rank_policy.min_depth));
+  FEDLORA_RETURN_IF_ERROR(policy.Read("full_depth_speed", &c->rank_policy.full_depth_speed));
+  FEDLORA_RETURN_IF_ERROR(policy.Finish());
+  FEDLORA_RETURN_IF_ERROR(s.Finish());
+  return ValidateStrategyConfig(*c);
+}
+
+Status ValidateStrategyConfig(const StrategyConfig& c) {
+  const auto names = StrategyNames();
+  if (std::find(names.begin(), names.end(), c.name) == names.end()) {
+    std::string known;
+    for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
+    return InvalidArgument("strategy.name: unknown strategy '", c.name, "' (known: ", known,
+                           ")");
+  }
+  FEDLORA_RETURN_IF_ERROR(ParseWeighting(c.weighting).status().WithContext("strategy.weighting"));
+  FEDLORA_RETURN_IF_ERROR(ValidateRankPolicy(c.rank_policy).WithContext("strategy"));
+  if (c.rank_policy.kind != "uniform" && c.name != "hetlora" && c.name != "flora" &&
+      c.name != "fslora") {
+    return InvalidArgument("strategy.rank_policy.kind = ", c.rank_policy.kind, ": strategy '",
+                           c.name, "' trains one rank everywhere; heterogeneous ranks need "
+                           "hetlora, flora or fslora");
+  }
+  if (c.lorafair.solver != "cosine" && c.lorafair.solver != "ridge") {
+    return InvalidArgument("strategy.lorafair.solver must be cosine or ridge, not '",
+                           c.lorafair.solver, "'");
+  }
+  if (c.lorafair.lambda < 0 || !(c.lorafair.learning_rate > 0)) {
+    return InvalidArgument("strategy.lorafair: lambda must be >= 0 and learning_rate > 0");
+  }
+  if (c.hetlora.weighting != "sparsity") {
+    FEDLORA_RETURN_IF_ERROR(
+        ParseWeighting(c.hetlora.weighting).status().WithContext("strategy.hetlora.weighting"));
+  }
+  if (c.hetlora.sparsity_scope != "model" && c.hetlora.sparsity_scope != "module") {
+    return InvalidArgument("strategy.hetlora.sparsity_scope must be model or module");
+  }
+  if (c.hetlora.gamma < 0 || c.hetlora.gamma >= 1 || c.hetlora.lambda < 0 ||
+      c.hetlora.min_rank == 0) {
+    return InvalidArgument("strategy.hetlora: gamma in [0, 1), lambda >= 0, min_rank >= 1");
+  }
+  if (!(c.fslora.sketch_ratio > 0 && c.fslora.sketch_ratio <= 1)) {
+    return InvalidArgument("strategy.fslora.sketch_ratio must be in (0, 1]");
+  }
+  if (c.fslora.server_optimizer != "sgd" && c.fslora.server_optimizer != "adamw") {
+    return InvalidArgument("strategy.fslora.server_optimizer must be sgd or adamw");
+  }
+  if (!(c.fslora.server_learning_rate > 0) || !(c.fslora.eps > 0) || c.fslora.beta1 < 0 ||
+      c.fslora.beta1 >= 1 || c.fslora.beta2 < 0 || c.fslora.beta2 >= 1 ||
+      c.fslora.weight_decay < 0) {
+    return InvalidArgument("strategy.fslora: learning rate and eps > 0, betas in [0, 1), "
+                           "weight_decay >= 0");
+  }
+  if (c.fedsb.init_samples == 0 || c.fedsb.init_learning_rate < 0) {
+    return InvalidArgument("strategy.fedsb: init_samples >= 1 and init_learning_rate >= 0");
+  }
+  if (!(c.corrections.compact_ratio > 0)) {
+    return InvalidArgument("strategy.corrections.compact_ratio must be > 0");
+  }
+  return OkStatus();
+}
+
 Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
   FEDLORA_RETURN_IF_ERROR(root.ReadPath("state_dir", &c->state_dir));
   FEDLORA_RETURN_IF_ERROR(root.Read("rounds", &c->rounds));
@@ -109,10 +213,7 @@ Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
   FEDLORA_RETURN_IF_ERROR(eval.Read("timeout_ms", &c->eval.timeout_ms));
   FEDLORA_RETURN_IF_ERROR(eval.Finish());
 
-  const ConfigSection strategy = root.Section("strategy");
-  FEDLORA_RETURN_IF_ERROR(strategy.Read("name", &c->strategy.name));
-  FEDLORA_RETURN_IF_ERROR(strategy.Read("weighting", &c->strategy.weighting));
-  FEDLORA_RETURN_IF_ERROR(strategy.Finish());
+  FEDLORA_RETURN_IF_ERROR(ParseStrategyConfig(root.Section("strategy"), &c->strategy));
 
   FEDLORA_RETURN_IF_ERROR(ParseLora(root.Section("lora"), &c->lora));
   FEDLORA_RETURN_IF_ERROR(ParseTrain(root.Section("train"), &c->train));
@@ -127,6 +228,7 @@ Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
       return InvalidArgument(root.PathOf("base_model_sha256"),
                              " must be 64 hex digits (or empty to pin the first client's)");
     }
+    c->base_model_sha256 = crypto::ToHex(d);  // Clients report lowercase hex.
   }
   FEDLORA_RETURN_IF_ERROR(ParseLogLevel(c->log_level).status().WithContext("log_level"));
   if (c->transport.heartbeat_interval_ms == 0 || c->transport.heartbeat_liveness == 0) {
@@ -153,14 +255,6 @@ Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
   }
   if (c->round.timeout_ms == 0 || c->eval.timeout_ms == 0) {
     return InvalidArgument("round.timeout_ms and eval.timeout_ms must be >= 1");
-  }
-  FEDLORA_RETURN_IF_ERROR(ParseWeighting(c->strategy.weighting).status().WithContext("strategy"));
-  const auto names = StrategyNames();
-  if (std::find(names.begin(), names.end(), c->strategy.name) == names.end()) {
-    std::string known;
-    for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
-    return InvalidArgument("strategy.name: unknown strategy '", c->strategy.name, "' (known: ",
-                           known, ")");
   }
   c->train.seed = c->seed;
   return OkStatus();

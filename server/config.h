@@ -59,6 +59,11 @@ struct CoordinatorConfig {
   wire::TrainSpec train;
 };
 
+// Reads a `strategy` section (name, weighting, per-strategy settings, rank policy) and checks
+// it; shared by the coordinator and fedlora-agg.
+Status ParseStrategyConfig(const config::ConfigSection& section, StrategyConfig* config);
+Status ValidateStrategyConfig(const StrategyConfig& config);
+
 // Reads the coordinator keys of `section` into `config` (keys absent keep their defaults) and
 // validates ranges. Errors name the file, line and key.
 Status ParseCoordinatorConfig(const config::ConfigSection& section, CoordinatorConfig* config);

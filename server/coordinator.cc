@@ -7,6 +7,8 @@
 #include "common/crypto/random.h"
 #include "common/log.h"
 #include "server/coordinator_impl.h"
+#include "common/lora/adapter_layout.h"
+#include "server/rank_policy.h"
 
 namespace fedlora::server {
 namespace {
@@ -27,6 +29,41 @@ bool ValidClientName(std::string_view name) {
   });
 }
 
+constexpr std::size_t kMaxModules = 65536;
+constexpr std::int64_t kMaxDim = std::int64_t{1} << 24;
+constexpr std::size_t kMaxMetrics = 64;
+
+bool NameChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+         c == '_' || c == '.';
+}
+
+// Strings a peer sends end up in JSON and file names: accept a boring alphabet only.
+bool ValidModuleName(std::string_view name) {
+  return !name.empty() && name.size() <= 256 && std::all_of(name.begin(), name.end(), NameChar);
+}
+bool ValidMetricName(std::string_view name) {
+  return !name.empty() && name.size() <= 64 && std::all_of(name.begin(), name.end(), NameChar);
+}
+bool IsLowerHexDigest(std::string_view d) {
+  return d.size() == 64 && std::all_of(d.begin(), d.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+// `name` with anything outside printable ASCII escaped, for log lines and error messages.
+std::string PrintableName(std::string_view name) {
+  std::string out;
+  for (unsigned char c : name.substr(0, 128)) {
+    if (c >= 0x20 && c < 0x7f) {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out += StrCat("\\x", "0123456789abcdef"[c >> 4], "0123456789abcdef"[c & 15]);
+    }
+  }
+  return out;
+}
+
 std::string PrintableRoute(std::string_view route) {
   std::string out = "peer#";
   for (unsigned char c : route) {
@@ -43,18 +80,27 @@ Status ValidateUpload(const wire::Update& update, const ClientTask& task) {
   const auto fail = [](ErrorCode code, auto&&... args) {
     return Status(StatusCode::kInvalidArgument, StrCat(args...), static_cast<std::uint32_t>(code));
   };
-  for (const auto& [name, spec] : task.expected_upload) {
+  for (const auto& [name, expected] : task.expected_upload) {
     const auto it = update.tensors.find(name);
     if (it == update.tensors.end()) {
       return fail(ErrorCode::kTensorShapeMismatch, "missing tensor '", name, "'");
     }
+    const TensorSpec& spec = expected.spec;
     if (it->second.dtype != spec.dtype) {
       return fail(ErrorCode::kTensorDtypeMismatch, "tensor '", name, "' is ",
                   DTypeName(it->second.dtype), ", expected ", DTypeName(spec.dtype));
     }
-    if (it->second.shape != spec.shape) {
+    const std::vector<std::int64_t>& shape = it->second.shape;
+    bool fits = shape.size() == spec.shape.size();
+    for (std::size_t d = 0; fits && d < shape.size(); ++d) {
+      fits = static_cast<int>(d) == expected.shrinkable_dim
+                 ? shape[d] >= 1 && shape[d] <= spec.shape[d]
+                 : shape[d] == spec.shape[d];
+    }
+    if (!fits) {
       return fail(ErrorCode::kTensorShapeMismatch, "tensor '", name, "' has shape ",
-                  ShapeString(it->second.shape), ", expected ", ShapeString(spec.shape));
+                  ShapeString(shape), ", expected ", ShapeString(spec.shape),
+                  expected.shrinkable_dim >= 0 ? " (or smaller along the rank)" : "");
     }
     if (!AllFinite(it->second)) {
       return fail(ErrorCode::kNonFiniteTensor, "tensor '", name, "' contains NaN or infinity");
@@ -68,7 +114,15 @@ Status ValidateUpload(const wire::Update& update, const ClientTask& task) {
   if (update.num_samples == 0 || update.num_examples == 0) {
     return fail(ErrorCode::kInvalidField, "num_samples and num_examples must be > 0");
   }
+  if (update.metrics.size() > kMaxMetrics) {
+    return fail(ErrorCode::kInvalidField, update.metrics.size(), " metrics (at most ",
+                kMaxMetrics, ")");
+  }
   for (const auto& [name, v] : update.metrics) {
+    if (!ValidMetricName(name)) {
+      return fail(ErrorCode::kInvalidField, "metric name '", PrintableName(name),
+                  "' is not 1-64 characters of [A-Za-z0-9._-]");
+    }
     if (!std::isfinite(v)) return fail(ErrorCode::kInvalidField, "metric '", name, "' is not finite");
   }
   return OkStatus();
@@ -101,7 +155,9 @@ Status Coordinator::Impl::Start() {
                                 l.alpha, " on ", l.targets.size(),
                                 " target(s), which differs from the configured lora section");
     }
+    FEDLORA_RETURN_IF_ERROR(store_->DropPendingThrough(latest->round));
     layout_ = latest->layout;
+    FEDLORA_RETURN_IF_ERROR(strategy_->SetLayout(*layout_).WithContext(where));
     state_ = latest->state;
     committed_ = latest->round;
     Count([&](CoordinatorCounters& c) {
@@ -119,6 +175,9 @@ Status Coordinator::Impl::Start() {
 
   net::SocketOptions options;
   options.max_frame_bytes = static_cast<std::int64_t>(config_.transport.max_message_bytes);
+  // A well-behaved client has a handful of messages in flight; a small per-peer queue bounds
+  // what a flooding peer can make ZeroMQ buffer for us.
+  options.receive_hwm = 64;
   FEDLORA_ASSIGN_OR_RETURN(router_, net::Socket::Open(context_, net::SocketKind::kRouter, options));
   FEDLORA_RETURN_IF_ERROR(router_.Bind(config_.transport.bind));
   FEDLORA_ASSIGN_OR_RETURN(endpoint_, router_.LastEndpoint());
@@ -157,15 +216,30 @@ Status Coordinator::Impl::Run() {
       Result<std::optional<net::Message>> message = router_.Receive(milliseconds(0));
       if (!message.ok()) return message.status();
       if (!message->has_value()) break;
-      HandleMessage(**message);
+      try {
+        HandleMessage(**message);
+      } catch (const std::exception& e) {
+        // A backstop: every library call on peer data is wrapped at its door, so reaching this
+        // is a bug; drop the one message rather than the whole federation.
+        Count([](CoordinatorCounters& c) { ++c.protocol_errors; });
+        LogError("internal error handling a message (dropped): ", e.what());
+      }
     }
-    OnTick();
-    // One step can enable the next (a commit allows the next round to start): step until the
-    // state settles rather than waiting for the next wake-up.
-    for (int i = 0; i < 8; ++i) {
-      const auto before = std::make_tuple(phase_, run_.round, committed_);
-      Advance();
-      if (before == std::make_tuple(phase_, run_.round, committed_)) break;
+    try {
+      OnTick();
+      // One step can enable the next (a commit allows the next round to start): step until the
+      // state settles rather than waiting for the next wake-up.
+      for (int i = 0; i < 8; ++i) {
+        const auto before =
+            std::make_tuple(phase_, run_.round, committed_, run_.attempt, run_.awaiting_retry);
+        Advance();
+        if (before ==
+            std::make_tuple(phase_, run_.round, committed_, run_.attempt, run_.awaiting_retry)) {
+          break;
+        }
+      }
+    } catch (const std::exception& e) {
+      Fatal(Internal("round engine: ", e.what()));
     }
   }
 }
@@ -178,7 +252,10 @@ milliseconds Coordinator::Impl::NextWait() const {
     next = std::min(next, c.last_sent + interval);
     next = std::min(next, c.last_heard + interval * config_.transport.heartbeat_liveness);
   }
-  if (phase_ == Phase::kFit && !run_.awaiting_retry) next = std::min(next, run_.deadline);
+  if (phase_ == Phase::kFit) {
+    next = std::min(next, run_.awaiting_retry ? run_.retry_not_before : run_.deadline);
+  }
+  if (phase_ == Phase::kInit) next = std::min(next, run_.deadline);
   if (phase_ == Phase::kEval) next = std::min(next, run_.eval_deadline);
   return milliseconds(MillisUntil(now, next));
 }
@@ -201,6 +278,16 @@ void Coordinator::Impl::OnClientGone(const std::string& id, std::string_view why
   LogWarn("client ", id, " is gone: ", why);
   if (run_.outstanding.erase(id) > 0) run_.failed.insert(id);
   run_.eval_outstanding.erase(id);
+  // Until round 0 is committed the model layout is only what the first client claimed: when
+  // every client has left, forget it, so one bogus (but well-formed) Hello cannot lock the
+  // federation out.
+  if (!committed_ && clients_.size() == 0 && layout_ && config_.base_model_sha256.empty()) {
+    LogInfo("no clients left before round 0: unpinning the base model");
+    layout_.reset();
+    state_.reset();
+    run_ = RoundRun{};
+    phase_ = Phase::kWaiting;
+  }
 }
 
 // ---- messaging -----------------------------------------------------------------------------
@@ -250,6 +337,15 @@ void Coordinator::Impl::HandleMessage(const net::Message& message) {
   ClientConnection* client = clients_.FindByRoute(route);
   const std::string who = client != nullptr ? StrCat("client ", client->id) : PrintableRoute(route);
 
+  if (client == nullptr) {
+    // Strangers may only say Hello: refuse anything else before hashing its tensor frames.
+    const std::optional<wire::EnvelopeHeader> header = wire::PeekHeader(frames[0], limits_);
+    if (header && header->protocol_version == wire::kProtocolVersion && !header->is_hello) {
+      ProtocolError(who, route, header->sequence, ErrorCode::kUnexpectedMessage,
+                    "a message before Hello (send Hello first)");
+      return;
+    }
+  }
   Result<wire::Envelope> decoded = wire::Decode(frames, limits_);
   if (!decoded.ok()) {
     const std::optional<wire::EnvelopeHeader> header = wire::PeekHeader(frames[0], limits_);
@@ -284,11 +380,22 @@ void Coordinator::Impl::HandleMessage(const net::Message& message) {
   if (auto* update = std::get_if<wire::Update>(&envelope.body)) {
     HandleUpdate(*client, envelope.sequence, std::move(*update), bytes);
   } else if (auto* result = std::get_if<wire::EvalResult>(&envelope.body)) {
-    HandleEvalResult(*client, std::move(*result), bytes);
+    HandleEvalResult(*client, envelope.sequence, std::move(*result), bytes);
   } else if (const auto* error = std::get_if<wire::Error>(&envelope.body)) {
     LogWarn(who, " reports ", wire::ErrorCodeName(error->code), ": ", error->message);
-    if (run_.outstanding.erase(client->id) > 0) run_.failed.insert(client->id);
-    run_.eval_outstanding.erase(client->id);
+    // The client's base is not what we believed: the next task rebuilds it from scratch.
+    if (error->code == ErrorCode::kBaseVersionMismatch) client->base_version = kUnknownVersion;
+    // The error names the task it refuses by that message's sequence number.
+    const std::uint64_t ref = error->ref_sequence;
+    if (ref != 0 && run_.task_sequence.contains(client->id) &&
+        run_.task_sequence.at(client->id) == ref && run_.outstanding.erase(client->id) > 0) {
+      run_.failed.insert(client->id);
+      if (phase_ == Phase::kInit) init_failed_.insert(client->id);
+    }
+    if (ref != 0 && run_.eval_sequence.contains(client->id) &&
+        run_.eval_sequence.at(client->id) == ref) {
+      run_.eval_outstanding.erase(client->id);
+    }
   } else if (const auto* bye = std::get_if<wire::Bye>(&envelope.body)) {
     const std::string id = client->id;
     clients_.Remove(id);
@@ -301,7 +408,7 @@ void Coordinator::Impl::HandleMessage(const net::Message& message) {
 
 void Coordinator::Impl::HandleHello(const std::string& route, const wire::Envelope& envelope) {
   const wire::Hello& hello = std::get<wire::Hello>(envelope.body);
-  const std::string who = StrCat("hello from '", hello.client_name, "'");
+  const std::string who = StrCat("hello from '", PrintableName(hello.client_name), "'");
   const auto reject = [&](ErrorCode code, const std::string& message) {
     ProtocolError(who, route, envelope.sequence, code, message);
   };
@@ -320,17 +427,40 @@ void Coordinator::Impl::HandleHello(const std::string& route, const wire::Envelo
                   expected_digest, " (every client must load the same base weights)"));
     return;
   }
-  if (hello.modules.empty()) {
-    reject(ErrorCode::kInvalidField, "hello lists no LoRA-adaptable modules");
+  if (!IsLowerHexDigest(hello.base_model_sha256)) {
+    reject(ErrorCode::kInvalidField, "base model digest must be 64 lowercase hex digits");
+    return;
+  }
+  if (hello.modules.empty() || hello.modules.size() > kMaxModules) {
+    reject(ErrorCode::kInvalidField,
+           StrCat("hello lists ", hello.modules.size(), " modules (1..", kMaxModules, " allowed)"));
     return;
   }
   std::set<std::string, std::less<>> names;
   for (const wire::ModuleInfo& m : hello.modules) {
-    if (m.name.empty() || m.d_out <= 0 || m.d_in <= 0 || !names.insert(m.name).second) {
-      reject(ErrorCode::kInvalidField, StrCat("invalid or duplicate module '", m.name, "' [",
-                                              m.d_out, " x ", m.d_in, "]"));
+    if (!ValidModuleName(m.name) || m.d_out <= 0 || m.d_in <= 0 || m.d_out > kMaxDim ||
+        m.d_in > kMaxDim || !names.insert(m.name).second) {
+      reject(ErrorCode::kInvalidField,
+             StrCat("invalid or duplicate module '", PrintableName(m.name), "' [", m.d_out, " x ",
+                    m.d_in, "] (names of [A-Za-z0-9._-], dimensions 1..", kMaxDim, ")"));
       return;
     }
+  }
+  // The federation's LoRA must fit this model before the model may define the federation.
+  Result<std::vector<wire::ModuleInfo>> targets = lora::SelectTargets(hello.modules, config_.lora);
+  if (!targets.ok()) {
+    reject(ErrorCode::kBaseModelMismatch, targets.status().message());
+    return;
+  }
+  std::uint64_t adapter_bytes = 0;
+  for (const wire::ModuleInfo& m : *targets) {
+    adapter_bytes += 4ull * config_.lora.rank * static_cast<std::uint64_t>(m.d_in + m.d_out);
+  }
+  if (adapter_bytes >= config_.transport.max_message_bytes) {
+    reject(ErrorCode::kInvalidField,
+           StrCat("a rank-", config_.lora.rank, " adapter of this model takes ", adapter_bytes,
+                  " bytes, more than transport.max_message_bytes"));
+    return;
   }
   if (layout_ && layout_->modules != hello.modules) {
     reject(ErrorCode::kBaseModelMismatch,
@@ -345,15 +475,27 @@ void Coordinator::Impl::HandleHello(const std::string& route, const wire::Envelo
            StrCat("client '", hello.client_name, "' is already connected and alive"));
     return;
   }
-  if (ClientConnection* other = clients_.FindByRoute(route);
-      other != nullptr && other->id != hello.client_name) {
-    clients_.Remove(other->id);  // Same socket, new name: the old identity is gone.
+  Result<wire::AdapterPlan> plan = PlanForClient(config_.strategy.rank_policy, config_.lora,
+                                                 hello.modules, hello.capabilities);
+  if (!plan.ok()) {
+    reject(ErrorCode::kInvalidField, plan.status().message());
+    return;
   }
-
   if (!layout_) {
-    layout_ = ModelLayout{hello.base_model_sha256, hello.modules};
+    const ModelLayout layout{hello.base_model_sha256, hello.modules};
+    if (Status s = strategy_->SetLayout(layout); !s.ok()) {
+      reject(ErrorCode::kBaseModelMismatch, s.message());
+      return;
+    }
+    layout_ = layout;
     LogInfo("federation base model pinned to ", hello.base_model_sha256, " (",
             hello.modules.size(), " adaptable modules) by client ", hello.client_name);
+  }
+  if (ClientConnection* other = clients_.FindByRoute(route);
+      other != nullptr && other->id != hello.client_name) {
+    const std::string old_id = other->id;  // Same socket, new name: the old identity is gone.
+    clients_.Remove(old_id);
+    OnClientGone(old_id, StrCat("reconnected as '", hello.client_name, "'"));
   }
   ClientConnection connection;
   connection.id = hello.client_name;
@@ -363,17 +505,30 @@ void Coordinator::Impl::HandleHello(const std::string& route, const wire::Envelo
   connection.last_heard = now;
   connection.last_sent = now;
   connection.hello = hello;
+  connection.plan = std::move(plan).value();
+  connection.base_version = hello.base_version;
   ClientConnection& client = clients_.Admit(std::move(connection));
   Count([](CoordinatorCounters& c) { ++c.clients_admitted; });
   Send(client, wire::Welcome{client.id, config_.transport.heartbeat_interval_ms,
                              config_.transport.heartbeat_liveness,
-                             committed_ ? *committed_ + 1 : 0, std::string(strategy_->name())});
+                             committed_ ? *committed_ + 1 : 0, std::string(strategy_->name()),
+                             client.plan});
   LogInfo("client ", client.id, " connected (", hello.capabilities.device, ", ",
-          hello.capabilities.num_examples, " examples); ", clients_.size(), " live");
+          hello.capabilities.num_examples, " examples, rank ",
+          TopRank(client.plan, config_.lora), ", depth ", Depth(client.plan, layout_->modules),
+          "); ", clients_.size(), " live");
 
   // A client that reconnects while it owes us work gets its task again; a client that kept
   // training across the reconnect ignores the duplicate, one that restarted starts over.
-  if (phase_ == Phase::kFit && run_.outstanding.contains(client.id)) SendTask(client.id);
+  // A selected client that was dropped (e.g. restarted, slow to load its model) and came back
+  // before the round gave up on it gets its task again rather than idling to the deadline.
+  if (phase_ == Phase::kFit && !run_.awaiting_retry && run_.tasks.contains(client.id) &&
+      !run_.updates.contains(client.id) && run_.failed.erase(client.id) > 0) {
+    run_.outstanding.insert(client.id);
+  }
+  if ((phase_ == Phase::kFit || phase_ == Phase::kInit) && run_.outstanding.contains(client.id)) {
+    SendTask(client.id);
+  }
   if (phase_ == Phase::kEval && run_.eval_outstanding.contains(client.id)) {
     SendEvalTask(client.id);
   }
@@ -382,7 +537,8 @@ void Coordinator::Impl::HandleHello(const std::string& route, const wire::Envelo
 void Coordinator::Impl::HandleUpdate(ClientConnection& client, std::uint64_t sequence,
                                      wire::Update update, std::size_t bytes) {
   const std::string who = StrCat("update from ", client.id);
-  if (phase_ != Phase::kFit || update.round != run_.round) {
+  const bool open = (phase_ == Phase::kFit || phase_ == Phase::kInit) && update.round == run_.round;
+  if (!open) {
     ProtocolError(who, client.route, sequence, ErrorCode::kStaleRound,
                   StrCat("round ", update.round, " is not open for uploads"));
     return;
@@ -397,19 +553,55 @@ void Coordinator::Impl::HandleUpdate(ClientConnection& client, std::uint64_t seq
     Send(client, wire::Ack{update.round, sequence});
     return;
   }
-  if (Status valid = ValidateUpload(update, task->second); !valid.ok()) {
+  const auto reject = [&](const Status& why) {
     Count([](CoordinatorCounters& c) { ++c.updates_rejected; });
-    ProtocolError(who, client.route, sequence, wire::DecodeErrorCode(valid), valid.message());
+    ProtocolError(who, client.route, sequence, wire::DecodeErrorCode(why), why.message());
     if (run_.outstanding.erase(client.id) > 0) run_.failed.insert(client.id);
+  };
+  if (Status valid = ValidateUpload(update, task->second); !valid.ok()) {
+    reject(valid);
+    return;
+  }
+  if (const auto sent = run_.sent_base.find(client.id);
+      sent != run_.sent_base.end() && sent->second != update.base_version) {
+    reject(Status(StatusCode::kInvalidArgument,
+                  StrCat("trained on base version ", update.base_version, ", the task set ",
+                         sent->second),
+                  static_cast<std::uint32_t>(ErrorCode::kBaseVersionMismatch)));
     return;
   }
   ClientUpdate accepted{client.id, update.num_samples, update.num_examples,
                         std::move(update.metrics), std::move(update.tensors)};
-  if (Status s = store_->PersistUpdate(run_.round, accepted); !s.ok()) {
+  if (Status valid = strategy_->ValidateUpdate(task->second, accepted); !valid.ok()) {
+    reject(valid);
+    return;
+  }
+  if (phase_ == Phase::kInit) {
+    if (Status s = strategy_->AcceptInit(*state_, accepted); !s.ok()) {
+      init_failed_.insert(client.id);
+      reject(s.code() == StatusCode::kInvalidArgument && s.detail() != 0
+                 ? s
+                 : Status(StatusCode::kInvalidArgument, s.message(),
+                          static_cast<std::uint32_t>(ErrorCode::kInvalidField)));
+      return;
+    }
+    run_.outstanding.erase(client.id);
+    client.cached.insert(task->second.caches.begin(), task->second.caches.end());
+    Send(client, wire::Ack{run_.round, sequence});
+    LogInfo(strategy_->name(), " initialised from client ", client.id, "'s data");
+    run_ = RoundRun{};
+    phase_ = Phase::kWaiting;
+    return;
+  }
+  if (Status s = store_->PersistUpdate(
+          run_.round, PendingUpload{accepted, client.hello.capabilities, client.plan});
+      !s.ok()) {
     SendError(client.route, sequence, ErrorCode::kInternal, "coordinator could not persist");
     Fatal(s.WithContext("persisting an accepted upload"));
     return;
   }
+  client.cached.insert(task->second.caches.begin(), task->second.caches.end());
+  for (const auto& [name, t] : accepted.tensors) run_.params_up += static_cast<std::uint64_t>(t.numel());
   run_.updates.emplace(client.id, std::move(accepted));
   run_.outstanding.erase(client.id);
   run_.failed.erase(client.id);
@@ -417,31 +609,45 @@ void Coordinator::Impl::HandleUpdate(ClientConnection& client, std::uint64_t seq
   Count([](CoordinatorCounters& c) { ++c.updates_accepted; });
   Send(client, wire::Ack{run_.round, sequence});
   LogDebug("round ", run_.round, ": update from ", client.id, " accepted (", run_.updates.size(),
-          "/", run_.want, ")");
+           "/", run_.want, ")");
 }
 
-void Coordinator::Impl::HandleEvalResult(ClientConnection& client, wire::EvalResult result,
-                                         std::size_t bytes) {
+void Coordinator::Impl::HandleEvalResult(ClientConnection& client, std::uint64_t sequence,
+                                         wire::EvalResult result, std::size_t bytes) {
   const std::string who = StrCat("eval result from ", client.id);
   if (phase_ != Phase::kEval || result.round != run_.round) {
-    ProtocolError(who, client.route, 0, ErrorCode::kStaleRound,
+    ProtocolError(who, client.route, sequence, ErrorCode::kStaleRound,
                   StrCat("no evaluation of round ", result.round, " is open"));
     return;
   }
   if (!run_.eval_outstanding.contains(client.id)) {
-    ProtocolError(who, client.route, 0, ErrorCode::kUnexpectedMessage,
+    ProtocolError(who, client.route, sequence, ErrorCode::kUnexpectedMessage,
                   "this client was not asked to evaluate (or already answered)");
     return;
   }
   if (!std::isfinite(result.loss) || result.loss < 0 || result.num_tokens == 0) {
-    ProtocolError(who, client.route, 0, ErrorCode::kInvalidField,
+    ProtocolError(who, client.route, sequence, ErrorCode::kInvalidField,
                   "loss must be finite and >= 0, num_tokens > 0");
     run_.eval_outstanding.erase(client.id);
     return;
   }
   run_.eval_outstanding.erase(client.id);
+  if (const auto sent = run_.eval_sent_base.find(client.id);
+      sent != run_.eval_sent_base.end() && sent->second != result.base_version) {
+    ProtocolError(who, client.route, sequence, ErrorCode::kBaseVersionMismatch,
+                  StrCat("evaluated on base version ", result.base_version, ", the task set ",
+                         sent->second));
+    return;
+  }
+  if (const auto caches = run_.eval_caches.find(client.id); caches != run_.eval_caches.end()) {
+    client.cached.insert(caches->second.begin(), caches->second.end());
+  }
   run_.eval_bytes_up += bytes;
   run_.eval_results.emplace(client.id, std::move(result));
+}
+
+ClientInfo Coordinator::Impl::InfoOf(const ClientConnection& client) const {
+  return ClientInfo{client.id, client.hello.capabilities, client.plan, client.cached};
 }
 
 // ---- Coordinator ---------------------------------------------------------------------------

@@ -49,7 +49,7 @@ class Coordinator::Impl {
   }
 
  private:
-  enum class Phase { kWaiting, kFit, kEval, kDone };
+  enum class Phase { kWaiting, kInit, kFit, kEval, kDone };
 
   // Everything about the round in progress. Reset when the round commits.
   struct RoundRun {
@@ -58,19 +58,25 @@ class Coordinator::Impl {
     std::uint32_t want = 0;           // Updates wanted in total.
     std::uint32_t quorum = 1;         // Updates needed to aggregate.
     bool awaiting_retry = false;
+    Clock::TimePoint retry_not_before{};
     Clock::TimePoint started{};
     Clock::TimePoint deadline{};
     std::map<std::string, ClientTask, std::less<>> tasks;    // Every client tasked this round.
     std::set<std::string, std::less<>> outstanding;          // Tasked this attempt, no answer yet.
     std::set<std::string, std::less<>> failed;
     std::map<std::string, ClientUpdate, std::less<>> updates;
-    std::uint32_t selected = 0;
+    std::map<std::string, std::uint64_t, std::less<>> sent_base;  // Base version of each task.
+    std::map<std::string, std::uint64_t, std::less<>> task_sequence;  // Envelope sequence of it.
     std::uint64_t bytes_up = 0, bytes_down = 0, eval_bytes_up = 0, eval_bytes_down = 0;
+    std::uint64_t params_up = 0, params_down = 0;
     // Evaluation of the candidate global state.
     std::optional<GlobalState> candidate;
     AggregateReport report;
     std::set<std::string, std::less<>> eval_outstanding;
     std::map<std::string, wire::EvalResult, std::less<>> eval_results;
+    std::map<std::string, std::uint64_t, std::less<>> eval_sent_base;
+    std::map<std::string, std::uint64_t, std::less<>> eval_sequence;
+    std::map<std::string, std::vector<std::string>, std::less<>> eval_caches;
     Clock::TimePoint eval_deadline{};
   };
 
@@ -79,7 +85,8 @@ class Coordinator::Impl {
   void HandleHello(const std::string& route, const wire::Envelope& envelope);
   void HandleUpdate(ClientConnection& client, std::uint64_t sequence, wire::Update update,
                     std::size_t bytes);
-  void HandleEvalResult(ClientConnection& client, wire::EvalResult result, std::size_t bytes);
+  void HandleEvalResult(ClientConnection& client, std::uint64_t sequence, wire::EvalResult result,
+                        std::size_t bytes);
   std::size_t Send(ClientConnection& client, wire::Body body);
   void SendError(const std::string& route, std::uint64_t ref_sequence, wire::ErrorCode code,
                  const std::string& message);
@@ -96,6 +103,9 @@ class Coordinator::Impl {
   std::vector<std::string> Select(std::vector<std::string> candidates, std::size_t want,
                                   std::uint64_t round, std::uint32_t attempt) const;
   std::uint32_t WantedClients(std::size_t live) const;
+  bool Eligible(const ClientConnection& client) const;
+  void StartInit();
+  void CheckInit();
   void StartFit(std::uint64_t round);
   void StartAttempt();
   void CheckFit();
@@ -106,6 +116,7 @@ class Coordinator::Impl {
   void Finish();
   void SendTask(const std::string& id);
   void SendEvalTask(const std::string& id);
+  ClientInfo InfoOf(const ClientConnection& client) const;
   void Fatal(Status status) {
     if (fatal_.ok()) fatal_ = std::move(status);
   }
@@ -135,6 +146,7 @@ class Coordinator::Impl {
   Phase phase_ = Phase::kWaiting;
   RoundRun run_;
   std::uint64_t anonymous_sequence_ = 0;
+  std::set<std::string, std::less<>> init_failed_;  // Clients whose initialisation failed.
   Clock::TimePoint last_wait_log_{};
 
   mutable std::mutex counters_mu_;

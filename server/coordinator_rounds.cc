@@ -6,6 +6,7 @@
 
 #include "common/log.h"
 #include "server/coordinator_impl.h"
+#include "server/rank_policy.h"
 #include "server/round_metrics.h"
 
 namespace fedlora::server {
@@ -28,6 +29,12 @@ std::string Fixed(double v, int digits = 4) {
 }  // namespace
 
 // ---- rounds --------------------------------------------------------------------------------
+
+bool Coordinator::Impl::Eligible(const ClientConnection& client) const {
+  // A client that declared a maximum rank below what it would be asked to train cannot help.
+  const std::uint32_t max_rank = client.hello.capabilities.max_rank;
+  return max_rank == 0 || max_rank >= TopRank(client.plan, config_.lora);
+}
 
 std::uint32_t Coordinator::Impl::WantedClients(std::size_t live) const {
   auto want = static_cast<std::uint32_t>(std::ceil(config_.round.fraction * live - 1e-9));
@@ -52,13 +59,12 @@ std::vector<std::string> Coordinator::Impl::Select(std::vector<std::string> cand
 
 void Coordinator::Impl::Advance() {
   if (!fatal_.ok() || phase_ == Phase::kDone) return;
-  if (phase_ == Phase::kFit) {
-    CheckFit();
-    return;
-  }
-  if (phase_ == Phase::kEval) {
-    CheckEval();
-    return;
+  switch (phase_) {
+    case Phase::kInit: CheckInit(); return;
+    case Phase::kFit: CheckFit(); return;
+    case Phase::kEval: CheckEval(); return;
+    case Phase::kWaiting:
+    case Phase::kDone: break;
   }
   // Waiting: initialise, evaluate the initial adapter, or start the next round.
   if (!state_) {
@@ -70,12 +76,16 @@ void Coordinator::Impl::Advance() {
     }
     state_ = std::move(initial).value();
     state_->round = 0;
-    LogInfo("initialised global adapter: ", state_->adapter.size(), " tensors, ",
+    LogInfo("initialised global state: ", state_->adapter.size(), " adapter tensors, ",
             PayloadBytes(state_->adapter), " bytes");
   }
   const std::uint64_t next = committed_ ? *committed_ + 1 : 0;
   if (next > config_.rounds) {
     Finish();
+    return;
+  }
+  if (!committed_ && strategy_->NeedsClientInit(*state_)) {
+    StartInit();
     return;
   }
   const std::size_t live = clients_.size();
@@ -103,6 +113,55 @@ void Coordinator::Impl::Advance() {
   StartFit(next);
 }
 
+void Coordinator::Impl::StartInit() {
+  // The designated client, else the first live client that declared data for initialisation.
+  const std::string& designated = config_.strategy.fedsb.init_client;
+  const ClientConnection* chosen = nullptr;
+  for (const auto& [id, client] : clients_.all()) {
+    if (init_failed_.contains(id)) continue;
+    if (designated.empty() ? client.hello.capabilities.can_initialize : id == designated) {
+      chosen = &client;
+      break;
+    }
+  }
+  if (chosen == nullptr) {
+    const Clock::TimePoint now = clock_.Now();
+    if (now - last_wait_log_ > std::chrono::seconds(10)) {
+      LogInfo(strategy_->name(), " waits for ",
+              designated.empty() ? std::string("a client with capabilities.can_initialize")
+                                 : StrCat("client '", designated, "'"),
+              " to compute its initial state");
+      last_wait_log_ = now;
+    }
+    return;
+  }
+  Result<ClientTask> task = strategy_->ConfigureInit(*state_, InfoOf(*chosen));
+  if (!task.ok()) {
+    Fatal(task.status().WithContext("configuring initialisation"));
+    return;
+  }
+  run_ = RoundRun{};
+  run_.round = 0;
+  run_.started = clock_.Now();
+  run_.deadline = run_.started + milliseconds(config_.round.timeout_ms);
+  run_.tasks[chosen->id] = std::move(task).value();
+  run_.outstanding.insert(chosen->id);
+  phase_ = Phase::kInit;
+  LogInfo(strategy_->name(), ": asking client ", chosen->id, " to compute the initial state");
+  SendTask(chosen->id);
+}
+
+void Coordinator::Impl::CheckInit() {
+  if (!run_.outstanding.empty() && clock_.Now() < run_.deadline) return;
+  for (const std::string& id : run_.outstanding) {
+    LogWarn("client ", id, " did not deliver the initialisation; asking another client");
+    init_failed_.insert(id);
+  }
+  for (const std::string& id : run_.failed) init_failed_.insert(id);
+  run_ = RoundRun{};
+  phase_ = Phase::kWaiting;
+}
+
 void Coordinator::Impl::StartFit(std::uint64_t round) {
   run_ = RoundRun{};
   run_.round = round;
@@ -113,22 +172,33 @@ void Coordinator::Impl::StartFit(std::uint64_t round) {
       config_.round.quorum,
       static_cast<std::uint32_t>(std::ceil(config_.round.quorum_fraction * run_.want - 1e-9)));
 
-  // Uploads accepted before a restart count: their clients are not asked again.
-  Result<std::vector<ClientUpdate>> restored = store_->LoadPending(round);
+  // Uploads accepted before a restart count: their clients are not asked again. Their tasks are
+  // re-derived (Configure is a pure function of the state, the round and the client).
+  Result<std::vector<PendingUpload>> restored = store_->LoadPending(round);
   if (!restored.ok()) {
     Fatal(restored.status());
     return;
   }
-  for (ClientUpdate& u : *restored) {
+  for (PendingUpload& p : *restored) {
+    ClientUpdate& u = p.update;
+    const ClientInfo info{u.client_id, p.capabilities, p.plan, {}};
     Result<std::vector<ClientTask>> tasks =
-        strategy_->Configure(*state_, std::vector<ClientInfo>{ClientInfo{u.client_id, {}}});
+        strategy_->Configure(*state_, round, std::span<const ClientInfo>(&info, 1));
     if (!tasks.ok()) {
       Fatal(tasks.status());
       return;
     }
-    wire::Update as_wire{round, u.num_samples, u.num_examples, u.metrics, u.tensors};
-    if (Status s = ValidateUpload(as_wire, tasks->front()); !s.ok()) {
-      LogWarn("round ", round, ": dropping restored upload of ", u.client_id, ": ", s.message());
+    wire::Update as_wire;
+    as_wire.round = round;
+    as_wire.num_samples = u.num_samples;
+    as_wire.num_examples = u.num_examples;
+    as_wire.metrics = u.metrics;
+    as_wire.tensors = u.tensors;
+    Status valid = ValidateUpload(as_wire, tasks->front());
+    if (valid.ok()) valid = strategy_->ValidateUpdate(tasks->front(), u);
+    if (!valid.ok()) {
+      LogWarn("round ", round, ": dropping restored upload of ", u.client_id, ": ",
+              valid.message());
       continue;
     }
     run_.tasks[u.client_id] = std::move(tasks->front());
@@ -146,7 +216,7 @@ void Coordinator::Impl::StartAttempt() {
   run_.awaiting_retry = false;
   std::vector<std::string> fresh, retried;
   for (const std::string& id : clients_.Ids()) {
-    if (run_.updates.contains(id)) continue;
+    if (run_.updates.contains(id) || !Eligible(*clients_.FindById(id))) continue;
     (run_.failed.contains(id) ? retried : fresh).push_back(id);
   }
   const std::size_t need =
@@ -158,10 +228,8 @@ void Coordinator::Impl::StartAttempt() {
     chosen.insert(chosen.end(), more.begin(), more.end());
   }
   std::vector<ClientInfo> infos;
-  for (const std::string& id : chosen) {
-    infos.push_back(ClientInfo{id, clients_.FindById(id)->hello.capabilities});
-  }
-  Result<std::vector<ClientTask>> tasks = strategy_->Configure(*state_, infos);
+  for (const std::string& id : chosen) infos.push_back(InfoOf(*clients_.FindById(id)));
+  Result<std::vector<ClientTask>> tasks = strategy_->Configure(*state_, run_.round, infos);
   if (!tasks.ok()) {
     Fatal(tasks.status().WithContext("configuring round tasks"));
     return;
@@ -172,7 +240,6 @@ void Coordinator::Impl::StartAttempt() {
     run_.tasks[id] = std::move(task);
     run_.failed.erase(id);
     run_.outstanding.insert(id);
-    ++run_.selected;
     SendTask(id);
   }
   LogInfo("round ", run_.round, "/", config_.rounds, (run_.attempt > 1 ? " (retry)" : ""),
@@ -182,20 +249,35 @@ void Coordinator::Impl::StartAttempt() {
 
 void Coordinator::Impl::SendTask(const std::string& id) {
   ClientConnection* client = clients_.FindById(id);
-  const ClientTask& task = run_.tasks.at(id);
   if (client == nullptr) return;
-  wire::RoundTask message{run_.round,
-                          static_cast<std::uint64_t>(MillisUntil(clock_.Now(), run_.deadline)),
-                          task.lora, task.train, task.tensors};
+  const ClientTask& task = run_.tasks.at(id);
+  wire::RoundTask message;
+  message.round = run_.round;
+  message.deadline_ms = static_cast<std::uint64_t>(MillisUntil(clock_.Now(), run_.deadline));
+  message.lora = task.lora;
+  message.train = task.train;
+  message.plan = task.plan;
+  message.tensors = task.tensors;
+  message.base = state_->corrections.UpdateFor(client->base_version, &message.tensors);
+  client->base_version = message.base.to_version;  // Tasks are applied in order.
+  run_.sent_base[id] = message.base.to_version;
+  run_.task_sequence[id] = client->next_sequence_out;  // The sequence Send() is about to use.
+  for (const auto& [name, t] : message.tensors) run_.params_down += static_cast<std::uint64_t>(t.numel());
   run_.bytes_down += Send(*client, std::move(message));
 }
 
 void Coordinator::Impl::CheckFit() {
   const Clock::TimePoint now = clock_.Now();
   if (run_.awaiting_retry) {
+    // Late uploads of failed clients may have completed the quorum meanwhile.
+    if (run_.updates.size() >= run_.quorum) {
+      Aggregate();
+      return;
+    }
+    if (now < run_.retry_not_before) return;
     // Wait for at least one client that can still contribute.
     for (const std::string& id : clients_.Ids()) {
-      if (!run_.updates.contains(id)) {
+      if (!run_.updates.contains(id) && Eligible(*clients_.FindById(id))) {
         StartAttempt();
         return;
       }
@@ -217,16 +299,24 @@ void Coordinator::Impl::CheckFit() {
                   run_.quorum, " required updates in ", run_.attempt, " attempt(s)"));
     return;
   }
-  LogWarn("round ", run_.round, ": ", run_.updates.size(), " of ", run_.quorum,
-          " required updates; selecting more clients");
+  // Never start the next attempt before this one's deadline: clients that refuse every task at
+  // once cannot spin the coordinator through attempts (at most one per round.timeout_ms).
   run_.awaiting_retry = true;
+  run_.retry_not_before = std::max(now, run_.deadline);
+  LogWarn("round ", run_.round, ": ", run_.updates.size(), " of ", run_.quorum,
+          " required updates; selecting more clients in ",
+          MillisUntil(now, run_.retry_not_before), " ms");
 }
 
 void Coordinator::Impl::Aggregate() {
   std::vector<ClientUpdate> updates;  // Sorted by client id: std::map order.
-  for (auto& [id, u] : run_.updates) updates.push_back(u);
+  std::vector<ClientTask> tasks;
+  for (auto& [id, u] : run_.updates) {
+    updates.push_back(u);
+    tasks.push_back(run_.tasks.at(id));
+  }
   GlobalState candidate = *state_;
-  Result<AggregateReport> report = strategy_->Aggregate(candidate, updates);
+  Result<AggregateReport> report = strategy_->Aggregate(candidate, run_.round, updates, tasks);
   if (!report.ok()) {
     Fatal(report.status().WithContext(StrCat("aggregating round ", run_.round)));
     return;
@@ -257,11 +347,20 @@ void Coordinator::Impl::StartEval(const std::vector<std::string>& clients) {
 void Coordinator::Impl::SendEvalTask(const std::string& id) {
   ClientConnection* client = clients_.FindById(id);
   if (client == nullptr) return;
-  const ClientInfo info{id, client->hello.capabilities};
-  wire::EvalTask task{run_.round,
-                      static_cast<std::uint64_t>(MillisUntil(clock_.Now(), run_.eval_deadline)),
-                      config_.eval.max_batches, strategy_->EvalLora(info), config_.train,
-                      strategy_->EvalTensors(*run_.candidate, info)};
+  EvalSpec spec = strategy_->Evaluation(*run_.candidate, InfoOf(*client));
+  wire::EvalTask task;
+  task.round = run_.round;
+  task.deadline_ms = static_cast<std::uint64_t>(MillisUntil(clock_.Now(), run_.eval_deadline));
+  task.max_batches = config_.eval.max_batches;
+  task.lora = spec.lora;
+  task.train = config_.train;
+  task.plan = spec.plan;
+  task.tensors = std::move(spec.tensors);
+  task.base = run_.candidate->corrections.UpdateFor(client->base_version, &task.tensors);
+  client->base_version = task.base.to_version;
+  run_.eval_sent_base[id] = task.base.to_version;
+  run_.eval_caches[id] = std::move(spec.caches);
+  run_.eval_sequence[id] = client->next_sequence_out;
   run_.eval_bytes_down += Send(*client, std::move(task));
 }
 
@@ -279,7 +378,7 @@ void Coordinator::Impl::Commit() {
   m.round = run_.round;
   m.strategy = std::string(strategy_->name());
   m.weighting = config_.strategy.weighting;
-  m.clients_selected = run_.selected;
+  m.clients_selected = static_cast<std::uint32_t>(run_.tasks.size());
   m.clients_reported = static_cast<std::uint32_t>(run_.updates.size());
   m.clients_failed = static_cast<std::uint32_t>(run_.failed.size());
   m.attempts = run_.attempt;
@@ -300,11 +399,18 @@ void Coordinator::Impl::Commit() {
   if (m.eval_tokens > 0) m.eval_loss = eval_sum / static_cast<double>(m.eval_tokens);
   m.bytes_up = run_.bytes_up;
   m.bytes_down = run_.bytes_down;
+  m.params_up = run_.params_up;
+  m.params_down = run_.params_down;
   m.eval_bytes_up = run_.eval_bytes_up;
   m.eval_bytes_down = run_.eval_bytes_down;
   m.seconds = std::chrono::duration<double>(clock_.Now() - run_.started).count();
   m.weights = run_.report.weights;
   m.strategy_metrics = run_.report.metrics;
+  for (const auto& [id, task] : run_.tasks) {
+    m.ranks[id] = TopRank(task.plan, task.lora);
+    m.depths[id] = Depth(task.plan, layout_->modules);
+  }
+  m.base_version = run_.candidate->corrections.latest_version();
   m.timestamp = UtcTimestamp();
   const std::string line = ToJsonLine(m);
 

@@ -54,6 +54,8 @@ int Main(int argc, char** argv) {
   }
   OnStopSignal([](void* c) { static_cast<server::Coordinator*>(c)->Stop(); }, &coordinator);
   const Status s = coordinator.Run();
+  // The coordinator is about to be destroyed (after its sockets linger): no signal may reach it.
+  OnStopSignal([](void*) {}, nullptr);
   if (s.ok() || s.code() == StatusCode::kCancelled) return 0;
   LogError("coordinator stopped: ", s.ToString());
   return 2;

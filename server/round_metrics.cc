@@ -24,15 +24,22 @@ std::string ToJsonLine(const RoundMetrics& m) {
   j["eval_tokens"] = m.eval_tokens;
   j["bytes_up"] = m.bytes_up;
   j["bytes_down"] = m.bytes_down;
+  j["params_up"] = m.params_up;
+  j["params_down"] = m.params_down;
   j["eval_bytes_up"] = m.eval_bytes_up;
   j["eval_bytes_down"] = m.eval_bytes_down;
   j["seconds"] = m.seconds;
   j["weights"] = nlohmann::ordered_json::object();
   for (const auto& [id, w] : m.weights) j["weights"][id] = w;
+  j["ranks"] = nlohmann::ordered_json::object();
+  for (const auto& [id, r] : m.ranks) j["ranks"][id] = r;
+  j["depths"] = nlohmann::ordered_json::object();
+  for (const auto& [id, d] : m.depths) j["depths"][id] = d;
+  j["base_version"] = m.base_version;
   j["strategy_metrics"] = nlohmann::ordered_json::object();
   for (const auto& [k, v] : m.strategy_metrics) j["strategy_metrics"][k] = v;
   j["timestamp"] = m.timestamp;
-  return j.dump();
+  return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }
 
 std::string UtcTimestamp() {

@@ -28,10 +28,15 @@ struct RoundMetrics {
   std::uint64_t eval_tokens = 0;
   std::uint64_t bytes_up = 0;           // Update messages accepted (envelope + tensor frames).
   std::uint64_t bytes_down = 0;         // RoundTask messages sent.
+  std::uint64_t params_up = 0;          // Scalars in the accepted updates' tensors.
+  std::uint64_t params_down = 0;        // Scalars in the RoundTasks' tensors (incl. corrections).
   std::uint64_t eval_bytes_up = 0;      // EvalResult messages.
   std::uint64_t eval_bytes_down = 0;    // EvalTask messages.
   double seconds = 0;                   // Wall time from the first task sent to the commit.
   std::map<std::string, double, std::less<>> weights;  // Client id -> aggregation weight.
+  std::map<std::string, std::uint32_t, std::less<>> ranks;   // Client id -> top LoRA rank.
+  std::map<std::string, std::uint32_t, std::less<>> depths;  // Client id -> layers with LoRA.
+  std::uint64_t base_version = 0;       // Base-correction version after the round.
   wire::Metrics strategy_metrics;
   std::string timestamp;                // UTC, ISO 8601, at commit.
 };

@@ -95,10 +95,23 @@ Result<SimConfig> LoadSimConfig(const std::string& path, const std::vector<std::
   FEDLORA_RETURN_IF_ERROR(root.Read("num_clients", &c.num_clients));
   FEDLORA_RETURN_IF_ERROR(root.Read("threads", &c.threads));
   FEDLORA_RETURN_IF_ERROR(root.Read("log_level", &c.log_level));
+  FEDLORA_RETURN_IF_ERROR(root.Read("client_max_ranks", &c.client_max_ranks));
+  FEDLORA_RETURN_IF_ERROR(root.Read("client_relative_speeds", &c.client_relative_speeds));
   FEDLORA_RETURN_IF_ERROR(server::ParseCoordinatorConfig(root.Section("coordinator"), &c.coordinator));
   FEDLORA_RETURN_IF_ERROR(client::ParseClientConfig(root.Section("client"), &c.client));
   FEDLORA_RETURN_IF_ERROR(root.Finish());
   if (c.num_clients == 0) return InvalidArgument(root.PathOf("num_clients"), " must be >= 1");
+  if (!c.client_max_ranks.empty() && c.client_max_ranks.size() != c.num_clients) {
+    return InvalidArgument("client_max_ranks has ", c.client_max_ranks.size(),
+                           " entries for num_clients = ", c.num_clients);
+  }
+  if (!c.client_relative_speeds.empty() && c.client_relative_speeds.size() != c.num_clients) {
+    return InvalidArgument("client_relative_speeds has ", c.client_relative_speeds.size(),
+                           " entries for num_clients = ", c.num_clients);
+  }
+  for (double speed : c.client_relative_speeds) {
+    if (!(speed > 0)) return InvalidArgument("client_relative_speeds must be > 0");
+  }
   if (c.coordinator.round.min_clients > c.num_clients) {
     return InvalidArgument("coordinator.round.min_clients (", c.coordinator.round.min_clients,
                            ") exceeds num_clients (", c.num_clients, ")");
@@ -149,6 +162,11 @@ Status RunSimulation(const SimConfig& config) {
     c.data.partition_index = i;
     c.data.num_partitions = config.num_clients;
     c.log_progress = false;  // The coordinator reports per-round progress for everyone.
+    c.state_dir = StrCat(config.out_dir, "/clients/", c.name);
+    if (!config.client_max_ranks.empty()) c.capabilities.max_rank = config.client_max_ranks[i];
+    if (!config.client_relative_speeds.empty()) {
+      c.capabilities.relative_speed = config.client_relative_speeds[i];
+    }
     FEDLORA_ASSIGN_OR_RETURN(std::unique_ptr<client::Worker> worker,
                              client::MakeLocalWorker(c, assets, {.compute_lock = &compute_lock}));
     workers.push_back(std::move(worker));

@@ -21,6 +21,10 @@ struct SimConfig {
   std::uint32_t threads = 0;          // LibTorch intra-op threads; 0 = all cores.
   std::string log_level = "info";
   std::string out_dir;                // metrics.jsonl and checkpoints/ go here.
+  // Per-client declared capabilities, one entry per client (or empty): a heterogeneous fleet
+  // for the rank policies (strategy.rank_policy: capability | legend).
+  std::vector<std::uint32_t> client_max_ranks;
+  std::vector<double> client_relative_speeds;
   // Same keys as configs/coordinator.yaml; transport.bind and state_dir are set by the simulator.
   server::CoordinatorConfig coordinator;
   // Same keys as configs/client.yaml, shared by all clients; name, coordinator and

@@ -361,7 +361,9 @@ Result<std::shared_ptr<const LlamaModel>> LlamaModel::Build(
                               module(ModuleKind::kDown)});
     for (std::size_t k = 0; k < kModulesPerLayer; ++k) {
       const at::Tensor w = module(ModuleKind(k));
+      model->module_index_.emplace(LayerName(l, ModulePath(ModuleKind(k))), model->modules_.size());
       model->modules_.push_back({LayerName(l, ModulePath(ModuleKind(k))), w.size(0), w.size(1)});
+      model->module_weights_.push_back(w);
     }
   }
 
@@ -395,6 +397,11 @@ at::Tensor LlamaModel::Weight(std::string_view name) const {
   return it == tensors_.end() ? at::Tensor() : it->second;
 }
 
+std::ptrdiff_t LlamaModel::ModuleIndex(std::string_view module) const {
+  const auto it = module_index_.find(module);
+  return it == module_index_.end() ? -1 : static_cast<std::ptrdiff_t>(it->second);
+}
+
 std::vector<std::string> LlamaModel::TensorNames() const {
   std::vector<std::string> names;
   names.reserve(tensors_.size());
@@ -402,8 +409,8 @@ std::vector<std::string> LlamaModel::TensorNames() const {
   return names;
 }
 
-Result<at::Tensor> LlamaModel::Forward(const at::Tensor& tokens, ModuleAdapter* adapter) const
-    try {
+Result<at::Tensor> LlamaModel::Forward(const at::Tensor& tokens, ModuleAdapter* adapter,
+                                       std::span<const at::Tensor> weights) const try {
   if (!tokens.defined() || tokens.scalar_type() != at::kLong || tokens.dim() != 2 ||
       !tokens.device().is_cpu()) {
     return InvalidArgument("Forward: tokens must be a CPU int64 tensor [batch, time]");
@@ -419,12 +426,31 @@ Result<at::Tensor> LlamaModel::Forward(const at::Tensor& tokens, ModuleAdapter* 
     return InvalidArgument("Forward: token id ", lo < 0 ? lo : hi, " is outside the vocabulary [0, ",
                            config_.vocab_size, ")");
   }
-  return ForwardImpl(tokens, adapter);
+  if (!weights.empty()) {
+    if (weights.size() != modules_.size()) {
+      return InvalidArgument("Forward: ", weights.size(), " module weights given for a model with ",
+                             modules_.size(), " adaptable modules");
+    }
+    for (std::size_t i = 0; i < weights.size(); ++i) {
+      const at::Tensor& w = weights[i];
+      if (!w.defined()) continue;
+      if (w.scalar_type() != at::kFloat || !w.device().is_cpu() ||
+          w.sizes() != at::IntArrayRef({modules_[i].d_out, modules_[i].d_in})) {
+        return InvalidArgument("Forward: replacement weight of '", modules_[i].name,
+                               "' must be a float32 CPU tensor of shape ",
+                               ShapeString(std::vector<std::int64_t>{modules_[i].d_out,
+                                                                     modules_[i].d_in}),
+                               ", got ", ShapeString(w.sizes().vec()));
+      }
+    }
+  }
+  return ForwardImpl(tokens, adapter, weights);
 } catch (const c10::Error& e) {
   return Internal("Forward: ", e.what_without_backtrace());
 }
 
-at::Tensor LlamaModel::ForwardImpl(const at::Tensor& tokens, ModuleAdapter* adapter) const {
+at::Tensor LlamaModel::ForwardImpl(const at::Tensor& tokens, ModuleAdapter* adapter,
+                                   std::span<const at::Tensor> weights) const {
   const std::int64_t batch = tokens.size(0), time = tokens.size(1);
   const std::int64_t hs = config_.head_size(), heads = config_.n_heads, kv = config_.n_kv_heads;
   const std::int64_t group = heads / kv;  // Query heads per kv head.
@@ -439,8 +465,9 @@ at::Tensor LlamaModel::ForwardImpl(const at::Tensor& tokens, ModuleAdapter* adap
   const double inv_sqrt_hs = 1.0 / std::sqrt(static_cast<double>(hs));
 
   std::size_t module_index = 0;
-  const auto linear = [&](const at::Tensor& x, const at::Tensor& w) {
-    at::Tensor y = at::linear(x, w);
+  const auto linear = [&](const at::Tensor& x, const at::Tensor& frozen) {
+    const bool replaced = module_index < weights.size() && weights[module_index].defined();
+    at::Tensor y = at::linear(x, replaced ? weights[module_index] : frozen);
     if (adapter != nullptr) y = adapter->Adapt(module_index, x, std::move(y));
     ++module_index;
     return y;

@@ -9,7 +9,10 @@
 // pairs, so the rows of wq and wk are permuted at load into the HF layout (data README §1c).
 //
 // The model knows nothing about LoRA, tokenizers or training: an optional ModuleAdapter sees the
-// input and output of every adaptable linear module and may change the output.
+// input and output of every adaptable linear module and may change the output, and an optional
+// span of per-module weights replaces the frozen weight of chosen adaptable modules for one call
+// (corrected base weights, base_overlay.h; gradients with respect to a base weight). Neither
+// mutates the model.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -18,6 +21,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -85,14 +89,24 @@ class LlamaModel {
   const LlamaConfig& config() const { return config_; }
 
   // Logits [B, T, vocab] (float32) for int64 tokens [B, T] at positions 0..T-1, with causal
-  // attention. Differentiable with respect to the adapter's tensors when grad mode is on.
-  // kInvalidArgument: tokens not int64 [B, T] with 1 <= T <= seq_len, or an id outside the vocab.
+  // attention. Differentiable with respect to the adapter's tensors (and to `weights` that
+  // require grad) when grad mode is on.
+  // `weights`: empty, or one entry per AdaptableModules() index; a defined entry (float32 CPU,
+  // [d_out, d_in]) is used instead of that module's frozen weight, an undefined one leaves it.
+  // kInvalidArgument: tokens not int64 [B, T] with 1 <= T <= seq_len, an id outside the vocab,
+  // or `weights` of the wrong size or with a misshapen entry (named).
   // kInternal: LibTorch threw (the message says what).
-  Result<at::Tensor> Forward(const at::Tensor& tokens, ModuleAdapter* adapter = nullptr) const;
+  Result<at::Tensor> Forward(const at::Tensor& tokens, ModuleAdapter* adapter = nullptr,
+                             std::span<const at::Tensor> weights = {}) const;
 
   // Every adaptable linear module, layer by layer, in ModuleKind order within a layer:
   // index = layer * kModulesPerLayer + kind. Shapes are nn.Linear's [d_out, d_in].
   const std::vector<wire::ModuleInfo>& AdaptableModules() const { return modules_; }
+  // Index in AdaptableModules() of the module with HF name `module`, or -1.
+  std::ptrdiff_t ModuleIndex(std::string_view module) const;
+  // Frozen weight [d_out, d_in] of adaptable module `index` (< AdaptableModules().size()).
+  // Shares storage with the model: treat it as read-only.
+  const at::Tensor& ModuleWeight(std::size_t index) const { return module_weights_.at(index); }
 
   // Frozen weight of a base tensor by HF name ("model.layers.0.self_attn.q_proj.weight"),
   // or an undefined tensor. Shares storage with the model: treat it as read-only.
@@ -115,7 +129,8 @@ class LlamaModel {
   static Result<std::shared_ptr<const LlamaModel>> Build(
       const LlamaConfig& config, std::map<std::string, at::Tensor> tensors,
       std::string_view source);
-  at::Tensor ForwardImpl(const at::Tensor& tokens, ModuleAdapter* adapter) const;
+  at::Tensor ForwardImpl(const at::Tensor& tokens, ModuleAdapter* adapter,
+                         std::span<const at::Tensor> weights) const;
 
   LlamaConfig config_;
   std::map<std::string, at::Tensor, std::less<>> tensors_;  // HF name -> weight (owns them).
@@ -123,6 +138,8 @@ class LlamaModel {
   at::Tensor embed_, final_norm_, lm_head_;
   at::Tensor rope_cos_, rope_sin_;                           // [seq_len, head_size].
   std::vector<wire::ModuleInfo> modules_;
+  std::vector<at::Tensor> module_weights_;                   // By module index (aliases).
+  std::map<std::string, std::size_t, std::less<>> module_index_;
   std::string digest_;
 };
 

@@ -120,7 +120,8 @@ class TrainingModeScope {
 
 Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
                              std::span<const TokenId> stream, const wire::TrainSpec& spec,
-                             std::uint64_t seed, std::stop_token stop) try {
+                             std::uint64_t seed, std::stop_token stop,
+                             std::span<const at::Tensor> base_weights) try {
   FEDLORA_RETURN_IF_ERROR(ValidateTrainSpec(spec, model));
   const std::vector<TokenWindow> windows = MakeWindows(stream.size(), spec.seq_len);
   if (windows.empty()) return FailedPrecondition("no training data (empty token stream)");
@@ -130,6 +131,7 @@ Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
       spec.local_epochs > 0 ? spec.local_epochs * steps_per_epoch : spec.local_steps;
 
   const std::vector<at::Tensor> params = adapter.Parameters();
+  if (params.empty()) return InvalidArgument("the adapter has no trainable tensor");
   torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(spec.learning_rate)
                                             .betas({spec.beta1, spec.beta2})
                                             .eps(spec.eps)
@@ -163,14 +165,18 @@ Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
     }
     optimizer.zero_grad();
-    FEDLORA_ASSIGN_OR_RETURN(const at::Tensor logits, model.Forward(batch.inputs, &adapter));
+    FEDLORA_ASSIGN_OR_RETURN(const at::Tensor logits,
+                             model.Forward(batch.inputs, &adapter, base_weights));
     const at::Tensor loss = TokenLoss(logits, batch.targets, at::Reduction::Mean);
     const double loss_value = loss.item<double>();
-    if (!std::isfinite(loss_value)) {
+    const at::Tensor penalty = adapter.Penalty();
+    const at::Tensor objective = penalty.defined() ? loss + penalty : loss;
+    if (!std::isfinite(loss_value) ||
+        (penalty.defined() && !std::isfinite(penalty.item<double>()))) {
       return InvalidArgument("training diverged: non-finite loss at step ", step,
                              " (hint: lower train.learning_rate or set train.grad_clip)");
     }
-    loss.backward();
+    objective.backward();
     if (spec.grad_clip > 0.0) ClipGradNorm(params, spec.grad_clip);
     optimizer.step();
 
@@ -189,7 +195,8 @@ Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
 
 Result<EvalStats> EvaluateLoss(const LlamaModel& model, ModuleAdapter* adapter,
                                std::span<const TokenId> stream, const EvalOptions& options,
-                               std::stop_token stop) try {
+                               std::stop_token stop,
+                               std::span<const at::Tensor> base_weights) try {
   FEDLORA_RETURN_IF_ERROR(ValidateSeqLen(options.seq_len, model, "eval seq_len"));
   if (options.batch_size == 0) return InvalidArgument("eval batch_size must be >= 1");
   std::vector<TokenWindow> windows = MakeWindows(stream.size(), options.seq_len);
@@ -214,7 +221,8 @@ Result<EvalStats> EvaluateLoss(const LlamaModel& model, ModuleAdapter* adapter,
     picks.resize(take);
     std::iota(picks.begin(), picks.end(), first);
     const Batch batch = MakeBatch(stream, windows, picks);
-    FEDLORA_ASSIGN_OR_RETURN(const at::Tensor logits, model.Forward(batch.inputs, adapter));
+    FEDLORA_ASSIGN_OR_RETURN(const at::Tensor logits,
+                             model.Forward(batch.inputs, adapter, base_weights));
     nll_sum += TokenLoss(logits, batch.targets, at::Reduction::Sum).item<double>();
     stats.tokens += static_cast<std::uint64_t>(batch.targets.numel());
     stats.windows += take;
@@ -224,6 +232,78 @@ Result<EvalStats> EvaluateLoss(const LlamaModel& model, ModuleAdapter* adapter,
   return stats;
 } catch (const c10::Error& e) {
   return Internal("evaluation: ", e.what_without_backtrace());
+}
+
+Result<BaseGradients> AccumulateBaseGradients(const LlamaModel& model,
+                                              std::span<const std::size_t> module_indices,
+                                              std::span<const TokenId> stream,
+                                              std::span<const TokenWindow> windows,
+                                              std::uint32_t batch_size, std::stop_token stop,
+                                              std::span<const at::Tensor> base_weights) try {
+  const std::size_t num_modules = model.AdaptableModules().size();
+  if (batch_size == 0) return InvalidArgument("batch_size must be >= 1");
+  if (windows.empty()) return InvalidArgument("no windows to estimate gradients on");
+  if (!base_weights.empty() && base_weights.size() != num_modules) {
+    return InvalidArgument(base_weights.size(), " base weights for ", num_modules, " modules");
+  }
+  for (const TokenWindow& w : windows) {
+    if (w.length == 0 || w.length != windows[0].length || w.begin + w.length > stream.size()) {
+      return InvalidArgument("windows must be non-empty, of one length and inside the stream");
+    }
+  }
+  // Every module's weight for the forward pass: the given base weight or the frozen one, and
+  // for the requested modules a detached alias (same storage, no copy) that requires grad.
+  std::vector<at::Tensor> weights(num_modules);
+  std::vector<at::Tensor> leaves;
+  for (std::size_t index : module_indices) {
+    if (index >= num_modules) return InvalidArgument("module index ", index, " out of range");
+    if (weights[index].defined()) return InvalidArgument("module index ", index, " repeated");
+    const at::Tensor& w = index < base_weights.size() && base_weights[index].defined()
+                              ? base_weights[index]
+                              : model.ModuleWeight(index);
+    weights[index] = w.detach();
+    weights[index].set_requires_grad(true);
+    leaves.push_back(weights[index]);
+  }
+  for (std::size_t i = 0; i < base_weights.size(); ++i) {
+    if (!weights[i].defined()) weights[i] = base_weights[i];
+  }
+
+  const SteadyClock::time_point start = SteadyClock::now();
+  BaseGradients out;
+  std::vector<std::size_t> picks;
+  double loss_sum = 0.0;
+  for (std::size_t first = 0; first < windows.size(); first += batch_size) {
+    if (stop.stop_requested()) {
+      return CancelledStatus(StrCat("gradient estimate cancelled after ", out.batches, " batches"));
+    }
+    const std::size_t take = std::min<std::size_t>(batch_size, windows.size() - first);
+    picks.resize(take);
+    std::iota(picks.begin(), picks.end(), first);
+    const Batch batch = MakeBatch(stream, windows, picks);
+    FEDLORA_ASSIGN_OR_RETURN(const at::Tensor logits,
+                             model.Forward(batch.inputs, nullptr, weights));
+    const at::Tensor loss = TokenLoss(logits, batch.targets, at::Reduction::Mean);
+    const double loss_value = loss.item<double>();
+    if (!std::isfinite(loss_value)) {
+      return InvalidArgument("non-finite loss in batch ", out.batches, " of the gradient estimate");
+    }
+    // Autograd accumulates into each leaf's grad across batches: G = Σ_b ∇(L_b / n_b).
+    (loss / static_cast<double>(take)).backward();
+    const auto tokens = static_cast<std::uint64_t>(batch.targets.numel());
+    loss_sum += loss_value * static_cast<double>(tokens);
+    out.tokens += tokens;
+    out.samples += take;
+    ++out.batches;
+  }
+  for (const at::Tensor& leaf : leaves) {
+    out.grads.push_back(leaf.grad().defined() ? leaf.grad().detach() : at::zeros_like(leaf));
+  }
+  out.loss = out.tokens > 0 ? loss_sum / static_cast<double>(out.tokens) : 0.0;
+  out.seconds = SecondsSince(start);
+  return out;
+} catch (const c10::Error& e) {
+  return Internal("gradient estimate: ", e.what_without_backtrace());
 }
 
 Result<std::vector<TokenId>> GenerateGreedy(const LlamaModel& model, ModuleAdapter* adapter,

@@ -19,6 +19,7 @@
 #include <stop_token>
 #include <vector>
 
+#include "client/data/text_dataset.h"
 #include "client/lora/lora_adapter.h"
 #include "client/model/llama.h"
 #include "client/model/tokenizer.h"
@@ -43,11 +44,17 @@ struct TrainStats {
 // Learning rate at step s (0-based): learning_rate * min(1, (s + 1) / warmup_steps).
 // kInvalidArgument: a spec value out of range (names the field), or the loss became non-finite
 // (hint: lower the learning rate). kFailedPrecondition: `stream` is empty.
+// The loss minimised is the mean token loss plus adapter.Penalty() when it has one (HetLoRA);
+// the reported loss is the token loss alone. Only adapter.Parameters() are optimised.
+// `base_weights` replaces frozen module weights in every forward pass (LlamaModel::Forward), e.g.
+// a corrected base (base_overlay.h).
 // kCancelled: `stop` was requested; checked before every step. The adapter is left in
-// evaluation mode (no dropout) on return.
+// evaluation mode (no dropout) on return. kInvalidArgument also when the adapter has no
+// trainable tensor.
 Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
                              std::span<const TokenId> stream, const wire::TrainSpec& spec,
-                             std::uint64_t seed, std::stop_token stop = {});
+                             std::uint64_t seed, std::stop_token stop = {},
+                             std::span<const at::Tensor> base_weights = {});
 
 struct EvalOptions {
   std::uint32_t seq_len = 128;
@@ -67,9 +74,37 @@ struct EvalStats {
 // mode first) on the first windows of `stream`, in order, under NoGradGuard.
 // kInvalidArgument: bad options. kFailedPrecondition: `stream` is empty. kCancelled: `stop`
 // was requested (checked before every batch).
+// `base_weights` as for TrainLora.
 Result<EvalStats> EvaluateLoss(const LlamaModel& model, ModuleAdapter* adapter,
                                std::span<const TokenId> stream, const EvalOptions& options,
-                               std::stop_token stop = {});
+                               std::stop_token stop = {},
+                               std::span<const at::Tensor> base_weights = {});
+
+// ---- Gradients with respect to base weights (LoRA-SB initialisation, ALGORITHMS.md §5) ------
+
+struct BaseGradients {
+  std::vector<at::Tensor> grads;  // G per requested module, float32 [d_out, d_in].
+  double loss = 0.0;              // Mean token loss over the batches.
+  std::uint64_t batches = 0;
+  std::uint64_t samples = 0;      // Windows used.
+  std::uint64_t tokens = 0;
+  double seconds = 0.0;
+};
+
+// G = Σ_batches ∇_W (L_b / n_b) for the weight W of every module in `module_indices`
+// (AdaptableModules() indices), where L_b is batch b's mean token loss and n_b its number of
+// windows. Batches of `batch_size` consecutive entries of `windows` (all of one length), inputs
+// and targets as for TrainLora, no adapter, no dropout. W is `base_weights[i]` when defined,
+// else the frozen weight; gradients flow through detached aliases that require grad, so neither
+// the model nor `base_weights` is modified (the model may be shared with other threads).
+// kInvalidArgument: a bad module index, batch_size 0 or no windows. kCancelled: `stop` was
+// requested (checked before every batch).
+Result<BaseGradients> AccumulateBaseGradients(const LlamaModel& model,
+                                              std::span<const std::size_t> module_indices,
+                                              std::span<const TokenId> stream,
+                                              std::span<const TokenWindow> windows,
+                                              std::uint32_t batch_size, std::stop_token stop = {},
+                                              std::span<const at::Tensor> base_weights = {});
 
 // Greedy decoding (argmax at every step, no KV cache) of up to `max_new_tokens` after `prompt`;
 // returns prompt + generated tokens, stopping early at the model's seq_len.

@@ -267,6 +267,25 @@ Status ConfigSection::Read(std::string_view key, std::vector<std::uint32_t>* out
   return OkStatus();
 }
 
+Status ConfigSection::Read(std::string_view key, std::vector<double>* out) const {
+  const YAML::Node v = impl_->Get(key);
+  if (!v.IsDefined()) return OkStatus();
+  if (!v.IsSequence()) return impl_->TypeError(key, v, "a list of numbers");
+  std::vector<double> items;
+  for (const YAML::Node& item : v) {
+    double x = 0;
+    if (!item.IsScalar()) return impl_->TypeError(key, item, "a list of numbers");
+    const std::string& str = item.Scalar();
+    const auto [ptr, ec] = std::from_chars(str.data(), str.data() + str.size(), x);
+    if (str.empty() || ec != std::errc() || ptr != str.data() + str.size() || !std::isfinite(x)) {
+      return impl_->TypeError(key, item, "a list of finite numbers");
+    }
+    items.push_back(x);
+  }
+  *out = std::move(items);
+  return OkStatus();
+}
+
 Status ConfigSection::ReadPath(std::string_view key, std::string* out) const {
   std::string value;
   bool present = Has(key);
@@ -308,8 +327,13 @@ Status ConfigSection::Finish() const {
     return InvalidArgument(impl_->Where("", node), ": '", name, "' must be a mapping of keys");
   }
   std::vector<std::string> unknown;
+  std::set<std::string> seen;
   for (const auto& kv : node) {
     const std::string key = kv.first.Scalar();
+    if (!seen.insert(key).second) {  // yaml-cpp keeps both; the first would win silently.
+      return InvalidArgument(impl_->Where(key, kv.first), ": key '", impl_->prefix, key,
+                             "' appears more than once");
+    }
     if (!impl_->known->contains(key)) {
       unknown.push_back(StrCat(impl_->Where(key, kv.first), ": unknown key '", impl_->prefix, key,
                                "'"));

@@ -71,6 +71,7 @@ class ConfigSection {
   Status Read(std::string_view key, std::string* out) const;
   Status Read(std::string_view key, std::vector<std::string>* out) const;
   Status Read(std::string_view key, std::vector<std::uint32_t>* out) const;
+  Status Read(std::string_view key, std::vector<double>* out) const;
 
   // Like Read, but the string is a file path: relative paths are resolved against the
   // document's directory (or kept as given when the document has no file).

@@ -144,16 +144,31 @@ Result<std::optional<Message>> Socket::Receive(std::chrono::milliseconds timeout
   zmq::socket_t& sock = impl_->socket;
   if (timeout.count() != 0) {
     zmq::pollitem_t item{sock.handle(), 0, ZMQ_POLLIN, 0};
-    if (zmq::poll(&item, 1, timeout) == 0) return std::optional<Message>();
+    try {
+      if (zmq::poll(&item, 1, timeout) == 0) return std::optional<Message>();
+    } catch (const zmq::error_t& e) {
+      if (e.num() == EINTR) return std::optional<Message>();  // A signal: let the caller look.
+      throw;
+    }
   }
   Message msg;
   zmq::message_t part;
-  if (!sock.recv(part, zmq::recv_flags::dontwait)) return std::optional<Message>();
+  try {
+    if (!sock.recv(part, zmq::recv_flags::dontwait)) return std::optional<Message>();
+  } catch (const zmq::error_t& e) {
+    if (e.num() == EINTR) return std::optional<Message>();
+    throw;
+  }
   bool more = part.more();
   msg.impl_->parts.push_back(std::move(part));
   while (more) {  // The remaining parts of a multipart message are already here.
     zmq::message_t next;
-    if (!sock.recv(next, zmq::recv_flags::none)) break;
+    try {
+      if (!sock.recv(next, zmq::recv_flags::none)) break;
+    } catch (const zmq::error_t& e) {
+      if (e.num() == EINTR) continue;  // Never split a multipart message over a signal.
+      throw;
+    }
     more = next.more();
     msg.impl_->parts.push_back(std::move(next));
   }

@@ -98,6 +98,43 @@ void EncodeTrain(const TrainSpec& s, proto::TrainSpec::Builder b) {
   b.setUploadDtype(ToProto(s.upload_dtype));
 }
 
+void EncodePlan(const AdapterPlan& p, proto::AdapterPlan::Builder b) {
+  b.setMode(static_cast<proto::AdapterMode>(static_cast<std::uint16_t>(p.mode)));
+  b.setInit(static_cast<proto::AdapterInit>(static_cast<std::uint16_t>(p.init)));
+  b.setTrainA(p.train_a);
+  b.setTrainB(p.train_b);
+  b.setUploadA(p.upload_a);
+  b.setUploadB(p.upload_b);
+  b.setGlobalRank(p.global_rank);
+  auto modules = b.initModules(static_cast<unsigned>(p.modules.size()));
+  for (unsigned i = 0; i < p.modules.size(); ++i) {
+    modules[i].setModule(Text(p.modules[i].module));
+    modules[i].setRank(p.modules[i].rank);
+    auto sketch = modules[i].initSketch(static_cast<unsigned>(p.modules[i].sketch.size()));
+    for (unsigned j = 0; j < p.modules[i].sketch.size(); ++j) sketch.set(j, p.modules[i].sketch[j]);
+  }
+  auto pruning = b.initPruning();
+  pruning.setGamma(p.pruning.gamma);
+  pruning.setLambda(p.pruning.lambda);
+  pruning.setMinRank(p.pruning.min_rank);
+  b.setInitSamples(p.init_samples);
+  b.setInitLearningRate(p.init_learning_rate);
+}
+
+void EncodeBase(const BaseUpdate& u, proto::BaseUpdate::Builder b) {
+  b.setRebase(u.rebase);
+  b.setFromVersion(u.from_version);
+  b.setToVersion(u.to_version);
+  auto entries = b.initEntries(static_cast<unsigned>(u.entries.size()));
+  for (unsigned i = 0; i < u.entries.size(); ++i) {
+    entries[i].setVersion(u.entries[i].version);
+    entries[i].setModule(Text(u.entries[i].module));
+    entries[i].setU(Text(u.entries[i].u));
+    entries[i].setV(Text(u.entries[i].v));
+    entries[i].setDense(Text(u.entries[i].dense));
+  }
+}
+
 struct BodyEncoder {
   proto::Envelope::Builder env;
   std::vector<std::span<const std::byte>>* frames;
@@ -114,6 +151,8 @@ struct BodyEncoder {
     caps.setMaxRank(m.capabilities.max_rank);
     caps.setNumExamples(m.capabilities.num_examples);
     caps.setRelativeSpeed(m.capabilities.relative_speed);
+    caps.setCanInitialize(m.capabilities.can_initialize);
+    b.setBaseVersion(m.base_version);
     auto modules = b.initModules(static_cast<unsigned>(m.modules.size()));
     for (unsigned i = 0; i < m.modules.size(); ++i) {
       modules[i].setName(Text(m.modules[i].name));
@@ -128,6 +167,7 @@ struct BodyEncoder {
     b.setHeartbeatLiveness(m.heartbeat_liveness);
     b.setCurrentRound(m.current_round);
     b.setStrategy(Text(m.strategy));
+    EncodePlan(m.plan, b.initPlan());
   }
   void operator()(const RoundTask& m) {
     auto b = env.initRoundTask();
@@ -135,6 +175,8 @@ struct BodyEncoder {
     b.setDeadlineMs(m.deadline_ms);
     EncodeLora(m.lora, b.initLora());
     EncodeTrain(m.train, b.initTrain());
+    EncodePlan(m.plan, b.initPlan());
+    EncodeBase(m.base, b.initBase());
     EncodeTensors(m.tensors, b.initTensors(static_cast<unsigned>(m.tensors.size())), &next_frame,
                   frames);
   }
@@ -143,6 +185,7 @@ struct BodyEncoder {
     b.setRound(m.round);
     b.setNumSamples(m.num_samples);
     b.setNumExamples(m.num_examples);
+    b.setBaseVersion(m.base_version);
     EncodeMetrics(m.metrics, b.initMetrics(static_cast<unsigned>(m.metrics.size())));
     EncodeTensors(m.tensors, b.initTensors(static_cast<unsigned>(m.tensors.size())), &next_frame,
                   frames);
@@ -160,6 +203,8 @@ struct BodyEncoder {
     b.setMaxBatches(m.max_batches);
     EncodeLora(m.lora, b.initLora());
     EncodeTrain(m.train, b.initTrain());
+    EncodePlan(m.plan, b.initPlan());
+    EncodeBase(m.base, b.initBase());
     EncodeTensors(m.tensors, b.initTensors(static_cast<unsigned>(m.tensors.size())), &next_frame,
                   frames);
   }
@@ -169,6 +214,7 @@ struct BodyEncoder {
     b.setLoss(m.loss);
     b.setNumTokens(m.num_tokens);
     b.setNumExamples(m.num_examples);
+    b.setBaseVersion(m.base_version);
     EncodeMetrics(m.metrics, b.initMetrics(static_cast<unsigned>(m.metrics.size())));
   }
   void operator()(const Error& m) {
@@ -290,6 +336,62 @@ Result<TrainSpec> DecodeTrain(proto::TrainSpec::Reader r) {
   return s;
 }
 
+Result<AdapterPlan> DecodePlan(proto::AdapterPlan::Reader r) {
+  AdapterPlan p;
+  const auto mode = static_cast<std::uint16_t>(r.getMode());
+  const auto init = static_cast<std::uint16_t>(r.getInit());
+  if (mode > static_cast<std::uint16_t>(AdapterMode::kLoraSbInit) ||
+      init > static_cast<std::uint16_t>(AdapterInit::kLocalB)) {
+    return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
+                       StrCat("adapter plan: unknown mode ", mode, " or init ", init));
+  }
+  p.mode = static_cast<AdapterMode>(mode);
+  p.init = static_cast<AdapterInit>(init);
+  p.train_a = r.getTrainA();
+  p.train_b = r.getTrainB();
+  p.upload_a = r.getUploadA();
+  p.upload_b = r.getUploadB();
+  p.global_rank = r.getGlobalRank();
+  for (proto::ModulePlan::Reader m : r.getModules()) {
+    ModulePlan mp{Str(m.getModule()), m.getRank(), {}};
+    for (std::uint32_t i : m.getSketch()) mp.sketch.push_back(i);
+    p.modules.push_back(std::move(mp));
+  }
+  p.pruning = RankPruning{r.getPruning().getGamma(), r.getPruning().getLambda(),
+                          r.getPruning().getMinRank()};
+  p.init_samples = r.getInitSamples();
+  p.init_learning_rate = r.getInitLearningRate();
+  return p;
+}
+
+// Every tensor a correction names must travel in the same message.
+Result<BaseUpdate> DecodeBase(proto::BaseUpdate::Reader r, const TensorMap& tensors) {
+  BaseUpdate u;
+  u.rebase = r.getRebase();
+  u.from_version = r.getFromVersion();
+  u.to_version = r.getToVersion();
+  for (proto::CorrectionRef::Reader e : r.getEntries()) {
+    CorrectionRef c{e.getVersion(), Str(e.getModule()), Str(e.getU()), Str(e.getV()),
+                    Str(e.getDense())};
+    const bool low_rank = !c.u.empty() && !c.v.empty() && c.dense.empty();
+    const bool dense = c.u.empty() && c.v.empty() && !c.dense.empty();
+    if (c.module.empty() || !(low_rank || dense)) {
+      return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
+                         StrCat("correction for '", c.module,
+                                "' must name either tensors u and v or a dense tensor"));
+    }
+    for (const std::string* name : {&c.u, &c.v, &c.dense}) {
+      if (!name->empty() && !tensors.contains(*name)) {
+        return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
+                           StrCat("correction for '", c.module, "' names tensor '", *name,
+                                  "', which the message does not carry"));
+      }
+    }
+    u.entries.push_back(std::move(c));
+  }
+  return u;
+}
+
 Result<Body> DecodeBody(proto::Envelope::Reader env,
                         std::span<const std::span<const std::byte>> frames,
                         std::set<std::uint32_t>* claimed) {
@@ -306,6 +408,8 @@ Result<Body> DecodeBody(proto::Envelope::Reader env,
       m.capabilities.max_rank = caps.getMaxRank();
       m.capabilities.num_examples = caps.getNumExamples();
       m.capabilities.relative_speed = caps.getRelativeSpeed();
+      m.capabilities.can_initialize = caps.getCanInitialize();
+      m.base_version = r.getBaseVersion();
       for (proto::ModuleInfo::Reader mod : r.getModules()) {
         m.modules.push_back({Str(mod.getName()), mod.getDOut(), mod.getDIn()});
       }
@@ -313,8 +417,10 @@ Result<Body> DecodeBody(proto::Envelope::Reader env,
     }
     case proto::Envelope::WELCOME: {
       auto r = env.getWelcome();
+      FEDLORA_ASSIGN_OR_RETURN(AdapterPlan plan, DecodePlan(r.getPlan()));
       return Body(Welcome{Str(r.getClientId()), r.getHeartbeatIntervalMs(),
-                          r.getHeartbeatLiveness(), r.getCurrentRound(), Str(r.getStrategy())});
+                          r.getHeartbeatLiveness(), r.getCurrentRound(), Str(r.getStrategy()),
+                          std::move(plan)});
     }
     case proto::Envelope::ROUND_TASK: {
       auto r = env.getRoundTask();
@@ -323,7 +429,9 @@ Result<Body> DecodeBody(proto::Envelope::Reader env,
       m.deadline_ms = r.getDeadlineMs();
       m.lora = DecodeLora(r.getLora());
       FEDLORA_ASSIGN_OR_RETURN(m.train, DecodeTrain(r.getTrain()));
+      FEDLORA_ASSIGN_OR_RETURN(m.plan, DecodePlan(r.getPlan()));
       FEDLORA_RETURN_IF_ERROR(DecodeTensors(r.getTensors(), frames, claimed, &m.tensors));
+      FEDLORA_ASSIGN_OR_RETURN(m.base, DecodeBase(r.getBase(), m.tensors));
       return Body(std::move(m));
     }
     case proto::Envelope::UPDATE: {
@@ -333,6 +441,7 @@ Result<Body> DecodeBody(proto::Envelope::Reader env,
       m.num_samples = r.getNumSamples();
       m.num_examples = r.getNumExamples();
       m.metrics = DecodeMetrics(r.getMetrics());
+      m.base_version = r.getBaseVersion();
       FEDLORA_RETURN_IF_ERROR(DecodeTensors(r.getTensors(), frames, claimed, &m.tensors));
       return Body(std::move(m));
     }
@@ -349,7 +458,9 @@ Result<Body> DecodeBody(proto::Envelope::Reader env,
       m.max_batches = r.getMaxBatches();
       m.lora = DecodeLora(r.getLora());
       FEDLORA_ASSIGN_OR_RETURN(m.train, DecodeTrain(r.getTrain()));
+      FEDLORA_ASSIGN_OR_RETURN(m.plan, DecodePlan(r.getPlan()));
       FEDLORA_RETURN_IF_ERROR(DecodeTensors(r.getTensors(), frames, claimed, &m.tensors));
+      FEDLORA_ASSIGN_OR_RETURN(m.base, DecodeBase(r.getBase(), m.tensors));
       return Body(std::move(m));
     }
     case proto::Envelope::EVAL_RESULT: {
@@ -360,13 +471,14 @@ Result<Body> DecodeBody(proto::Envelope::Reader env,
       m.num_tokens = r.getNumTokens();
       m.num_examples = r.getNumExamples();
       m.metrics = DecodeMetrics(r.getMetrics());
+      m.base_version = r.getBaseVersion();
       return Body(std::move(m));
     }
     case proto::Envelope::ERROR: {
       auto r = env.getError();
       const auto raw = static_cast<std::uint16_t>(r.getCode());
       // Codes from a newer peer are kept as "unspecified" with the message intact.
-      const ErrorCode code = raw <= static_cast<std::uint16_t>(ErrorCode::kInternal)
+      const ErrorCode code = raw <= static_cast<std::uint16_t>(kLastErrorCode)
                                  ? static_cast<ErrorCode>(raw)
                                  : ErrorCode::kUnspecified;
       return Body(Error{code, Str(r.getMessage()), r.getRefSequence()});
@@ -478,7 +590,7 @@ Result<Envelope> Decode(std::span<const std::span<const std::byte>> frames,
 
 ErrorCode DecodeErrorCode(const Status& status) {
   const std::uint32_t d = status.detail();
-  if (d == 0 || d > static_cast<std::uint32_t>(ErrorCode::kInternal)) return ErrorCode::kInternal;
+  if (d == 0 || d > static_cast<std::uint32_t>(kLastErrorCode)) return ErrorCode::kInternal;
   return static_cast<ErrorCode>(d);
 }
 
@@ -490,7 +602,8 @@ std::optional<EnvelopeHeader> PeekHeader(std::span<const std::byte> frame0,
     capnp::FlatArrayMessageReader reader(kj::arrayPtr(words->data(), words->size()),
                                          Options(limits));
     proto::Envelope::Reader env = reader.getRoot<proto::Envelope>();
-    return EnvelopeHeader{env.getProtocolVersion(), env.getSessionId(), env.getSequence()};
+    return EnvelopeHeader{env.getProtocolVersion(), env.getSessionId(), env.getSequence(),
+                          env.which() == proto::Envelope::HELLO};
   } catch (const kj::Exception&) {
     return std::nullopt;
   }

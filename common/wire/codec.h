@@ -49,12 +49,15 @@ Result<Envelope> Decode(std::span<const std::span<const std::byte>> frames,
 // The wire::ErrorCode carried by a Decode failure, kInternal if none was set.
 ErrorCode DecodeErrorCode(const Status& status);
 
-// Header fields of frame 0, read without validating the body, so the receiver of a message that
-// fails to decode can still quote its sequence number. nullopt if even the header is unreadable.
+// Header fields of frame 0, read without validating the body or touching tensor frames: so the
+// receiver of a message that fails to decode can still quote its sequence number, and so a
+// receiver can refuse a stranger's non-Hello message before hashing its tensors. nullopt if even
+// the header is unreadable.
 struct EnvelopeHeader {
   std::uint16_t protocol_version = 0;
   std::uint64_t session_id = 0;
   std::uint64_t sequence = 0;
+  bool is_hello = false;  // The union holds a Hello (lets a receiver refuse strangers cheaply).
 };
 std::optional<EnvelopeHeader> PeekHeader(std::span<const std::byte> frame0,
                                          const DecodeLimits& limits);

@@ -25,8 +25,19 @@ std::string_view ErrorCodeName(ErrorCode code) {
     case ErrorCode::kDuplicateClient: return "DUPLICATE_CLIENT";
     case ErrorCode::kShuttingDown: return "SHUTTING_DOWN";
     case ErrorCode::kInternal: return "INTERNAL";
+    case ErrorCode::kBaseVersionMismatch: return "BASE_VERSION_MISMATCH";
   }
   return "UNKNOWN";
+}
+
+std::string_view AdapterModeName(AdapterMode mode) {
+  switch (mode) {
+    case AdapterMode::kStandard: return "standard";
+    case AdapterMode::kSketched: return "sketched";
+    case AdapterMode::kLoraSb: return "lora_sb";
+    case AdapterMode::kLoraSbInit: return "lora_sb_init";
+  }
+  return "unknown";
 }
 
 std::string_view BodyName(const Body& body) {

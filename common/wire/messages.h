@@ -46,7 +46,9 @@ enum class ErrorCode : std::uint16_t {
   kDuplicateClient = 18,       // Another live connection already uses this client name.
   kShuttingDown = 19,          // The coordinator is stopping; reconnect later.
   kInternal = 20,              // The peer hit a bug; nothing the sender can fix.
+  kBaseVersionMismatch = 21,   // A BaseUpdate starts at a version the client is not at.
 };
+inline constexpr ErrorCode kLastErrorCode = ErrorCode::kBaseVersionMismatch;
 std::string_view ErrorCodeName(ErrorCode code);  // "DIGEST_MISMATCH"
 
 // The linear modules a client's model offers for LoRA, named as in Hugging Face
@@ -64,6 +66,7 @@ struct Capabilities {
   std::uint32_t max_rank = 0;      // Largest LoRA rank it accepts; 0 = no limit.
   std::uint64_t num_examples = 0;  // Training examples (token windows) it holds.
   double relative_speed = 1.0;     // Throughput relative to a reference client.
+  bool can_initialize = false;     // Holds data declared for strategy initialisation (Fed-SB).
   friend bool operator==(const Capabilities&, const Capabilities&) = default;
 };
 
@@ -98,12 +101,88 @@ struct TrainSpec {
   friend bool operator==(const TrainSpec&, const TrainSpec&) = default;
 };
 
+// ---- Adapter plans: how a client builds, trains and uploads its adapter this round ----------
+
+enum class AdapterMode : std::uint8_t {
+  kStandard = 0,    // A (r x d_in) and B (d_out x r) per module, scale s = alpha/r.
+  kSketched = 1,    // FSLoRA: sub-blocks B[:, I], A[I, :] of a rank-`global_rank` adapter,
+                    // trained with scale s * global_rank / k (k = |I|).
+  kLoraSb = 2,      // LoRA-SB: W + s*B*R*A with B and A frozen, only R (r x r) trains.
+  kLoraSbInit = 3,  // LoRA-SB initialisation: estimate the first update from gradients and
+                    // upload its rank-r SVD as B, R and A (no training).
+};
+std::string_view AdapterModeName(AdapterMode mode);
+
+enum class AdapterInit : std::uint8_t {
+  kFromTask = 0,  // Start from the task's tensors.
+  kFresh = 1,     // PEFT default init (A Kaiming-uniform, B zero), seeded per client and round.
+  kLocalB = 2,    // A from the task, B from the client's own store (zero the first time).
+};
+
+// Per-module deviations from the task's LoraSpec (heterogeneous ranks, LoRA depth, sketches).
+struct ModulePlan {
+  std::string module;                  // "model.layers.4.self_attn.q_proj".
+  std::uint32_t rank = 0;              // This client's rank here; 0 = no LoRA on this module.
+  std::vector<std::uint32_t> sketch;   // kSketched: indices I into the global rank (sorted).
+  friend bool operator==(const ModulePlan&, const ModulePlan&) = default;
+};
+
+// HetLoRA rank self-pruning: regulariser lambda*||B[:, t:]||*||A[t:, :]||, t = floor(gamma*r);
+// if the tail score fell during the round the client uploads rank max(min_rank, floor(gamma*r)).
+struct RankPruning {
+  double gamma = 0.0;  // 0 = no pruning.
+  double lambda = 0.0;
+  std::uint32_t min_rank = 1;
+  friend bool operator==(const RankPruning&, const RankPruning&) = default;
+};
+
+struct AdapterPlan {
+  AdapterMode mode = AdapterMode::kStandard;
+  AdapterInit init = AdapterInit::kFromTask;
+  bool train_a = true;
+  bool train_b = true;
+  bool upload_a = true;
+  bool upload_b = true;
+  std::uint32_t global_rank = 0;       // kSketched: rank r of the global adapter.
+  std::vector<ModulePlan> modules;     // Empty: every target module at lora.rank.
+  RankPruning pruning;
+  std::uint32_t init_samples = 0;      // kLoraSbInit: examples for the gradient estimate.
+  double init_learning_rate = 0.0;     // kLoraSbInit: eta of the one-step update -eta*sign(G).
+  friend bool operator==(const AdapterPlan&, const AdapterPlan&) = default;
+};
+
+// ---- Base-weight corrections (FedEx-LoRA, FLoRA) ---------------------------------------------
+
+// One correction of one module's frozen weight: W += U*V (scale folded into the factors), or
+// W += D for a dense delta. Its tensors travel with the message under the names given here.
+struct CorrectionRef {
+  std::uint64_t version = 0;  // Log version (the round that produced it).
+  std::string module;
+  std::string u;              // Tensor names (U: d_out x K, V: K x d_in), or...
+  std::string v;
+  std::string dense;          // ...a dense d_out x d_in delta.
+  friend bool operator==(const CorrectionRef&, const CorrectionRef&) = default;
+};
+
+// Brings a client's base from `from_version` to `to_version`. With `rebase` the client first
+// restores the pristine base weights (from_version is then 0). Entries are applied in order, in
+// fp32 with a fixed summation order, so every replica gets bit-identical weights.
+struct BaseUpdate {
+  bool rebase = false;
+  std::uint64_t from_version = 0;
+  std::uint64_t to_version = 0;
+  std::vector<CorrectionRef> entries;
+  bool empty() const { return !rebase && entries.empty() && from_version == to_version; }
+  friend bool operator==(const BaseUpdate&, const BaseUpdate&) = default;
+};
+
 struct Hello {
   std::string client_name;          // Stable across reconnects; unique among live clients.
   std::string software_version;
   std::string base_model_sha256;    // Hex digest of the base weights (see client model digest).
   Capabilities capabilities;
   std::vector<ModuleInfo> modules;  // Every LoRA-adaptable module of the client's model.
+  std::uint64_t base_version = 0;   // Base-correction version the client's weights are at.
   friend bool operator==(const Hello&, const Hello&) = default;
 };
 
@@ -113,6 +192,7 @@ struct Welcome {
   std::uint32_t heartbeat_liveness = 5;  // Missed intervals before a peer counts as gone.
   std::uint64_t current_round = 0;
   std::string strategy;
+  AdapterPlan plan;                      // This client's LoRA depth and ranks (rank policy).
   friend bool operator==(const Welcome&, const Welcome&) = default;
 };
 
@@ -121,7 +201,9 @@ struct RoundTask {
   std::uint64_t deadline_ms = 0;  // Milliseconds the client has, from receipt, to upload.
   LoraSpec lora;
   TrainSpec train;
-  TensorMap tensors;              // Global adapter (and strategy extras) to start from.
+  AdapterPlan plan;
+  BaseUpdate base;                // Corrections to apply to the frozen base first.
+  TensorMap tensors;              // Adapter tensors to start from, and correction tensors.
   friend bool operator==(const RoundTask&, const RoundTask&) = default;
 };
 
@@ -130,6 +212,7 @@ struct Update {
   std::uint64_t num_samples = 0;   // Training examples processed this round (steps x batch).
   std::uint64_t num_examples = 0;  // Training examples the client holds.
   Metrics metrics;                 // At least "train_loss".
+  std::uint64_t base_version = 0;  // Base-correction version the client trained on.
   TensorMap tensors;               // The trained adapter factors.
   friend bool operator==(const Update&, const Update&) = default;
 };
@@ -150,7 +233,9 @@ struct EvalTask {
   std::uint32_t max_batches = 0;  // 0 = the whole held-out split.
   LoraSpec lora;
   TrainSpec train;                // batch_size and seq_len are used.
-  TensorMap tensors;              // The adapter to evaluate.
+  AdapterPlan plan;
+  BaseUpdate base;                // Corrections to apply to the frozen base first.
+  TensorMap tensors;              // The adapter to evaluate, and correction tensors.
   friend bool operator==(const EvalTask&, const EvalTask&) = default;
 };
 
@@ -160,6 +245,7 @@ struct EvalResult {
   std::uint64_t num_tokens = 0;    // Predicted tokens the mean is over.
   std::uint64_t num_examples = 0;  // Held-out windows evaluated.
   Metrics metrics;
+  std::uint64_t base_version = 0;  // Base-correction version the client evaluated on.
   friend bool operator==(const EvalResult&, const EvalResult&) = default;
 };
 

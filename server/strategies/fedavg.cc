@@ -7,7 +7,7 @@
 namespace fedlora::server {
 
 Result<TensorMap> WeightedMean(std::span<const ClientUpdate> updates,
-                               std::span<const double> weights) {
+                               std::span<const double> weights, DType dtype) {
   FEDLORA_CHECK(!updates.empty() && updates.size() == weights.size());
   const ClientUpdate& first = updates.front();
   for (const ClientUpdate& u : updates) {
@@ -44,7 +44,7 @@ Result<TensorMap> WeightedMean(std::span<const ClientUpdate> updates,
       const double p = weights[k];
       for (std::size_t i = 0; i < acc.size(); ++i) acc[i] += p * values[i];
     }
-    out.emplace(name, FromDoubles(DType::kF32, reference.shape, acc));
+    out.emplace(name, FromDoubles(dtype, reference.shape, acc));
   }
   return out;
 }
@@ -57,35 +57,45 @@ Result<GlobalState> FedAvg::Initialize(const ModelLayout& layout) {
   return state;
 }
 
-Result<std::vector<ClientTask>> FedAvg::Configure(const GlobalState& state,
+ClientTask StandardTask(const ClientInfo& client, const wire::LoraSpec& lora,
+                        const wire::TrainSpec& train, TensorMap tensors, const TensorMap& shapes) {
+  ClientTask task;
+  task.client_id = client.id;
+  task.lora = lora;
+  task.train = train;
+  task.tensors = std::move(tensors);
+  for (const auto& [name, t] : shapes) {
+    task.expected_upload[name] = ExpectedTensor{TensorSpec{train.upload_dtype, t.shape}};
+  }
+  return task;
+}
+
+Result<std::vector<ClientTask>> FedAvg::Configure(const GlobalState& state, std::uint64_t round,
                                                   std::span<const ClientInfo> selected) {
   std::vector<ClientTask> tasks;
   tasks.reserve(selected.size());
   for (const ClientInfo& client : selected) {
-    ClientTask task;
-    task.client_id = client.id;
-    task.lora = config_.lora;
-    task.train = config_.train;
-    task.tensors = state.adapter;
-    for (const auto& [name, t] : state.adapter) {
-      task.expected_upload[name] = TensorSpec{config_.train.upload_dtype, t.shape};
-    }
-    tasks.push_back(std::move(task));
+    tasks.push_back(StandardTask(client, config_.lora, config_.train, state.adapter, state.adapter));
   }
   return tasks;
 }
 
-Result<AggregateReport> FedAvg::Aggregate(GlobalState& state,
-                                          std::span<const ClientUpdate> updates) {
+Result<AggregateReport> FedAvg::Aggregate(GlobalState& state, std::uint64_t round,
+                                          std::span<const ClientUpdate> updates,
+                                          std::span<const ClientTask> tasks) {
   FEDLORA_ASSIGN_OR_RETURN(std::vector<double> weights,
                            ComputeWeights(updates, config_.weighting));
-  FEDLORA_ASSIGN_OR_RETURN(TensorMap mean, WeightedMean(updates, weights));
+  FEDLORA_ASSIGN_OR_RETURN(TensorMap mean, WeightedMean(updates, weights, config_.state_dtype));
   state.adapter = std::move(mean);
   AggregateReport report;
   for (std::size_t k = 0; k < updates.size(); ++k) {
     report.weights[updates[k].client_id] = weights[k];
   }
   return report;
+}
+
+EvalSpec FedAvg::Evaluation(const GlobalState& state, const ClientInfo& client) const {
+  return EvalSpec{config_.lora, {}, state.adapter, {}};
 }
 
 }  // namespace fedlora::server

@@ -18,6 +18,7 @@ struct FedAvgConfig {
   wire::TrainSpec train;         // Local-training settings sent in every task.
   Weighting weighting = Weighting::kExamples;
   std::uint64_t seed = 0;        // Seeds the initial adapter.
+  DType state_dtype = DType::kF32;
 };
 
 class FedAvg final : public Strategy {
@@ -26,20 +27,26 @@ class FedAvg final : public Strategy {
   std::string_view name() const override { return "fedavg"; }
 
   Result<GlobalState> Initialize(const ModelLayout& layout) override;
-  Result<std::vector<ClientTask>> Configure(const GlobalState& state,
+  Result<std::vector<ClientTask>> Configure(const GlobalState& state, std::uint64_t round,
                                             std::span<const ClientInfo> selected) override;
-  Result<AggregateReport> Aggregate(GlobalState& state,
-                                    std::span<const ClientUpdate> updates) override;
-  wire::LoraSpec EvalLora(const ClientInfo&) const override { return config_.lora; }
+  Result<AggregateReport> Aggregate(GlobalState& state, std::uint64_t round,
+                                    std::span<const ClientUpdate> updates,
+                                    std::span<const ClientTask> tasks) override;
+  EvalSpec Evaluation(const GlobalState& state, const ClientInfo& client) const override;
 
  private:
   FedAvgConfig config_;
 };
 
-// Sample-weighted mean of the same-named tensors of `updates` (weights in update order, summing
-// to 1), computed in double and stored as f32. kInvalidArgument naming the client and tensor
-// when the updates disagree on names or shapes.
+// Weighted mean of the same-named tensors of `updates` (weights in update order, summing to 1),
+// accumulated in double in client-id order and stored as `dtype`. kInvalidArgument naming the
+// client and tensor when the updates disagree on names or shapes.
 Result<TensorMap> WeightedMean(std::span<const ClientUpdate> updates,
-                               std::span<const double> weights);
+                               std::span<const double> weights, DType dtype = DType::kF32);
+
+// The standard task every client of a homogeneous strategy gets: `tensors` to start from, and
+// an upload of exactly the tensors named in `upload` in the upload dtype, shaped as in `shapes`.
+ClientTask StandardTask(const ClientInfo& client, const wire::LoraSpec& lora,
+                        const wire::TrainSpec& train, TensorMap tensors, const TensorMap& shapes);
 
 }  // namespace fedlora::server

@@ -1,13 +1,17 @@
 // strategy.h — the aggregation strategy interface: what each client gets, how uploads combine.
 //
-// In the spirit of Flower's configure_fit / aggregate_fit. A strategy knows tensors and clients;
-// it knows nothing about sockets, sessions, deadlines or files (the coordinator owns those and
-// persists GlobalState for it). One file pair per strategy in this folder; MakeStrategy
-// (make_strategy.h) is the whole catalogue.
+// In the spirit of Flower's configure_fit / aggregate_fit. A strategy knows tensors, clients and
+// their adapter plans; it knows nothing about sockets, sessions, deadlines or files (the
+// coordinator owns those and persists GlobalState for it). One file pair per strategy in this
+// folder; MakeStrategy (make_strategy.h) is the whole catalogue. Strategies that change the
+// frozen base weights (FedEx-LoRA, FLoRA) append to GlobalState::corrections; the coordinator
+// ships each client the corrections it lacks.
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -16,6 +20,7 @@
 #include "common/status.h"
 #include "common/tensor.h"
 #include "common/wire/messages.h"
+#include "server/correction_log.h"
 
 namespace fedlora::server {
 
@@ -29,26 +34,46 @@ struct ModelLayout {
 // Everything the coordinator persists for the strategy between rounds. A value: checkpoints
 // store it and restarts restore it.
 struct GlobalState {
-  std::uint64_t round = 0;  // The last round aggregated into this state; 0 = initial state.
-  TensorMap adapter;        // Global LoRA factors, "<module>.lora_{A,B}.weight".
-  TensorMap extra;          // Strategy-specific tensors (e.g. a correction log); often empty.
+  std::uint64_t round = 0;     // The last round aggregated into this state; 0 = initial state.
+  TensorMap adapter;           // Global LoRA factors, "<module>.lora_{A,B}.weight" (or lora_R).
+  TensorMap extra;             // Strategy tensors (frozen Fed-SB factors, optimiser moments).
+  CorrectionLog corrections;   // Base-weight corrections (FedEx-LoRA, FLoRA).
+  std::string strategy_json;   // Small strategy state as JSON (client ranks, step counts).
   friend bool operator==(const GlobalState&, const GlobalState&) = default;
 };
 
 struct ClientInfo {
   std::string id;
   wire::Capabilities capabilities;
+  // The client's LoRA depth and per-module ranks from the rank policy (rank_policy.h); empty
+  // modules = every target module at the configured rank.
+  wire::AdapterPlan plan;
+  // Strategy-defined keys of data this client already holds from earlier tasks in its current
+  // session (e.g. Fed-SB's frozen B and A), so it is sent once per session.
+  std::set<std::string, std::less<>> cached;
 };
+
+// What one uploaded tensor must look like. `shrinkable_dim` >= 0 allows that dimension to be
+// smaller (but >= 1) than in `spec`: a client that pruned its rank (HetLoRA).
+struct ExpectedTensor {
+  TensorSpec spec;
+  int shrinkable_dim = -1;
+  friend bool operator==(const ExpectedTensor&, const ExpectedTensor&) = default;
+};
+using UploadSpec = std::map<std::string, ExpectedTensor, std::less<>>;
 
 // What one selected client receives this round.
 struct ClientTask {
   std::string client_id;
   wire::LoraSpec lora;
   wire::TrainSpec train;
-  TensorMap tensors;  // Sent in the RoundTask.
-  // The tensors the client must upload: exact names, dtypes and shapes. The coordinator rejects
-  // anything else before the strategy sees it.
-  std::map<std::string, TensorSpec, std::less<>> expected_upload;
+  wire::AdapterPlan plan;
+  TensorMap tensors;  // Sent in the task (the coordinator adds correction tensors).
+  // The tensors the client must upload. The coordinator rejects anything else before the
+  // strategy sees it.
+  UploadSpec expected_upload;
+  // Keys this task delivers into the client's ClientInfo::cached once the client has answered.
+  std::vector<std::string> caches;
 };
 
 // One accepted upload, already validated against the client's expected_upload.
@@ -65,31 +90,62 @@ struct AggregateReport {
   wire::Metrics metrics;                               // Strategy-specific numbers for metrics.
 };
 
+// What a client evaluates the global model with.
+struct EvalSpec {
+  wire::LoraSpec lora;
+  wire::AdapterPlan plan;
+  TensorMap tensors;
+  std::vector<std::string> caches;  // As ClientTask::caches.
+};
+
 // Thread-compatible: the coordinator calls it from its one loop thread.
 class Strategy {
  public:
   virtual ~Strategy() = default;
   virtual std::string_view name() const = 0;
 
+  // Called once the federation's model is known (the first client's Hello, or a restored
+  // checkpoint), before any other method. kInvalidArgument when the configured targets do not
+  // exist in the layout.
+  virtual Status SetLayout(const ModelLayout& layout) { return OkStatus(); }
+
   // The state before round 1 for a model with `layout`.
   // kInvalidArgument when the configured targets do not exist in the layout.
   virtual Result<GlobalState> Initialize(const ModelLayout& layout) = 0;
 
-  // The task for each selected client, in the order given.
-  virtual Result<std::vector<ClientTask>> Configure(const GlobalState& state,
+  // Strategies whose initial state needs one client's data (Fed-SB) say so here; the
+  // coordinator then sends ConfigureInit's task to one eligible client before round 0 and
+  // passes its upload to AcceptInit.
+  virtual bool NeedsClientInit(const GlobalState& state) const { return false; }
+  virtual Result<ClientTask> ConfigureInit(const GlobalState& state, const ClientInfo& client) {
+    return Unimplemented(name(), " needs no client initialisation");
+  }
+  virtual Status AcceptInit(GlobalState& state, const ClientUpdate& update) {
+    return Unimplemented(name(), " needs no client initialisation");
+  }
+
+  // The task for each selected client of `round`, in the order given. Must be a pure function
+  // of its arguments: after a restart the coordinator calls it again to re-derive the tasks of
+  // uploads it had already accepted.
+  virtual Result<std::vector<ClientTask>> Configure(const GlobalState& state, std::uint64_t round,
                                                     std::span<const ClientInfo> selected) = 0;
 
-  // Folds the accepted uploads of one round into `state` (round number excluded: the
-  // coordinator sets it). `updates` arrive sorted by client id, never empty; the result must not
-  // depend on their arrival order. On error `state` is unchanged.
-  virtual Result<AggregateReport> Aggregate(GlobalState& state,
-                                            std::span<const ClientUpdate> updates) = 0;
-
-  // The tensors a client evaluates the global model with (EvalTask), and the specs for it.
-  virtual TensorMap EvalTensors(const GlobalState& state, const ClientInfo& client) const {
-    return state.adapter;
+  // Checks beyond expected_upload (e.g. that A and B of a module were pruned to the same rank).
+  // kInvalidArgument with a wire::ErrorCode detail, like the coordinator's own checks.
+  virtual Status ValidateUpdate(const ClientTask& task, const ClientUpdate& update) const {
+    return OkStatus();
   }
-  virtual wire::LoraSpec EvalLora(const ClientInfo& client) const = 0;
+
+  // Folds the accepted uploads of `round` into `state` (state.round itself is set by the
+  // coordinator). `updates` arrive sorted by client id, never empty, each with the task it
+  // answers (`tasks[i]` for `updates[i]`); the result must not depend on arrival order. On error
+  // `state` is unchanged.
+  virtual Result<AggregateReport> Aggregate(GlobalState& state, std::uint64_t round,
+                                            std::span<const ClientUpdate> updates,
+                                            std::span<const ClientTask> tasks) = 0;
+
+  // What a client evaluates the current global model with. Default: the global adapter.
+  virtual EvalSpec Evaluation(const GlobalState& state, const ClientInfo& client) const = 0;
 };
 
 }  // namespace fedlora::server

@@ -7,7 +7,7 @@
 #include <thread>
 
 #include "server/coordinator.h"
-#include "server/strategies/make_strategy.h"
+#include "server/strategies/fedavg.h"
 
 namespace fedlora::client {
 namespace {
@@ -71,10 +71,10 @@ class ClientSessionTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
   void StartCoordinator() {
-    auto strategy = server::MakeStrategy(coordinator_config_.strategy,
-                                         {.lora = coordinator_config_.lora});
     coordinator_ = std::make_unique<server::Coordinator>(
-        coordinator_config_, std::move(strategy).value(), context_, clock_);
+        coordinator_config_,
+        std::make_unique<server::FedAvg>(server::FedAvgConfig{.lora = coordinator_config_.lora}),
+        context_, clock_);
     ASSERT_TRUE(coordinator_->Start().ok());
     coordinator_thread_ = std::thread([this] { coordinator_result_ = coordinator_->Run(); });
   }

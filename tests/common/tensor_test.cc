@@ -22,6 +22,9 @@ TEST(TensorTest, NumElementsRejectsNegativeAndOverflowingShapes) {
   EXPECT_EQ(NumElements(std::vector<std::int64_t>{}).value(), 1);
   EXPECT_FALSE(NumElements(std::vector<std::int64_t>{2, -1}).ok());
   EXPECT_FALSE(NumElements(std::vector<std::int64_t>{1ll << 40, 1ll << 40}).ok());
+  // Element counts whose byte size would overflow 64 bits are refused outright.
+  EXPECT_FALSE(NumElements(std::vector<std::int64_t>{1ll << 62}).ok());
+  EXPECT_FALSE(Validate(Tensor{DType::kF32, {1ll << 62}, {}}).ok());
 }
 
 TEST(TensorTest, BF16RoundsToNearestEven) {

@@ -97,6 +97,12 @@ TEST(YamlConfigTest, SectionThatIsNotAMappingIsAnError) {
       << s.status().message();
 }
 
+TEST(YamlConfigTest, KeyGivenTwiceIsAnErrorRatherThanFirstOneWins) {
+  const Result<Sample> s = Load("rounds: 5\nrounds: 7\n");
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.status().message().find("more than once"), std::string::npos) << s.status().message();
+}
+
 TEST(YamlConfigTest, MissingFileIsNotFound) {
   EXPECT_EQ(ConfigDocument::Load("/nonexistent/x.yaml", {}).status().code(),
             StatusCode::kNotFound);

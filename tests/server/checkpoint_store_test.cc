@@ -93,18 +93,23 @@ TEST_F(CheckpointStoreTest, PersistedUploadsSurviveAReopenUntilTheirRoundCommits
                  {{"w", MakeF32({2}, std::vector<float>{1, 2})}}};
   {
     CheckpointStore store = std::move(CheckpointStore::Open(dir_).value());
-    ASSERT_TRUE(store.PersistUpdate(3, u).ok());
+    wire::AdapterPlan plan;
+    plan.modules.push_back({"m", 3, {0, 2, 5}});
+    ASSERT_TRUE(store.PersistUpdate(3, PendingUpload{u, {"cpu", 1, 2, 3, 4.0, true}, plan}).ok());
     ClientUpdate b = u;
     b.client_id = "bob";
-    ASSERT_TRUE(store.PersistUpdate(3, b).ok());
+    ASSERT_TRUE(store.PersistUpdate(3, PendingUpload{b, {}, {}}).ok());
   }
   CheckpointStore store = std::move(CheckpointStore::Open(dir_).value());
-  const std::vector<ClientUpdate> pending = store.LoadPending(3).value();
+  const std::vector<PendingUpload> pending = store.LoadPending(3).value();
   ASSERT_EQ(pending.size(), 2u);
-  EXPECT_EQ(pending[0].client_id, "alice");
-  EXPECT_EQ(pending[0].num_examples, 120u);
-  EXPECT_EQ(pending[0].metrics.at("train_loss"), 2.5);
-  EXPECT_EQ(pending[0].tensors, u.tensors);
+  EXPECT_EQ(pending[0].update.client_id, "alice");
+  EXPECT_EQ(pending[0].update.num_examples, 120u);
+  EXPECT_EQ(pending[0].update.metrics.at("train_loss"), 2.5);
+  EXPECT_EQ(pending[0].update.tensors, u.tensors);
+  EXPECT_EQ(pending[0].capabilities.relative_speed, 4.0);
+  EXPECT_TRUE(pending[0].capabilities.can_initialize);
+  EXPECT_EQ(pending[0].plan.modules.at(0).sketch, (std::vector<std::uint32_t>{0, 2, 5}));
   EXPECT_TRUE(store.LoadPending(4).value().empty());
   ASSERT_TRUE(store.Commit(Make(3, 1.0f)).ok());
   EXPECT_TRUE(store.LoadPending(3).value().empty());

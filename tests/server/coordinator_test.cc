@@ -8,7 +8,7 @@
 
 #include "common/fs.h"
 #include "server/checkpoint_store.h"
-#include "server/strategies/make_strategy.h"
+#include "server/strategies/fedavg.h"
 #include "tests/server/test_peer.h"
 
 namespace fedlora::server {
@@ -50,11 +50,11 @@ class CoordinatorTest : public ::testing::Test {
     // ZeroMQ releases an inproc name asynchronously after its socket closes, so a restarted
     // coordinator in the same context binds a fresh name; its peers connect to endpoint().
     config_.transport.bind = bind_base_ + "-" + std::to_string(++starts_);
-    auto strategy = MakeStrategy(config_.strategy, {.lora = config_.lora, .train = config_.train,
-                                                    .seed = config_.seed});
-    ASSERT_TRUE(strategy.ok());
-    coordinator_ = std::make_unique<Coordinator>(config_, std::move(strategy).value(), context_,
-                                                 clock);
+    coordinator_ = std::make_unique<Coordinator>(
+        config_,
+        std::make_unique<FedAvg>(FedAvgConfig{.lora = config_.lora, .train = config_.train,
+                                              .seed = config_.seed}),
+        context_, clock);
     const Status started = coordinator_->Start();
     ASSERT_TRUE(started.ok()) << started.ToString();
     thread_ = std::thread([this] { result_ = coordinator_->Run(); });
@@ -276,7 +276,8 @@ TEST_F(CoordinatorTest, AcknowledgedUploadSurvivesACoordinatorRestart) {
   ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
   const std::string round1 = MetricsLines().at(1);
   EXPECT_NE(round1.find("\"clients_reported\":2"), std::string::npos) << round1;
-  EXPECT_NE(round1.find("\"clients_selected\":1"), std::string::npos) << round1;
+  // Distinct clients of the round: a (restored) and b.
+  EXPECT_NE(round1.find("\"clients_selected\":2"), std::string::npos) << round1;
 }
 
 TEST_F(CoordinatorTest, RestartWithTheSameStateDirContinuesAtTheNextRound) {
@@ -335,11 +336,93 @@ TEST_F(CoordinatorTest, StateOfAnotherStrategyOrLoraShapeIsRefusedAtStart) {
     cp.lora = {.rank = 16, .alpha = 4, .targets = {"q_proj", "v_proj"}};
     ASSERT_TRUE(store.Commit(cp).ok());
   }
-  auto strategy = MakeStrategy(config_.strategy, {.lora = config_.lora});
-  Coordinator coordinator(config_, std::move(strategy).value(), context_, system_clock_);
+  Coordinator coordinator(config_, std::make_unique<FedAvg>(FedAvgConfig{.lora = config_.lora}),
+                          context_, system_clock_);
   const Status s = coordinator.Start();
   EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
   EXPECT_NE(s.message().find("rank 16"), std::string::npos) << s.message();
+}
+
+TEST_F(CoordinatorTest, SelectedClientThatLeftAndReturnsGetsItsTaskAgain) {
+  StartCoordinator(system_clock_);
+  TestPeer a(context_, coordinator_->endpoint());
+  a.Join(MakeHello("a", kDigest, kModules));
+  {
+    TestPeer b(context_, coordinator_->endpoint());
+    b.Join(MakeHello("b", kDigest, kModules));
+    b.Expect<wire::RoundTask>();
+    b.Send(wire::Bye{"restarting"});  // Counted as failed in round 1...
+  }
+  TestPeer b(context_, coordinator_->endpoint());
+  b.Join(MakeHello("b", kDigest, kModules));
+  const wire::RoundTask again = b.Expect<wire::RoundTask>();  // ...but asked again on return.
+  EXPECT_EQ(again.round, 1u);
+  a.Send(UpdateFor(a.Expect<wire::RoundTask>()));
+  b.Send(UpdateFor(again));
+  a.Expect<wire::Ack>();
+  a.Expect<wire::Bye>();
+  ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+  EXPECT_NE(MetricsLines().at(1).find("\"clients_reported\":2"), std::string::npos);
+}
+
+TEST_F(CoordinatorTest, ModelWithoutTheConfiguredTargetsIsRefusedAndTheFederationGoesOn) {
+  config_.round.min_clients = 1;
+  StartCoordinator(system_clock_);
+  TestPeer odd(context_, coordinator_->endpoint());
+  odd.Send(MakeHello("odd", kDigest, {{"model.layers.0.mlp.up_proj", 8, 4}}));
+  EXPECT_EQ(odd.ExpectError(), ErrorCode::kBaseModelMismatch);
+  TestPeer good(context_, coordinator_->endpoint());
+  good.Join(MakeHello("good", kDigest, kModules));
+  good.Send(UpdateFor(good.Expect<wire::RoundTask>()));
+  good.Expect<wire::Ack>();
+  good.Expect<wire::Bye>();
+  EXPECT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+}
+
+TEST_F(CoordinatorTest, HostileNamesAreRefusedWithoutHarm) {
+  StartCoordinator(system_clock_);
+  TestPeer good(context_, coordinator_->endpoint());
+  TestPeer bad(context_, coordinator_->endpoint());
+  TestPeer worse(context_, coordinator_->endpoint());
+  worse.Send(MakeHello("worse", kDigest, {{"model.layers.0.self_attn.q_proj\xff", 6, 4}}));
+  EXPECT_EQ(worse.ExpectError(), ErrorCode::kInvalidField);
+  TestPeer huge(context_, coordinator_->endpoint());
+  huge.Send(MakeHello("huge", kDigest, {{"model.layers.0.self_attn.q_proj", 6, 1ll << 40},
+                                        {"model.layers.0.self_attn.v_proj", 3, 4}}));
+  EXPECT_EQ(huge.ExpectError(), ErrorCode::kInvalidField);
+  good.Join(MakeHello("good", kDigest, kModules));
+  bad.Join(MakeHello("bad", kDigest, kModules));
+  const wire::RoundTask task = bad.Expect<wire::RoundTask>();
+  wire::Update update = UpdateFor(task);
+  update.metrics["train_loss\xff"] = 1.0;  // Not valid UTF-8: must not reach a JSON writer.
+  bad.Send(update);
+  EXPECT_EQ(bad.ExpectError(), ErrorCode::kInvalidField);
+  good.Send(UpdateFor(good.Expect<wire::RoundTask>()));
+  good.Expect<wire::Ack>();
+  good.Expect<wire::Bye>();
+  EXPECT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+}
+
+TEST_F(CoordinatorTest, UnpinnedModelIsForgottenWhenEveryoneLeavesBeforeRoundZero) {
+  config_.base_model_sha256.clear();  // Pin whatever the first client runs.
+  StartCoordinator(system_clock_);
+  {
+    TestPeer impostor(context_, coordinator_->endpoint());
+    std::vector<wire::ModuleInfo> other = kModules;
+    other[0].d_in = 5;
+    impostor.Join(MakeHello("impostor", std::string(64, 'e'), other));
+    impostor.Send(wire::Bye{"leaving"});
+  }
+  // The impostor is gone before round 0: the honest federation can still form.
+  TestPeer a(context_, coordinator_->endpoint());
+  TestPeer b(context_, coordinator_->endpoint());
+  a.Join(MakeHello("a", kDigest, kModules));
+  b.Join(MakeHello("b", kDigest, kModules));
+  a.Send(UpdateFor(a.Expect<wire::RoundTask>()));
+  b.Send(UpdateFor(b.Expect<wire::RoundTask>()));
+  a.Expect<wire::Ack>();
+  a.Expect<wire::Bye>();
+  EXPECT_TRUE(FinishCoordinator().ok()) << result_.ToString();
 }
 
 }  // namespace

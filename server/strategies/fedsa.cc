@@ -1,0 +1,42 @@
+#include "server/strategies/fedsa.h"
+
+namespace fedlora::server {
+
+Result<GlobalState> FedSaLora::Initialize(const ModelLayout& layout) {
+  FedAvg fedavg(config_);
+  FEDLORA_ASSIGN_OR_RETURN(GlobalState state, fedavg.Initialize(layout));
+  std::erase_if(state.adapter, [](const auto& kv) {  // B is never global: each client has its own.
+    return std::string_view(kv.first).ends_with(".lora_B.weight");
+  });
+  return state;
+}
+
+Result<std::vector<ClientTask>> FedSaLora::Configure(const GlobalState& state, std::uint64_t round,
+                                                     std::span<const ClientInfo> selected) {
+  std::vector<ClientTask> tasks;
+  for (const ClientInfo& client : selected) {
+    ClientTask task = StandardTask(client, config_.lora, config_.train, state.adapter, state.adapter);
+    task.plan.init = wire::AdapterInit::kLocalB;
+    task.plan.upload_b = false;
+    tasks.push_back(std::move(task));
+  }
+  return tasks;
+}
+
+Result<AggregateReport> FedSaLora::Aggregate(GlobalState& state, std::uint64_t round,
+                                             std::span<const ClientUpdate> updates,
+                                             std::span<const ClientTask> tasks) {
+  FEDLORA_ASSIGN_OR_RETURN(std::vector<double> weights, ComputeWeights(updates, config_.weighting));
+  FEDLORA_ASSIGN_OR_RETURN(state.adapter, WeightedMean(updates, weights, config_.state_dtype));
+  AggregateReport report;
+  for (std::size_t k = 0; k < updates.size(); ++k) report.weights[updates[k].client_id] = weights[k];
+  return report;
+}
+
+EvalSpec FedSaLora::Evaluation(const GlobalState& state, const ClientInfo& client) const {
+  wire::AdapterPlan plan;
+  plan.init = wire::AdapterInit::kLocalB;  // Each client evaluates its personal model.
+  return EvalSpec{config_.lora, plan, state.adapter, {}};
+}
+
+}  // namespace fedlora::server

@@ -1,0 +1,29 @@
+// fedsa.h — FedSA-LoRA: share A, keep B local (Guo et al., ICLR 2025; ALGORITHMS.md §4).
+//
+// Clients train A and their own B (kept on the client's disk across rounds and restarts) and
+// upload only A; A_g <- sum_k p_k A_k. Client k's personal model is W0 + s*B_k*A_g, and that is
+// what it evaluates. Implements the paper's semantics (a true per-client B), not the reference
+// simulation's shared model object (§4i.1). Up and down: r*d_in per module.
+#pragma once
+
+#include "server/strategies/fedavg.h"
+
+namespace fedlora::server {
+
+class FedSaLora final : public Strategy {
+ public:
+  explicit FedSaLora(FedAvgConfig config) : config_(std::move(config)) {}
+  std::string_view name() const override { return "fedsa"; }
+  Result<GlobalState> Initialize(const ModelLayout& layout) override;
+  Result<std::vector<ClientTask>> Configure(const GlobalState& state, std::uint64_t round,
+                                            std::span<const ClientInfo> selected) override;
+  Result<AggregateReport> Aggregate(GlobalState& state, std::uint64_t round,
+                                    std::span<const ClientUpdate> updates,
+                                    std::span<const ClientTask> tasks) override;
+  EvalSpec Evaluation(const GlobalState& state, const ClientInfo& client) const override;
+
+ private:
+  FedAvgConfig config_;
+};
+
+}  // namespace fedlora::server

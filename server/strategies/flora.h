@@ -1,0 +1,40 @@
+// flora.h — FLoRA: stacking heterogeneous-rank client adapters, merged into the base weights,
+// fresh adapters every round (Wang et al., NeurIPS 2024; ALGORITHMS.md §3).
+//
+// Each client trains a fresh PEFT-initialised adapter at its own rank (from the rank policy,
+// possibly different per layer: LEGEND-style depth). The coordinator stacks the uploads,
+//   W <- W + sum_k p_k s B_k A_k = W + [B_1|...|B_N] [p_1 s A_1; ...; p_N s A_N],
+// exactly and in factor form (stacked rank sum_k r_k), and appends that pair to the correction
+// log; there is no global adapter. Weights are normalised over every reporting client (a client
+// without LoRA on a module contributes a zero update there), and partial participation is just
+// fewer blocks (the reference's fixed global-rank assumption, §3i.2, is not needed). All clients
+// use the scale s = alpha / lora.rank whatever their rank, so s_k = s_g as in the reference.
+#pragma once
+
+#include "server/strategies/fedavg.h"
+#include "server/strategies/make_strategy.h"
+
+namespace fedlora::server {
+
+class Flora final : public Strategy {
+ public:
+  Flora(FedAvgConfig config, CorrectionConfig corrections)
+      : config_(std::move(config)), corrections_(corrections) {}
+  std::string_view name() const override { return "flora"; }
+  Status SetLayout(const ModelLayout& layout) override;
+  Result<GlobalState> Initialize(const ModelLayout& layout) override;
+  Result<std::vector<ClientTask>> Configure(const GlobalState& state, std::uint64_t round,
+                                            std::span<const ClientInfo> selected) override;
+  Status ValidateUpdate(const ClientTask& task, const ClientUpdate& update) const override;
+  Result<AggregateReport> Aggregate(GlobalState& state, std::uint64_t round,
+                                    std::span<const ClientUpdate> updates,
+                                    std::span<const ClientTask> tasks) override;
+  EvalSpec Evaluation(const GlobalState& state, const ClientInfo& client) const override;
+
+ private:
+  FedAvgConfig config_;
+  CorrectionConfig corrections_;
+  std::vector<wire::ModuleInfo> targets_;
+};
+
+}  // namespace fedlora::server

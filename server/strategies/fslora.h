@@ -1,0 +1,36 @@
+// fslora.h — FSLoRA: federated sketching LoRA (Fang et al. 2025; ALGORITHMS.md §8).
+//
+// The global adapter has rank r = lora.rank. Each round, client i gets, per LoRA pair, a fresh
+// uniformly random index set I of size k_i (its planned rank, or ceil(sketch_ratio*r)) and
+// trains the sub-adapter B[:, I], A[I, :] with scale s*r/k_i, so its local model
+// W0 + s*(r/k_i)*B[:,I]*A[I,:] equals W0 + s*B*S_i*A with the unbiased sketch E[S_i] = I. One
+// index set per LoRA pair per round (the reference's per-tensor sets contradict B*S*A, §8i.2),
+// seeded by (seed, round, client, module) so a restart re-derives it. The coordinator scatters
+// the deltas (sent - trained) and takes a server optimiser step with
+//   G = sum_i p_i scatter(I_i, delta_i)   (uniform p = 1/M: the reference's division by M);
+// SGD with lr 1 is masked FedAvg of deltas. Up and down: k_i*(d_in + d_out) per module.
+#pragma once
+
+#include "server/strategies/fedavg.h"
+#include "server/strategies/make_strategy.h"
+
+namespace fedlora::server {
+
+class FsLora final : public Strategy {
+ public:
+  FsLora(FedAvgConfig config, FsLoraConfig fs) : config_(std::move(config)), fs_(std::move(fs)) {}
+  std::string_view name() const override { return "fslora"; }
+  Result<GlobalState> Initialize(const ModelLayout& layout) override;
+  Result<std::vector<ClientTask>> Configure(const GlobalState& state, std::uint64_t round,
+                                            std::span<const ClientInfo> selected) override;
+  Result<AggregateReport> Aggregate(GlobalState& state, std::uint64_t round,
+                                    std::span<const ClientUpdate> updates,
+                                    std::span<const ClientTask> tasks) override;
+  EvalSpec Evaluation(const GlobalState& state, const ClientInfo& client) const override;
+
+ private:
+  FedAvgConfig config_;
+  FsLoraConfig fs_;
+};
+
+}  // namespace fedlora::server
