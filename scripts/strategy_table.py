@@ -61,11 +61,16 @@ def main():
             vals = [r[key] / max(1, r[denom]) for r in rounds if r.get(denom)]
             return sum(vals) / len(vals) if vals else 0
 
+        def down(r):  # Adapter scalars in tasks plus corrections, wherever they travelled.
+            return r["params_down"] + r.get("correction_params_down", 0)
+
+        downs = [down(r) / max(1, r["clients_selected"]) for r in rounds]
         table.append((s, len(rounds), base, final,
                       per_client("params_up", "clients_reported"),
-                      per_client("params_down", "clients_selected"),
+                      sum(downs) / len(downs),
                       per_client("bytes_up", "clients_reported"),
-                      per_client("bytes_down", "clients_selected"),
+                      sum((r["bytes_down"] + r.get("correction_bytes_down", 0))
+                          / max(1, r["clients_selected"]) for r in rounds) / len(rounds),
                       sum(r["seconds"] for r in rounds) / len(rounds)))
     ref = finals.get("fedavg")
     for s, n, base, final, pu, pd, bu, bd, sec in table:
@@ -76,7 +81,8 @@ def main():
     lines.append(f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} "
                  f"({os.cpu_count()} cores) with scripts/compare-strategies.sh; eval loss in "
                  "nats/token on the clients' held-out speaker turns; params and bytes per client "
-                 "per round (downloads include base corrections).")
+                 "per round; downloads include base corrections, which fedex and flora ship with the "
+                 "evaluation task when evaluation is on).")
     text = "\n".join(lines)
     if not args.doc:
         print(text)

@@ -69,6 +69,7 @@ class Coordinator::Impl {
     std::map<std::string, std::uint64_t, std::less<>> task_sequence;  // Envelope sequence of it.
     std::uint64_t bytes_up = 0, bytes_down = 0, eval_bytes_up = 0, eval_bytes_down = 0;
     std::uint64_t params_up = 0, params_down = 0;
+    std::uint64_t correction_params_down = 0, correction_bytes_down = 0;
     // Evaluation of the candidate global state.
     std::optional<GlobalState> candidate;
     AggregateReport report;
@@ -117,6 +118,9 @@ class Coordinator::Impl {
   void SendTask(const std::string& id);
   void SendEvalTask(const std::string& id);
   ClientInfo InfoOf(const ClientConnection& client) const;
+  // Counts the tensors of an outgoing task (adapter scalars for round tasks; correction scalars
+  // and bytes for any) and returns the correction payload bytes.
+  std::uint64_t CountDown(const TensorMap& tensors, bool count_adapter);
   void Fatal(Status status) {
     if (fatal_.ok()) fatal_ = std::move(status);
   }

@@ -262,8 +262,23 @@ void Coordinator::Impl::SendTask(const std::string& id) {
   client->base_version = message.base.to_version;  // Tasks are applied in order.
   run_.sent_base[id] = message.base.to_version;
   run_.task_sequence[id] = client->next_sequence_out;  // The sequence Send() is about to use.
-  for (const auto& [name, t] : message.tensors) run_.params_down += static_cast<std::uint64_t>(t.numel());
-  run_.bytes_down += Send(*client, std::move(message));
+  const std::uint64_t corrections = CountDown(message.tensors, /*count_adapter=*/true);
+  const std::size_t sent = Send(*client, std::move(message));
+  if (sent > 0) run_.bytes_down += sent - corrections;  // Corrections: correction_bytes_down.
+}
+
+std::uint64_t Coordinator::Impl::CountDown(const TensorMap& tensors, bool count_adapter) {
+  std::uint64_t correction_bytes = 0;
+  for (const auto& [name, t] : tensors) {
+    if (name.starts_with("base.")) {  // CorrectionLog's tensor names.
+      run_.correction_params_down += static_cast<std::uint64_t>(t.numel());
+      correction_bytes += t.data.size();
+    } else if (count_adapter) {
+      run_.params_down += static_cast<std::uint64_t>(t.numel());
+    }
+  }
+  run_.correction_bytes_down += correction_bytes;
+  return correction_bytes;
 }
 
 void Coordinator::Impl::CheckFit() {
@@ -361,6 +376,7 @@ void Coordinator::Impl::SendEvalTask(const std::string& id) {
   run_.eval_sent_base[id] = task.base.to_version;
   run_.eval_caches[id] = std::move(spec.caches);
   run_.eval_sequence[id] = client->next_sequence_out;
+  CountDown(task.tensors, /*count_adapter=*/false);
   run_.eval_bytes_down += Send(*client, std::move(task));
 }
 
@@ -401,6 +417,8 @@ void Coordinator::Impl::Commit() {
   m.bytes_down = run_.bytes_down;
   m.params_up = run_.params_up;
   m.params_down = run_.params_down;
+  m.correction_params_down = run_.correction_params_down;
+  m.correction_bytes_down = run_.correction_bytes_down;
   m.eval_bytes_up = run_.eval_bytes_up;
   m.eval_bytes_down = run_.eval_bytes_down;
   m.seconds = std::chrono::duration<double>(clock_.Now() - run_.started).count();

@@ -26,6 +26,8 @@ std::string ToJsonLine(const RoundMetrics& m) {
   j["bytes_down"] = m.bytes_down;
   j["params_up"] = m.params_up;
   j["params_down"] = m.params_down;
+  j["correction_params_down"] = m.correction_params_down;
+  j["correction_bytes_down"] = m.correction_bytes_down;
   j["eval_bytes_up"] = m.eval_bytes_up;
   j["eval_bytes_down"] = m.eval_bytes_down;
   j["seconds"] = m.seconds;

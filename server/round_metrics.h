@@ -27,9 +27,12 @@ struct RoundMetrics {
   std::uint32_t eval_clients = 0;
   std::uint64_t eval_tokens = 0;
   std::uint64_t bytes_up = 0;           // Update messages accepted (envelope + tensor frames).
-  std::uint64_t bytes_down = 0;         // RoundTask messages sent.
+  std::uint64_t bytes_down = 0;         // RoundTask messages sent, less their correction payload.
   std::uint64_t params_up = 0;          // Scalars in the accepted updates' tensors.
-  std::uint64_t params_down = 0;        // Scalars in the RoundTasks' tensors (incl. corrections).
+  std::uint64_t params_down = 0;        // Scalars in the RoundTasks' adapter tensors.
+  // Base-weight corrections (fedex, flora) sent this round in any task, evaluation included.
+  std::uint64_t correction_params_down = 0;
+  std::uint64_t correction_bytes_down = 0;
   std::uint64_t eval_bytes_up = 0;      // EvalResult messages.
   std::uint64_t eval_bytes_down = 0;    // EvalTask messages.
   double seconds = 0;                   // Wall time from the first task sent to the commit.

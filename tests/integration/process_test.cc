@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "tests/testing/json_lines.h"
 #include "common/fs.h"
 #include "server/checkpoint_store.h"
 #include "tests/integration/subprocess.h"
@@ -88,10 +89,7 @@ class ProcessTest : public ::testing::Test {
   }
 
   std::vector<nlohmann::json> Metrics() const {
-    std::vector<nlohmann::json> out;
-    std::ifstream in(dir_ + "/state/metrics.jsonl");
-    for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
-    return out;
+    return testing::ReadJsonLines(dir_ + "/state/metrics.jsonl");
   }
 
   std::string dir_;

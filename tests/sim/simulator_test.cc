@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "tests/testing/json_lines.h"
 #include "server/checkpoint_store.h"
 
 namespace fedlora::sim {
@@ -39,10 +40,7 @@ class SimulatorTest : public ::testing::Test {
   }
 
   std::vector<nlohmann::json> Metrics() const {
-    std::vector<nlohmann::json> out;
-    std::ifstream in(out_ + "/metrics.jsonl");
-    for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
-    return out;
+    return testing::ReadJsonLines(out_ + "/metrics.jsonl");
   }
 
   std::string out_;
