@@ -1,8 +1,11 @@
 #include "client/config.h"
 
+#include "client/device_spec.h"
+
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "common/config/yaml_config.h"
 #include "common/log.h"
@@ -22,6 +25,62 @@ std::string DefaultName() {
   }
   if (name.empty()) name = "client";
   return StrCat(name.substr(0, 48), "-", getpid());
+}
+
+// The data keys' values on their own; combinations that need the file (template vs. format,
+// label word count, label tokens) are checked when the data is loaded (client/data/examples.h).
+Status ValidateDataConfig(const DataConfig& d) {
+  static const std::vector<std::string> kFormats = {"text",  "alpaca", "chat",
+                                                    "gsm8k", "sst2",   "spamassassin"};
+  static const std::vector<std::string> kTemplates = {"", "alpaca", "chatml", "plain",
+                                                      "classify"};
+  static const std::vector<std::string> kTextPartitions = {"none", "iid", "contiguous",
+                                                           "speaker"};
+  static const std::vector<std::string> kRecordPartitions = {"none", "iid", "dirichlet", "group",
+                                                             "quantity"};
+  const auto contains = [](const std::vector<std::string>& list, const std::string& value) {
+    return std::find(list.begin(), list.end(), value) != list.end();
+  };
+  if (!contains(kFormats, d.format)) {
+    return InvalidArgument("data.format: unsupported format '", d.format,
+                           "' (supported: text, alpaca, chat, gsm8k, sst2, spamassassin)");
+  }
+  const bool text = d.format == "text";
+  if (text) {
+    if (!contains(kTextPartitions, d.partition)) {
+      return InvalidArgument("data.partition: unknown partitioner '", d.partition,
+                             "' for format text (expected none, iid, contiguous or speaker)");
+    }
+    for (const auto& [key, set] : {std::pair<const char*, bool>{"template", !d.template_name.empty()},
+                                   {"eval_path", !d.eval_path.empty()},
+                                   {"label_words", !d.label_words.empty()}}) {
+      if (set) return InvalidArgument("data.", key, " applies to record formats, not text");
+    }
+  } else {
+    if (!contains(kRecordPartitions, d.partition)) {
+      return InvalidArgument("data.partition: unknown partitioner '", d.partition, "' for format ",
+                             d.format, " (expected none, iid, dirichlet, group or quantity)");
+    }
+    if (!contains(kTemplates, d.template_name)) {
+      return InvalidArgument("data.template: unknown template '", d.template_name,
+                             "' (expected alpaca, chatml, plain or classify)");
+    }
+  }
+  if (d.num_partitions == 0 || d.partition_index >= d.num_partitions) {
+    return InvalidArgument("data.partition_index (", d.partition_index,
+                           ") must be below data.num_partitions (", d.num_partitions, ")");
+  }
+  const bool heldout_ok = d.eval_path.empty()
+                              ? d.heldout_fraction > 0 && d.heldout_fraction < 1
+                              : d.heldout_fraction >= 0 && d.heldout_fraction < 1;
+  if (!heldout_ok) {
+    return InvalidArgument("data.heldout_fraction must be in (0, 1) (in [0, 1) with eval_path)");
+  }
+  if (!(d.dirichlet_alpha > 0 && std::isfinite(d.dirichlet_alpha))) {
+    return InvalidArgument("data.dirichlet_alpha must be a finite number > 0");
+  }
+  if (d.max_tokens == 1) return InvalidArgument("data.max_tokens must be 0 (no limit) or >= 2");
+  return OkStatus();
 }
 
 }  // namespace
@@ -50,8 +109,17 @@ Status ParseClientConfig(const config::ConfigSection& root, ClientConfig* c) {
   FEDLORA_RETURN_IF_ERROR(data.Read("partition_seed", &c->data.partition_seed));
   FEDLORA_RETURN_IF_ERROR(data.Read("heldout_fraction", &c->data.heldout_fraction));
   FEDLORA_RETURN_IF_ERROR(data.Read("max_eval_windows", &c->data.max_eval_windows));
+  FEDLORA_RETURN_IF_ERROR(data.Read("template", &c->data.template_name));
+  FEDLORA_RETURN_IF_ERROR(data.Read("dirichlet_alpha", &c->data.dirichlet_alpha));
+  FEDLORA_RETURN_IF_ERROR(data.ReadPath("eval_path", &c->data.eval_path));
+  FEDLORA_RETURN_IF_ERROR(data.Read("max_tokens", &c->data.max_tokens));
+  FEDLORA_RETURN_IF_ERROR(data.Read("max_records", &c->data.max_records));
+  FEDLORA_RETURN_IF_ERROR(data.Read("label_words", &c->data.label_words));
+  FEDLORA_RETURN_IF_ERROR(data.Read("max_text_chars", &c->data.max_text_chars));
   FEDLORA_RETURN_IF_ERROR(data.ReadPath("init_path", &c->data.init_path));
   FEDLORA_RETURN_IF_ERROR(data.Read("init_from_train", &c->data.init_from_train));
+  FEDLORA_RETURN_IF_ERROR(data.Read("max_eval_generations", &c->data.max_eval_generations));
+  FEDLORA_RETURN_IF_ERROR(data.Read("max_new_tokens", &c->data.max_new_tokens));
   FEDLORA_RETURN_IF_ERROR(data.Finish());
 
   const config::ConfigSection transport = root.Section("transport");
@@ -79,31 +147,16 @@ Status ParseClientConfig(const config::ConfigSection& root, ClientConfig* c) {
   if (c->name.empty()) c->name = DefaultName();
   if (c->state_dir.empty()) c->state_dir = "fedlora-client-" + c->name;
   if (c->model.path.empty()) return InvalidArgument("model.path is required");
-  if (c->model.tokenizer.empty()) return InvalidArgument("model.tokenizer is required");
-  if (c->model.format != "llama2c") {
+  if (c->model.format != "auto" && c->model.format != "llama2c" && c->model.format != "hf") {
     return InvalidArgument("model.format: unsupported format '", c->model.format,
-                           "' (supported: llama2c)");
+                           "' (supported: auto, llama2c, hf)");
+  }
+  if (c->model.format == "llama2c" && c->model.tokenizer.empty()) {
+    return InvalidArgument("model.tokenizer is required for a llama2c checkpoint");
   }
   if (c->data.path.empty()) return InvalidArgument("data.path is required");
-  if (c->data.format != "text") {
-    return InvalidArgument("data.format: unsupported format '", c->data.format,
-                           "' (supported: text)");
-  }
-  static const std::vector<std::string> kPartitions = {"none", "iid", "contiguous", "speaker"};
-  if (std::find(kPartitions.begin(), kPartitions.end(), c->data.partition) == kPartitions.end()) {
-    return InvalidArgument("data.partition: unknown partitioner '", c->data.partition,
-                           "' (expected none, iid, contiguous or speaker)");
-  }
-  if (c->data.num_partitions == 0 || c->data.partition_index >= c->data.num_partitions) {
-    return InvalidArgument("data.partition_index (", c->data.partition_index,
-                           ") must be below data.num_partitions (", c->data.num_partitions, ")");
-  }
-  if (!(c->data.heldout_fraction > 0 && c->data.heldout_fraction < 1)) {
-    return InvalidArgument("data.heldout_fraction must be in (0, 1)");
-  }
-  if (c->device != "cpu" && c->device != "auto" && !c->device.starts_with("cuda")) {
-    return InvalidArgument("device must be cpu, auto or cuda:N, not '", c->device, "'");
-  }
+  FEDLORA_RETURN_IF_ERROR(ValidateDataConfig(c->data));
+  FEDLORA_RETURN_IF_ERROR(ParseDeviceSpec(c->device).status());
   if (t.heartbeat_interval_ms == 0 || t.heartbeat_liveness == 0 || t.reconnect_min_ms == 0 ||
       t.reconnect_max_ms < t.reconnect_min_ms || t.hello_timeout_ms == 0) {
     return InvalidArgument("transport: intervals must be >= 1 and reconnect_max_ms >= "

@@ -15,28 +15,73 @@
 namespace fedlora::client {
 
 struct ModelConfig {
-  std::string path;               // llama2.c checkpoint (legacy or version-1 layout).
-  std::string tokenizer;          // llama2.c tokenizer .bin.
-  std::string format = "llama2c";
+  // A llama2.c checkpoint file (legacy or version-1 layout), or a Hugging Face checkpoint
+  // directory (config.json + model.safetensors or sharded with model.safetensors.index.json).
+  std::string path;
+  // llama2.c tokenizer .bin, HF tokenizer.json, SentencePiece .model, or a directory holding
+  // tokenizer.json / tokenizer.model. Empty: the HF checkpoint directory's own tokenizer
+  // (required for llama2.c checkpoints).
+  std::string tokenizer;
+  // auto: a directory with config.json is an HF checkpoint, anything else llama2.c. Or hf,
+  // llama2c to insist.
+  std::string format = "auto";
 };
 
-// How the corpus becomes this client's private data.
+// How the corpus becomes this client's private data. `format` picks one of two pipelines:
+// text (a plain corpus cut into token windows: client/data/text_dataset.h) or a record format
+// (supervised examples with a prompt/response loss mask: client/data/examples.h).
 struct DataConfig {
-  std::string path;                   // UTF-8 plain-text corpus.
+  std::string path;                   // The client's data file (plain or gzip-compressed).
+  // text: UTF-8 plain text. alpaca: JSON Lines {instruction, input?, output}. chat: JSON Lines
+  // {messages: [{role: system|user|assistant, content}]}, trained on the assistant turns.
+  // gsm8k: JSON Lines {question, answer} (exact match on the number after "####").
+  // sst2: TSV "sentence\tlabel" (0/1). spamassassin: JSON Lines {group, label: ham|spam, id,
+  // text}, usually .jsonl.gz.
   std::string format = "text";
-  // none: the whole file is this client's data. iid: paragraphs dealt at random.
-  // contiguous: the corpus cut into equal consecutive parts. speaker: tinyshakespeare speaker
-  // turns grouped by speaking character, characters spread over the partitions (natural non-IID).
+  // Record formats only: alpaca | chatml | plain | classify; empty = the format's default
+  // (alpaca/gsm8k -> alpaca, chat -> chatml, sst2/spamassassin -> classify). Exact strings in
+  // client/data/prompt_template.h. YAML key "template".
+  std::string template_name;
+  // text: none (the whole file), iid (paragraphs dealt at random), contiguous (equal
+  // consecutive parts), speaker (tinyshakespeare turns grouped by character; natural non-IID).
+  // Record formats: none, iid, dirichlet (label skew, per-class proportions ~ Dir(alpha); for
+  // unlabeled records over their groups), group (natural groups, e.g. SpamAssassin's, never
+  // split), quantity (sizes ~ Dir(alpha), every client at least one record).
   std::string partition = "none";
   std::uint32_t num_partitions = 1;
   std::uint32_t partition_index = 0;
   std::uint64_t partition_seed = 0;   // Must be equal on every client of one federation.
-  double heldout_fraction = 0.1;      // Share of this client's paragraphs kept for evaluation.
-  std::uint32_t max_eval_windows = 0; // Cap on held-out windows evaluated; 0 = all.
+  double dirichlet_alpha = 0.5;       // Concentration of dirichlet/quantity; smaller = more skew.
+  // Share of this client's paragraphs (text) or records held out for evaluation. With eval_path
+  // set it is ignored (and may be 0): the client trains on its whole partition.
+  double heldout_fraction = 0.1;
+  std::uint32_t max_eval_windows = 0; // Cap on held-out windows (or examples) evaluated; 0 = all.
+  // Record formats: a separate evaluation file of the same format (e.g. SST-2's test.tsv), used
+  // whole by every client instead of a held-out share of its partition. Empty = held-out split.
+  std::string eval_path;
+  // Record formats: longest example in tokens (BOS + prompt + response + EOS); longer prompts
+  // lose tokens from their left, examples whose response alone does not fit are dropped.
+  // 0 = no limit.
+  std::uint32_t max_tokens = 512;
+  // Record formats: use a seeded sample of at most this many records of `path` (the same on
+  // every client; before partitioning), for quick runs. 0 = all.
+  std::uint64_t max_records = 0;
+  // Classification formats: the verbalised labels, index = class, leading space included;
+  // empty = sst2 [" negative", " positive"], spamassassin [" ham", " spam"]. Their first tokens
+  // must differ.
+  std::vector<std::string> label_words;
+  // Classification formats: texts (SST-2 sentence, e-mail reduced to its Subject and body) are
+  // cut to this many Unicode code points before templating; 0 = no limit.
+  std::uint32_t max_text_chars = 600;
   // Data this client declares for strategy initialisation (Fed-SB's gradient estimate, which
   // is not private): a separate corpus, or (init_from_train) its own training split.
   std::string init_path;
   bool init_from_train = false;
+  // Formats with reference answers (gsm8k): the held-out examples evaluated by exact match of
+  // the final answer in a greedy generation, at most this many (0 = off), each at most
+  // max_new_tokens long.
+  std::uint32_t max_eval_generations = 16;
+  std::uint32_t max_new_tokens = 256;
 };
 
 struct ClientTransportConfig {
@@ -64,7 +109,9 @@ struct ClientConfig {
   std::string name;                                   // Default: "<hostname>-<pid>".
   std::string coordinator = "tcp://127.0.0.1:5555";   // ZeroMQ endpoint of the coordinator.
   std::uint32_t threads = 0;                          // LibTorch intra-op threads; 0 = all cores.
-  std::string device = "cpu";
+  // auto (a CUDA GPU when this LibTorch has CUDA and one is visible, else the cpu), cpu, cuda,
+  // cuda:N. docs/gpu.md.
+  std::string device = "auto";
   std::string log_level = "info";
   // Where the client keeps state across rounds and restarts (FedSA-LoRA's private B). Empty:
   // "fedlora-client-<name>" in the working directory.

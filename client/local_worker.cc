@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <filesystem>
 #include <new>
 #include <numeric>
 #include <optional>
@@ -22,8 +23,11 @@
 #include "client/lora/task_adapter.h"
 #include "client/model/base_overlay.h"
 #include "client/model/llama.h"
-#include "client/model/tokenizer.h"
+#include "client/model/load_tokenizer.h"
+#include "client/model/text_tokenizer.h"
 #include "client/torch_bridge.h"
+#include "client/train/client_dataset.h"
+#include "client/train/device.h"
 #include "client/train/trainer.h"
 #include "common/log.h"
 #include "common/lora/factor_math.h"
@@ -32,18 +36,22 @@ namespace fedlora::client {
 
 class ModelAssets {
  public:
-  ModelAssets(std::shared_ptr<const LlamaModel> model, Tokenizer tokenizer)
+  ModelAssets(std::shared_ptr<const LlamaModel> model, std::unique_ptr<TextTokenizer> tokenizer,
+              std::string device)
       : model_(std::move(model)),
         tokenizer_(std::move(tokenizer)),
+        device_(std::move(device)),
         overlays_(std::make_shared<BaseOverlayCache>()) {}
   const LlamaModel& model() const { return *model_; }
-  const Tokenizer& tokenizer() const { return tokenizer_; }
+  const TextTokenizer& tokenizer() const { return *tokenizer_; }
+  const std::string& device() const { return device_; }  // "cpu", "cuda:0", ...
   // Corrected base weights shared by the workers on these assets (thread-safe).
   BaseOverlayCache& overlays() const { return *overlays_; }
 
  private:
   std::shared_ptr<const LlamaModel> model_;
-  Tokenizer tokenizer_;
+  std::unique_ptr<TextTokenizer> tokenizer_;
+  std::string device_;
   std::shared_ptr<BaseOverlayCache> overlays_;
 };
 
@@ -69,12 +77,11 @@ std::uint64_t PhysicalMemoryBytes() {
 class LocalWorker final : public Worker {
  public:
   LocalWorker(ClientConfig config, std::shared_ptr<const ModelAssets> assets,
-              LocalWorkerOptions options, ClientData data, std::vector<TokenId> init_stream)
+              LocalWorkerOptions options, std::unique_ptr<ClientDataset> data)
       : config_(std::move(config)),
         assets_(std::move(assets)),
         options_(options),
         data_(std::move(data)),
-        init_stream_(std::move(init_stream)),
         local_store_(config_.state_dir.empty() ? StrCat("fedlora-client-", config_.name)
                                                : config_.state_dir,
                      config_.name, assets_->model().Digest()) {
@@ -82,7 +89,7 @@ class LocalWorker final : public Worker {
     hello_.client_name = config_.name;
     hello_.software_version = std::string(kSoftwareVersion);
     hello_.base_model_sha256 = model.Digest();
-    hello_.capabilities.device = config_.device;
+    hello_.capabilities.device = assets_->device();
     hello_.capabilities.memory_bytes = config_.capabilities.memory_bytes != 0
                                            ? config_.capabilities.memory_bytes
                                            : PhysicalMemoryBytes();
@@ -90,7 +97,7 @@ class LocalWorker final : public Worker {
     hello_.capabilities.num_examples = TrainWindows(
         static_cast<std::uint32_t>(std::min<std::int64_t>(kDescribeSeqLen, model.config().seq_len)));
     hello_.capabilities.relative_speed = config_.capabilities.relative_speed;
-    hello_.capabilities.can_initialize = !InitStream().empty();
+    hello_.capabilities.can_initialize = data_->InitSource(kDescribeSeqLen, 1) != nullptr;
     hello_.modules = model.AdaptableModules();
   }
 
@@ -134,8 +141,9 @@ class LocalWorker final : public Worker {
           InContext(adapter->SetTailPenalty(plan.plan.pruning.gamma, plan.plan.pruning.lambda)));
       start_scores = adapter->TailScores();
     }
+    const std::unique_ptr<SequenceSource> source = data_->TrainSource(task.train.seq_len);
     FEDLORA_ASSIGN_OR_RETURN(const TrainStats stats,
-                             TrainLora(assets_->model(), *adapter, data_.train, task.train,
+                             TrainLora(assets_->model(), *adapter, *source, task.train,
                                        MixSeed(seed, kOrderSalt), stop, BaseWeights()));
     wire::Update update;
     update.round = task.round;
@@ -191,13 +199,17 @@ class LocalWorker final : public Worker {
       FEDLORA_ASSIGN_OR_RETURN(
           adapter, InContext(BuildTaskAdapter(assets_->model(), task.lora, plan, sources)));
     }
+    const std::unique_ptr<SequenceSource> source =
+        data_->HeldoutSource(task.train.seq_len, config_.data.max_eval_windows);
     const EvalOptions options{.seq_len = task.train.seq_len,
                               .batch_size = task.train.batch_size,
                               .max_batches = task.max_batches,
-                              .max_windows = config_.data.max_eval_windows};
+                              .max_windows = config_.data.max_eval_windows,
+                              .label_tokens = data_->label_tokens(),
+                              .labels = data_->heldout_labels()};
     FEDLORA_ASSIGN_OR_RETURN(const EvalStats stats,
-                             EvaluateLoss(assets_->model(), adapter.get(), data_.heldout, options,
-                                          stop, BaseWeights()));
+                             client::Evaluate(assets_->model(), adapter.get(), *source, options,
+                                              stop, BaseWeights()));
     wire::EvalResult result;
     result.round = task.round;
     result.loss = stats.loss;
@@ -205,6 +217,15 @@ class LocalWorker final : public Worker {
     result.num_examples = stats.windows;
     result.base_version = base_version_.load();
     result.metrics = {{"perplexity", std::exp(stats.loss)}, {"seconds", stats.seconds}};
+    if (stats.accuracy) result.metrics["accuracy"] = *stats.accuracy;
+    // Per-class counts let the coordinator report the majority-class baseline next to accuracy.
+    for (std::size_t c = 0; c < stats.class_counts.size(); ++c) {
+      result.metrics[StrCat("class_", c, "_examples")] = static_cast<double>(stats.class_counts[c]);
+    }
+    if (data_->has_answers() && config_.data.max_eval_generations > 0) {
+      FEDLORA_ASSIGN_OR_RETURN(const double exact, ExactMatch(adapter.get(), stop));
+      result.metrics["exact_match"] = exact;
+    }
     return result;
   } catch (const std::bad_alloc&) {
     return ResourceExhausted("client '", config_.name, "': out of memory while evaluating round ",
@@ -242,16 +263,32 @@ class LocalWorker final : public Worker {
     return s.WithContext(StrCat("client '", config_.name, "'"));
   }
 
-  std::uint64_t TrainWindows(std::uint32_t seq_len) const {
-    return seq_len == 0 ? 0 : MakeWindows(data_.train.size(), seq_len).size();
-  }
+  std::uint64_t TrainWindows(std::uint32_t seq_len) const { return data_->TrainRows(seq_len); }
 
-  // The data the LoRA-SB initialisation estimates gradients on: data.init_path, else the
-  // training split when data.init_from_train, else none.
-  std::span<const TokenId> InitStream() const {
-    if (!init_stream_.empty()) return init_stream_;
-    if (config_.data.init_from_train) return data_.train;
-    return {};
+  // GSM8K-style exact match: greedy generation after each of the first max_eval_generations
+  // held-out prompts, until EOS or max_new_tokens, judged by AnswerMatches.
+  Result<double> ExactMatch(ModuleAdapter* adapter, std::stop_token stop) const {
+    const std::span<const Example> examples = data_->heldout_examples();
+    const std::size_t n = std::min<std::size_t>(examples.size(), config_.data.max_eval_generations);
+    if (n == 0) return 0.0;
+    GenerateOptions options;
+    options.max_new_tokens = config_.data.max_new_tokens;
+    const TextTokenizer& tokenizer = assets_->tokenizer();
+    if (tokenizer.eos_id() >= 0) options.stop_tokens.push_back(tokenizer.eos_id());
+    if (const TokenId im_end = tokenizer.PieceToId("<|im_end|>"); im_end >= 0) {
+      options.stop_tokens.push_back(im_end);
+    }
+    std::size_t correct = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (stop.stop_requested()) return Status(StatusCode::kCancelled, "exact match cancelled");
+      const Example& e = examples[i];
+      FEDLORA_ASSIGN_OR_RETURN(
+          const std::vector<TokenId> out,
+          Generate(assets_->model(), adapter,
+                   std::span<const TokenId>(e.tokens).first(e.prompt_len), options, BaseWeights()));
+      if (AnswerMatches(tokenizer.Decode(out), e.answer)) ++correct;
+    }
+    return static_cast<double>(correct) / static_cast<double>(n);
   }
 
   Status CheckRank(const ResolvedPlan& plan) const {
@@ -335,8 +372,9 @@ class LocalWorker final : public Worker {
                              adapter_tensors.begin()->first,
                              "' (a LoRA-SB initialisation task carries none)");
     }
-    const std::span<const TokenId> stream = InitStream();
-    if (stream.empty()) {
+    const std::unique_ptr<SequenceSource> source =
+        data_->InitSource(task.train.seq_len, task.plan.init_samples);
+    if (source == nullptr || source->size() == 0) {
       return FailedPrecondition("client '", config_.name, "' holds no initialisation data ",
                                 "(hint: set data.init_path, or data.init_from_train to use its ",
                                 "training split)");
@@ -347,15 +385,13 @@ class LocalWorker final : public Worker {
                              model.config().seq_len, "]");
     }
     if (task.train.batch_size == 0) return InvalidArgument("train.batch_size must be >= 1");
-    // The first init_samples windows of the stream, in order, in batches of train.batch_size:
-    // a pure function of the data, so the estimate is reproducible anywhere.
-    std::vector<TokenWindow> picked = MakeWindows(stream.size(), task.train.seq_len);
-    picked.resize(std::min<std::size_t>(picked.size(), task.plan.init_samples));
+    // The first init_samples rows, in order, in batches of train.batch_size: a pure function
+    // of the data, so the estimate is reproducible anywhere.
     std::vector<std::size_t> indices;
     for (const PlannedModule& m : plan.modules) indices.push_back(m.index);
 
     FEDLORA_ASSIGN_OR_RETURN(const BaseGradients g,
-                             AccumulateBaseGradients(model, indices, stream, picked,
+                             AccumulateBaseGradients(model, indices, *source,
                                                      task.train.batch_size, stop, BaseWeights()));
     wire::Update update;
     update.round = task.round;
@@ -392,8 +428,7 @@ class LocalWorker final : public Worker {
   const ClientConfig config_;
   const std::shared_ptr<const ModelAssets> assets_;
   const LocalWorkerOptions options_;
-  const ClientData data_;
-  const std::vector<TokenId> init_stream_;  // data.init_path's tokens (empty if unset).
+  const std::unique_ptr<const ClientDataset> data_;
   const LocalFactorStore local_store_;
   wire::Hello hello_;                       // Without base_version (see Describe).
 
@@ -406,20 +441,42 @@ class LocalWorker final : public Worker {
 
 }  // namespace
 
-Result<std::shared_ptr<const ModelAssets>> LoadModelAssets(const ModelConfig& config) {
-  if (config.format != "llama2c") {
-    return InvalidArgument("model.format '", config.format,
-                           "' is not supported (expected: llama2c)");
-  }
+Result<std::shared_ptr<const ModelAssets>> LoadModelAssets(const ModelConfig& config,
+                                                           const std::string& device) {
   if (config.path.empty()) return InvalidArgument("model.path is empty");
-  if (config.tokenizer.empty()) return InvalidArgument("model.tokenizer is empty");
-  FEDLORA_ASSIGN_OR_RETURN(std::shared_ptr<const LlamaModel> model,
-                           LlamaModel::LoadLlama2c(config.path));
+  FEDLORA_ASSIGN_OR_RETURN(const at::Device where, ResolveDevice(device));
+  std::shared_ptr<const LlamaModel> model;
+  if (config.format == "llama2c") {
+    FEDLORA_ASSIGN_OR_RETURN(model, LlamaModel::LoadLlama2c(config.path));
+  } else if (config.format == "hf") {
+    FEDLORA_ASSIGN_OR_RETURN(model, LlamaModel::LoadHf(config.path));
+  } else if (config.format == "auto") {
+    FEDLORA_ASSIGN_OR_RETURN(model, LlamaModel::Load(config.path));
+  } else {
+    return InvalidArgument("model.format '", config.format,
+                           "' is not supported (expected: auto, llama2c, hf)");
+  }
+  if (!where.is_cpu()) {
+    FEDLORA_ASSIGN_OR_RETURN(model, model->To(where));
+  }
+  // The tokenizer: model.tokenizer, else the checkpoint directory's tokenizer.json (or
+  // tokenizer.model); a llama2.c checkpoint has no default.
+  std::string tokenizer_path = config.tokenizer;
+  if (tokenizer_path.empty()) {
+    if (config.format == "llama2c" || !std::filesystem::is_directory(config.path)) {
+      return InvalidArgument("model.tokenizer is empty (a llama2.c checkpoint needs its "
+                             "tokenizer .bin)");
+    }
+    tokenizer_path = config.path;
+  }
   FEDLORA_ASSIGN_OR_RETURN(
-      Tokenizer tokenizer,
-      Tokenizer::Load(config.tokenizer, static_cast<std::int32_t>(model->config().vocab_size)));
+      std::unique_ptr<TextTokenizer> tokenizer,
+      LoadTokenizer(tokenizer_path, static_cast<std::int32_t>(model->config().vocab_size)));
+  LogInfo("model ", config.path, " (", model->AdaptableModules().size() / kModulesPerLayer,
+          " layers, vocab ", model->config().vocab_size, ") on ", DescribeDevice(where),
+          "; tokenizer: ", tokenizer->Describe());
   return std::shared_ptr<const ModelAssets>(
-      std::make_shared<ModelAssets>(std::move(model), std::move(tokenizer)));
+      std::make_shared<ModelAssets>(std::move(model), std::move(tokenizer), where.str()));
 }
 
 std::string BaseModelDigest(const ModelAssets& assets) { return assets.model().Digest(); }
@@ -433,30 +490,20 @@ Result<std::unique_ptr<Worker>> MakeLocalWorker(const ClientConfig& config,
                                                 LocalWorkerOptions options) {
   if (assets == nullptr) return InvalidArgument("MakeLocalWorker: no model assets");
   if (config.name.empty()) return InvalidArgument("client name is empty");
-  // TODO(gpu): train on CUDA when the LibTorch build has it (issue 4). Until then "auto"
-  // resolves to the CPU and an explicit CUDA device is refused rather than silently ignored.
-  ClientConfig resolved = config;
-  if (resolved.device == "auto") resolved.device = "cpu";
-  if (resolved.device != "cpu") {
-    return Unimplemented("device '", config.device,
-                         "' is not supported yet: fedlora trains on the cpu (use cpu or auto)");
+  // The worker computes where the shared model lives; its own device setting must agree.
+  Result<at::Device> device = ResolveDevice(config.device);
+  if (!device.ok()) return device.status().WithContext(StrCat("client '", config.name, "'"));
+  if (device->str() != assets->device()) {
+    return FailedPrecondition("client '", config.name, "': device '", config.device, "' is ",
+                              device->str(), " but the shared model is on ", assets->device());
   }
-  Result<ClientData> data = LoadClientData(resolved.data, assets->tokenizer());
-  if (!data.ok()) return data.status().WithContext(StrCat("client '", resolved.name, "'"));
-  std::vector<TokenId> init_stream;
-  if (!resolved.data.init_path.empty()) {  // A whole corpus declared for initialisation.
-    Result<std::string> text = ReadTextFile(resolved.data.init_path);
-    if (!text.ok()) {
-      return text.status().WithContext(StrCat("client '", resolved.name, "': data.init_path"));
-    }
-    const std::vector<std::string> paragraphs = SplitParagraphs(*text);
-    std::vector<std::size_t> all(paragraphs.size());
-    std::iota(all.begin(), all.end(), std::size_t{0});
-    init_stream = assets->tokenizer().Encode(JoinParagraphs(paragraphs, all), false, false);
-  }
-  return std::unique_ptr<Worker>(std::make_unique<LocalWorker>(
-      std::move(resolved), std::move(assets), options, std::move(data).value(),
-      std::move(init_stream)));
+  Result<std::unique_ptr<ClientDataset>> data =
+      ClientDataset::Load(config.data, assets->tokenizer(),
+                          static_cast<std::size_t>(assets->model().config().seq_len));
+  if (!data.ok()) return data.status().WithContext(StrCat("client '", config.name, "'"));
+  LogInfo("client '", config.name, "': ", (*data)->summary());
+  return std::unique_ptr<Worker>(
+      std::make_unique<LocalWorker>(config, std::move(assets), options, std::move(data).value()));
 }
 
 void ConfigureTorchThreads(unsigned threads) {

@@ -22,8 +22,12 @@ namespace fedlora::client {
 // share one copy of the corrected weights (client/model/base_overlay.h).
 class ModelAssets;
 
-// Loads the checkpoint and tokenizer named by `config`; errors name the file at fault.
-Result<std::shared_ptr<const ModelAssets>> LoadModelAssets(const ModelConfig& config);
+// Loads the checkpoint and tokenizer named by `config` onto `device` ("auto", "cpu", "cuda",
+// "cuda:N"; see client/train/device.h): model.format auto (a directory with config.json is a
+// Hugging Face checkpoint, else llama2.c), llama2c or hf; model.tokenizer, or for HF checkpoints
+// the directory's tokenizer.json / tokenizer.model. Errors name the file at fault.
+Result<std::shared_ptr<const ModelAssets>> LoadModelAssets(const ModelConfig& config,
+                                                           const std::string& device = "cpu");
 
 // Hex SHA-256 over the base weights in canonical form (Hugging Face names in sorted order, each
 // tensor's name, dtype, shape and little-endian f32 bytes). Equal for the legacy and version-1

@@ -2,6 +2,10 @@
 //
 //   fedlora-client --config configs/client.yaml [--set key=value ...]
 //   fedlora-client --config configs/client.yaml --print-digest
+//   fedlora-client generate --model DIR [--adapter DIR] --prompt TEXT [--template alpaca] ...
+//   fedlora-client tokenize --tokenizer PATH --text-file FILE [--no-special]
+//   fedlora-client logits --model DIR --ids FILE.json [--adapter DIR] --out FILE.safetensors
+//   fedlora-client export-merged --model DIR --adapter DIR --out DIR [--dtype bf16]
 //
 // Loads the frozen base model and this client's private data, connects to the coordinator and
 // trains LoRA adapters round after round until the coordinator says the run is complete.
@@ -16,6 +20,7 @@
 #include "client/config.h"
 #include "client/local_worker.h"
 #include "client/session.h"
+#include "client/tools.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/net/zmq_transport.h"
@@ -37,7 +42,66 @@ int Main(int argc, char** argv) {
       ->take_all();
   app.add_flag("--print-digest", print_digest,
                "Print the base model's SHA-256 (for the coordinator's base_model_sha256) and exit");
+
+  // One-shot tools (client/tools.h).
+  client::ToolModel tool;
+  const auto add_model = [&](CLI::App* sub, bool adapter_required) {
+    sub->add_option("--model", tool.model, "Checkpoint: HF directory or llama2.c file")->required();
+    sub->add_option("--tokenizer", tool.tokenizer,
+                    "Tokenizer file or directory (default: the HF checkpoint's own)");
+    CLI::Option* a = sub->add_option(
+        "--adapter", tool.adapter,
+        "PEFT adapter directory, or safetensors with <module>.lora_A/B.weight");
+    if (adapter_required) a->required();
+    sub->add_option("--alpha", tool.alpha,
+                    "LoRA alpha for a plain safetensors adapter (default: its rank, scale 1)");
+    sub->add_option("--device", tool.device, "auto, cpu, cuda, cuda:N")->capture_default_str();
+  };
+  CLI::App* generate = app.add_subcommand("generate", "Generate text after a prompt");
+  add_model(generate, false);
+  client::GenerateRequest request;
+  generate->add_option("--prompt", request.prompt, "Prompt text")->required();
+  generate->add_option("--template", request.prompt_template,
+                       "Wrap the prompt in a template: alpaca or chatml (default: raw)");
+  generate->add_option("--max-new-tokens", request.max_new_tokens)->capture_default_str();
+  generate->add_option("--temperature", request.temperature, "0 = greedy")->capture_default_str();
+  generate->add_option("--top-p", request.top_p)->capture_default_str();
+  generate->add_option("--seed", request.seed)->capture_default_str();
+
+  CLI::App* tokenize = app.add_subcommand("tokenize", "Print the token ids of a text as JSON");
+  std::string tokenizer_path, text_file;
+  bool no_special = false;
+  tokenize->add_option("--tokenizer", tokenizer_path, "Tokenizer file or HF directory")->required();
+  tokenize->add_option("--text-file", text_file, "UTF-8 text to encode")->required();
+  tokenize->add_flag("--no-special", no_special, "Do not add BOS/EOS");
+
+  CLI::App* logits = app.add_subcommand("logits", "Write the model's logits for token ids");
+  add_model(logits, false);
+  std::string ids_file, out_path;
+  logits->add_option("--ids", ids_file, "JSON list of equally long lists of ids")->required();
+  logits->add_option("--out", out_path, "Output safetensors (tensor 'logits')")->required();
+
+  CLI::App* merged = app.add_subcommand("export-merged",
+                                        "Merge an adapter into the base, write an HF checkpoint");
+  add_model(merged, true);
+  std::string dtype = "f32";
+  merged->add_option("--out", out_path, "Output directory (must not exist)")->required();
+  merged->add_option("--dtype", dtype, "f32, bf16 or f16")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
+
+  if (app.got_subcommand(generate) || app.got_subcommand(tokenize) ||
+      app.got_subcommand(logits) || app.got_subcommand(merged)) {
+    SetLogLevel(LogLevel::kWarn);
+    client::ConfigureTorchThreads(0);
+    Status s;
+    if (app.got_subcommand(generate)) s = client::RunGenerate(tool, request, std::cout);
+    if (app.got_subcommand(tokenize)) s = client::RunTokenize(tokenizer_path, text_file, !no_special, std::cout);
+    if (app.got_subcommand(logits)) s = client::RunLogits(tool, ids_file, out_path);
+    if (app.got_subcommand(merged)) s = client::RunExportMerged(tool, out_path, dtype);
+    if (s.ok()) return 0;
+    std::cerr << "fedlora-client: " << s.ToString() << "\n";
+    return s.code() == StatusCode::kInvalidArgument || s.code() == StatusCode::kNotFound ? 1 : 2;
+  }
 
   Result<client::ClientConfig> config = client::LoadClientConfig(config_path, overrides);
   if (!config.ok()) {
@@ -49,7 +113,7 @@ int Main(int argc, char** argv) {
   client::ConfigureTorchThreads(config->threads);
 
   Result<std::shared_ptr<const client::ModelAssets>> assets =
-      client::LoadModelAssets(config->model);
+      client::LoadModelAssets(config->model, config->device);
   if (!assets.ok()) {
     std::cerr << "fedlora-client: " << assets.status().ToString() << "\n";
     return 1;

@@ -20,6 +20,8 @@ PACKAGES=(
   libssl-dev libyaml-cpp-dev
   nlohmann-json3-dev libspdlog-dev libcli11-dev
   libgtest-dev libgmock-dev
+  # tokenizers (regex pre-tokenizers, Unicode normalisation, SentencePiece models) and gzip data
+  libpcre2-dev libutf8proc-dev libsentencepiece-dev zlib1g-dev
 )
 
 missing=()

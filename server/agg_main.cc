@@ -1,7 +1,7 @@
 // fedlora-agg — offline aggregation of LoRA adapter files with the coordinator's strategies.
 //
-//   fedlora-agg --strategy NAME --client FILE[:WEIGHT] ... --out DIR [--fp64] [--global FILE]
-//               [--set key=value ...]
+//   fedlora-agg --strategy NAME --client FILE|PEFT_DIR[:WEIGHT] ... --out DIR [--fp64]
+//               [--global FILE|PEFT_DIR] [--peft-out DIR] [--set key=value ...]
 #include <CLI/CLI.hpp>
 
 #include <exception>
@@ -23,11 +23,16 @@ int Main(int argc, char** argv) {
   server::OfflineOptions options;
   std::vector<std::string> clients;
   app.add_option("--strategy", options.strategy, "Aggregation strategy")->required();
-  app.add_option("--client", clients, "Client adapter FILE[:WEIGHT] (WEIGHT = sample count)")
+  app.add_option("--client", clients,
+                 "Client adapter FILE[:WEIGHT] (safetensors file or PEFT adapter directory; "
+                 "WEIGHT = sample count)")
       ->required()
       ->take_all();
   app.add_option("--out", options.out_dir, "Output directory")->required();
-  app.add_option("--global", options.global_path, "Current global adapter (fslora needs it)");
+  app.add_option("--global", options.global_path,
+                 "Current global adapter, FILE or PEFT directory (fslora needs it)");
+  app.add_option("--peft-out", options.peft_out,
+                 "Also write the result as a PEFT LoRA adapter directory (corrections folded in)");
   app.add_flag("--fp64", options.fp64, "Write outputs in f64 (computation is always fp64)");
   app.add_option("--set", options.settings, "Setting key=value (see below; repeatable)")
       ->take_all();

@@ -215,6 +215,22 @@ Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
 
   FEDLORA_RETURN_IF_ERROR(ParseStrategyConfig(root.Section("strategy"), &c->strategy));
 
+  const ConfigSection exporting = root.Section("export");
+  FEDLORA_RETURN_IF_ERROR(exporting.ReadPath("peft_dir", &c->export_config.peft_dir));
+  FEDLORA_RETURN_IF_ERROR(
+      exporting.Read("peft_every_round", &c->export_config.peft_every_round));
+  FEDLORA_RETURN_IF_ERROR(exporting.Read("base_model_name_or_path",
+                                         &c->export_config.base_model_name_or_path));
+  std::string export_dtype(DTypeName(c->export_config.dtype));
+  FEDLORA_RETURN_IF_ERROR(exporting.Read("dtype", &export_dtype));
+  FEDLORA_RETURN_IF_ERROR(exporting.Finish());
+  const std::optional<DType> parsed_dtype = ParseDType(export_dtype);
+  if (!parsed_dtype || *parsed_dtype == DType::kF64) {
+    return InvalidArgument(exporting.PathOf("dtype"), ": unknown dtype '", export_dtype,
+                           "' (expected f32, bf16, f16)");
+  }
+  c->export_config.dtype = *parsed_dtype;
+
   FEDLORA_RETURN_IF_ERROR(ParseLora(root.Section("lora"), &c->lora));
   FEDLORA_RETURN_IF_ERROR(ParseTrain(root.Section("train"), &c->train));
   FEDLORA_RETURN_IF_ERROR(root.Finish());

@@ -41,6 +41,16 @@ struct EvalConfig {
   std::uint64_t timeout_ms = 120000;
 };
 
+// Writing the global model as a PEFT LoRA adapter (common/lora/peft.h) after round commits, so
+// PEFT / transformers / vLLM can serve it. Never needs the base weights: base corrections
+// (fedex, flora) are folded into the adapter.
+struct ExportConfig {
+  std::string peft_dir;                  // Empty: <state_dir>/peft. Replaced atomically.
+  bool peft_every_round = true;          // false: only after the last round.
+  std::string base_model_name_or_path;   // Written to adapter_config.json (empty: null).
+  DType dtype = DType::kF32;             // f32, bf16 or f16.
+};
+
 struct CoordinatorConfig {
   std::string state_dir = "state";   // Checkpoints, pending uploads and metrics.jsonl.
   std::uint32_t rounds = 10;
@@ -54,6 +64,7 @@ struct CoordinatorConfig {
   RoundConfig round;
   EvalConfig eval;
   StrategyConfig strategy;
+  ExportConfig export_config;        // The `export` section.
   wire::LoraSpec lora{.rank = 8, .alpha = 16.0, .dropout = 0.0, .rslora = false,
                       .targets = {"q_proj", "v_proj"}};
   wire::TrainSpec train;

@@ -631,6 +631,24 @@ void Coordinator::Impl::HandleEvalResult(ClientConnection& client, std::uint64_t
     run_.eval_outstanding.erase(client.id);
     return;
   }
+  for (const auto& [name, value] : result.metrics) {  // Summed into metrics.jsonl.
+    if (name.starts_with("class_") && name.ends_with("_examples") &&
+        !(value >= 0.0 && value <= static_cast<double>(result.num_examples))) {
+      ProtocolError(who, client.route, sequence, ErrorCode::kInvalidField,
+                    StrCat("metric '", name, "' must be in [0, num_examples]"));
+      run_.eval_outstanding.erase(client.id);
+      return;
+    }
+  }
+  for (const char* share : {"accuracy", "exact_match"}) {  // Averaged into metrics.jsonl.
+    const auto it = result.metrics.find(share);
+    if (it != result.metrics.end() && !(it->second >= 0.0 && it->second <= 1.0)) {
+      ProtocolError(who, client.route, sequence, ErrorCode::kInvalidField,
+                    StrCat("metric '", share, "' must be in [0, 1]"));
+      run_.eval_outstanding.erase(client.id);
+      return;
+    }
+  }
   run_.eval_outstanding.erase(client.id);
   if (const auto sent = run_.eval_sent_base.find(client.id);
       sent != run_.eval_sent_base.end() && sent->second != result.base_version) {

@@ -114,6 +114,9 @@ class Coordinator::Impl {
   void StartEval(const std::vector<std::string>& clients);
   void CheckEval();
   void Commit();
+  // Writes `state` as a PEFT adapter to export.peft_dir when this round is due (export section).
+  // Failures are logged; training goes on and the next commit tries again.
+  void ExportPeftAdapter(const GlobalState& state, std::uint64_t round);
   void Finish();
   void SendTask(const std::string& id);
   void SendEvalTask(const std::string& id);

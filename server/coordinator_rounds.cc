@@ -1,7 +1,9 @@
 // coordinator_rounds.cc — the round engine: select, task, wait for quorum or deadline,
-// aggregate, evaluate, commit. Runs on the coordinator's loop thread (see coordinator_impl.h).
+// aggregate, evaluate, commit, export as PEFT. Runs on the coordinator's loop thread (see
+// coordinator_impl.h).
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <random>
 
 #include "common/log.h"
@@ -26,7 +28,66 @@ std::string Fixed(double v, int digits = 4) {
   return buf;
 }
 
+// Every correction of every module in log order (snapshot first), stacked into one pair.
+Result<lora::PeftCorrections> CumulativeCorrections(const CorrectionLog& log) {
+  std::map<std::string, std::vector<lora::PeftCorrection>, std::less<>> parts;
+  const auto add = [&](const CorrectionEntry& e) -> Status {
+    for (const auto& [module, c] : e.modules) {
+      if (c.is_dense()) {
+        FEDLORA_ASSIGN_OR_RETURN(lora::PeftCorrection pair, lora::DenseAsFactors(c.dense));
+        parts[module].push_back(std::move(pair));
+      } else {
+        parts[module].push_back({c.u, c.v});
+      }
+    }
+    return OkStatus();
+  };
+  if (log.snapshot()) FEDLORA_RETURN_IF_ERROR(add(*log.snapshot()));
+  for (const CorrectionEntry& e : log.entries()) FEDLORA_RETURN_IF_ERROR(add(e));
+  lora::PeftCorrections out;
+  for (auto& [module, list] : parts) {
+    if (list.size() == 1) {
+      out.emplace(module, std::move(list.front()));
+    } else {
+      FEDLORA_ASSIGN_OR_RETURN(out[module], lora::StackCorrections(list, module));
+    }
+  }
+  return out;
+}
+
 }  // namespace
+
+Result<GlobalPeft> GlobalPeftOf(const Strategy& strategy, const GlobalState& state,
+                                const std::string& base_model_name_or_path) {
+  GlobalPeft out;
+  // What a client that holds nothing yet would evaluate: the whole global model.
+  const EvalSpec spec = strategy.Evaluation(state, ClientInfo{});
+  if (spec.plan.init == wire::AdapterInit::kLocalB) {
+    out.skip_reason = StrCat(strategy.name(), " has no global model (each client keeps its own B)");
+    return out;
+  }
+  if (spec.plan.mode != wire::AdapterMode::kStandard &&
+      spec.plan.mode != wire::AdapterMode::kLoraSb) {
+    out.skip_reason = StrCat(strategy.name(), " evaluates in mode ",
+                             wire::AdapterModeName(spec.plan.mode), ", which has no PEFT form");
+    return out;
+  }
+  FEDLORA_ASSIGN_OR_RETURN(out.corrections, CumulativeCorrections(state.corrections));
+  if (spec.tensors.empty()) {
+    if (out.corrections.empty()) out.skip_reason = "nothing trained yet";
+    out.adapter.r = spec.lora.rank;
+    out.adapter.lora_alpha = spec.lora.alpha;
+    out.adapter.use_rslora = spec.lora.rslora;
+    out.adapter.lora_dropout = spec.lora.dropout;
+    out.adapter.target_modules = spec.lora.targets;
+    std::sort(out.adapter.target_modules.begin(), out.adapter.target_modules.end());
+    out.adapter.base_model_name_or_path = base_model_name_or_path;
+    return out;
+  }
+  FEDLORA_ASSIGN_OR_RETURN(out.adapter, lora::PeftFromAdapter(spec.tensors, spec.lora,
+                                                             base_model_name_or_path, DType::kF64));
+  return out;
+}
 
 // ---- rounds --------------------------------------------------------------------------------
 
@@ -406,13 +467,35 @@ void Coordinator::Impl::Commit() {
     }
   }
   if (samples > 0) m.train_loss = loss_sum / samples;
-  double eval_sum = 0;
+  double eval_sum = 0, accuracy_sum = 0, accuracy_n = 0, exact_sum = 0, exact_n = 0;
+  std::map<std::string, double, std::less<>> class_examples;
   for (const auto& [id, r] : run_.eval_results) {
     eval_sum += r.loss * static_cast<double>(r.num_tokens);
     m.eval_tokens += r.num_tokens;
+    m.eval_examples += r.num_examples;
+    // accuracy and exact_match were checked to lie in [0, 1] on arrival (HandleEvalResult).
+    if (const auto it = r.metrics.find("accuracy"); it != r.metrics.end()) {
+      accuracy_sum += it->second * static_cast<double>(r.num_examples);
+      accuracy_n += static_cast<double>(r.num_examples);
+    }
+    for (const auto& [name, value] : r.metrics) {  // "class_<c>_examples", checked on arrival.
+      if (name.starts_with("class_") && name.ends_with("_examples")) class_examples[name] += value;
+    }
+    if (const auto it = r.metrics.find("exact_match"); it != r.metrics.end()) {
+      exact_sum += it->second;
+      exact_n += 1;
+    }
   }
   m.eval_clients = static_cast<std::uint32_t>(run_.eval_results.size());
   if (m.eval_tokens > 0) m.eval_loss = eval_sum / static_cast<double>(m.eval_tokens);
+  if (accuracy_n > 0) m.eval_accuracy = accuracy_sum / accuracy_n;
+  double class_total = 0, class_max = 0;
+  for (const auto& [name, n] : class_examples) {
+    class_total += n;
+    class_max = std::max(class_max, n);
+  }
+  if (accuracy_n > 0 && class_total > 0) m.eval_majority_accuracy = class_max / class_total;
+  if (exact_n > 0) m.eval_exact_match = exact_sum / exact_n;
   m.bytes_up = run_.bytes_up;
   m.bytes_down = run_.bytes_down;
   m.params_up = run_.params_up;
@@ -458,11 +541,43 @@ void Coordinator::Impl::Commit() {
     summary += StrCat(", eval_loss ", Fixed(*m.eval_loss), " (ppl ",
                       Fixed(std::exp(*m.eval_loss), 2), ", ", m.eval_clients, " clients)");
   }
+  if (m.eval_accuracy) summary += StrCat(", accuracy ", Fixed(*m.eval_accuracy));
+  if (m.eval_majority_accuracy) {
+    summary += StrCat(" (majority class ", Fixed(*m.eval_majority_accuracy), ")");
+  }
+  if (m.eval_exact_match) summary += StrCat(", exact_match ", Fixed(*m.eval_exact_match));
   summary += StrCat(", ", Fixed(m.seconds, 1), " s, up ", Megabytes(m.bytes_up), ", down ",
                     Megabytes(m.bytes_down));
   LogInfo(summary, "; committed to ", store_->CheckpointDir(run_.round));
+  ExportPeftAdapter(*state_, run_.round);
   run_ = RoundRun{};
   phase_ = Phase::kWaiting;
+}
+
+void Coordinator::Impl::ExportPeftAdapter(const GlobalState& state, std::uint64_t round) {
+  const ExportConfig& e = config_.export_config;
+  if (!e.peft_every_round && round < config_.rounds) return;
+  const std::string dir = e.peft_dir.empty() ? config_.state_dir + "/peft" : e.peft_dir;
+  Result<GlobalPeft> global = GlobalPeftOf(*strategy_, state, e.base_model_name_or_path);
+  Status s = global.status();
+  if (s.ok() && !global->skip_reason.empty()) {
+    LogInfo("round ", round, ": no PEFT adapter written: ", global->skip_reason);
+    return;
+  }
+  if (s.ok()) {
+    lora::PeftExportOptions options;
+    options.dtype = e.dtype;
+    options.corrections = std::move(global->corrections);
+    options.metadata = {{"fedlora.round", std::to_string(round)},
+                        {"fedlora.strategy", std::string(strategy_->name())}};
+    s = lora::ExportPeft(dir, global->adapter, options);
+  }
+  if (!s.ok()) {
+    LogWarn("round ", round, ": writing the PEFT adapter failed (training goes on; the next "
+            "round tries again): ", s.ToString());
+    return;
+  }
+  LogInfo("round ", round, ": PEFT adapter (", DTypeName(e.dtype), ") written to ", dir);
 }
 
 void Coordinator::Impl::Finish() {

@@ -13,8 +13,10 @@
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/lora/adapter_layout.h"
+#include "common/lora/peft.h"
 #include "common/safetensors.h"
 #include "server/config.h"
+#include "server/coordinator.h"
 #include "server/strategies/make_strategy.h"
 
 namespace fedlora::server {
@@ -35,7 +37,24 @@ struct ClientFile {
   std::string path;
   double weight = 1;
   safetensors::File file;
+  std::optional<wire::LoraSpec> peft;  // PEFT inputs: the scale their factors are at.
 };
+
+// A safetensors file, or a PEFT adapter directory converted to our names (AdapterFromPeft: every
+// module at the scale of the adapter's r and lora_alpha).
+Result<ClientFile> ReadInput(const std::string& path, double weight) {
+  ClientFile f{path, weight, {}, std::nullopt};
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    FEDLORA_ASSIGN_OR_RETURN(lora::PeftAdapter peft, lora::ImportPeft(path));
+    FEDLORA_ASSIGN_OR_RETURN(lora::LoraAdapterValue value, lora::AdapterFromPeft(peft));
+    f.file.tensors = std::move(value.tensors);
+    f.peft = std::move(value.spec);
+    return f;
+  }
+  FEDLORA_ASSIGN_OR_RETURN(f.file, safetensors::Read(path));
+  return f;
+}
 
 // The settings fedlora-agg understands besides the strategy section.
 struct LoraSettings {
@@ -131,18 +150,35 @@ Status RunOfflineAggregation(const OfflineOptions& options) {
   FEDLORA_RETURN_IF_ERROR(lora_section.Read("alpha", &lora_settings.alpha));
   FEDLORA_RETURN_IF_ERROR(lora_section.Read("rslora", &lora_settings.rslora));
   FEDLORA_RETURN_IF_ERROR(lora_section.Finish());
+  std::string peft_base, peft_dtype_name = "f32";
+  const config::ConfigSection export_section = root.Section("export");
+  FEDLORA_RETURN_IF_ERROR(export_section.Read("base_model_name_or_path", &peft_base));
+  FEDLORA_RETURN_IF_ERROR(export_section.Read("dtype", &peft_dtype_name));
+  FEDLORA_RETURN_IF_ERROR(export_section.Finish());
+  const std::optional<DType> peft_dtype = ParseDType(peft_dtype_name);
+  if (!peft_dtype) {
+    return InvalidArgument("--set export.dtype: unknown dtype '", peft_dtype_name,
+                           "' (expected f32, bf16, f16, f64)");
+  }
   FEDLORA_RETURN_IF_ERROR(root.Finish());
   const std::string& name = strategy_config.name;
 
   // Inputs.
   std::vector<ClientFile> files;
   for (const OfflineInput& in : options.clients) {
-    FEDLORA_ASSIGN_OR_RETURN(safetensors::File f, safetensors::Read(in.path));
-    files.push_back({in.path, in.weight, std::move(f)});
+    FEDLORA_ASSIGN_OR_RETURN(ClientFile f, ReadInput(in.path, in.weight));
+    if (f.peft && name == "fedsb") {
+      return InvalidArgument(in.path, ": fedsb aggregates each client's lora_R, which a PEFT "
+                             "adapter does not carry");
+    }
+    files.push_back(std::move(f));
   }
   std::optional<safetensors::File> global;
+  std::optional<wire::LoraSpec> global_peft;
   if (!options.global_path.empty()) {
-    FEDLORA_ASSIGN_OR_RETURN(global, safetensors::Read(options.global_path));
+    FEDLORA_ASSIGN_OR_RETURN(ClientFile g, ReadInput(options.global_path, 1));
+    global = std::move(g.file);
+    global_peft = std::move(g.peft);
   }
 
   // The model layout and the ranks, from the tensors.
@@ -187,10 +223,46 @@ Status RunOfflineAggregation(const OfflineOptions& options) {
     short_names.insert(std::string(lora::ShortName(module)));
   }
 
+  // PEFT inputs carry their scale. When they agree on one and lora.alpha is not set, aggregate
+  // at that scale; otherwise each PEFT input's B absorbs the ratio of its scale to ours, so every
+  // client's s_k B_k A_k is kept exactly.
+  std::optional<double> peft_scale;
+  bool peft_scales_agree = true;
+  std::optional<bool> peft_rslora;
+  const auto note_peft = [&](const std::optional<wire::LoraSpec>& spec) {
+    if (!spec) return;
+    const double s = lora::Scale(*spec);
+    if (peft_scale && (*peft_scale != s || *peft_rslora != spec->rslora)) peft_scales_agree = false;
+    peft_scale = s;
+    peft_rslora = spec->rslora;
+  };
+  for (const ClientFile& f : files) note_peft(f.peft);
+  note_peft(global_peft);
   StrategyContext context;
   context.lora.rank = lora_settings.rank > 0 ? lora_settings.rank : max_rank;
-  context.lora.alpha = lora_settings.alpha > 0 ? lora_settings.alpha : context.lora.rank;
   context.lora.rslora = lora_settings.rslora;
+  if (peft_scale && peft_scales_agree && !lora_section.Has("rslora")) {
+    context.lora.rslora = *peft_rslora;
+  }
+  const double rank_d = static_cast<double>(context.lora.rank);
+  context.lora.alpha = lora_settings.alpha > 0 ? lora_settings.alpha
+                       : peft_scale && peft_scales_agree
+                           ? *peft_scale * (context.lora.rslora ? std::sqrt(rank_d) : rank_d)
+                           : rank_d;
+  const double scale = lora::Scale(context.lora);
+  const auto rescale = [&](TensorMap& tensors, const std::optional<wire::LoraSpec>& spec) {
+    if (!spec) return;
+    const double ratio = lora::Scale(*spec) / scale;
+    if (std::abs(ratio - 1.0) <= 1e-12) return;
+    for (auto& [tensor, t] : tensors) {
+      if (!std::string_view(tensor).ends_with(kB)) continue;
+      std::vector<double> v = ToDoubles(t);
+      for (double& x : v) x *= ratio;
+      t = FromDoubles(DType::kF64, t.shape, v);
+    }
+  };
+  for (ClientFile& f : files) rescale(f.file.tensors, f.peft);
+  if (global) rescale(global->tensors, global_peft);
   context.lora.targets.assign(short_names.begin(), short_names.end());
   context.train.upload_dtype = DType::kF64;
   context.state_dtype = options.fp64 ? DType::kF64 : DType::kF32;
@@ -296,6 +368,13 @@ Status RunOfflineAggregation(const OfflineOptions& options) {
   }
 
   FEDLORA_ASSIGN_OR_RETURN(AggregateReport report, strategy->Aggregate(state, 1, updates, tasks));
+  std::optional<GlobalPeft> peft;
+  if (!options.peft_out.empty()) {
+    FEDLORA_ASSIGN_OR_RETURN(peft, GlobalPeftOf(*strategy, state, peft_base));
+    if (!peft->skip_reason.empty()) {
+      return FailedPrecondition("--peft-out: ", peft->skip_reason);
+    }
+  }
 
   // Outputs.
   FEDLORA_RETURN_IF_ERROR(fs::MakeDirectories(options.out_dir));
@@ -321,6 +400,14 @@ Status RunOfflineAggregation(const OfflineOptions& options) {
   if (!correction.empty()) {
     FEDLORA_RETURN_IF_ERROR(
         safetensors::Write(options.out_dir + "/correction.safetensors", correction, meta));
+  }
+
+  if (peft) {
+    lora::PeftExportOptions export_options;
+    export_options.dtype = *peft_dtype;
+    export_options.corrections = std::move(peft->corrections);
+    export_options.metadata = {{"fedlora.strategy", name}};
+    FEDLORA_RETURN_IF_ERROR(lora::ExportPeft(options.peft_out, peft->adapter, export_options));
   }
 
   ordered_json summary;
@@ -349,6 +436,7 @@ Status RunOfflineAggregation(const OfflineOptions& options) {
   ordered_json metrics = ordered_json::object();
   for (const auto& [k, v] : report.metrics) metrics[k] = v;
   summary["metrics"] = std::move(metrics);
+  if (peft) summary["peft_out"] = options.peft_out;
   FEDLORA_RETURN_IF_ERROR(fs::WriteFileAtomic(options.out_dir + "/summary.json",
                                               summary.dump(2) + "\n"));
   LogInfo(name, ": aggregated ", files.size(), " client file(s) over ", layout.modules.size(),
@@ -360,7 +448,8 @@ std::string OfflineAggregatorHelp() {
   return R"(Settings (--set key=value), with the names of the coordinator's YAML:
   strategy.weighting=examples|samples|uniform   client weights (default examples: the :WEIGHT
                                                 sample counts; files without one count 1)
-  lora.alpha=A          LoRA alpha (default: the rank, so the scale is 1)
+  lora.alpha=A          LoRA alpha (default: the rank, so the scale is 1; with PEFT inputs
+                        that agree on a scale, that scale)
   lora.rank=R           global rank (default: the largest client rank; hetlora pads to it)
   lora.rslora=true      scale alpha/sqrt(r) instead of alpha/r
   strategy.lorafair.solver=cosine|ridge   strategy.lorafair.lambda=0.01
@@ -373,10 +462,18 @@ std::string OfflineAggregatorHelp() {
   strategy.fslora.sketch.<client index>=[i,j,...]   the index set client <index> (0-based, in
                         --client order) trained; or metadata "fedlora.sketch.<module>" in its file.
                         fslora also needs --global (the adapter the sketches were cut from).
-Inputs: "<module>.lora_A.weight" (r x d_in), "<module>.lora_B.weight" (d_out x r); fedsb:
-"<module>.lora_R.weight" (r x r) per client and the shared lora_A/lora_B in a client file or
---global. Outputs: DIR/global.safetensors, DIR/correction.safetensors (fedex, flora: "<module>.U",
-"<module>.V" with the scale folded in, W_new = W + U*V), DIR/summary.json.)";
+  export.base_model_name_or_path=NAME   written to --peft-out's adapter_config.json
+  export.dtype=f32|bf16|f16|f64         dtype of --peft-out's weights (default f32)
+Inputs: safetensors files with "<module>.lora_A.weight" (r x d_in), "<module>.lora_B.weight"
+(d_out x r); fedsb: "<module>.lora_R.weight" (r x r) per client and the shared lora_A/lora_B in a
+client file or --global. A --client or --global that is a directory is read as a PEFT LoRA
+adapter (adapter_config.json + adapter_model.safetensors; no pickles); its scale lora_alpha/r is
+kept exactly, and without lora.alpha the aggregation runs at the PEFT inputs' common scale.
+Outputs: DIR/global.safetensors, DIR/correction.safetensors (fedex, flora: "<module>.U",
+"<module>.V" with the scale folded in, W_new = W + U*V), DIR/summary.json; with --peft-out PDIR
+also a PEFT adapter (load with PeftModel.from_pretrained(base, PDIR)) whose factors include the
+corrections: per module B' = [s*B | U], A' = [A ; V] at scale 1 (rank r + K), so it is exact on
+the pristine base; fedsb writes B*R as lora_B.)";
 }
 
 }  // namespace fedlora::server

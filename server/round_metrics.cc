@@ -22,6 +22,10 @@ std::string ToJsonLine(const RoundMetrics& m) {
   j["eval_loss"] = opt(m.eval_loss);
   j["eval_clients"] = m.eval_clients;
   j["eval_tokens"] = m.eval_tokens;
+  j["eval_examples"] = m.eval_examples;
+  j["eval_accuracy"] = opt(m.eval_accuracy);
+  j["eval_majority_accuracy"] = opt(m.eval_majority_accuracy);
+  j["eval_exact_match"] = opt(m.eval_exact_match);
   j["bytes_up"] = m.bytes_up;
   j["bytes_down"] = m.bytes_down;
   j["params_up"] = m.params_up;

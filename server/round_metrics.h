@@ -26,6 +26,13 @@ struct RoundMetrics {
                                         // evaluating clients' held-out data.
   std::uint32_t eval_clients = 0;
   std::uint64_t eval_tokens = 0;
+  std::uint64_t eval_examples = 0;      // Held-out windows or examples evaluated.
+  // Classification: label-token accuracy of the new global adapter, weighted by examples.
+  std::optional<double> eval_accuracy;
+  // ...and what always answering the most frequent class of those examples would score.
+  std::optional<double> eval_majority_accuracy;
+  // Formats with reference answers (GSM8K): exact match of greedy generations, client mean.
+  std::optional<double> eval_exact_match;
   std::uint64_t bytes_up = 0;           // Update messages accepted (envelope + tensor frames).
   std::uint64_t bytes_down = 0;         // RoundTask messages sent, less their correction payload.
   std::uint64_t params_up = 0;          // Scalars in the accepted updates' tensors.

@@ -133,7 +133,7 @@ Status RunSimulation(const SimConfig& config) {
 
   // One frozen base model for every client.
   FEDLORA_ASSIGN_OR_RETURN(std::shared_ptr<const client::ModelAssets> assets,
-                           client::LoadModelAssets(config.client.model));
+                           client::LoadModelAssets(config.client.model, config.client.device));
   server::CoordinatorConfig coordinator_config = config.coordinator;
   coordinator_config.state_dir = config.out_dir;
   coordinator_config.transport.bind = StrCat("inproc://fedlora-sim-", getpid());

@@ -16,8 +16,8 @@ struct TextFileCloser {
   void operator()(std::FILE* f) const { std::fclose(f); }
 };
 
-// Offset of the first byte that is not part of a valid UTF-8 sequence, or npos. Rejects
-// overlong forms, surrogates and code points above U+10FFFF, as RFC 3629 requires.
+}  // namespace
+
 std::size_t FirstInvalidUtf8(std::string_view s) {
   std::size_t i = 0;
   while (i < s.size()) {
@@ -50,13 +50,17 @@ std::size_t FirstInvalidUtf8(std::string_view s) {
   return std::string_view::npos;
 }
 
+namespace {
+
 bool IsBlankLine(std::string_view line) {
   return line.find_first_not_of(" \t\r") == std::string_view::npos;
 }
 
 Status ValidateDataConfig(const DataConfig& config) {
   if (config.format != "text") {
-    return InvalidArgument("data.format '", config.format, "' is not supported (expected: text)");
+    return InvalidArgument("data.format '", config.format,
+                           "' is not plain text (hint: record formats load with "
+                           "LoadClientExamples, examples.h)");
   }
   if (config.num_partitions == 0) return InvalidArgument("data.num_partitions must be >= 1");
   if (config.partition_index >= config.num_partitions) {
@@ -280,7 +284,7 @@ std::vector<TokenWindow> MakeWindows(std::size_t stream_size, std::size_t seq_le
   return windows;
 }
 
-Result<ClientData> LoadClientData(const DataConfig& config, const Tokenizer& tokenizer) {
+Result<ClientData> LoadClientData(const DataConfig& config, const TextTokenizer& tokenizer) {
   FEDLORA_RETURN_IF_ERROR(ValidateDataConfig(config));
   Result<Partitioner> partitioner = ParsePartitioner(config.partition);
   if (!partitioner.ok()) return partitioner.status().WithContext("data.partition");

@@ -37,6 +37,10 @@ void DeterministicShuffle(std::span<std::size_t> values, std::mt19937_64& rng);
 
 // ---- Corpus and paragraphs ----------------------------------------------------------------
 
+// Offset of the first byte of `s` that is not part of a valid UTF-8 sequence (RFC 3629: no
+// overlong forms, surrogates or code points above U+10FFFF), or std::string_view::npos.
+std::size_t FirstInvalidUtf8(std::string_view s);
+
 // Reads `path` whole and checks that it is UTF-8. "\r\n" line ends become "\n".
 // kNotFound: it cannot be opened. kInvalidArgument: invalid UTF-8 (names the byte offset).
 Result<std::string> ReadTextFile(const std::string& path);
@@ -121,6 +125,6 @@ struct ClientData {
 // `heldout_fraction` of it (seeded by MixSeed(partition_seed, partition_index)), and encodes
 // both splits. kInvalidArgument: a bad config value (names the key) or unreadable text.
 // kFailedPrecondition: the client's partition is empty. Errors name `config.path`.
-Result<ClientData> LoadClientData(const DataConfig& config, const Tokenizer& tokenizer);
+Result<ClientData> LoadClientData(const DataConfig& config, const TextTokenizer& tokenizer);
 
 }  // namespace fedlora::client

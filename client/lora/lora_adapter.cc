@@ -120,6 +120,9 @@ Result<std::unique_ptr<LoraAdapter>> LoraAdapter::Create(const LlamaModel& model
   adapter->generator_ = at::make_generator<at::CPUGeneratorImpl>(seed);
   adapter->slots_.resize(all.size());
   const auto float32 = at::TensorOptions().dtype(at::kFloat);
+  // Factors live where the model's weights do; the draws happen on the CPU generator first, so
+  // an adapter starts bit-identical on every device.
+  const at::Device device = all.empty() ? at::Device(at::kCPU) : model.ModuleWeight(0).device();
   for (std::size_t i = 0; i < all.size(); ++i) {
     const LoraModuleSpec* spec = by_index[i];
     if (spec == nullptr) continue;
@@ -130,10 +133,12 @@ Result<std::unique_ptr<LoraAdapter>> LoraAdapter::Create(const LlamaModel& model
     f->scale = spec->scale;
     // PEFT: kaiming_uniform_(a=√5) on A; its bound sqrt(6 / ((1 + a²) fan_in)) is 1/√d_in.
     const double bound = 1.0 / std::sqrt(static_cast<double>(m.d_in));
-    f->a = at::empty({spec->rank, m.d_in}, float32).uniform_(-bound, bound, adapter->generator_);
-    f->b = at::zeros({m.d_out, spec->rank}, float32);
+    f->a = at::empty({spec->rank, m.d_in}, float32)
+               .uniform_(-bound, bound, adapter->generator_)
+               .to(device);
+    f->b = at::zeros({m.d_out, spec->rank}, float32.device(device));
     if (options.latent) {
-      f->r = at::zeros({spec->rank, spec->rank}, float32);
+      f->r = at::zeros({spec->rank, spec->rank}, float32.device(device));
       f->r.set_requires_grad(true);
     } else {
       f->a.set_requires_grad(options.train_a);
@@ -389,7 +394,10 @@ at::Tensor LoraAdapter::Adapt(std::size_t module_index, const at::Tensor& x, at:
   at::Tensor in = x;
   if (training_ && dropout_ > 0.0) {
     // Inverted dropout on the adapter path only, with this adapter's generator.
-    const at::Tensor keep = at::empty_like(x).bernoulli_(1.0 - dropout_, generator_);
+    // The mask is drawn on the CPU (the generator is a CPU one) and moved to x's device.
+    const at::Tensor keep =
+        at::empty(x.sizes(), x.options().device(at::kCPU)).bernoulli_(1.0 - dropout_, generator_)
+            .to(x.device());
     in = x * keep * (1.0 / (1.0 - dropout_));
   }
   at::Tensor h = at::linear(in, f->a);

@@ -204,7 +204,9 @@ Result<std::shared_ptr<const BaseOverlay>> ApplyBaseUpdate(
     at::Tensor& w = weights[c.module_index];
     if (!owned[c.module_index]) {
       const at::Tensor& source = w.defined() ? w : model.ModuleWeight(c.module_index);
-      w = source.detach().to(at::kFloat).contiguous().clone();
+      // Corrections are applied on the CPU in a fixed order (deterministic_apply.h), whatever
+      // device the model is on, so every replica's weights stay bit-identical.
+      w = source.detach().to(at::kCPU).to(at::kFloat).contiguous().clone();
       owned[c.module_index] = true;
     }
     const wire::ModuleInfo& m = modules[c.module_index];
@@ -217,6 +219,12 @@ Result<std::shared_ptr<const BaseOverlay>> ApplyBaseUpdate(
     } else {
       FEDLORA_RETURN_IF_ERROR(lora::AddProductDeterministic(std::span<float>(data, n), c.u, c.v,
                                                             m.d_out, m.d_in, c.k));
+    }
+  }
+  if (!modules.empty() && !model.ModuleWeight(0).device().is_cpu()) {
+    const at::Device device = model.ModuleWeight(0).device();
+    for (std::size_t i = 0; i < weights.size(); ++i) {
+      if (owned[i]) weights[i] = weights[i].to(device);
     }
   }
   auto overlay =

@@ -6,7 +6,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <limits>
+#include <numbers>
 
 #include "common/crypto/sha256.h"
 
@@ -68,9 +70,11 @@ std::string_view ModulePath(ModuleKind kind) {
   return "";
 }
 
+}  // namespace
+
 Status ValidateLlamaConfig(const LlamaConfig& c, std::string_view source) {
   const auto bad = [&](const auto&... why) {
-    return InvalidArgument("checkpoint '", source, "': impossible header: ", why...);
+    return InvalidArgument("checkpoint '", source, "': impossible configuration: ", why...);
   };
   for (const auto& [name, value, limit] :
        {std::tuple{"dim", c.dim, kMaxWidth}, std::tuple{"hidden_dim", c.hidden_dim, kMaxWidth},
@@ -80,12 +84,61 @@ Status ValidateLlamaConfig(const LlamaConfig& c, std::string_view source) {
         std::tuple{"seq_len", c.seq_len, kMaxWidth}}) {
     if (value <= 0 || value > limit) return bad(name, " = ", value, " is not in [1, ", limit, "]");
   }
-  if (c.dim % c.n_heads != 0) return bad("n_heads ", c.n_heads, " does not divide dim ", c.dim);
+  if (c.head_dim < 0 || c.head_dim > kMaxWidth / c.n_heads) {
+    return bad("head_dim = ", c.head_dim, " is not in [0, ", kMaxWidth / c.n_heads, "]");
+  }
+  if (c.head_dim == 0 && c.dim % c.n_heads != 0) {
+    return bad("n_heads ", c.n_heads, " does not divide dim ", c.dim);
+  }
   if (c.head_size() % 2 != 0) return bad("head size ", c.head_size(), " is odd (RoPE needs pairs)");
   if (c.n_heads % c.n_kv_heads != 0) {
     return bad("n_kv_heads ", c.n_kv_heads, " does not divide n_heads ", c.n_heads);
   }
+  if (!(c.norm_eps > 0.0) || !std::isfinite(c.norm_eps)) return bad("norm_eps = ", c.norm_eps);
+  if (!(c.rope_theta > 1.0) || !std::isfinite(c.rope_theta)) {
+    return bad("rope_theta = ", c.rope_theta, " (must be finite and > 1)");
+  }
+  if (c.sliding_window < 0) return bad("sliding_window = ", c.sliding_window);
+  if (c.max_position_embeddings < 0) {
+    return bad("max_position_embeddings = ", c.max_position_embeddings);
+  }
+  const RopeScaling& r = c.rope_scaling;
+  if (r.type != RopeScaling::Type::kNone && (!(r.factor > 0.0) || !std::isfinite(r.factor))) {
+    return bad("rope_scaling factor = ", r.factor, " (must be finite and > 0)");
+  }
+  if (r.type == RopeScaling::Type::kLlama3 &&
+      (!(r.low_freq_factor > 0.0) || !(r.high_freq_factor > r.low_freq_factor) ||
+       !std::isfinite(r.high_freq_factor) || r.original_max_position_embeddings <= 0)) {
+    return bad("llama3 rope_scaling needs 0 < low_freq_factor (", r.low_freq_factor,
+               ") < high_freq_factor (", r.high_freq_factor,
+               ") and original_max_position_embeddings (", r.original_max_position_embeddings,
+               ") > 0");
+  }
   return OkStatus();
+}
+
+namespace {
+
+// Every tensor `c` requires, with its shape.
+std::map<std::string, std::vector<std::int64_t>> ExpectedShapes(const LlamaConfig& c) {
+  const std::int64_t d = c.dim, h = c.hidden_dim, q = c.q_dim(), kv = c.kv_dim();
+  std::map<std::string, std::vector<std::int64_t>> expected = {
+      {"model.embed_tokens.weight", {c.vocab_size, d}}, {"model.norm.weight", {d}}};
+  if (!c.shared_classifier) expected["lm_head.weight"] = {c.vocab_size, d};
+  const std::int64_t out[] = {q, kv, kv, d, h, h, d};
+  const std::int64_t in[] = {d, d, d, q, d, d, h};
+  const bool bias[] = {c.qkv_bias, c.qkv_bias, c.qkv_bias, c.o_bias,
+                       c.mlp_bias, c.mlp_bias, c.mlp_bias};
+  for (std::int64_t l = 0; l < c.n_layers; ++l) {
+    expected[LayerName(l, "input_layernorm.weight")] = {d};
+    expected[LayerName(l, "post_attention_layernorm.weight")] = {d};
+    for (std::size_t k = 0; k < kModulesPerLayer; ++k) {
+      const std::string module = LayerName(l, ModulePath(ModuleKind(k)));
+      expected[StrCat(module, ".weight")] = {out[k], in[k]};
+      if (bias[k]) expected[StrCat(module, ".bias")] = {out[k]};
+    }
+  }
+  return expected;
 }
 
 // Sequential reader of float32 tensors from a checkpoint whose size was already checked.
@@ -275,6 +328,52 @@ std::string_view ModuleShortName(ModuleKind kind) {
   return path.substr(path.find('.') + 1);
 }
 
+std::vector<double> RopeInverseFrequencies(const LlamaConfig& config) {
+  const std::int64_t hs = config.head_size();
+  // at::pow, as before scaling existed, so unscaled tables stay bit-identical.
+  const at::Tensor j = at::arange(hs / 2, at::TensorOptions().dtype(at::kDouble));
+  const at::Tensor base = at::pow(config.rope_theta, j * (-2.0 / static_cast<double>(hs)));
+  std::vector<double> inv(base.data_ptr<double>(), base.data_ptr<double>() + hs / 2);
+  const RopeScaling& r = config.rope_scaling;
+  switch (r.type) {
+    case RopeScaling::Type::kNone:
+      break;
+    case RopeScaling::Type::kLinear:
+      for (double& f : inv) f /= r.factor;
+      break;
+    case RopeScaling::Type::kLlama3: {
+      // transformers' _compute_llama3_parameters: wavelengths shorter than
+      // original / high_freq_factor are kept, longer than original / low_freq_factor divided by
+      // `factor`, and the band between interpolated smoothly.
+      const double original = static_cast<double>(r.original_max_position_embeddings);
+      const double low_freq_wavelen = original / r.low_freq_factor;
+      const double high_freq_wavelen = original / r.high_freq_factor;
+      for (double& f : inv) {
+        const double wavelen = 2.0 * std::numbers::pi / f;
+        if (wavelen < high_freq_wavelen) continue;
+        if (wavelen > low_freq_wavelen) {
+          f /= r.factor;
+          continue;
+        }
+        const double smooth =
+            (original / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+        f = (1.0 - smooth) * f / r.factor + smooth * f;
+      }
+      break;
+    }
+  }
+  return inv;
+}
+
+Result<std::shared_ptr<const LlamaModel>> LlamaModel::Load(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec) &&
+      std::filesystem::exists(std::filesystem::path(path) / "config.json", ec)) {
+    return LoadHf(path);
+  }
+  return LoadLlama2c(path);
+}
+
 Result<std::shared_ptr<const LlamaModel>> LlamaModel::LoadLlama2c(const std::string& path) try {
   FEDLORA_ASSIGN_OR_RETURN(const std::vector<std::byte> bytes, ReadCheckpointFile(path));
   LlamaConfig config;
@@ -303,30 +402,28 @@ Result<std::shared_ptr<const LlamaModel>> LlamaModel::FromTensors(
 
 Result<std::shared_ptr<const LlamaModel>> LlamaModel::Build(
     const LlamaConfig& config, std::map<std::string, at::Tensor> tensors,
-    std::string_view source) {
-  const std::int64_t d = config.dim, h = config.hidden_dim, kv = config.kv_dim();
-  std::map<std::string, std::vector<std::int64_t>> expected = {
-      {"model.embed_tokens.weight", {config.vocab_size, d}}, {"model.norm.weight", {d}}};
-  if (!config.shared_classifier) expected["lm_head.weight"] = {config.vocab_size, d};
-  for (std::int64_t l = 0; l < config.n_layers; ++l) {
-    expected[LayerName(l, "input_layernorm.weight")] = {d};
-    expected[LayerName(l, "post_attention_layernorm.weight")] = {d};
-    const std::int64_t out[] = {d, kv, kv, d, h, h, d};
-    const std::int64_t in[] = {d, d, d, d, d, d, h};
-    for (std::size_t k = 0; k < kModulesPerLayer; ++k) {
-      expected[LayerName(l, StrCat(ModulePath(ModuleKind(k)), ".weight"))] = {out[k], in[k]};
-    }
-  }
+    std::string_view source, const std::map<std::string, std::string, std::less<>>* tensor_files) {
+  const auto file_of = [&](const std::string& name) -> std::string_view {
+    if (tensor_files == nullptr) return source;
+    const auto it = tensor_files->find(name);
+    return it == tensor_files->end() ? source : std::string_view(it->second);
+  };
+  const std::map<std::string, std::vector<std::int64_t>> expected = ExpectedShapes(config);
   for (const auto& [name, t] : tensors) {
     if (!expected.contains(name)) {
-      return InvalidArgument(source, ": unexpected tensor '", name, "' for this configuration");
+      return InvalidArgument(file_of(name), ": unexpected tensor '", name,
+                             "' for this configuration");
     }
   }
   for (const auto& [name, shape] : expected) {
     const auto it = tensors.find(name);
-    if (it == tensors.end()) return InvalidArgument(source, ": missing tensor '", name, "'");
+    if (it == tensors.end()) {
+      // From files, a missing tensor is a missing thing; from FromTensors, a malformed argument.
+      return Status(tensor_files != nullptr ? StatusCode::kNotFound : StatusCode::kInvalidArgument,
+                    StrCat(source, ": missing tensor '", name, "'"));
+    }
     if (it->second.sizes() != at::IntArrayRef(shape)) {
-      return InvalidArgument(source, ": tensor '", name, "' has shape ",
+      return InvalidArgument(file_of(name), ": tensor '", name, "' has shape ",
                              ShapeString(it->second.sizes().vec()), ", expected ",
                              ShapeString(shape));
     }
@@ -334,7 +431,7 @@ Result<std::shared_ptr<const LlamaModel>> LlamaModel::Build(
 
   for (const auto& [name, t] : tensors) {
     if (!at::isfinite(t).all().item<bool>()) {
-      return DataLoss(source, ": tensor '", name, "' holds NaN or infinity");
+      return DataLoss(file_of(name), ": tensor '", name, "' holds NaN or infinity");
     }
   }
 
@@ -346,6 +443,10 @@ Result<std::shared_ptr<const LlamaModel>> LlamaModel::Build(
     model->tensors_.emplace(name, t);
   }
   const auto get = [&](const std::string& name) { return model->tensors_.at(name); };
+  const auto get_if = [&](const std::string& name) {
+    const auto it = model->tensors_.find(name);
+    return it == model->tensors_.end() ? at::Tensor() : it->second;
+  };
   model->embed_ = get("model.embed_tokens.weight");
   model->final_norm_ = get("model.norm.weight");
   model->lm_head_ = config.shared_classifier ? model->embed_ : get("lm_head.weight");
@@ -353,24 +454,32 @@ Result<std::shared_ptr<const LlamaModel>> LlamaModel::Build(
     const auto module = [&](ModuleKind k) {
       return get(LayerName(l, StrCat(ModulePath(k), ".weight")));
     };
-    model->layers_.push_back({get(LayerName(l, "input_layernorm.weight")), module(ModuleKind::kQ),
-                              module(ModuleKind::kK), module(ModuleKind::kV),
-                              module(ModuleKind::kO),
-                              get(LayerName(l, "post_attention_layernorm.weight")),
-                              module(ModuleKind::kGate), module(ModuleKind::kUp),
-                              module(ModuleKind::kDown)});
+    const auto bias = [&](ModuleKind k) {
+      return get_if(LayerName(l, StrCat(ModulePath(k), ".bias")));
+    };
+    Layer layer;
+    layer.attn_norm = get(LayerName(l, "input_layernorm.weight"));
+    layer.ffn_norm = get(LayerName(l, "post_attention_layernorm.weight"));
+    at::Tensor* weights[] = {&layer.wq, &layer.wk, &layer.wv, &layer.wo,
+                             &layer.w_gate, &layer.w_up, &layer.w_down};
+    at::Tensor* biases[] = {&layer.bq, &layer.bk, &layer.bv, &layer.bo,
+                            &layer.b_gate, &layer.b_up, &layer.b_down};
     for (std::size_t k = 0; k < kModulesPerLayer; ++k) {
       const at::Tensor w = module(ModuleKind(k));
+      *weights[k] = w;
+      *biases[k] = bias(ModuleKind(k));
       model->module_index_.emplace(LayerName(l, ModulePath(ModuleKind(k))), model->modules_.size());
       model->modules_.push_back({LayerName(l, ModulePath(ModuleKind(k))), w.size(0), w.size(1)});
       model->module_weights_.push_back(w);
+      model->module_biases_.push_back(*biases[k]);
     }
+    model->layers_.push_back(std::move(layer));
   }
 
-  // RoPE tables in double, rounded once to float: angle(pos, j) = pos * theta^(-2j/hs).
-  const std::int64_t hs = config.head_size();
-  const at::Tensor j = at::arange(hs / 2, at::TensorOptions().dtype(at::kDouble));
-  const at::Tensor inv_freq = at::pow(config.rope_theta, j * (-2.0 / static_cast<double>(hs)));
+  // RoPE tables in double, rounded once to float: angle(pos, j) = pos * inv_freq[j].
+  const std::vector<double> inv_freq_values = RopeInverseFrequencies(config);
+  const at::Tensor inv_freq =
+      at::tensor(at::ArrayRef<double>(inv_freq_values), at::TensorOptions().dtype(at::kDouble));
   const at::Tensor pos = at::arange(config.seq_len, at::TensorOptions().dtype(at::kDouble));
   const at::Tensor angles = at::outer(pos, inv_freq);
   const at::Tensor full = at::cat({angles, angles}, -1);
@@ -392,6 +501,44 @@ Result<std::shared_ptr<const LlamaModel>> LlamaModel::Build(
   return std::shared_ptr<const LlamaModel>(std::move(model));
 }
 
+Result<std::shared_ptr<const LlamaModel>> LlamaModel::To(const at::Device& device) const try {
+  std::shared_ptr<LlamaModel> m(new LlamaModel());
+  m->config_ = config_;
+  m->modules_ = modules_;
+  m->module_index_ = module_index_;
+  m->digest_ = digest_;
+  // One copy per distinct tensor, so aliases (a tied lm_head, the layer views of tensors_)
+  // stay aliases on the device.
+  std::map<const void*, at::Tensor> moved;
+  const auto move = [&](const at::Tensor& t) -> at::Tensor {
+    if (!t.defined()) return t;
+    const void* key = t.unsafeGetTensorImpl();
+    if (const auto it = moved.find(key); it != moved.end()) return it->second;
+    at::Tensor copy = t.to(device, /*non_blocking=*/false, /*copy=*/true);
+    moved.emplace(key, copy);
+    return copy;
+  };
+  for (const auto& [name, t] : tensors_) m->tensors_.emplace(name, move(t));
+  for (const Layer& l : layers_) {
+    m->layers_.push_back(Layer{move(l.attn_norm), move(l.wq), move(l.wk), move(l.wv), move(l.wo),
+                               move(l.ffn_norm), move(l.w_gate), move(l.w_up), move(l.w_down),
+                               move(l.bq), move(l.bk), move(l.bv), move(l.bo), move(l.b_gate),
+                               move(l.b_up), move(l.b_down)});
+  }
+  m->embed_ = move(embed_);
+  m->final_norm_ = move(final_norm_);
+  m->lm_head_ = move(lm_head_);
+  m->rope_cos_ = move(rope_cos_);
+  m->rope_sin_ = move(rope_sin_);
+  for (const at::Tensor& w : module_weights_) m->module_weights_.push_back(move(w));
+  for (const at::Tensor& b : module_biases_) m->module_biases_.push_back(move(b));
+  return std::shared_ptr<const LlamaModel>(std::move(m));
+} catch (const c10::Error& e) {
+  return Internal("moving the model to ", device.str(), ": ", e.what_without_backtrace());
+}
+
+at::Device LlamaModel::device() const { return embed_.device(); }
+
 at::Tensor LlamaModel::Weight(std::string_view name) const {
   const auto it = tensors_.find(name);
   return it == tensors_.end() ? at::Tensor() : it->second;
@@ -411,9 +558,11 @@ std::vector<std::string> LlamaModel::TensorNames() const {
 
 Result<at::Tensor> LlamaModel::Forward(const at::Tensor& tokens, ModuleAdapter* adapter,
                                        std::span<const at::Tensor> weights) const try {
+  const at::Device device = embed_.device();
   if (!tokens.defined() || tokens.scalar_type() != at::kLong || tokens.dim() != 2 ||
-      !tokens.device().is_cpu()) {
-    return InvalidArgument("Forward: tokens must be a CPU int64 tensor [batch, time]");
+      tokens.device() != device) {
+    return InvalidArgument("Forward: tokens must be an int64 tensor [batch, time] on ",
+                           device.str(), " (the model's device)");
   }
   const std::int64_t batch = tokens.size(0), time = tokens.size(1);
   if (batch < 1 || time < 1 || time > config_.seq_len) {
@@ -434,10 +583,10 @@ Result<at::Tensor> LlamaModel::Forward(const at::Tensor& tokens, ModuleAdapter* 
     for (std::size_t i = 0; i < weights.size(); ++i) {
       const at::Tensor& w = weights[i];
       if (!w.defined()) continue;
-      if (w.scalar_type() != at::kFloat || !w.device().is_cpu() ||
+      if (w.scalar_type() != at::kFloat || w.device() != device ||
           w.sizes() != at::IntArrayRef({modules_[i].d_out, modules_[i].d_in})) {
         return InvalidArgument("Forward: replacement weight of '", modules_[i].name,
-                               "' must be a float32 CPU tensor of shape ",
+                               "' must be a float32 tensor on ", device.str(), " of shape ",
                                ShapeString(std::vector<std::int64_t>{modules_[i].d_out,
                                                                      modules_[i].d_in}),
                                ", got ", ShapeString(w.sizes().vec()));
@@ -456,18 +605,24 @@ at::Tensor LlamaModel::ForwardImpl(const at::Tensor& tokens, ModuleAdapter* adap
   const std::int64_t group = heads / kv;  // Query heads per kv head.
   const at::Tensor cos = rope_cos_.narrow(0, 0, time);
   const at::Tensor sin = rope_sin_.narrow(0, 0, time);
-  // Additive causal mask (position t attends to positions <= t), repeated for the `group` query
-  // heads that share a kv head: rows are (g, t) pairs.
-  const at::Tensor mask =
-      at::full({time, time}, -std::numeric_limits<float>::infinity(), at::kFloat)
-          .triu(1)
-          .repeat({group, 1});
+  // Additive mask: position t attends to positions s <= t (causal) and, with a sliding window W,
+  // only to t - s < W. Repeated for the `group` query heads that share a kv head: rows are
+  // (g, t) pairs.
+  at::Tensor blocked = at::ones({time, time}, at::TensorOptions().dtype(at::kBool)).triu(1);
+  if (config_.sliding_window > 0 && time > config_.sliding_window) {
+    blocked = blocked.logical_or(at::ones({time, time}, at::TensorOptions().dtype(at::kBool))
+                                     .tril(-config_.sliding_window));
+  }
+  const at::Tensor mask = at::zeros({time, time}, at::kFloat)
+                              .masked_fill(blocked, -std::numeric_limits<float>::infinity())
+                              .repeat({group, 1});
   const double inv_sqrt_hs = 1.0 / std::sqrt(static_cast<double>(hs));
 
   std::size_t module_index = 0;
-  const auto linear = [&](const at::Tensor& x, const at::Tensor& frozen) {
+  const auto linear = [&](const at::Tensor& x, const at::Tensor& frozen, const at::Tensor& bias) {
     const bool replaced = module_index < weights.size() && weights[module_index].defined();
-    at::Tensor y = at::linear(x, replaced ? weights[module_index] : frozen);
+    const at::Tensor& w = replaced ? weights[module_index] : frozen;
+    at::Tensor y = bias.defined() ? at::linear(x, w, bias) : at::linear(x, w);
     if (adapter != nullptr) y = adapter->Adapt(module_index, x, std::move(y));
     ++module_index;
     return y;
@@ -476,9 +631,11 @@ at::Tensor LlamaModel::ForwardImpl(const at::Tensor& tokens, ModuleAdapter* adap
   at::Tensor x = at::embedding(embed_, tokens);  // [B, T, dim]
   for (const Layer& layer : layers_) {
     const at::Tensor h = RmsNorm(x, layer.attn_norm, config_.norm_eps);
-    const at::Tensor q = ApplyRope(linear(h, layer.wq).view({batch, time, heads, hs}), cos, sin);
-    const at::Tensor k = ApplyRope(linear(h, layer.wk).view({batch, time, kv, hs}), cos, sin);
-    const at::Tensor v = linear(h, layer.wv).view({batch, time, kv, hs});
+    const at::Tensor q =
+        ApplyRope(linear(h, layer.wq, layer.bq).view({batch, time, heads, hs}), cos, sin);
+    const at::Tensor k =
+        ApplyRope(linear(h, layer.wk, layer.bk).view({batch, time, kv, hs}), cos, sin);
+    const at::Tensor v = linear(h, layer.wv, layer.bv).view({batch, time, kv, hs});
     // GQA without copying k and v per query head: query head i = kv head i / group, so the
     // `group` query heads of one kv head become extra rows against that kv head's keys.
     // [B, T, H, hs] -> [B*KV, group*T, hs]; k and v: [B, T, KV, hs] -> [B*KV, T, hs].
@@ -493,12 +650,12 @@ at::Tensor LlamaModel::ForwardImpl(const at::Tensor& tokens, ModuleAdapter* adap
                                 .view({batch, kv, group, time, hs})
                                 .permute({0, 3, 1, 2, 4})
                                 .reshape({batch, time, heads * hs});
-    x = x + linear(attn, layer.wo);
+    x = x + linear(attn, layer.wo, layer.bo);
 
     const at::Tensor f = RmsNorm(x, layer.ffn_norm, config_.norm_eps);
-    const at::Tensor gate = linear(f, layer.w_gate);
-    const at::Tensor up = linear(f, layer.w_up);
-    x = x + linear(at::silu(gate) * up, layer.w_down);
+    const at::Tensor gate = linear(f, layer.w_gate, layer.b_gate);
+    const at::Tensor up = linear(f, layer.w_up, layer.b_up);
+    x = x + linear(at::silu(gate) * up, layer.w_down, layer.b_down);
   }
   return at::linear(RmsNorm(x, final_norm_, config_.norm_eps), lm_head_);
 }

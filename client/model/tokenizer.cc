@@ -268,4 +268,8 @@ std::string Tokenizer::Decode(std::span<const TokenId> tokens) const {
   return out;
 }
 
+std::string Tokenizer::Describe() const {
+  return StrCat("llama2.c tokenizer (", pieces_.size(), " pieces)");
+}
+
 }  // namespace fedlora::client

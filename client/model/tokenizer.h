@@ -19,18 +19,17 @@
 #include <unordered_map>
 #include <vector>
 
+#include "client/model/text_tokenizer.h"
 #include "common/status.h"
 
 namespace fedlora::client {
-
-using TokenId = std::int32_t;
 
 // File layout (little-endian): int32 max_token_length, then `vocab_size` records of
 // {float32 score, int32 len, len bytes piece}. Ids 0..2 are <unk>, BOS and EOS; ids 3..258 are the
 // byte-fallback pieces "<0x00>".."<0xFF>" (id = byte + 3).
 //
 // Immutable after loading: every const method is safe to call from any number of threads.
-class Tokenizer {
+class Tokenizer final : public TextTokenizer {
  public:
   static constexpr TokenId kUnk = 0;
   static constexpr TokenId kBos = 1;
@@ -54,7 +53,7 @@ class Tokenizer {
   // adjacent pair whose concatenation is a piece with the highest score (leftmost on ties; BOS
   // takes part in pairs exactly as in run.c); optional EOS.
   // Unlike run.c (which reads a C string) a NUL byte does not end the text: it becomes <0x00>.
-  std::vector<TokenId> Encode(std::string_view text, bool bos, bool eos) const;
+  std::vector<TokenId> Encode(std::string_view text, bool bos, bool eos) const override;
 
   // The text of `token` as run.c's decode() prints it after `prev` (-1 = none): the piece, minus
   // its leading space when `prev` is BOS, and the raw byte for a byte-fallback piece.
@@ -63,9 +62,13 @@ class Tokenizer {
 
   // Concatenated DecodePiece of a sequence. BOS and EOS are control tokens and produce no text,
   // so Decode(Encode(s, true, true)) == s.
-  std::string Decode(std::span<const TokenId> tokens) const;
+  std::string Decode(std::span<const TokenId> tokens) const override;
 
-  std::int32_t vocab_size() const { return static_cast<std::int32_t>(pieces_.size()); }
+  std::int32_t vocab_size() const override { return static_cast<std::int32_t>(pieces_.size()); }
+  TokenId bos_id() const override { return kBos; }
+  TokenId eos_id() const override { return kEos; }
+  TokenId PieceToId(std::string_view piece) const override { return Lookup(piece); }
+  std::string Describe() const override;
   std::int32_t max_token_length() const { return max_token_length_; }
   const std::string& piece(TokenId id) const;  // Requires a valid id (checked).
   float score(TokenId id) const;               // Requires a valid id (checked).

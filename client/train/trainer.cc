@@ -10,6 +10,8 @@
 #include <random>
 
 #include "client/data/text_dataset.h"
+#include "client/train/device.h"
+#include "client/train/sequences.h"
 
 namespace fedlora::client {
 namespace {
@@ -19,6 +21,9 @@ using SteadyClock = std::chrono::steady_clock;
 double SecondsSince(SteadyClock::time_point start) {
   return std::chrono::duration<double>(SteadyClock::now() - start).count();
 }
+
+// Where the model's weights live; batches are built on the CPU and moved there.
+at::Device ModelDevice(const LlamaModel& model) { return model.device(); }
 
 Status CancelledStatus(std::string what) { return Status(StatusCode::kCancelled, std::move(what)); }
 
@@ -55,35 +60,10 @@ Status ValidateTrainSpec(const wire::TrainSpec& s, const LlamaModel& model) {
   return OkStatus();
 }
 
-// Inputs [B, T] = [BOS, w0..w_{T-2}] and targets [B, T] = [w0..w_{T-1}] for windows of equal
-// length (MakeWindows gives all windows one length, except a lone short one).
-struct Batch {
-  at::Tensor inputs;
-  at::Tensor targets;
-};
-
-Batch MakeBatch(std::span<const TokenId> stream, std::span<const TokenWindow> windows,
-                std::span<const std::size_t> picks) {
-  const auto b = static_cast<std::int64_t>(picks.size());
-  const auto t = static_cast<std::int64_t>(windows[picks[0]].length);
-  Batch batch{at::empty({b, t}, at::kLong), at::empty({b, t}, at::kLong)};
-  std::int64_t* in = batch.inputs.data_ptr<std::int64_t>();
-  std::int64_t* out = batch.targets.data_ptr<std::int64_t>();
-  for (std::int64_t row = 0; row < b; ++row) {
-    const TokenWindow& w = windows[picks[row]];
-    FEDLORA_CHECK(static_cast<std::int64_t>(w.length) == t);
-    in[row * t] = Tokenizer::kBos;
-    for (std::int64_t k = 0; k < t; ++k) {
-      if (k + 1 < t) in[row * t + k + 1] = stream[w.begin + k];
-      out[row * t + k] = stream[w.begin + k];
-    }
-  }
-  return batch;
-}
-
 at::Tensor TokenLoss(const at::Tensor& logits, const at::Tensor& targets, at::Reduction::Reduction r) {
   const std::int64_t vocab = logits.size(-1);
-  return at::cross_entropy_loss(logits.reshape({-1, vocab}), targets.reshape({-1}), {}, r);
+  return at::cross_entropy_loss(logits.reshape({-1, vocab}), targets.reshape({-1}), {}, r,
+                               kIgnoreIndex);
 }
 
 // Scales the gradients so their global L2 norm is at most `max_norm`, like PyTorch's
@@ -121,14 +101,24 @@ class TrainingModeScope {
 Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
                              std::span<const TokenId> stream, const wire::TrainSpec& spec,
                              std::uint64_t seed, std::stop_token stop,
+                             std::span<const at::Tensor> base_weights) {
+  FEDLORA_RETURN_IF_ERROR(ValidateSeqLen(spec.seq_len, model, "train.seq_len"));
+  const WindowSource source(stream, spec.seq_len, Tokenizer::kBos);
+  return TrainLora(model, adapter, source, spec, seed, std::move(stop), base_weights);
+}
+
+Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
+                             const SequenceSource& source, const wire::TrainSpec& spec,
+                             std::uint64_t seed, std::stop_token stop,
                              std::span<const at::Tensor> base_weights) try {
   FEDLORA_RETURN_IF_ERROR(ValidateTrainSpec(spec, model));
-  const std::vector<TokenWindow> windows = MakeWindows(stream.size(), spec.seq_len);
-  if (windows.empty()) return FailedPrecondition("no training data (empty token stream)");
+  if (source.size() == 0) return FailedPrecondition("no training data (empty token stream)");
   const std::size_t batch_size = spec.batch_size;
-  const std::uint64_t steps_per_epoch = (windows.size() + batch_size - 1) / batch_size;
+  const std::uint64_t steps_per_epoch = (source.size() + batch_size - 1) / batch_size;
   const std::uint64_t total_steps =
       spec.local_epochs > 0 ? spec.local_epochs * steps_per_epoch : spec.local_steps;
+  const at::Device device = ModelDevice(model);
+  const AutocastScope autocast(device, /*enabled=*/true);  // bf16 on CUDA; nothing on the CPU.
 
   const std::vector<at::Tensor> params = adapter.Parameters();
   if (params.empty()) return InvalidArgument("the adapter has no trainable tensor");
@@ -138,7 +128,7 @@ Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
                                             .weight_decay(spec.weight_decay));
   TrainingModeScope training(adapter);
   std::mt19937_64 rng(seed);
-  std::vector<std::size_t> order(windows.size());
+  std::vector<std::size_t> order(source.size());
   std::size_t cursor = order.size();  // Exhausted: the first step shuffles.
 
   const SteadyClock::time_point start = SteadyClock::now();
@@ -154,8 +144,8 @@ Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
       cursor = 0;
     }
     const std::size_t take = std::min(batch_size, order.size() - cursor);
-    const Batch batch =
-        MakeBatch(stream, windows, std::span<const std::size_t>(order).subspan(cursor, take));
+    const std::span<const std::size_t> picks = std::span<const std::size_t>(order).subspan(cursor, take);
+    const Batch batch = source.MakeBatch(picks);
     cursor += take;
 
     const double lr = spec.warmup_steps > 0 && step < spec.warmup_steps
@@ -165,9 +155,11 @@ Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
     }
     optimizer.zero_grad();
+    const std::uint64_t tokens = source.CountTargets(picks);
+    if (tokens == 0) continue;  // Only masked targets (cannot happen with validated examples).
     FEDLORA_ASSIGN_OR_RETURN(const at::Tensor logits,
-                             model.Forward(batch.inputs, &adapter, base_weights));
-    const at::Tensor loss = TokenLoss(logits, batch.targets, at::Reduction::Mean);
+                             model.Forward(batch.inputs.to(device), &adapter, base_weights));
+    const at::Tensor loss = TokenLoss(logits, batch.targets.to(device), at::Reduction::Mean);
     const double loss_value = loss.item<double>();
     const at::Tensor penalty = adapter.Penalty();
     const at::Tensor objective = penalty.defined() ? loss + penalty : loss;
@@ -180,7 +172,6 @@ Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
     if (spec.grad_clip > 0.0) ClipGradNorm(params, spec.grad_clip);
     optimizer.step();
 
-    const auto tokens = static_cast<std::uint64_t>(batch.targets.numel());
     loss_sum += loss_value * static_cast<double>(tokens);
     stats.tokens += tokens;
     stats.samples += take;
@@ -196,38 +187,85 @@ Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
 Result<EvalStats> EvaluateLoss(const LlamaModel& model, ModuleAdapter* adapter,
                                std::span<const TokenId> stream, const EvalOptions& options,
                                std::stop_token stop,
-                               std::span<const at::Tensor> base_weights) try {
+                               std::span<const at::Tensor> base_weights) {
   FEDLORA_RETURN_IF_ERROR(ValidateSeqLen(options.seq_len, model, "eval seq_len"));
+  WindowSource source(stream, options.seq_len, Tokenizer::kBos);
+  if (options.max_windows > 0) source.Truncate(options.max_windows);
+  return Evaluate(model, adapter, source, options, std::move(stop), base_weights);
+}
+
+Result<EvalStats> Evaluate(const LlamaModel& model, ModuleAdapter* adapter,
+                           const SequenceSource& source, const EvalOptions& options,
+                           std::stop_token stop, std::span<const at::Tensor> base_weights) try {
   if (options.batch_size == 0) return InvalidArgument("eval batch_size must be >= 1");
-  std::vector<TokenWindow> windows = MakeWindows(stream.size(), options.seq_len);
-  if (windows.empty()) return FailedPrecondition("no evaluation data (empty token stream)");
-  if (options.max_windows > 0 && windows.size() > options.max_windows) {
-    windows.resize(options.max_windows);
+  if (source.size() == 0) return FailedPrecondition("no evaluation data (empty token stream)");
+  const bool classify = !options.label_tokens.empty();
+  if (classify && options.labels.size() < source.size()) {
+    return InvalidArgument("evaluation: ", options.labels.size(), " labels for ", source.size(),
+                           " examples");
   }
-  std::uint64_t num_batches = (windows.size() + options.batch_size - 1) / options.batch_size;
+  std::size_t rows = source.size();
+  if (options.max_windows > 0) rows = std::min<std::size_t>(rows, options.max_windows);
+  std::uint64_t num_batches = (rows + options.batch_size - 1) / options.batch_size;
   if (options.max_batches > 0) num_batches = std::min<std::uint64_t>(num_batches, options.max_batches);
 
   at::NoGradGuard no_grad;
+  const at::Device device = ModelDevice(model);
+  const AutocastScope autocast(device, /*enabled=*/true);
+  at::Tensor label_ids;
+  if (classify) {
+    label_ids = at::empty({static_cast<std::int64_t>(options.label_tokens.size())}, at::kLong);
+    for (std::size_t c = 0; c < options.label_tokens.size(); ++c) {
+      label_ids.data_ptr<std::int64_t>()[c] = options.label_tokens[c];
+    }
+    label_ids = label_ids.to(device);
+  }
   const SteadyClock::time_point start = SteadyClock::now();
   std::vector<std::size_t> picks;
   double nll_sum = 0.0;
   EvalStats stats;
+  std::uint64_t correct = 0;
   for (std::uint64_t b = 0; b < num_batches; ++b) {
     if (stop.stop_requested()) {
       return CancelledStatus(StrCat("evaluation cancelled after ", b, " of ", num_batches, " batches"));
     }
     const std::size_t first = b * options.batch_size;
-    const std::size_t take = std::min<std::size_t>(options.batch_size, windows.size() - first);
+    const std::size_t take = std::min<std::size_t>(options.batch_size, rows - first);
     picks.resize(take);
     std::iota(picks.begin(), picks.end(), first);
-    const Batch batch = MakeBatch(stream, windows, picks);
+    const Batch batch = source.MakeBatch(picks);
     FEDLORA_ASSIGN_OR_RETURN(const at::Tensor logits,
-                             model.Forward(batch.inputs, adapter, base_weights));
-    nll_sum += TokenLoss(logits, batch.targets, at::Reduction::Sum).item<double>();
-    stats.tokens += static_cast<std::uint64_t>(batch.targets.numel());
+                             model.Forward(batch.inputs.to(device), adapter, base_weights));
+    nll_sum += TokenLoss(logits, batch.targets.to(device), at::Reduction::Sum).item<double>();
+    stats.tokens += source.CountTargets(picks);
     stats.windows += take;
+    if (classify) {
+      // Class scores: the logits of each label's first token where the response begins.
+      const std::int64_t t = logits.size(1);
+      at::Tensor flat = at::empty({static_cast<std::int64_t>(take)}, at::kLong);
+      for (std::size_t r = 0; r < take; ++r) {
+        if (batch.answer_positions[r] < 0) {
+          return InvalidArgument("evaluation: accuracy needs examples, not text windows");
+        }
+        flat.data_ptr<std::int64_t>()[r] = static_cast<std::int64_t>(r) * t + batch.answer_positions[r];
+      }
+      const at::Tensor at_answer =  // [take, vocab]
+          logits.reshape({-1, logits.size(2)}).index_select(0, flat.to(device));
+      const at::Tensor predicted = at_answer.index_select(1, label_ids).argmax(1).cpu();
+      stats.class_counts.resize(options.label_tokens.size());
+      for (std::size_t r = 0; r < take; ++r) {
+        const std::int32_t label = options.labels[picks[r]];
+        if (predicted.data_ptr<std::int64_t>()[r] == label) ++correct;
+        if (label >= 0 && static_cast<std::size_t>(label) < stats.class_counts.size()) {
+          ++stats.class_counts[static_cast<std::size_t>(label)];
+        }
+      }
+    }
   }
-  stats.loss = nll_sum / static_cast<double>(stats.tokens);
+  stats.loss = stats.tokens > 0 ? nll_sum / static_cast<double>(stats.tokens) : 0.0;
+  if (classify && stats.windows > 0) {
+    stats.accuracy = static_cast<double>(correct) / static_cast<double>(stats.windows);
+  }
   stats.seconds = SecondsSince(start);
   return stats;
 } catch (const c10::Error& e) {
@@ -239,18 +277,31 @@ Result<BaseGradients> AccumulateBaseGradients(const LlamaModel& model,
                                               std::span<const TokenId> stream,
                                               std::span<const TokenWindow> windows,
                                               std::uint32_t batch_size, std::stop_token stop,
-                                              std::span<const at::Tensor> base_weights) try {
-  const std::size_t num_modules = model.AdaptableModules().size();
-  if (batch_size == 0) return InvalidArgument("batch_size must be >= 1");
+                                              std::span<const at::Tensor> base_weights) {
   if (windows.empty()) return InvalidArgument("no windows to estimate gradients on");
-  if (!base_weights.empty() && base_weights.size() != num_modules) {
-    return InvalidArgument(base_weights.size(), " base weights for ", num_modules, " modules");
-  }
   for (const TokenWindow& w : windows) {
     if (w.length == 0 || w.length != windows[0].length || w.begin + w.length > stream.size()) {
       return InvalidArgument("windows must be non-empty, of one length and inside the stream");
     }
   }
+  const WindowSource source(stream, std::vector<TokenWindow>(windows.begin(), windows.end()),
+                            Tokenizer::kBos);
+  return AccumulateBaseGradients(model, module_indices, source, batch_size, std::move(stop),
+                                 base_weights);
+}
+
+Result<BaseGradients> AccumulateBaseGradients(const LlamaModel& model,
+                                              std::span<const std::size_t> module_indices,
+                                              const SequenceSource& source,
+                                              std::uint32_t batch_size, std::stop_token stop,
+                                              std::span<const at::Tensor> base_weights) try {
+  const std::size_t num_modules = model.AdaptableModules().size();
+  if (batch_size == 0) return InvalidArgument("batch_size must be >= 1");
+  if (source.size() == 0) return InvalidArgument("no windows to estimate gradients on");
+  if (!base_weights.empty() && base_weights.size() != num_modules) {
+    return InvalidArgument(base_weights.size(), " base weights for ", num_modules, " modules");
+  }
+  const at::Device device = ModelDevice(model);
   // Every module's weight for the forward pass: the given base weight or the frozen one, and
   // for the requested modules a detached alias (same storage, no copy) that requires grad.
   std::vector<at::Tensor> weights(num_modules);
@@ -273,24 +324,24 @@ Result<BaseGradients> AccumulateBaseGradients(const LlamaModel& model,
   BaseGradients out;
   std::vector<std::size_t> picks;
   double loss_sum = 0.0;
-  for (std::size_t first = 0; first < windows.size(); first += batch_size) {
+  for (std::size_t first = 0; first < source.size(); first += batch_size) {
     if (stop.stop_requested()) {
       return CancelledStatus(StrCat("gradient estimate cancelled after ", out.batches, " batches"));
     }
-    const std::size_t take = std::min<std::size_t>(batch_size, windows.size() - first);
+    const std::size_t take = std::min<std::size_t>(batch_size, source.size() - first);
     picks.resize(take);
     std::iota(picks.begin(), picks.end(), first);
-    const Batch batch = MakeBatch(stream, windows, picks);
+    const Batch batch = source.MakeBatch(picks);
     FEDLORA_ASSIGN_OR_RETURN(const at::Tensor logits,
-                             model.Forward(batch.inputs, nullptr, weights));
-    const at::Tensor loss = TokenLoss(logits, batch.targets, at::Reduction::Mean);
+                             model.Forward(batch.inputs.to(device), nullptr, weights));
+    const at::Tensor loss = TokenLoss(logits, batch.targets.to(device), at::Reduction::Mean);
     const double loss_value = loss.item<double>();
     if (!std::isfinite(loss_value)) {
       return InvalidArgument("non-finite loss in batch ", out.batches, " of the gradient estimate");
     }
     // Autograd accumulates into each leaf's grad across batches: G = Σ_b ∇(L_b / n_b).
     (loss / static_cast<double>(take)).backward();
-    const auto tokens = static_cast<std::uint64_t>(batch.targets.numel());
+    const std::uint64_t tokens = source.CountTargets(picks);
     loss_sum += loss_value * static_cast<double>(tokens);
     out.tokens += tokens;
     out.samples += take;
@@ -315,10 +366,74 @@ Result<std::vector<TokenId>> GenerateGreedy(const LlamaModel& model, ModuleAdapt
   for (std::size_t n = 0; n < max_new_tokens && prompt.size() < limit; ++n) {
     at::Tensor tokens = at::empty({1, static_cast<std::int64_t>(prompt.size())}, at::kLong);
     std::copy(prompt.begin(), prompt.end(), tokens.data_ptr<std::int64_t>());
-    FEDLORA_ASSIGN_OR_RETURN(const at::Tensor logits, model.Forward(tokens, adapter));
+    FEDLORA_ASSIGN_OR_RETURN(const at::Tensor logits,
+                             model.Forward(tokens.to(ModelDevice(model)), adapter));
     prompt.push_back(static_cast<TokenId>(logits[0][-1].argmax().item<std::int64_t>()));
   }
   return prompt;
+} catch (const c10::Error& e) {
+  return Internal("generation: ", e.what_without_backtrace());
+}
+
+Result<std::vector<TokenId>> Generate(const LlamaModel& model, ModuleAdapter* adapter,
+                                      std::span<const TokenId> prompt,
+                                      const GenerateOptions& options,
+                                      std::span<const at::Tensor> base_weights) try {
+  if (prompt.empty()) return InvalidArgument("generate: empty prompt");
+  if (!(options.temperature >= 0.0) || !std::isfinite(options.temperature)) {
+    return InvalidArgument("generate: temperature ", options.temperature, " must be >= 0");
+  }
+  if (!(options.top_p > 0.0 && options.top_p <= 1.0)) {
+    return InvalidArgument("generate: top_p ", options.top_p, " must be in (0, 1]");
+  }
+  at::NoGradGuard no_grad;
+  const at::Device device = ModelDevice(model);
+  const AutocastScope autocast(device, /*enabled=*/true);
+  const auto limit = static_cast<std::size_t>(model.config().seq_len);
+  std::vector<TokenId> sequence(prompt.begin(), prompt.end());
+  std::vector<TokenId> generated;
+  std::mt19937_64 rng(options.seed);
+  for (std::size_t n = 0; n < options.max_new_tokens && sequence.size() < limit; ++n) {
+    at::Tensor tokens = at::empty({1, static_cast<std::int64_t>(sequence.size())}, at::kLong);
+    std::copy(sequence.begin(), sequence.end(), tokens.data_ptr<std::int64_t>());
+    FEDLORA_ASSIGN_OR_RETURN(const at::Tensor logits,
+                             model.Forward(tokens.to(device), adapter, base_weights));
+    const at::Tensor last = logits[0][-1].to(at::kDouble).cpu();
+    TokenId next = 0;
+    if (options.temperature == 0.0) {
+      next = static_cast<TokenId>(last.argmax().item<std::int64_t>());
+    } else {
+      // Probabilities sorted high to low; keep the smallest prefix with mass >= top_p (at least
+      // one token), renormalise, and draw with our own uniform (std distributions differ
+      // between standard libraries).
+      const at::Tensor probs = at::softmax(last / options.temperature, 0);
+      const std::tuple<at::Tensor, at::Tensor> sorted = at::sort(probs, 0, /*descending=*/true);
+      const at::Tensor p = std::get<0>(sorted).contiguous();
+      const at::Tensor ids = std::get<1>(sorted).contiguous();
+      const double* pp = p.data_ptr<double>();
+      const std::int64_t* ip = ids.data_ptr<std::int64_t>();
+      std::int64_t keep = 0;
+      double mass = 0.0;
+      while (keep < p.numel() && (keep == 0 || mass < options.top_p)) mass += pp[keep++];
+      const double u = static_cast<double>(rng() >> 11) * 0x1.0p-53 * mass;
+      double acc = 0.0;
+      next = static_cast<TokenId>(ip[keep - 1]);
+      for (std::int64_t k = 0; k < keep; ++k) {
+        acc += pp[k];
+        if (u < acc) {
+          next = static_cast<TokenId>(ip[k]);
+          break;
+        }
+      }
+    }
+    sequence.push_back(next);
+    generated.push_back(next);
+    if (std::find(options.stop_tokens.begin(), options.stop_tokens.end(), next) !=
+        options.stop_tokens.end()) {
+      break;
+    }
+  }
+  return generated;
 } catch (const c10::Error& e) {
   return Internal("generation: ", e.what_without_backtrace());
 }

@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <stop_token>
 #include <vector>
@@ -23,6 +24,7 @@
 #include "client/lora/lora_adapter.h"
 #include "client/model/llama.h"
 #include "client/model/tokenizer.h"
+#include "client/train/sequences.h"
 #include "common/status.h"
 #include "common/wire/messages.h"
 
@@ -56,17 +58,34 @@ Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
                              std::uint64_t seed, std::stop_token stop = {},
                              std::span<const at::Tensor> base_weights = {});
 
+// The same on any source (sequences.h): windows of a stream (the overload above is
+// WindowSource(stream, spec.seq_len, Tokenizer::kBos)) or tokenized examples whose prompt tokens
+// are masked out of the loss. An epoch is ceil(source.size() / batch_size) steps; the loss is
+// the mean over the batch's unmasked targets. Batches are built on the CPU and moved to the
+// model's device.
+Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
+                             const SequenceSource& source, const wire::TrainSpec& spec,
+                             std::uint64_t seed, std::stop_token stop = {},
+                             std::span<const at::Tensor> base_weights = {});
+
 struct EvalOptions {
   std::uint32_t seq_len = 128;
   std::uint32_t batch_size = 8;
   std::uint32_t max_batches = 0;   // 0 = no cap.
-  std::uint64_t max_windows = 0;   // 0 = no cap; applied before batching (first windows).
+  std::uint64_t max_windows = 0;   // 0 = no cap; applied before batching (first windows/rows).
+  // Classification (Evaluate on an ExampleSource only): the first token of each class's label
+  // and each row's class. Accuracy = share of rows whose highest-scoring label token, at the
+  // position where the response begins, is their own class's. Views: must outlive the call.
+  std::span<const TokenId> label_tokens;
+  std::span<const std::int32_t> labels;
 };
 
 struct EvalStats {
   double loss = 0.0;           // Mean NLL per predicted token (nats).
   std::uint64_t tokens = 0;    // Predicted tokens the mean is over.
-  std::uint64_t windows = 0;   // Windows evaluated.
+  std::uint64_t windows = 0;   // Windows (or examples) evaluated.
+  std::optional<double> accuracy;  // Label-token accuracy when label_tokens were given.
+  std::vector<std::uint64_t> class_counts;  // Evaluated rows per class (classification only).
   double seconds = 0.0;
 };
 
@@ -79,6 +98,14 @@ Result<EvalStats> EvaluateLoss(const LlamaModel& model, ModuleAdapter* adapter,
                                std::span<const TokenId> stream, const EvalOptions& options,
                                std::stop_token stop = {},
                                std::span<const at::Tensor> base_weights = {});
+
+// The same on the first rows of any source, in order (options.seq_len is unused: the source
+// fixes lengths); with options.label_tokens also the accuracy. kInvalidArgument: batch_size 0,
+// or fewer labels than rows.
+Result<EvalStats> Evaluate(const LlamaModel& model, ModuleAdapter* adapter,
+                           const SequenceSource& source, const EvalOptions& options,
+                           std::stop_token stop = {},
+                           std::span<const at::Tensor> base_weights = {});
 
 // ---- Gradients with respect to base weights (LoRA-SB initialisation, ALGORITHMS.md §5) ------
 
@@ -105,6 +132,12 @@ Result<BaseGradients> AccumulateBaseGradients(const LlamaModel& model,
                                               std::span<const TokenWindow> windows,
                                               std::uint32_t batch_size, std::stop_token stop = {},
                                               std::span<const at::Tensor> base_weights = {});
+// The same over every row of `source`, in order.
+Result<BaseGradients> AccumulateBaseGradients(const LlamaModel& model,
+                                              std::span<const std::size_t> module_indices,
+                                              const SequenceSource& source,
+                                              std::uint32_t batch_size, std::stop_token stop = {},
+                                              std::span<const at::Tensor> base_weights = {});
 
 // Greedy decoding (argmax at every step, no KV cache) of up to `max_new_tokens` after `prompt`;
 // returns prompt + generated tokens, stopping early at the model's seq_len.
@@ -112,5 +145,22 @@ Result<BaseGradients> AccumulateBaseGradients(const LlamaModel& model,
 Result<std::vector<TokenId>> GenerateGreedy(const LlamaModel& model, ModuleAdapter* adapter,
                                             std::vector<TokenId> prompt,
                                             std::size_t max_new_tokens);
+
+struct GenerateOptions {
+  std::size_t max_new_tokens = 64;
+  double temperature = 0.0;  // 0 = greedy (argmax); else softmax(logits / temperature).
+  double top_p = 1.0;        // Nucleus sampling: the smallest set of tokens with mass >= top_p.
+  std::uint64_t seed = 0;    // Sampling is deterministic in the seed.
+  std::vector<TokenId> stop_tokens;  // Generation ends after emitting one of these (e.g. EOS).
+};
+
+// Decodes after `prompt` (no KV cache: each step reruns the sequence, fine for the short
+// generations evaluation needs) and returns only the new tokens, ending early at a stop token
+// or the model's seq_len. kInvalidArgument: empty prompt, an id outside the vocabulary, or
+// temperature < 0 / top_p outside (0, 1].
+Result<std::vector<TokenId>> Generate(const LlamaModel& model, ModuleAdapter* adapter,
+                                      std::span<const TokenId> prompt,
+                                      const GenerateOptions& options,
+                                      std::span<const at::Tensor> base_weights = {});
 
 }  // namespace fedlora::client

@@ -1,6 +1,9 @@
 // test_assets.h — paths of the repository's test assets, shared by the client test binaries.
 #pragma once
 
+#include <cstdlib>
+#include <filesystem>
+
 #include <string>
 
 namespace fedlora::client::testing_assets {
@@ -12,5 +15,23 @@ inline std::string LegacyModelPath() { return AssetPath("models/stories260K/stor
 inline std::string V1ModelPath() { return AssetPath("models/stories260K/stories260K_v1.bin"); }
 inline std::string TokenizerPath() { return AssetPath("models/stories260K/tok512.bin"); }
 inline std::string ShakespearePath() { return AssetPath("datasets/tinyshakespeare/input.txt"); }
+
+// Small tokenizers and golden encodings written by scripts/make_tokenizer_fixtures.py.
+// The shared datasets (GSM8K, SST-2, SpamAssassin) live beside the checkout, in
+// ../shared/data/datasets, or where FEDLORA_DATASETS_DIR points. Tests that need them skip when
+// the file is absent (HasDataset).
+inline std::string DatasetPath(const std::string& relative) {
+  const char* dir = std::getenv("FEDLORA_DATASETS_DIR");
+  return (dir != nullptr ? std::string(dir)
+                         : std::string(FEDLORA_SOURCE_DIR) + "/../shared/data/datasets") +
+         "/" + relative;
+}
+inline bool HasDataset(const std::string& relative) {
+  return std::filesystem::exists(DatasetPath(relative));
+}
+
+inline std::string TokenizerFixturePath(const std::string& relative) {
+  return std::string(FEDLORA_SOURCE_DIR) + "/tests/data/tokenizers/" + relative;
+}
 
 }  // namespace fedlora::client::testing_assets

@@ -45,6 +45,7 @@ std::string FreshDir(const std::string& name) {
 
 ClientConfig Config(const std::string& name, std::uint32_t partition = 1) {
   ClientConfig config;
+  config.device = "cpu";  // Where the shared test model lives.
   config.name = name;
   config.data.path = ShakespearePath();
   config.data.partition = "speaker";

@@ -38,6 +38,7 @@ std::shared_ptr<const ModelAssets> FreshAssets() {
 std::unique_ptr<Worker> NewWorker(const std::string& name,
                                   std::shared_ptr<const ModelAssets> assets) {
   ClientConfig config;
+  config.device = "cpu";  // Where the shared test model lives.
   config.name = name;
   config.data.path = ShakespearePath();
   config.data.partition = "speaker";
@@ -329,6 +330,7 @@ TEST(BaseOverlayTest, TrainingAndEvaluationRunOnTheCorrectedBaseAndReportItsVers
       LlamaModel::FromTensors(Stories260K().config(), weights);
   ASSERT_TRUE(model.ok()) << model.status().ToString();
   ClientConfig config;
+  config.device = "cpu";  // Where the shared test model lives.
   config.data.path = ShakespearePath();
   config.data.partition = "speaker";
   config.data.num_partitions = 8;

@@ -61,5 +61,27 @@ TEST(CoordinatorConfigTest, RangeErrorsNameTheKey) {
   EXPECT_NE(message("train: {upload_dtype: int8}").find("int8"), std::string::npos);
 }
 
+TEST(CoordinatorConfigTest, ExportSectionIsParsedStrictly) {
+  Result<CoordinatorConfig> c = Parse("");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->export_config.peft_dir, "");  // <state_dir>/peft
+  EXPECT_TRUE(c->export_config.peft_every_round);
+  EXPECT_EQ(c->export_config.dtype, DType::kF32);
+  c = Parse("export:\n  peft_dir: /srv/adapter\n  peft_every_round: false\n"
+            "  base_model_name_or_path: org/model\n  dtype: bf16\n");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->export_config.peft_dir, "/srv/adapter");
+  EXPECT_FALSE(c->export_config.peft_every_round);
+  EXPECT_EQ(c->export_config.base_model_name_or_path, "org/model");
+  EXPECT_EQ(c->export_config.dtype, DType::kBF16);
+  c = Parse("rounds: 2\nexport:\n  peft_dri: x\n");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("coord.yaml:3"), std::string::npos) << c.status().message();
+  EXPECT_NE(c.status().message().find("export.peft_dri"), std::string::npos);
+  c = Parse("export: {dtype: f64}");
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("export.dtype"), std::string::npos) << c.status().message();
+}
+
 }  // namespace
 }  // namespace fedlora::server

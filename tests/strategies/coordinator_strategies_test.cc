@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <thread>
 
+#include "common/lora/peft.h"
+#include "server/checkpoint_store.h"
 #include "server/coordinator.h"
 #include "server/strategies/make_strategy.h"
 #include "tests/server/test_peer.h"
@@ -115,7 +117,31 @@ TEST_F(CoordinatorStrategyTest, FedSbAsksTheDeclaredClientForItsInitialStateFirs
   plain.Expect<wire::Ack>();
   plain.Expect<wire::Bye>();
   thread_.join();
-  EXPECT_TRUE(result_.ok()) << result_.ToString();
+  ASSERT_TRUE(result_.ok()) << result_.ToString();
+  coordinator_.reset();  // Releases the state directory's lock.
+
+  // The PEFT export is the standard LoRA B' = B R_g, A' = A at the same scale s = 2.
+  const Checkpoint cp = *CheckpointStore::Open(dir_).value().LoadLatest().value();
+  const lora::PeftAdapter peft = lora::ImportPeft(dir_ + "/peft").value();
+  for (const auto& m : testing::kModules) {
+    testing::Dense br = testing::Zero(m.d_out, 2), want = testing::Zero(m.d_out, m.d_in);
+    testing::AddProduct(br, testing::FromTensor(cp.state.extra.at(lora::LoraBName(m.name))),
+                        testing::FromTensor(cp.state.adapter.at(m.name + ".lora_R.weight")));
+    const testing::Dense a = testing::FromTensor(cp.state.extra.at(lora::LoraAName(m.name)));
+    testing::AddProduct(want, br, a, 2.0);
+    const lora::PeftFactors& f = peft.modules.at(m.name);
+    testing::Dense got = testing::Zero(m.d_out, m.d_in);
+    testing::AddProduct(got, testing::FromTensor(f.b), testing::FromTensor(f.a),
+                        peft.ScaleOf(m.name));
+    // B R is rounded once to f32 (relative 2^-24 per entry); A is exact.
+    testing::Dense bound = testing::Zero(m.d_out, m.d_in), abs_br = br, abs_a = a;
+    for (double& x : abs_br.v) x = std::abs(x);
+    for (double& x : abs_a.v) x = std::abs(x);
+    testing::AddProduct(bound, abs_br, abs_a, 2.0 * 1.01 * std::ldexp(1.0, -24));
+    for (std::size_t i = 0; i < want.v.size(); ++i) {
+      EXPECT_LE(std::abs(got.v[i] - want.v[i]), bound.v[i]) << m.name << " entry " << i;
+    }
+  }
 }
 
 TEST_F(CoordinatorStrategyTest, FedExShipsEachClientTheCorrectionsItLacksAndChecksTheirVersion) {
@@ -160,6 +186,59 @@ TEST_F(CoordinatorStrategyTest, FedExShipsEachClientTheCorrectionsItLacksAndChec
   b.Expect<wire::Bye>();
   thread_.join();
   EXPECT_TRUE(result_.ok()) << result_.ToString();
+}
+
+TEST_F(CoordinatorStrategyTest, FedExPeftExportAddsTheBaseCorrectionsToTheGlobalAdapter) {
+  Start("fedex");
+  TestPeer a(context_, coordinator_->endpoint());
+  TestPeer b(context_, coordinator_->endpoint());
+  a.Join(MakeHello("a", config_.base_model_sha256, testing::kModules));
+  b.Join(MakeHello("b", config_.base_model_sha256, testing::kModules));
+  std::vector<std::string> factors;
+  for (const auto& m : testing::kModules) {
+    factors.push_back(lora::LoraAName(m.name));
+    factors.push_back(lora::LoraBName(m.name));
+  }
+  std::mt19937_64 rng(3);
+  for (int round = 1; round <= 2; ++round) {
+    const wire::RoundTask ta = a.Expect<wire::RoundTask>();
+    const wire::RoundTask tb = b.Expect<wire::RoundTask>();
+    a.Send(Answer(ta, factors, ta.base.to_version, rng));
+    b.Send(Answer(tb, factors, tb.base.to_version, rng));
+    a.Expect<wire::Ack>();
+    b.Expect<wire::Ack>();
+  }
+  a.Expect<wire::Bye>();
+  thread_.join();
+  ASSERT_TRUE(result_.ok()) << result_.ToString();
+  coordinator_.reset();  // Releases the state directory's lock.
+
+  // What PEFT adds on the pristine base must be every base correction plus s B_g A_g.
+  const Checkpoint cp = *CheckpointStore::Open(dir_).value().LoadLatest().value();
+  const lora::PeftAdapter peft = lora::ImportPeft(dir_ + "/peft").value();
+  for (const auto& m : testing::kModules) {
+    testing::Dense want = testing::Zero(m.d_out, m.d_in), got = want;
+    std::vector<const CorrectionEntry*> entries;
+    if (cp.state.corrections.snapshot()) entries.push_back(&*cp.state.corrections.snapshot());
+    for (const CorrectionEntry& e : cp.state.corrections.entries()) entries.push_back(&e);
+    ASSERT_FALSE(entries.empty());
+    for (const CorrectionEntry* e : entries) {
+      const ModuleCorrection& c = e->modules.at(m.name);
+      if (c.is_dense()) {
+        const std::vector<double> d = ToDoubles(c.dense);
+        for (std::size_t i = 0; i < d.size(); ++i) want.v[i] += d[i];
+      } else {
+        testing::AddProduct(want, testing::FromTensor(c.u), testing::FromTensor(c.v));
+      }
+    }
+    testing::AddProduct(want, testing::FromTensor(cp.state.adapter.at(lora::LoraBName(m.name))),
+                        testing::FromTensor(cp.state.adapter.at(lora::LoraAName(m.name))), 2.0);
+    const lora::PeftFactors& f = peft.modules.at(m.name);
+    testing::AddProduct(got, testing::FromTensor(f.b), testing::FromTensor(f.a),
+                        peft.ScaleOf(m.name));
+    // s = 2 and identity factors are exact in f32, so B' and A' hold the f32 state exactly.
+    EXPECT_LT(testing::MaxAbsDiff(got, want), 1e-10) << m.name;
+  }
 }
 
 }  // namespace

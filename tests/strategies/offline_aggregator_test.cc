@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "common/lora/peft.h"
 #include "common/safetensors.h"
 #include "tests/strategies/strategy_test_util.h"
 
@@ -94,6 +95,80 @@ TEST_F(OfflineAggregatorTest, FloraWritesTheStackedUpdateAsCorrectionAndAdapter)
                FromTensor(files_[k].at(lora::LoraAName(m.name))), 0.5 * 4.0 / 4);
   }
   EXPECT_LT(MaxAbsDiff(got, ideal), 1e-10);
+}
+
+TEST_F(OfflineAggregatorTest, FedExPeftOutIsExactOnThePristineBase) {
+  std::mt19937_64 rng(5);
+  OfflineOptions o;
+  o.strategy = "fedex";
+  o.out_dir = dir_ + "/out";
+  o.peft_out = dir_ + "/peft";
+  o.fp64 = true;
+  o.settings = {"lora.alpha=6", "export.dtype=f64", "export.base_model_name_or_path=org/base"};
+  const double weights[] = {3, 5, 9};
+  for (int k = 0; k < 3; ++k) {
+    o.clients.push_back({WriteClient(k, 3, rng, DType::kF32), weights[k]});
+  }
+  const Status s = RunOfflineAggregation(o);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  const lora::PeftAdapter peft = lora::ImportPeft(o.peft_out).value();
+  EXPECT_EQ(peft.base_model_name_or_path, "org/base");
+  for (const auto& m : kModules) {
+    // PEFT on the pristine base adds s' B' A' = U V + s B_g A_g = sum_k p_k s B_k A_k.
+    const lora::PeftFactors& f = peft.modules.at(m.name);
+    EXPECT_EQ(peft.ScaleOf(m.name), 1.0);
+    EXPECT_GT(f.a.shape[0], 3) << "the correction's rank is folded in";
+    Dense got = Zero(m.d_out, m.d_in), ideal = Zero(m.d_out, m.d_in);
+    AddProduct(got, FromTensor(f.b), FromTensor(f.a), peft.ScaleOf(m.name));
+    for (int k = 0; k < 3; ++k) {
+      AddProduct(ideal, FromTensor(files_[k].at(lora::LoraBName(m.name))),
+                 FromTensor(files_[k].at(lora::LoraAName(m.name))), 2.0 * weights[k] / 17);
+    }
+    EXPECT_LT(MaxAbsDiff(got, ideal), 1e-10) << m.name;
+  }
+}
+
+TEST_F(OfflineAggregatorTest, PeftAdapterDirectoriesAreClientsAtTheirOwnScale) {
+  // Two PEFT clients at different scales (16/4 = 4 and 2/2 = 1); FLoRA's merged update must be
+  // the mean of what each one's PEFT model adds, s_k B_k A_k.
+  std::mt19937_64 rng(6);
+  const double scales[] = {4.0, 1.0};
+  const wire::LoraSpec specs[] = {{.rank = 4, .alpha = 16, .targets = {"q_proj", "up_proj"}},
+                                  {.rank = 2, .alpha = 2, .targets = {"q_proj", "up_proj"}}};
+  OfflineOptions o;
+  o.strategy = "flora";
+  o.out_dir = dir_ + "/out";
+  o.peft_out = dir_ + "/peft";
+  o.fp64 = true;
+  o.settings = {"strategy.weighting=uniform", "export.dtype=f64"};
+  for (int k = 0; k < 2; ++k) {
+    WriteClient(k, specs[k].rank, rng, DType::kF64);
+    const std::string peft_dir = dir_ + "/client" + std::to_string(k) + "_peft";
+    const lora::PeftAdapter client =
+        lora::PeftFromAdapter(files_[k], specs[k], "", DType::kF64).value();
+    ASSERT_TRUE(lora::ExportPeft(peft_dir, client, {.dtype = DType::kF64}).ok());
+    o.clients.push_back({peft_dir, 1});
+  }
+  const Status s = RunOfflineAggregation(o);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  const lora::PeftAdapter peft = lora::ImportPeft(o.peft_out).value();
+  for (const auto& m : kModules) {
+    const lora::PeftFactors& f = peft.modules.at(m.name);
+    EXPECT_EQ(f.a.shape[0], 6) << "stacked ranks 4 + 2";
+    Dense got = Zero(m.d_out, m.d_in), ideal = Zero(m.d_out, m.d_in);
+    AddProduct(got, FromTensor(f.b), FromTensor(f.a), peft.ScaleOf(m.name));
+    for (int k = 0; k < 2; ++k) {
+      AddProduct(ideal, FromTensor(files_[k].at(lora::LoraBName(m.name))),
+                 FromTensor(files_[k].at(lora::LoraAName(m.name))), 0.5 * scales[k]);
+    }
+    EXPECT_LT(MaxAbsDiff(got, ideal), 1e-10) << m.name;
+  }
+  // A directory that is not a PEFT adapter is named with the file it lacks.
+  ASSERT_TRUE(std::filesystem::create_directories(dir_ + "/empty"));
+  o.clients = {{dir_ + "/empty", 1}};
+  const Status missing = RunOfflineAggregation(o);
+  EXPECT_EQ(missing.code(), StatusCode::kNotFound);
+  EXPECT_NE(missing.message().find("adapter_config.json"), std::string::npos) << missing.message();
 }
 
 TEST_F(OfflineAggregatorTest, FsLoraNeedsTheGlobalAndTheSketches) {
