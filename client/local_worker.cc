@@ -501,7 +501,11 @@ Result<std::unique_ptr<Worker>> MakeLocalWorker(const ClientConfig& config,
       ClientDataset::Load(config.data, assets->tokenizer(),
                           static_cast<std::size_t>(assets->model().config().seq_len));
   if (!data.ok()) return data.status().WithContext(StrCat("client '", config.name, "'"));
-  LogInfo("client '", config.name, "': ", (*data)->summary());
+  if (config.log_progress) {
+    LogInfo("client '", config.name, "': ", (*data)->summary());
+  } else {
+    LogDebug("client '", config.name, "': ", (*data)->summary());
+  }
   return std::unique_ptr<Worker>(
       std::make_unique<LocalWorker>(config, std::move(assets), options, std::move(data).value()));
 }

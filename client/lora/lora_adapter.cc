@@ -1,6 +1,7 @@
 #include "client/lora/lora_adapter.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
@@ -360,8 +361,8 @@ at::Tensor LoraAdapter::Penalty() const {
   for (const auto& slot : slots_) {
     if (!slot || slot->tail < 0) continue;
     const std::int64_t n = slot->rank - slot->tail;
-    const at::Tensor term = at::frobenius_norm(slot->b.narrow(1, slot->tail, n)) *
-                            at::frobenius_norm(slot->a.narrow(0, slot->tail, n));
+    const at::Tensor term = slot->b.narrow(1, slot->tail, n).norm() *
+                            slot->a.narrow(0, slot->tail, n).norm();
     total = total.defined() ? total + term : term;
   }
   return total.defined() ? total * tail_lambda_ : total;

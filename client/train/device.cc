@@ -20,8 +20,11 @@ Result<at::Device> ResolveDevice(std::string_view text) {
       break;
   }
   if (!at::hasCUDA()) {
-    return FailedPrecondition("device '", text, "': this LibTorch (", TORCH_VERSION,
-                              ") was built without CUDA; build against a CUDA LibTorch "
+    // hasCUDA() is false both for a CPU-only LibTorch and for a CUDA one without a usable
+    // driver or GPU; the message says both.
+    return FailedPrecondition("device '", text, "': no usable CUDA device (this LibTorch ",
+                              TORCH_VERSION, " was built without CUDA, or sees no GPU and "
+                              "driver); build against a CUDA LibTorch on a GPU machine "
                               "(docs/gpu.md) or use device: cpu");
   }
   const auto count = static_cast<int>(torch::cuda::device_count());

@@ -283,7 +283,9 @@ def main():
     parser.add_argument("--corpus", required=True, help="tinyshakespeare input.txt")
     parser.add_argument("--work", default=None)
     args = parser.parse_args()
-    work = args.work or tempfile.mkdtemp(prefix="fedlora-interop-")
+    args.bin = os.path.abspath(args.bin)
+    args.corpus = os.path.abspath(args.corpus)  # The sim resolves paths against its config.
+    work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="fedlora-interop-"))
     os.makedirs(work, exist_ok=True)
     import transformers, peft, tokenizers as tk
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "

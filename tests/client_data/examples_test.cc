@@ -24,9 +24,6 @@ using ::testing::StartsWith;
 using testing_assets::TokenizerPath;
 
 using testing_assets::DatasetPath;
-#define REQUIRE_DATASET(relative)                   \
-  if (!std::filesystem::exists(DatasetPath(relative))) \
-  GTEST_SKIP() << "no dataset " << DatasetPath(relative)
 
 const Tokenizer& Tok512() {
   static const Tokenizer tokenizer = [] {
@@ -71,7 +68,7 @@ std::vector<TokenId> Slice(const std::vector<TokenId>& v, std::size_t begin, std
 // ---- Loaders on the real datasets -----------------------------------------------------------
 
 TEST(RecordSourcesTest, Sst2TrainRowsBecomeTrimmedSentencesWithTheirLabels) {
-  REQUIRE_DATASET("sst2/train.tsv");
+  FEDLORA_REQUIRE_DATASET("sst2/train.tsv");
   const Result<std::vector<Record>> r = LoadSst2Tsv(DatasetPath("sst2/train.tsv"), {.limit = 4});
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   ASSERT_EQ(r->size(), 4u);
@@ -83,7 +80,7 @@ TEST(RecordSourcesTest, Sst2TrainRowsBecomeTrimmedSentencesWithTheirLabels) {
 }
 
 TEST(RecordSourcesTest, Sst2TestFileHasTheDocumentedLabelCounts) {
-  REQUIRE_DATASET("sst2/test.tsv");
+  FEDLORA_REQUIRE_DATASET("sst2/test.tsv");
   const Result<std::vector<Record>> r = LoadSst2Tsv(DatasetPath("sst2/test.tsv"));
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   const auto positives =
@@ -93,7 +90,7 @@ TEST(RecordSourcesTest, Sst2TestFileHasTheDocumentedLabelCounts) {
 }
 
 TEST(RecordSourcesTest, Gsm8kStripsCalculatorAnnotationsAndExtractsTheFinalAnswer) {
-  REQUIRE_DATASET("gsm8k/train.jsonl");
+  FEDLORA_REQUIRE_DATASET("gsm8k/train.jsonl");
   const Result<std::vector<Record>> r = LoadGsm8kJsonl(DatasetPath("gsm8k/train.jsonl"));
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   ASSERT_EQ(r->size(), 7473u);
@@ -111,7 +108,7 @@ TEST(RecordSourcesTest, Gsm8kStripsCalculatorAnnotationsAndExtractsTheFinalAnswe
 }
 
 TEST(RecordSourcesTest, SpamAssassinHasItsDocumentedGroupsAndLabelsAndShortTexts) {
-  REQUIRE_DATASET("spamassassin/spamassassin.jsonl.gz");
+  FEDLORA_REQUIRE_DATASET("spamassassin/spamassassin.jsonl.gz");
   const Result<std::vector<Record>> r = LoadSpamAssassinJsonl(
       DatasetPath("spamassassin/spamassassin.jsonl.gz"), {.limit = 0, .max_text_chars = 300});
   ASSERT_TRUE(r.ok()) << r.status().ToString();
@@ -315,7 +312,7 @@ DataConfig Sst2Config(std::uint32_t index) {
 }
 
 TEST(ClientExamplesTest, Sst2ClientsSplitTheSampleAndEveryExampleEndsInItsLabelWord) {
-  REQUIRE_DATASET("sst2/train.tsv");
+  FEDLORA_REQUIRE_DATASET("sst2/train.tsv");
   std::size_t records = 0;
   for (std::uint32_t i = 0; i < 8; ++i) {
     const Result<ClientExamples> data = LoadClientExamples(Sst2Config(i), Tok512());
@@ -334,7 +331,7 @@ TEST(ClientExamplesTest, Sst2ClientsSplitTheSampleAndEveryExampleEndsInItsLabelW
 }
 
 TEST(ClientExamplesTest, LoadingTwiceGivesTheSameExamples) {
-  REQUIRE_DATASET("sst2/train.tsv");
+  FEDLORA_REQUIRE_DATASET("sst2/train.tsv");
   const Result<ClientExamples> a = LoadClientExamples(Sst2Config(3), Tok512());
   const Result<ClientExamples> b = LoadClientExamples(Sst2Config(3), Tok512());
   ASSERT_TRUE(a.ok() && b.ok());
@@ -343,7 +340,7 @@ TEST(ClientExamplesTest, LoadingTwiceGivesTheSameExamples) {
 }
 
 TEST(ClientExamplesTest, AnEvalPathReplacesTheHeldOutShareWithTheSharedTestFile) {
-  REQUIRE_DATASET("sst2/test.tsv");
+  FEDLORA_REQUIRE_DATASET("sst2/test.tsv");
   DataConfig c = Sst2Config(0);
   c.eval_path = DatasetPath("sst2/test.tsv");
   c.heldout_fraction = 0;
@@ -356,7 +353,7 @@ TEST(ClientExamplesTest, AnEvalPathReplacesTheHeldOutShareWithTheSharedTestFile)
 }
 
 TEST(ClientExamplesTest, Gsm8kExamplesCarryTheirAnswerAndRespectMaxTokens) {
-  REQUIRE_DATASET("gsm8k/test.jsonl");
+  FEDLORA_REQUIRE_DATASET("gsm8k/test.jsonl");
   DataConfig c;
   c.path = DatasetPath("gsm8k/test.jsonl");
   c.format = "gsm8k";
@@ -397,7 +394,7 @@ TEST(ClientExamplesTest, ChatRecordsGiveOneExamplePerAssistantTurn) {
 }
 
 TEST(ClientExamplesTest, BadConfigurationsNameTheirKey) {
-  REQUIRE_DATASET("sst2/train.tsv");
+  FEDLORA_REQUIRE_DATASET("sst2/train.tsv");
   DataConfig c = Sst2Config(0);
   c.template_name = "alpaca";
   EXPECT_THAT(LoadClientExamples(c, Tok512()).status().message(), HasSubstr("data.template"));

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "client/data/record_partition.h"
+#include "tests/client_data/partition_expect.h"
 #include "tests/client_data/test_assets.h"
 
 namespace fedlora::client {
@@ -17,9 +18,6 @@ namespace {
 using ::testing::HasSubstr;
 
 using testing_assets::DatasetPath;
-#define REQUIRE_DATASET(relative)                   \
-  if (!std::filesystem::exists(DatasetPath(relative))) \
-  GTEST_SKIP() << "no dataset " << DatasetPath(relative)
 
 // The first 6,000 SST-2 training rows (3,365 positive), loaded once.
 const std::vector<Record>& Sst2() {
@@ -62,17 +60,7 @@ Partitions PartitionOrDie(std::span<const Record> records, RecordPartitioner p, 
   return parts.ok() ? std::move(parts).value() : Partitions(n);
 }
 
-void ExpectDisjointCover(const Partitions& parts, std::size_t n) {
-  std::vector<std::size_t> all;
-  for (const auto& part : parts) {
-    EXPECT_TRUE(std::is_sorted(part.begin(), part.end()));
-    all.insert(all.end(), part.begin(), part.end());
-  }
-  std::sort(all.begin(), all.end());
-  std::vector<std::size_t> expected(n);
-  std::iota(expected.begin(), expected.end(), std::size_t{0});
-  EXPECT_EQ(all, expected);  // Every record exactly once.
-}
+using testing_assets::ExpectDisjointCover;
 
 std::vector<std::size_t> Labels(std::span<const Record> records) {
   std::size_t classes = 0;
@@ -113,7 +101,7 @@ TEST(GammaSamplerTest, DirichletDrawsSumToOneEvenForTinyAlpha) {
 // ---- Dirichlet label skew -------------------------------------------------------------------
 
 TEST(DirichletPartitionTest, IsReproducibleForASeedAndDisjointAndCovering) {
-  REQUIRE_DATASET("sst2/train.tsv");
+  FEDLORA_REQUIRE_DATASET("sst2/train.tsv");
   const Partitions a = PartitionOrDie(Sst2(), RecordPartitioner::kDirichlet, 8, 42);
   EXPECT_EQ(a, PartitionOrDie(Sst2(), RecordPartitioner::kDirichlet, 8, 42));
   EXPECT_NE(a, PartitionOrDie(Sst2(), RecordPartitioner::kDirichlet, 8, 43));
@@ -121,7 +109,7 @@ TEST(DirichletPartitionTest, IsReproducibleForASeedAndDisjointAndCovering) {
 }
 
 TEST(DirichletPartitionTest, SmallAlphaSkewsLabelsMoreThanLargeAlpha) {
-  REQUIRE_DATASET("sst2/train.tsv");
+  FEDLORA_REQUIRE_DATASET("sst2/train.tsv");
   const std::vector<std::size_t> labels = Labels(Sst2());
   double skew_small = 0, skew_large = 0;
   for (std::uint64_t seed = 0; seed < 5; ++seed) {
@@ -198,7 +186,7 @@ TEST(QuantityPartitionTest, GivesEveryClientAtLeastOneRecordAndSkewsSizesForSmal
 // ---- Natural groups, IID, none --------------------------------------------------------------
 
 TEST(GroupPartitionTest, NeverSplitsAGroupAndBalancesLargestFirst) {
-  REQUIRE_DATASET("spamassassin/spamassassin.jsonl.gz");
+  FEDLORA_REQUIRE_DATASET("spamassassin/spamassassin.jsonl.gz");
   const std::vector<Record>& records = SpamAssassin();
   const Partitions parts = PartitionOrDie(records, RecordPartitioner::kGroup, 3, 0);
   ExpectDisjointCover(parts, records.size());

@@ -29,6 +29,10 @@ inline std::string DatasetPath(const std::string& relative) {
 inline bool HasDataset(const std::string& relative) {
   return std::filesystem::exists(DatasetPath(relative));
 }
+// In a test body: skips the test, naming the file, when the dataset is absent.
+#define FEDLORA_REQUIRE_DATASET(relative)            \
+  if (!::fedlora::client::testing_assets::HasDataset(relative)) \
+  GTEST_SKIP() << "no dataset " << ::fedlora::client::testing_assets::DatasetPath(relative)
 
 inline std::string TokenizerFixturePath(const std::string& relative) {
   return std::string(FEDLORA_SOURCE_DIR) + "/tests/data/tokenizers/" + relative;

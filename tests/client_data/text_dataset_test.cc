@@ -9,6 +9,7 @@
 #include <numeric>
 #include <set>
 
+#include "tests/client_data/partition_expect.h"
 #include "tests/client_data/test_assets.h"
 
 namespace fedlora::client {
@@ -37,17 +38,7 @@ Partitions PartitionOrDie(std::span<const std::string> paragraphs, Partitioner p
   return std::move(parts).value();
 }
 
-void ExpectDisjointCover(const Partitions& parts, std::size_t n) {
-  std::vector<std::size_t> all;
-  for (const auto& part : parts) {
-    EXPECT_TRUE(std::is_sorted(part.begin(), part.end()));
-    all.insert(all.end(), part.begin(), part.end());
-  }
-  std::sort(all.begin(), all.end());
-  std::vector<std::size_t> expected(n);
-  std::iota(expected.begin(), expected.end(), std::size_t{0});
-  EXPECT_EQ(all, expected);  // Every paragraph exactly once.
-}
+using testing_assets::ExpectDisjointCover;
 
 std::string WriteTempText(const std::string& name, std::string_view bytes) {
   const std::string path = ::testing::TempDir() + name;

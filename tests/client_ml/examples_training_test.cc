@@ -1,6 +1,7 @@
 // Training and evaluation on tokenized examples (sequences.h, trainer.h, client_dataset.h):
 // masked loss, label-token accuracy, sampling, and the worker's data on real SST-2 lines.
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
