@@ -1,9 +1,17 @@
-// simulator.h — a whole federation in one process: the real coordinator and N real clients.
+// simulator.h — a federation of virtual clients: the real coordinator and N real client sessions.
 //
-// The coordinator and every client session run the production code over ZeroMQ's inproc
-// transport, so what is simulated is what is deployed. All clients share one read-only copy of
-// the frozen base model (ModelAssets); each holds only its own data, adapter and optimiser
-// state. Training takes turns on the cores through one compute lock.
+// The coordinator and every client session run the production code, so what is simulated is
+// what is deployed. All clients of one process share one read-only copy of the frozen base model
+// (ModelAssets); each holds only its own data, adapter and optimiser state. Training takes turns
+// on the cores through one compute lock.
+//
+// Two modes:
+//   RunSimulation: the whole federation in one process over ZeroMQ inproc (or, with
+//     Placement::listen, a coordinator that shards on other machines can join over TCP).
+//   RunWorkers: only a shard of the clients, connecting over TCP to a coordinator running
+//     elsewhere (fedlora-coordinator, or a fedlora-sim with --listen). The shards together hold
+//     exactly the single-process federation's clients and data: client i keeps its global name,
+//     its data partition i of num_clients and its per-client capabilities in every placement.
 #pragma once
 
 #include <cstdint>
@@ -20,16 +28,30 @@ struct SimConfig {
   std::uint32_t num_clients = 8;
   std::uint32_t threads = 0;          // LibTorch intra-op threads; 0 = all cores.
   std::string log_level = "info";
-  std::string out_dir;                // metrics.jsonl and checkpoints/ go here.
+  std::string out_dir;                // metrics.jsonl and checkpoints/ go here; clients/<name>/.
   // Per-client declared capabilities, one entry per client (or empty): a heterogeneous fleet
   // for the rank policies (strategy.rank_policy: capability | legend).
   std::vector<std::uint32_t> client_max_ranks;
   std::vector<double> client_relative_speeds;
   // Same keys as configs/coordinator.yaml; transport.bind and state_dir are set by the simulator.
+  // Unused by RunWorkers (the remote coordinator has its own configuration).
   server::CoordinatorConfig coordinator;
-  // Same keys as configs/client.yaml, shared by all clients; name, coordinator and
-  // data.partition_index / num_partitions are set per client (client-00 gets partition 0, ...).
+  // Same keys as configs/client.yaml, shared by all clients; name and data.partition_index /
+  // num_partitions are set per client (client-00 gets partition 0, ...). `coordinator` is the
+  // endpoint RunWorkers connects to; RunSimulation sets it to its own coordinator.
   client::ClientConfig client;
+};
+
+// Which of the config's clients this process runs and how it is reached. A value.
+struct Placement {
+  // This process runs clients i (0 <= i < num_clients) with i % shards == shard.
+  std::uint32_t shard = 0;
+  std::uint32_t shards = 1;
+  // Client i is named `<client_prefix><i, two digits at least>` ("client-07").
+  std::string client_prefix = "client-";
+  // RunSimulation only: where the in-process coordinator binds ("tcp://*:5555"), so that
+  // `fedlora-sim --workers` shards can join; empty = a private inproc endpoint.
+  std::string listen;
 };
 
 // Loads `path` with `--set` overrides ("coordinator.rounds=3"). `out_dir` empty: runs/<stem of
@@ -37,8 +59,22 @@ struct SimConfig {
 Result<SimConfig> LoadSimConfig(const std::string& path, const std::vector<std::string>& overrides,
                                 const std::string& out_dir);
 
-// Runs the simulation to completion. OK when every round committed; kCancelled if stopped by a
-// signal (the output directory can be resumed by running again with the same --out).
-Status RunSimulation(const SimConfig& config);
+// kInvalidArgument if `placement` does not fit `config` and the mode (shards == 0, shard >=
+// shards, a shard without clients, an empty prefix; `workers` with a listen endpoint, or more
+// than one shard in a single process without one).
+Status ValidatePlacement(const SimConfig& config, const Placement& placement, bool workers);
+
+// Runs the coordinator and this placement's clients (all of them by default) to completion. OK
+// when every round committed; kCancelled if stopped by a signal (the output directory can be
+// resumed by running again with the same --out).
+Status RunSimulation(const SimConfig& config, const Placement& placement = {});
+
+// Runs this placement's clients against the coordinator at config.client.coordinator until it
+// says the run is complete (every session got Bye: OK) or a signal stops them (kCancelled).
+// Logs one line when every session has sent its Hello and one with the rounds each client
+// trained. Errors: those of loading the model and data; kFailedPrecondition if the coordinator
+// refused a client for good (another base model, a duplicate or invalid name); kUnavailable if
+// client.transport.max_connect_attempts ran out. The first session to fail stops the others.
+Status RunWorkers(const SimConfig& config, const Placement& placement);
 
 }  // namespace fedlora::sim
