@@ -23,3 +23,4 @@ echo
 echo
 echo "Per-round metrics: $OUT/metrics.jsonl"
 echo "Global adapters:   $OUT/checkpoints/<round>/global.safetensors"
+echo "PEFT adapter:      $OUT/peft  (PeftModel.from_pretrained-ready; docs/models.md)"
