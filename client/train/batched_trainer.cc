@@ -24,35 +24,9 @@ using SteadyClock = std::chrono::steady_clock;
 
 Status Cancelled(std::string what) { return Status(StatusCode::kCancelled, std::move(what)); }
 
-// TrainLora's checks (trainer.cc ValidateTrainSpec), with the client named.
+// TrainLora's checks, with the client named.
 Status ValidateSpec(const wire::TrainSpec& s, const LlamaModel& model, std::size_t k) {
-  const std::string who = StrCat("client ", k, ": ");
-  if (s.seq_len == 0 || s.seq_len > model.config().seq_len) {
-    return InvalidArgument(who, "train.seq_len ", s.seq_len, " must be in [1, ",
-                           model.config().seq_len, "] (the model's context length)");
-  }
-  if (s.batch_size == 0) return InvalidArgument(who, "train.batch_size must be >= 1");
-  if (s.local_epochs == 0 && s.local_steps == 0) {
-    return InvalidArgument(who, "train.local_steps and train.local_epochs are both 0");
-  }
-  if (!std::isfinite(s.learning_rate) || s.learning_rate < 0.0) {
-    return InvalidArgument(who, "train.learning_rate ", s.learning_rate,
-                           " must be finite and >= 0");
-  }
-  if (!(s.beta1 >= 0.0 && s.beta1 < 1.0) || !(s.beta2 >= 0.0 && s.beta2 < 1.0)) {
-    return InvalidArgument(who, "train.beta1 ", s.beta1, " and train.beta2 ", s.beta2,
-                           " must be in [0, 1)");
-  }
-  if (!std::isfinite(s.eps) || s.eps <= 0.0) {
-    return InvalidArgument(who, "train.eps ", s.eps, " must be finite and > 0");
-  }
-  if (!std::isfinite(s.weight_decay) || s.weight_decay < 0.0) {
-    return InvalidArgument(who, "train.weight_decay ", s.weight_decay, " must be finite and >= 0");
-  }
-  if (!std::isfinite(s.grad_clip) || s.grad_clip < 0.0) {
-    return InvalidArgument(who, "train.grad_clip ", s.grad_clip, " must be finite and >= 0");
-  }
-  return OkStatus();
+  return ValidateTrainSpec(s, model).WithContext(StrCat("client ", k));
 }
 
 // Same overlay: both empty, or the same length and entry by entry the same tensor.

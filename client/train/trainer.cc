@@ -36,30 +36,6 @@ Status ValidateSeqLen(std::uint32_t seq_len, const LlamaModel& model, std::strin
   return OkStatus();
 }
 
-Status ValidateTrainSpec(const wire::TrainSpec& s, const LlamaModel& model) {
-  FEDLORA_RETURN_IF_ERROR(ValidateSeqLen(s.seq_len, model, "train.seq_len"));
-  if (s.batch_size == 0) return InvalidArgument("train.batch_size must be >= 1");
-  if (s.local_epochs == 0 && s.local_steps == 0) {
-    return InvalidArgument("train.local_steps and train.local_epochs are both 0");
-  }
-  if (!std::isfinite(s.learning_rate) || s.learning_rate < 0.0) {
-    return InvalidArgument("train.learning_rate ", s.learning_rate, " must be finite and >= 0");
-  }
-  if (!(s.beta1 >= 0.0 && s.beta1 < 1.0) || !(s.beta2 >= 0.0 && s.beta2 < 1.0)) {
-    return InvalidArgument("train.beta1 ", s.beta1, " and train.beta2 ", s.beta2,
-                           " must be in [0, 1)");
-  }
-  if (!std::isfinite(s.eps) || s.eps <= 0.0) {
-    return InvalidArgument("train.eps ", s.eps, " must be finite and > 0");
-  }
-  if (!std::isfinite(s.weight_decay) || s.weight_decay < 0.0) {
-    return InvalidArgument("train.weight_decay ", s.weight_decay, " must be finite and >= 0");
-  }
-  if (!std::isfinite(s.grad_clip) || s.grad_clip < 0.0) {
-    return InvalidArgument("train.grad_clip ", s.grad_clip, " must be finite and >= 0");
-  }
-  return OkStatus();
-}
 
 at::Tensor TokenLoss(const at::Tensor& logits, const at::Tensor& targets, at::Reduction::Reduction r) {
   const std::int64_t vocab = logits.size(-1);
@@ -98,6 +74,31 @@ class TrainingModeScope {
 };
 
 }  // namespace
+
+Status ValidateTrainSpec(const wire::TrainSpec& s, const LlamaModel& model) {
+  FEDLORA_RETURN_IF_ERROR(ValidateSeqLen(s.seq_len, model, "train.seq_len"));
+  if (s.batch_size == 0) return InvalidArgument("train.batch_size must be >= 1");
+  if (s.local_epochs == 0 && s.local_steps == 0) {
+    return InvalidArgument("train.local_steps and train.local_epochs are both 0");
+  }
+  if (!std::isfinite(s.learning_rate) || s.learning_rate < 0.0) {
+    return InvalidArgument("train.learning_rate ", s.learning_rate, " must be finite and >= 0");
+  }
+  if (!(s.beta1 >= 0.0 && s.beta1 < 1.0) || !(s.beta2 >= 0.0 && s.beta2 < 1.0)) {
+    return InvalidArgument("train.beta1 ", s.beta1, " and train.beta2 ", s.beta2,
+                           " must be in [0, 1)");
+  }
+  if (!std::isfinite(s.eps) || s.eps <= 0.0) {
+    return InvalidArgument("train.eps ", s.eps, " must be finite and > 0");
+  }
+  if (!std::isfinite(s.weight_decay) || s.weight_decay < 0.0) {
+    return InvalidArgument("train.weight_decay ", s.weight_decay, " must be finite and >= 0");
+  }
+  if (!std::isfinite(s.grad_clip) || s.grad_clip < 0.0) {
+    return InvalidArgument("train.grad_clip ", s.grad_clip, " must be finite and >= 0");
+  }
+  return OkStatus();
+}
 
 Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
                              std::span<const TokenId> stream, const wire::TrainSpec& spec,

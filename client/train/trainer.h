@@ -30,6 +30,10 @@
 
 namespace fedlora::client {
 
+// kInvalidArgument naming the field when a TrainSpec value is out of range for `model`
+// (seq_len, batch_size, steps, learning rate, betas, eps, weight decay, clipping).
+Status ValidateTrainSpec(const wire::TrainSpec& spec, const LlamaModel& model);
+
 struct TrainStats {
   double loss = 0.0;           // Mean training loss per predicted token (nats), over all steps.
   std::uint64_t steps = 0;
