@@ -70,12 +70,12 @@ std::vector<std::size_t> ParseList(const std::string& text) {
   return out;
 }
 
-wire::TrainSpec Spec(std::uint32_t steps) {
+wire::TrainSpec Spec(std::uint32_t steps, std::uint32_t batch, std::uint32_t seq_len) {
   wire::TrainSpec spec;
   spec.learning_rate = 1e-3;
   spec.local_steps = steps;
-  spec.batch_size = 4;
-  spec.seq_len = 128;
+  spec.batch_size = batch;
+  spec.seq_len = seq_len;
   spec.grad_clip = 1.0;
   return spec;
 }
@@ -86,6 +86,7 @@ int main(int argc, char** argv) {
   std::string assets = "assets";
   std::vector<std::size_t> ks = {1, 4, 16, 64};
   std::uint32_t steps = 3;
+  std::uint32_t batch = 4, seq_len = 128;
   int repeats = 1;
   BatchedTrainOptions options;
   options.max_rows_per_pass = 16;  // 4 clients per pass: the best of 0/8/16/32 on a 2-core CPU.
@@ -99,6 +100,8 @@ int main(int argc, char** argv) {
     if (flag == "--repeats") repeats = std::atoi(argv[i + 1]);
     if (flag == "--threads") threads = std::atoi(argv[i + 1]);
     if (flag == "--only") only = argv[i + 1];
+    if (flag == "--batch") batch = static_cast<std::uint32_t>(std::atoi(argv[i + 1]));
+    if (flag == "--seq-len") seq_len = static_cast<std::uint32_t>(std::atoi(argv[i + 1]));
     if (flag == "--max-rows") {
       options.max_rows_per_pass = static_cast<std::uint32_t>(std::atoi(argv[i + 1]));
     }
@@ -119,7 +122,7 @@ int main(int argc, char** argv) {
   for (std::size_t k = 0; k < kShares; ++k) {
     streams[k].assign(tokens.begin() + static_cast<std::ptrdiff_t>(k * share),
                       tokens.begin() + static_cast<std::ptrdiff_t>((k + 1) * share));
-    sources.push_back(std::make_unique<WindowSource>(streams[k], 128, Tokenizer::kBos));
+    sources.push_back(std::make_unique<WindowSource>(streams[k], seq_len, Tokenizer::kBos));
   }
   wire::LoraSpec lora;
   lora.rank = 8;
@@ -138,13 +141,13 @@ int main(int argc, char** argv) {
     const auto group = [&](std::uint32_t n) {
       std::vector<BatchedClient> clients;
       for (std::size_t c = 0; c < k; ++c) {
-        clients.push_back({adapters[c].get(), sources[c].get(), Spec(n), c, {}});
+        clients.push_back({adapters[c].get(), sources[c].get(), Spec(n, batch, seq_len), c, {}});
       }
       return clients;
     };
     const auto sequential = [&](std::uint32_t n) {
       for (std::size_t c = 0; c < k; ++c) {
-        OrDie(TrainLora(*model, *adapters[c], *sources[c], Spec(n), c), "sequential training");
+        OrDie(TrainLora(*model, *adapters[c], *sources[c], Spec(n, batch, seq_len), c), "sequential training");
       }
     };
     // Warm-up: one step each way (allocator, thread pool, OpenBLAS buffers).

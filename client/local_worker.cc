@@ -29,6 +29,7 @@
 #include "client/train/client_dataset.h"
 #include "client/train/device.h"
 #include "client/train/trainer.h"
+#include "client/train/training_batcher.h"
 #include "common/log.h"
 #include "common/lora/factor_math.h"
 
@@ -110,6 +111,11 @@ class LocalWorker final : public Worker {
   }
 
   Result<wire::Update> Train(const wire::RoundTask& task, std::stop_token stop) override try {
+    // Announced before waiting for the compute lock, so the batcher's next group waits for us.
+    TrainingBatcher::Ticket ticket;
+    if (options_.batcher != nullptr && task.plan.mode != AdapterMode::kLoraSbInit) {
+      ticket = options_.batcher->Announce();
+    }
     std::unique_lock<std::mutex> lock = LockCompute();
     FEDLORA_RETURN_IF_ERROR(UpdateBase(task.base, task.tensors));
     const TensorMap adapter_tensors = AdapterTensors(task.tensors, task.base);
@@ -142,18 +148,37 @@ class LocalWorker final : public Worker {
       start_scores = adapter->TailScores();
     }
     const std::unique_ptr<SequenceSource> source = data_->TrainSource(task.train.seq_len);
-    FEDLORA_ASSIGN_OR_RETURN(const TrainStats stats,
-                             TrainLora(assets_->model(), *adapter, *source, task.train,
-                                       MixSeed(seed, kOrderSalt), stop, BaseWeights()));
+    TrainStats stats;
+    if (options_.batcher != nullptr) {
+      // The group trains under the compute lock itself; TrainLoraBatched equals TrainLora.
+      if (lock.owns_lock()) lock.unlock();
+      FEDLORA_ASSIGN_OR_RETURN(
+          stats, InContext(options_.batcher->Train(
+                     std::move(ticket),
+                     {.adapter = adapter.get(),
+                      .source = source.get(),
+                      .spec = task.train,
+                      .seed = MixSeed(seed, kOrderSalt),
+                      .base_weights = BaseWeights()},
+                     stop)));
+      if (lock.mutex() != nullptr) lock.lock();
+    } else {
+      FEDLORA_ASSIGN_OR_RETURN(stats, TrainLora(assets_->model(), *adapter, *source, task.train,
+                                                MixSeed(seed, kOrderSalt), stop, BaseWeights()));
+    }
     wire::Update update;
     update.round = task.round;
     update.num_samples = stats.samples;
     update.num_examples = TrainWindows(task.train.seq_len);
     update.base_version = base_version_.load();
+    std::int64_t trainable = 0;
+    for (const at::Tensor& p : adapter->Parameters()) trainable += p.numel();
     update.metrics = {{"train_loss", stats.loss},
                       {"steps", static_cast<double>(stats.steps)},
                       {"tokens", static_cast<double>(stats.tokens)},
-                      {"seconds", stats.seconds}};
+                      {"seconds", stats.seconds},
+                      {"trainable_params", static_cast<double>(trainable)},
+                      {"state_bytes", static_cast<double>(StateBytes())}};
     std::map<std::string, std::int64_t, std::less<>> pruned;
     if (plan.pruning()) {
       const auto end_scores = adapter->TailScores();
@@ -232,6 +257,22 @@ class LocalWorker final : public Worker {
                              task.round);
   } catch (const std::exception& e) {
     return Internal("client '", config_.name, "': evaluating round ", task.round, ": ", e.what());
+  }
+
+  // What this client keeps between tasks: its tokenized data, FedSA's private B and LoRA-SB's
+  // frozen factors. The shared base model and overlays are not counted.
+  std::uint64_t StateBytes() const {
+    std::uint64_t bytes = data_->MemoryBytes();
+    const auto add = [&bytes](const ModuleTensors& tensors) {
+      for (const auto& [name, t] : tensors) {
+        bytes += static_cast<std::uint64_t>(t.numel()) * t.element_size();
+      }
+    };
+    if (local_b_) add(local_b_->b);
+    for (const auto& [name, frozen] : sb_cache_) {
+      bytes += static_cast<std::uint64_t>(frozen.b.numel() + frozen.a.numel()) * sizeof(float);
+    }
+    return bytes;
   }
 
   TensorMap CorrectedBaseForTesting() const {
@@ -481,6 +522,38 @@ Result<std::shared_ptr<const ModelAssets>> LoadModelAssets(const ModelConfig& co
 
 std::string BaseModelDigest(const ModelAssets& assets) { return assets.model().Digest(); }
 
+std::shared_ptr<TrainingBatcher> MakeTrainingBatcher(std::shared_ptr<const ModelAssets> assets,
+                                                     std::mutex* compute_lock,
+                                                     BatchingOptions options) {
+  FEDLORA_CHECK(assets != nullptr);
+  const LlamaModel* model = &assets->model();
+  return std::make_shared<TrainingBatcher>(
+      std::shared_ptr<const LlamaModel>(std::move(assets), model), compute_lock, options);
+}
+
+BatcherStats GetBatcherStats(const TrainingBatcher& batcher) { return batcher.stats(); }
+
+std::uint64_t ActivationBytesPerRow(const ModelAssets& assets, std::uint32_t seq_len) {
+  const LlamaConfig& c = assets.model().config();
+  const std::uint64_t t = seq_len;
+  const std::uint64_t head_dim = static_cast<std::uint64_t>(
+      c.head_dim > 0 ? c.head_dim : c.dim / std::max<std::int64_t>(1, c.n_heads));
+  const std::uint64_t q = static_cast<std::uint64_t>(c.n_heads) * head_dim;
+  const std::uint64_t kv = static_cast<std::uint64_t>(c.n_kv_heads) * head_dim;
+  const std::uint64_t dim = static_cast<std::uint64_t>(c.dim);
+  const std::uint64_t hidden = static_cast<std::uint64_t>(c.hidden_dim);
+  // Per layer and token: two norms and residuals (4 dim), q, k, v (with RoPE copies), attention
+  // output and o_proj (2 q + 3 (q + 2 kv)), gate, up, SiLU and product (4 hidden), each LoRA's
+  // x·Aᵀ (small, ignored); per layer and head: scores and probabilities [T, T].
+  const std::uint64_t per_token_layer = 4 * dim + 2 * q + 3 * (q + 2 * kv) + 4 * hidden;
+  const std::uint64_t per_layer = t * per_token_layer + 2 * static_cast<std::uint64_t>(c.n_heads) * t * t;
+  // Plus the logits and their softmax.
+  const std::uint64_t logits = 2 * t * static_cast<std::uint64_t>(c.vocab_size);
+  return sizeof(float) * (static_cast<std::uint64_t>(c.n_layers) * per_layer + logits);
+}
+
+std::string ModelDevice(const ModelAssets& assets) { return assets.device(); }
+
 std::vector<wire::ModuleInfo> AdaptableModules(const ModelAssets& assets) {
   return assets.model().AdaptableModules();
 }
@@ -517,6 +590,11 @@ void ConfigureTorchThreads(unsigned threads) {
 
 std::size_t LiveBaseOverlaysForTesting(const ModelAssets& assets) {
   return assets.overlays().LiveCount();
+}
+
+std::uint64_t LocalWorkerStateBytes(const Worker& worker) {
+  const auto* local = dynamic_cast<const LocalWorker*>(&worker);
+  return local != nullptr ? local->StateBytes() : 0;
 }
 
 TensorMap CorrectedBaseWeightsForTesting(const Worker& worker) {

@@ -4,6 +4,8 @@
 // compile without LibTorch; local_worker.cc is the door.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -34,13 +36,63 @@ Result<std::shared_ptr<const ModelAssets>> LoadModelAssets(const ModelConfig& co
 // files of the same weights.
 std::string BaseModelDigest(const ModelAssets& assets);
 
+// Where the model lives: "cpu", "cuda:0", ...
+std::string ModelDevice(const ModelAssets& assets);
+
 // Every linear module of the model that LoRA can adapt, with Hugging Face names.
 std::vector<wire::ModuleInfo> AdaptableModules(const ModelAssets& assets);
+
+// ---- Batched training of many workers (the simulator) -----------------------------------------
+
+// How a TrainingBatcher groups the training tasks of the workers that share it.
+struct BatchingOptions {
+  // K: the most clients trained together in one group (>= 1; 1 = one at a time).
+  std::uint32_t max_clients = 16;
+  // Rows per forward/backward pass (BatchedTrainOptions::max_rows_per_pass; 0 = no bound).
+  std::uint32_t max_rows_per_pass = 0;
+  // A group starts once no worker is still preparing its task and no task has arrived for this
+  // long, or when it is full, or when its oldest task has waited max_gather.
+  std::chrono::milliseconds gather{20};
+  std::chrono::milliseconds max_gather{2000};
+  // Groups trained at the same time, each on a thread of its own (>= 1). On a CPU, LibTorch's
+  // intra-op threads speed up a small model's step little (stories260K: one thread did as well
+  // as two here), so one single-threaded lane per core trains `lanes` times as many clients.
+  std::uint32_t lanes = 1;
+};
+
+// What a TrainingBatcher has done so far.
+struct BatcherStats {
+  std::uint64_t groups = 0;          // Batched calls run.
+  std::uint64_t clients = 0;         // Client tasks trained in them.
+  std::uint32_t largest_group = 0;
+  double seconds = 0;                // Wall time spent training groups.
+};
+
+// Trains the tasks of the LocalWorkers it is given to (LocalWorkerOptions::batcher) in groups
+// through one forward and backward of the shared base (client/train/training_batcher.h).
+class TrainingBatcher;
+
+// A batcher over `assets`' model. Workers sharing it must be built on the same assets; training
+// groups hold `compute_lock` (may be null; must outlive the batcher).
+std::shared_ptr<TrainingBatcher> MakeTrainingBatcher(std::shared_ptr<const ModelAssets> assets,
+                                                     std::mutex* compute_lock,
+                                                     BatchingOptions options);
+BatcherStats GetBatcherStats(const TrainingBatcher& batcher);
+
+// Bytes of activations LibTorch keeps per training row of `seq_len` tokens for the backward pass
+// of `assets`' model with LoRA on every adaptable module: an estimate (float32; the [T, T]
+// attention scores and probabilities, and per layer the residual stream, norms, projections and
+// MLP activations), used to size batched groups to a memory budget.
+std::uint64_t ActivationBytesPerRow(const ModelAssets& assets, std::uint32_t seq_len);
 
 struct LocalWorkerOptions {
   // When set, training and evaluation hold this mutex, so workers sharing a machine take turns
   // on its cores instead of oversubscribing them. Must outlive the worker.
   std::mutex* compute_lock = nullptr;
+  // When set, training tasks (all modes but the LoRA-SB initialisation) are trained in groups
+  // with other workers of the same batcher; the batcher must be built on the same assets and
+  // compute lock.
+  std::shared_ptr<TrainingBatcher> batcher;
 };
 
 // Builds a worker for `config` (its name, data and capabilities) on top of shared `assets`.
@@ -51,6 +103,11 @@ Result<std::unique_ptr<Worker>> MakeLocalWorker(const ClientConfig& config,
 
 // Sets LibTorch's intra-op thread count (0 = all cores). LibTorch defaults to 1 on some machines.
 void ConfigureTorchThreads(unsigned threads);
+
+// What a LocalWorker keeps between tasks (its tokenized data, FedSA's private B, LoRA-SB's
+// frozen factors), in bytes; the shared model is not counted. 0 for other Workers. Call it only
+// while the worker runs no task.
+std::uint64_t LocalWorkerStateBytes(const Worker& worker);
 
 // ---- For tests -------------------------------------------------------------------------------
 

@@ -50,8 +50,7 @@ enum class Outcome { kBye, kReconnect, kStop, kFatal };
 class ClientSession::Impl {
  public:
   Impl(ClientConfig config, Worker& worker, net::Context& context, const Clock& clock)
-      : config_(std::move(config)), worker_(worker), context_(context), clock_(clock),
-        job_thread_([this] { JobLoop(); }) {}
+      : config_(std::move(config)), worker_(worker), context_(context), clock_(clock) {}
 
   ~Impl() {
     {
@@ -61,7 +60,8 @@ class ClientSession::Impl {
       if (current_stop_) current_stop_->request_stop();
     }
     cv_.notify_all();
-    job_thread_.join();
+    // Started by the first Enqueue, on the session thread, which has returned by now.
+    if (job_thread_.joinable()) job_thread_.join();
   }
 
   Status Run();
@@ -126,7 +126,7 @@ class ClientSession::Impl {
   std::optional<std::stop_source> current_stop_;  // Guarded by mu_.
   std::deque<JobDone> done_;                      // Guarded by mu_.
   bool shutting_down_ = false;                    // Guarded by mu_.
-  std::thread job_thread_;                        // Last: starts after the members above.
+  std::thread job_thread_;                        // Started by Enqueue (under mu_).
 };
 
 // ---- job thread ----------------------------------------------------------------------------
@@ -189,6 +189,10 @@ bool ClientSession::Impl::Enqueue(Job job, std::uint64_t sequence) {
       });
     }
     jobs_.push_back(QueuedJob{std::move(job), sequence});
+    // The job thread starts with the first job: a session that is never tasked (most virtual
+    // clients of a large simulation) costs no second thread, whose stack holds LibTorch's static
+    // thread-local storage (~120 KB resident in a binary linked to it).
+    if (!job_thread_.joinable()) job_thread_ = std::thread([this] { JobLoop(); });
   }
   cv_.notify_one();
   return true;
@@ -438,14 +442,18 @@ void ClientSession::Impl::HandleDone(JobDone done) {
   if (!done.result.ok()) {
     if (done.result.status().code() == StatusCode::kCancelled) return;
     const Status& status = done.result.status();
-    LogError(done.key.fit ? "training" : "evaluation", " for round ", done.key.round,
-             " failed: ", status.ToString());
     // A worker may name the precise protocol error (e.g. BASE_VERSION_MISMATCH) as detail().
     const ErrorCode code =
         status.detail() != 0 && status.detail() <= static_cast<std::uint32_t>(wire::kLastErrorCode)
             ? static_cast<ErrorCode>(status.detail())
         : status.code() == StatusCode::kInvalidArgument ? ErrorCode::kInvalidField
                                                         : ErrorCode::kInternal;
+    if (code == ErrorCode::kTaskDeclined) {  // A decision, not a failure.
+      LogDebug("declining round ", done.key.round, ": ", status.message());
+    } else {
+      LogError(done.key.fit ? "training" : "evaluation", " for round ", done.key.round,
+               " failed: ", status.ToString());
+    }
     Send(wire::Error{code, status.message(), done.task_sequence});
     return;
   }

@@ -54,6 +54,8 @@ enum ErrorCode {
   shuttingDown @19;         # The coordinator is stopping; reconnect later.
   internal @20;             # The sender of this Error hit a bug.
   baseVersionMismatch @21;  # A BaseUpdate starts at a version the client's base is not at.
+  taskDeclined @22;         # The client will not do this task: offline, or it cannot finish
+                            # before the deadline. Counts as a failure for the round.
 }
 
 struct TensorRef {

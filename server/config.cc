@@ -199,6 +199,7 @@ Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
   const ConfigSection round = root.Section("round");
   FEDLORA_RETURN_IF_ERROR(round.Read("fraction", &c->round.fraction));
   FEDLORA_RETURN_IF_ERROR(round.Read("min_clients", &c->round.min_clients));
+  FEDLORA_RETURN_IF_ERROR(round.Read("wait_for_clients", &c->round.wait_for_clients));
   FEDLORA_RETURN_IF_ERROR(round.Read("max_clients", &c->round.max_clients));
   FEDLORA_RETURN_IF_ERROR(round.Read("quorum", &c->round.quorum));
   FEDLORA_RETURN_IF_ERROR(round.Read("quorum_fraction", &c->round.quorum_fraction));

@@ -382,7 +382,11 @@ void Coordinator::Impl::HandleMessage(const net::Message& message) {
   } else if (auto* result = std::get_if<wire::EvalResult>(&envelope.body)) {
     HandleEvalResult(*client, envelope.sequence, std::move(*result), bytes);
   } else if (const auto* error = std::get_if<wire::Error>(&envelope.body)) {
-    LogWarn(who, " reports ", wire::ErrorCodeName(error->code), ": ", error->message);
+    if (error->code == ErrorCode::kTaskDeclined) {  // Routine in a fleet: offline or too slow.
+      LogDebug(who, " declines its task: ", error->message);
+    } else {
+      LogWarn(who, " reports ", wire::ErrorCodeName(error->code), ": ", error->message);
+    }
     // The client's base is not what we believed: the next task rebuilds it from scratch.
     if (error->code == ErrorCode::kBaseVersionMismatch) client->base_version = kUnknownVersion;
     // The error names the task it refuses by that message's sequence number.
@@ -676,6 +680,9 @@ Coordinator::Coordinator(CoordinatorConfig config, std::unique_ptr<Strategy> str
 Coordinator::~Coordinator() = default;
 Status Coordinator::Start() { return impl_->Start(); }
 Status Coordinator::Run() { return impl_->Run(); }
+void Coordinator::SetRoundAnnotator(RoundAnnotator annotator) {
+  impl_->SetRoundAnnotator(std::move(annotator));
+}
 void Coordinator::Stop() { impl_->Stop(); }
 void Coordinator::Wake() { impl_->Wake(); }
 std::string Coordinator::endpoint() const { return impl_->endpoint(); }

@@ -20,6 +20,7 @@
 #include "common/net/zmq_transport.h"
 #include "common/status.h"
 #include "server/config.h"
+#include "server/round_metrics.h"
 #include "server/strategies/strategy.h"
 
 namespace fedlora::server {
@@ -67,6 +68,10 @@ class Coordinator {
   // state on disk lets a restart resume), or a fatal error (e.g. the configured LoRA targets do
   // not exist in the clients' model; a round failed max_attempts times).
   Status Run();
+
+  // Before Run(): `annotator` adds the "simulation" fields of each committed round's
+  // metrics line (round_metrics.h). It runs on the coordinator's thread.
+  void SetRoundAnnotator(RoundAnnotator annotator);
 
   void Stop();  // Thread-safe and async-signal-safe.
   void Wake();  // Thread-safe: re-check timers now (tests that drive a FakeClock).

@@ -42,6 +42,7 @@ class Coordinator::Impl {
     wake_.Notify();
   }
   void Wake() { wake_.Notify(); }
+  void SetRoundAnnotator(RoundAnnotator annotator) { annotator_ = std::move(annotator); }
   std::string endpoint() const { return endpoint_; }
   CoordinatorCounters counters() const {
     std::lock_guard<std::mutex> lock(counters_mu_);
@@ -137,6 +138,8 @@ class Coordinator::Impl {
   std::unique_ptr<Strategy> strategy_;
   net::Context& context_;
   const Clock& clock_;
+  RoundAnnotator annotator_;  // Optional (SetRoundAnnotator).
+  bool gathered_ = false;     // round.wait_for_clients was met once.
   wire::DecodeLimits limits_;
 
   net::Socket router_;

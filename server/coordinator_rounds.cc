@@ -150,15 +150,22 @@ void Coordinator::Impl::Advance() {
     return;
   }
   const std::size_t live = clients_.size();
-  if (live < config_.round.min_clients) {
+  const bool first = !gathered_;
+  const std::uint32_t needed =
+      first ? std::max(config_.round.min_clients, config_.round.wait_for_clients)
+            : config_.round.min_clients;
+  if (live < needed) {
     const Clock::TimePoint now = clock_.Now();
     if (now - last_wait_log_ > std::chrono::seconds(10)) {
-      LogInfo("waiting for clients: ", live, " live, round.min_clients = ",
-              config_.round.min_clients);
+      LogInfo("waiting for clients: ", live, " live, ", first && needed > config_.round.min_clients
+                                                            ? "round.wait_for_clients = "
+                                                            : "round.min_clients = ",
+              needed);
       last_wait_log_ = now;
     }
     return;
   }
+  gathered_ = true;
   if (next == 0) {
     run_ = RoundRun{};
     run_.round = 0;
@@ -513,6 +520,7 @@ void Coordinator::Impl::Commit() {
   }
   m.base_version = run_.candidate->corrections.latest_version();
   m.timestamp = UtcTimestamp();
+  if (annotator_) m.simulation = annotator_(m);
   const std::string line = ToJsonLine(m);
 
   Checkpoint checkpoint{run_.round, std::string(strategy_->name()), *layout_, config_.lora,

@@ -45,6 +45,10 @@ std::string ToJsonLine(const RoundMetrics& m) {
   j["strategy_metrics"] = nlohmann::ordered_json::object();
   for (const auto& [k, v] : m.strategy_metrics) j["strategy_metrics"][k] = v;
   j["timestamp"] = m.timestamp;
+  if (!m.simulation.empty()) {
+    j["simulation"] = nlohmann::ordered_json::object();
+    for (const auto& [k, v] : m.simulation) j["simulation"][k] = v;
+  }
   return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }
 

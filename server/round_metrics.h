@@ -5,9 +5,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common/wire/messages.h"
 
@@ -49,7 +52,14 @@ struct RoundMetrics {
   std::uint64_t base_version = 0;       // Base-correction version after the round.
   wire::Metrics strategy_metrics;
   std::string timestamp;                // UTC, ISO 8601, at commit.
+  // Written by whoever runs the coordinator in-process (fedlora-sim: virtual clock, fleet and
+  // memory figures), as a "simulation" object after "timestamp"; absent when empty.
+  std::vector<std::pair<std::string, double>> simulation;
 };
+
+// Called on the coordinator's thread at each commit with the round's metrics, before the line
+// is written: returns the "simulation" fields for it.
+using RoundAnnotator = std::function<std::vector<std::pair<std::string, double>>(const RoundMetrics&)>;
 
 // One JSON object on one line, fields in a fixed order; absent optionals are null.
 std::string ToJsonLine(const RoundMetrics& m);

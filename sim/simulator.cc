@@ -1,7 +1,9 @@
 #include "sim/simulator.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <filesystem>
@@ -32,35 +34,108 @@ std::string ClientName(const std::string& prefix, std::uint32_t i) {
   return prefix + buf;
 }
 
-// A Worker that forwards to the real one and counts what it did, for the fleet's log lines.
+// Bytes a message's tensors take on the wire (the envelope's few hundred bytes aside).
+std::uint64_t TensorBytes(const TensorMap& tensors) {
+  std::uint64_t bytes = 0;
+  for (const auto& [name, t] : tensors) bytes += t.data.size();
+  return bytes;
+}
+
+// Memory figures one virtual client reported with its last update.
+struct MemberMemory {
+  std::atomic<std::uint64_t> state_bytes{0};       // Resident between tasks (data, private B).
+  std::atomic<std::uint64_t> trainable_params{0};  // Of its last adapter.
+};
+
+// A Worker that forwards to the real one and plays the client's part in the simulated fleet:
+// with a FleetModel, each task is first planned on the virtual clock, and a client that is
+// offline, drops out or would miss the virtual deadline declines it (TASK_DECLINED) instead of
+// training. Counts what it did for the fleet's log lines and metrics.
 // Describe() runs on the session thread, Train() on the session's job thread: atomics.
-class CountingWorker final : public client::Worker {
+class VirtualClientWorker final : public client::Worker {
  public:
   // `on_first_hello` runs on the session thread the first time the session introduces itself.
-  CountingWorker(std::unique_ptr<client::Worker> inner, std::function<void()> on_first_hello)
-      : inner_(std::move(inner)), on_first_hello_(std::move(on_first_hello)) {}
+  // `fleet` may be null (no virtual clock); otherwise it must outlive the worker.
+  VirtualClientWorker(std::unique_ptr<client::Worker> inner, std::uint32_t index,
+                      FleetModel* fleet, std::function<void()> on_first_hello)
+      : inner_(std::move(inner)), index_(index), fleet_(fleet),
+        on_first_hello_(std::move(on_first_hello)) {}
 
   wire::Hello Describe() const override {
     wire::Hello hello = inner_->Describe();
     if (!said_hello_.exchange(true)) on_first_hello_();
     return hello;
   }
+
   Result<wire::Update> Train(const wire::RoundTask& task, std::stop_token stop) override {
+    if (fleet_ == nullptr) return Count(inner_->Train(task, std::move(stop)));
+    // Planned before training when the task fixes its token count (local_steps), so that
+    // clients that would decline do not spend this machine's time; the upload is estimated as
+    // the task's adapter tensors and checked again after training.
+    const std::uint64_t nth = tasks_.fetch_add(1);
+    const std::uint64_t down = TensorBytes(task.tensors);
+    std::uint64_t adapter_down = 0;
+    for (const auto& [name, t] : task.tensors) {
+      if (!name.starts_with("base.")) adapter_down += t.data.size();
+    }
+    const bool fixed_tokens = task.train.local_epochs == 0;
+    const std::uint64_t planned_tokens = fixed_tokens
+        ? std::uint64_t{task.train.local_steps} * task.train.batch_size * task.train.seq_len
+        : 0;
+    TaskPlan plan = fleet_->Plan(index_, task.round, nth, down, planned_tokens, adapter_down);
+    if (plan.outcome != TaskOutcome::kReported &&
+        (fixed_tokens || plan.outcome != TaskOutcome::kStraggler)) {
+      return Decline(task.round, std::move(plan));
+    }
     Result<wire::Update> update = inner_->Train(task, std::move(stop));
-    if (update.ok()) rounds_trained_.fetch_add(1);
-    return update;
+    if (!update.ok()) return update;
+    // The exact plan: tokens trained and bytes uploaded.
+    const auto tokens = static_cast<std::uint64_t>(update->metrics.count("tokens") != 0
+                                                       ? update->metrics.at("tokens")
+                                                       : static_cast<double>(planned_tokens));
+    plan = fleet_->Plan(index_, task.round, nth, down, tokens, TensorBytes(update->tensors));
+    if (plan.outcome != TaskOutcome::kReported) return Decline(task.round, std::move(plan));
+    fleet_->Record(task.round, plan);
+    update->metrics["virtual_finish_s"] = plan.finish_s;
+    return Count(std::move(update));
   }
+
   Result<wire::EvalResult> Evaluate(const wire::EvalTask& task, std::stop_token stop) override {
     return inner_->Evaluate(task, std::move(stop));
   }
 
   std::uint32_t rounds_trained() const { return rounds_trained_.load(); }
+  const MemberMemory& memory() const { return memory_; }
+  void set_state_bytes(std::uint64_t bytes) { memory_.state_bytes.store(bytes); }
 
  private:
+  Result<wire::Update> Count(Result<wire::Update> update) {
+    if (!update.ok()) return update;
+    rounds_trained_.fetch_add(1);
+    const auto metric = [&](const char* key) {
+      const auto it = update->metrics.find(key);
+      return it != update->metrics.end() ? static_cast<std::uint64_t>(it->second) : 0;
+    };
+    memory_.state_bytes.store(metric("state_bytes"));
+    memory_.trainable_params.store(metric("trainable_params"));
+    return update;
+  }
+
+  Status Decline(std::uint64_t round, TaskPlan plan) {
+    std::string reason = plan.reason;
+    fleet_->Record(round, std::move(plan));
+    return Status(StatusCode::kUnavailable, std::move(reason),
+                  static_cast<std::uint32_t>(wire::ErrorCode::kTaskDeclined));
+  }
+
   std::unique_ptr<client::Worker> inner_;
+  const std::uint32_t index_;
+  FleetModel* const fleet_;
   std::function<void()> on_first_hello_;
   mutable std::atomic<bool> said_hello_{false};
+  std::atomic<std::uint64_t> tasks_{0};
   std::atomic<std::uint32_t> rounds_trained_{0};
+  MemberMemory memory_;
 };
 
 // The virtual clients of one process — a worker and a session each, all on one shared base
@@ -76,11 +151,20 @@ class Fleet {
   static Result<std::unique_ptr<Fleet>> Build(
       const SimConfig& config, const Placement& placement, const std::string& endpoint,
       const std::shared_ptr<const client::ModelAssets>& assets, net::Context& context,
-      const Clock& clock, std::function<void(std::size_t)> on_all_introduced) {
+      const Clock& clock, const client::BatchingOptions& batching,
+      std::function<void(std::size_t)> on_all_introduced) {
     std::unique_ptr<Fleet> fleet(new Fleet());
     std::vector<std::uint32_t> indices;
     for (std::uint32_t i = placement.shard; i < config.num_clients; i += placement.shards) {
       indices.push_back(i);
+    }
+    if (config.fleet.enabled) {
+      Result<std::unique_ptr<FleetModel>> model = FleetModel::Make(config.fleet, config.num_clients);
+      if (!model.ok()) return model.status().WithContext("fleet");
+      fleet->model_ = std::move(model).value();
+    }
+    if (batching.max_clients > 1 || batching.lanes > 1) {
+      fleet->batcher_ = client::MakeTrainingBatcher(assets, &fleet->compute_lock_, batching);
     }
     fleet->members_.reserve(indices.size());
     const auto on_first_hello = [f = fleet.get(), n = indices.size(),
@@ -100,13 +184,19 @@ class Fleet {
       if (!config.client_max_ranks.empty()) c.capabilities.max_rank = config.client_max_ranks[i];
       if (!config.client_relative_speeds.empty()) {
         c.capabilities.relative_speed = config.client_relative_speeds[i];
+      } else if (fleet->model_ != nullptr) {  // Rank policies see the simulated hardware.
+        c.capabilities.relative_speed = fleet->model_->profile(i).tokens_per_second /
+                                        fleet->model_->median_tokens_per_second();
       }
-      Result<std::unique_ptr<client::Worker>> local =
-          client::MakeLocalWorker(c, assets, {.compute_lock = &fleet->compute_lock_});
+      Result<std::unique_ptr<client::Worker>> local = client::MakeLocalWorker(
+          c, assets, {.compute_lock = &fleet->compute_lock_, .batcher = fleet->batcher_});
       if (!local.ok()) return local.status().WithContext(c.name);
+      const std::uint64_t state_bytes = client::LocalWorkerStateBytes(**local);
       Member& m = fleet->members_.emplace_back();
       m.name = c.name;
-      m.worker = std::make_unique<CountingWorker>(std::move(local).value(), on_first_hello);
+      m.worker = std::make_unique<VirtualClientWorker>(std::move(local).value(), i,
+                                                       fleet->model_.get(), on_first_hello);
+      m.worker->set_state_bytes(state_bytes);
       m.session = std::make_unique<client::ClientSession>(c, *m.worker, context, clock);
     }
     return fleet;
@@ -171,6 +261,24 @@ class Fleet {
       }
     }
   }
+  FleetModel* model() const { return model_.get(); }
+  const client::TrainingBatcher* batcher() const { return batcher_.get(); }
+
+  // Memory the clients hold, from their last reports (thread-safe).
+  struct MemoryReport {
+    std::uint64_t state_bytes_total = 0;     // Resident client state (data, private factors).
+    std::uint64_t max_trainable_params = 0;  // Largest adapter trained so far.
+  };
+  MemoryReport Memory() const {
+    MemoryReport r;
+    for (const Member& m : members_) {
+      r.state_bytes_total += m.worker->memory().state_bytes.load();
+      r.max_trainable_params =
+          std::max(r.max_trainable_params, m.worker->memory().trainable_params.load());
+    }
+    return r;
+  }
+
   // "client-00=2 client-02=2": rounds each client trained (updates it produced).
   std::string RoundsTrained() const {
     std::string out;
@@ -184,7 +292,7 @@ class Fleet {
   // Destroyed in reverse order: the session before the worker it borrows.
   struct Member {
     std::string name;
-    std::unique_ptr<CountingWorker> worker;
+    std::unique_ptr<VirtualClientWorker> worker;
     std::unique_ptr<client::ClientSession> session;
     Status status;  // Written by the member's thread; read after Join().
   };
@@ -195,7 +303,9 @@ class Fleet {
     for (Member& m : members_) m.session->Stop();
   }
 
-  std::mutex compute_lock_;        // Outlives the workers (declared before members_).
+  std::mutex compute_lock_;        // Outlives the batcher and the workers (declared first).
+  std::unique_ptr<FleetModel> model_;                // Null without a `fleet` section.
+  std::shared_ptr<client::TrainingBatcher> batcher_; // Null with one lane and K = 1.
   std::atomic<std::size_t> introduced_{0};
   std::atomic<bool> stopped_{false};
   std::vector<Member> members_;
@@ -281,6 +391,144 @@ void PrintSummary(const std::string& out_dir) {
   std::fflush(stdout);
 }
 
+// Peak and current resident set size of this process, in bytes.
+std::uint64_t PeakRssBytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<std::uint64_t>(usage.ru_maxrss) * 1024;  // Linux reports KiB.
+}
+std::uint64_t CurrentRssBytes() {
+  Result<std::string> statm = fs::ReadFile("/proc/self/statm");
+  if (!statm.ok()) return 0;
+  unsigned long long size = 0, resident = 0;
+  if (std::sscanf(statm->c_str(), "%llu %llu", &size, &resident) != 2) return 0;
+  return resident * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+std::uint64_t PhysicalMemory() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<std::uint64_t>(pages) * page : 0;
+}
+
+// The clients one round selects (RoundConfig: fraction of the live clients, clamped to
+// [min_clients, max_clients]).
+std::uint32_t ClientsPerRound(const SimConfig& config) {
+  const server::RoundConfig& r = config.coordinator.round;
+  auto n = static_cast<std::uint32_t>(std::ceil(r.fraction * config.num_clients));
+  n = std::max(n, r.min_clients);
+  if (r.max_clients != 0) n = std::min(n, r.max_clients);
+  return std::clamp<std::uint32_t>(n, 1, config.num_clients);
+}
+
+// Tokens per forward/backward pass at which one CPU core runs stories260K's training step as fast
+// per token as it gets (bench/sim_throughput, one thread: batch 8 x 128 tokens alone matched any
+// batched group; batch 1 x 64 gained 1.9-2.4x from groups of 16).
+constexpr std::uint32_t kCpuTokensPerPass = 1024;
+
+// K, lanes and rows per pass for this process: the `batching` section, its zeros resolved. Sets
+// LibTorch's threads per lane when there is more than one lane.
+client::BatchingOptions ResolveBatching(const SimConfig& config, const client::ModelAssets& assets,
+                                        std::uint32_t local_clients, bool workers) {
+  client::BatchingOptions b;
+  const bool cpu = client::ModelDevice(assets) == "cpu";
+  const std::uint32_t cores = std::max(1u, std::thread::hardware_concurrency());
+  b.lanes = config.batching.lanes != 0 ? config.batching.lanes
+            : !cpu                     ? 1
+                                       : std::max(1u, cores / std::max(1u, config.threads));
+  if (b.lanes > 1) client::ConfigureTorchThreads(config.threads != 0 ? config.threads : 1);
+  const wire::TrainSpec& train = config.coordinator.train;
+  std::uint64_t budget = config.batching.memory_budget_mb << 20;
+  if (budget == 0 && cpu) budget = PhysicalMemory() / 4 / b.lanes;
+  const std::uint64_t per_row = client::ActivationBytesPerRow(assets, train.seq_len);
+  const std::uint64_t fits =
+      budget > 0 && per_row > 0 ? std::max<std::uint64_t>(1, budget / per_row) : 0;
+  if (config.batching.max_rows_per_pass != 0) {
+    b.max_rows_per_pass = config.batching.max_rows_per_pass;
+  } else if (cpu) {
+    // About kCpuTokensPerPass tokens a pass: what one core needs to run at full speed.
+    const std::uint64_t rows = std::max<std::uint64_t>(1, kCpuTokensPerPass / std::max(1u, train.seq_len));
+    b.max_rows_per_pass = static_cast<std::uint32_t>(std::min(rows, fits));
+  } else {
+    b.max_rows_per_pass = static_cast<std::uint32_t>(std::min<std::uint64_t>(fits, UINT32_MAX));
+  }
+  // K: a lane's share of the round's clients; on a CPU no more than one pass holds (a client
+  // whose own batch fills a pass gains nothing from company: K = 1).
+  const std::uint32_t per_round =
+      workers ? local_clients : std::min(local_clients, ClientsPerRound(config));
+  std::uint32_t k = (per_round + b.lanes - 1) / b.lanes;
+  if (cpu && b.max_rows_per_pass > 0) {
+    k = std::min(k, (b.max_rows_per_pass + train.batch_size - 1) / std::max(1u, train.batch_size));
+  }
+  b.max_clients = config.batching.clients != 0 ? config.batching.clients : std::max(1u, k);
+  LogInfo("batching: ", b.lanes, " lane(s) of up to ", b.max_clients, " clients per group, ",
+          b.max_rows_per_pass == 0 ? std::string("all their rows") : StrCat(b.max_rows_per_pass),
+          " rows per pass (~", per_row >> 10, " KiB of activations per row of ",
+          config.coordinator.train.seq_len, " tokens",
+          budget > 0 ? StrCat(", budget ", budget >> 20, " MiB per lane") : std::string(), ")");
+  return b;
+}
+
+// The "simulation" fields of each round's metrics line: the virtual clock, memory and batching.
+class SimAnnotator {
+ public:
+  SimAnnotator(const Fleet& fleet, double elapsed_before) : fleet_(fleet), elapsed_(elapsed_before) {}
+
+  std::vector<std::pair<std::string, double>> operator()(const server::RoundMetrics& m) {
+    std::vector<std::pair<std::string, double>> out;
+    if (FleetModel* model = fleet_.model(); model != nullptr && m.clients_selected > 0) {
+      const RoundTiming t = model->CloseRound(m.round, m.attempts);
+      elapsed_ += t.virtual_seconds;
+      out.emplace_back("virtual_round_s", t.virtual_seconds);
+      out.emplace_back("virtual_elapsed_s", elapsed_);
+      out.emplace_back("median_client_s", t.median_finish_s);
+      out.emplace_back("slowest_reporter_s", t.max_finish_s);
+      out.emplace_back("declined_offline", t.offline);
+      out.emplace_back("declined_dropout", t.dropped);
+      out.emplace_back("declined_straggler", t.stragglers);
+    }
+    const Fleet::MemoryReport mem = fleet_.Memory();
+    out.emplace_back("clients", static_cast<double>(fleet_.size()));
+    out.emplace_back("peak_rss_mb", static_cast<double>(PeakRssBytes()) / (1 << 20));
+    out.emplace_back("rss_mb", static_cast<double>(CurrentRssBytes()) / (1 << 20));
+    out.emplace_back("client_state_bytes_mean",
+                     static_cast<double>(mem.state_bytes_total) / std::max<std::size_t>(1, fleet_.size()));
+    // Adapter, gradient and AdamW's two moments, float32: what a client holds while training.
+    out.emplace_back("train_state_bytes_per_client", static_cast<double>(mem.max_trainable_params) * 16);
+    if (const client::TrainingBatcher* b = fleet_.batcher(); b != nullptr) {
+      const client::BatcherStats stats = client::GetBatcherStats(*b);
+      out.emplace_back("batched_groups", static_cast<double>(stats.groups - last_.groups));
+      out.emplace_back("batched_clients", static_cast<double>(stats.clients - last_.clients));
+      out.emplace_back("largest_group", stats.largest_group);
+      last_ = stats;
+    }
+    return out;
+  }
+
+ private:
+  const Fleet& fleet_;
+  double elapsed_;
+  client::BatcherStats last_;
+};
+
+// virtual_elapsed_s of the last line of `out_dir`/metrics.jsonl (a resumed run goes on from it).
+double VirtualElapsedSoFar(const std::string& out_dir) {
+  Result<std::string> text = fs::ReadFile(out_dir + "/metrics.jsonl");
+  if (!text.ok()) return 0;
+  double elapsed = 0;
+  std::size_t start = 0;
+  while (start < text->size()) {
+    std::size_t end = text->find('\n', start);
+    if (end == std::string::npos) end = text->size();
+    const nlohmann::json j = nlohmann::json::parse(text->substr(start, end - start), nullptr, false);
+    start = end + 1;
+    if (j.is_object() && j.contains("simulation") && j["simulation"].is_object() &&
+        j["simulation"].contains("virtual_elapsed_s") && j["simulation"]["virtual_elapsed_s"].is_number()) {
+      elapsed = j["simulation"]["virtual_elapsed_s"].get<double>();
+    }
+  }
+  return elapsed;
+}
+
 }  // namespace
 
 Result<SimConfig> LoadSimConfig(const std::string& path, const std::vector<std::string>& overrides,
@@ -295,6 +543,15 @@ Result<SimConfig> LoadSimConfig(const std::string& path, const std::vector<std::
   FEDLORA_RETURN_IF_ERROR(root.Read("client_relative_speeds", &c.client_relative_speeds));
   FEDLORA_RETURN_IF_ERROR(server::ParseCoordinatorConfig(root.Section("coordinator"), &c.coordinator));
   FEDLORA_RETURN_IF_ERROR(client::ParseClientConfig(root.Section("client"), &c.client));
+  if (root.Has("batching")) {
+    const config::ConfigSection b = root.Section("batching");
+    FEDLORA_RETURN_IF_ERROR(b.Read("clients", &c.batching.clients));
+    FEDLORA_RETURN_IF_ERROR(b.Read("max_rows_per_pass", &c.batching.max_rows_per_pass));
+    FEDLORA_RETURN_IF_ERROR(b.Read("memory_budget_mb", &c.batching.memory_budget_mb));
+    FEDLORA_RETURN_IF_ERROR(b.Read("lanes", &c.batching.lanes));
+    FEDLORA_RETURN_IF_ERROR(b.Finish());
+  }
+  if (root.Has("fleet")) FEDLORA_RETURN_IF_ERROR(ParseFleetConfig(root.Section("fleet"), &c.fleet));
   FEDLORA_RETURN_IF_ERROR(root.Finish());
   if (c.num_clients == 0) return InvalidArgument(root.PathOf("num_clients"), " must be >= 1");
   if (!c.client_max_ranks.empty() && c.client_max_ranks.size() != c.num_clients) {
@@ -354,6 +611,10 @@ Status RunSimulation(const SimConfig& config, const Placement& placement) {
   if (coordinator_config.base_model_sha256.empty()) {
     coordinator_config.base_model_sha256 = digest;
   }
+  // The first round selects from every virtual client, however fast they connect.
+  if (coordinator_config.round.wait_for_clients == 0) {
+    coordinator_config.round.wait_for_clients = config.num_clients;
+  }
   FEDLORA_ASSIGN_OR_RETURN(
       std::unique_ptr<server::Strategy> strategy,
       server::MakeStrategy(coordinator_config.strategy, {.lora = coordinator_config.lora,
@@ -365,10 +626,16 @@ Status RunSimulation(const SimConfig& config, const Placement& placement) {
   server::Coordinator coordinator(coordinator_config, std::move(strategy), context, clock);
   FEDLORA_RETURN_IF_ERROR(coordinator.Start());
 
+  const auto local_clients = static_cast<std::uint32_t>(
+      (config.num_clients - placement.shard + placement.shards - 1) / placement.shards);
   FEDLORA_ASSIGN_OR_RETURN(
       std::unique_ptr<Fleet> fleet,
       Fleet::Build(config, placement, LocalEndpoint(coordinator.endpoint()), assets, context,
-                   clock, /*on_all_introduced=*/{}));
+                   clock, ResolveBatching(config, *assets, local_clients, /*workers=*/false),
+                   /*on_all_introduced=*/{}));
+  coordinator.SetRoundAnnotator(
+      [annotator = std::make_shared<SimAnnotator>(*fleet, VirtualElapsedSoFar(config.out_dir))](
+          const server::RoundMetrics& m) { return (*annotator)(m); });
   LogInfo("simulating ", fleet->size(),
           placement.shards > 1 ? StrCat(" of ", config.num_clients) : std::string(),
           " clients on one shared base model (", digest.substr(0, 12), "...), output in ",
@@ -400,9 +667,12 @@ Status RunWorkers(const SimConfig& config, const Placement& placement) {
   const std::string label = ShardLabel(placement);
   net::Context context;
   SystemClock clock;
+  const auto local_clients = static_cast<std::uint32_t>(
+      (config.num_clients - placement.shard + placement.shards - 1) / placement.shards);
   FEDLORA_ASSIGN_OR_RETURN(
       std::unique_ptr<Fleet> fleet,
       Fleet::Build(config, placement, endpoint, assets, context, clock,
+                   ResolveBatching(config, *assets, local_clients, /*workers=*/true),
                    [&label, &endpoint](std::size_t n) {
                      LogInfo(label, ": all ", n, " sessions connecting to ", endpoint,
                              " (Hello sent)");

@@ -21,12 +21,34 @@
 #include "client/config.h"
 #include "common/status.h"
 #include "server/config.h"
+#include "sim/fleet_model.h"
 
 namespace fedlora::sim {
 
+// How the virtual clients' training tasks are grouped into batched steps over the shared base
+// (client/train/training_batcher.h). The `batching` section.
+struct BatchingConfig {
+  // K, clients per batched group: 0 = auto: on a CPU as many as fill one pass of max_rows_per_pass
+  // rows (1 when a client's own batch fills it), on a GPU a lane's share of the clients a round
+  // selects (in workers mode, of the shard's clients); 1 = no batching (each client trains
+  // alone).
+  std::uint32_t clients = 0;
+  // Rows per forward/backward pass: 0 = auto (on a CPU about 1024 tokens' worth, which keeps a
+  // core busy and the activations in cache; on a GPU as many as memory_budget_mb holds, or no
+  // bound without a budget).
+  std::uint32_t max_rows_per_pass = 0;
+  // Activation memory a pass may take, in MiB; 0 = no budget on a GPU, a quarter of physical
+  // memory (shared by the lanes) on a CPU.
+  std::uint64_t memory_budget_mb = 0;
+  // Groups trained at once, each on its own thread: 0 = auto (on a CPU one per core, or cores /
+  // `threads` when threads is set, each lane with `threads` (default 1) LibTorch threads; on a
+  // GPU 1).
+  std::uint32_t lanes = 0;
+};
+
 struct SimConfig {
   std::uint32_t num_clients = 8;
-  std::uint32_t threads = 0;          // LibTorch intra-op threads; 0 = all cores.
+  std::uint32_t threads = 0;          // LibTorch intra-op threads; 0 = all cores (per lane: 1).
   std::string log_level = "info";
   std::string out_dir;                // metrics.jsonl and checkpoints/ go here; clients/<name>/.
   // Per-client declared capabilities, one entry per client (or empty): a heterogeneous fleet
@@ -40,6 +62,10 @@ struct SimConfig {
   // num_partitions are set per client (client-00 gets partition 0, ...). `coordinator` is the
   // endpoint RunWorkers connects to; RunSimulation sets it to its own coordinator.
   client::ClientConfig client;
+  BatchingConfig batching;
+  // The simulated fleet's speeds, bandwidths and availability, and the virtual clock (the
+  // `fleet` section; absent: every client reports and round times are this machine's).
+  FleetConfig fleet;
 };
 
 // Which of the config's clients this process runs and how it is reached. A value.

@@ -406,4 +406,13 @@ at::Tensor LoraAdapter::Adapt(std::size_t module_index, const at::Tensor& x, at:
   return base + at::linear(h, f->b) * f->scale;
 }
 
+std::optional<LoraAdapter::PlainFactors> LoraAdapter::Plain(std::size_t module_index) const {
+  if (module_index >= slots_.size() || slots_[module_index] == nullptr || latent_ ||
+      (training_ && dropout_ > 0.0)) {
+    return std::nullopt;
+  }
+  const Factors& f = *slots_[module_index];
+  return PlainFactors{f.a, f.b, f.scale};
+}
+
 }  // namespace fedlora::client

@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -157,6 +158,17 @@ class LoraAdapter final : public ModuleAdapter {
   std::int64_t TailStart(std::string_view module) const;
 
   at::Tensor Adapt(std::size_t module_index, const at::Tensor& x, at::Tensor base) override;
+
+  // Module `module_index`'s factors when Adapt is exactly base + scale·x·Aᵀ·Bᵀ right now: the
+  // module is adapted, the adapter is not latent and no dropout is active. The tensors alias the
+  // adapter's (autograd included), so a caller may fold several adapters' products into one
+  // batched matmul (batched_trainer.cc). Empty otherwise.
+  struct PlainFactors {
+    at::Tensor a;  // [r, d_in]
+    at::Tensor b;  // [d_out, r]
+    double scale = 0;
+  };
+  std::optional<PlainFactors> Plain(std::size_t module_index) const;
 
  private:
   struct Factors {

@@ -150,12 +150,19 @@ class MultiplexAdapter final : public ModuleAdapter {
 
   MultiplexAdapter(std::vector<Slice> slices, std::int64_t time)
       : slices_(std::move(slices)), time_(time) {
-    for (const Slice& s : slices_) rows_.push_back(s.rows);
+    uniform_ = slices_.size() > 1;
+    for (const Slice& s : slices_) {
+      rows_.push_back(s.rows);
+      uniform_ = uniform_ && s.rows == slices_[0].rows && s.time == time_;
+    }
   }
 
   at::Tensor Adapt(std::size_t module_index, const at::Tensor& x, at::Tensor base) override {
     if (slices_.size() == 1 && slices_[0].time == time_) {
       return slices_[0].adapter->Adapt(module_index, x, std::move(base));
+    }
+    if (uniform_) {
+      if (at::Tensor out = Stacked(module_index, x, base); out.defined()) return out;
     }
     // split_with_sizes, not one narrow per client: its backward writes every slice's gradient
     // into one buffer, where K narrows would each allocate and add a batch-sized zero tensor.
@@ -177,9 +184,33 @@ class MultiplexAdapter final : public ModuleAdapter {
   }
 
  private:
+  // The Punica / S-LoRA form: when every client brings as many full-length rows and plain
+  // factors of one rank and scale (LoraAdapter::Plain), all K LoRA products are two batched
+  // matmuls over the stacked factors, [K, n, d_in]·[K, d_in, r]·[K, r, d_out], instead of 2K
+  // small ones. Undefined when the clients do not qualify for this module.
+  at::Tensor Stacked(std::size_t module_index, const at::Tensor& x, const at::Tensor& base) const {
+    std::vector<at::Tensor> as, bs;
+    as.reserve(slices_.size());
+    bs.reserve(slices_.size());
+    double scale = 0;
+    for (const Slice& s : slices_) {
+      const std::optional<LoraAdapter::PlainFactors> f = s.adapter->Plain(module_index);
+      if (!f || (!as.empty() && (f->a.size(0) != as[0].size(0) || f->scale != scale))) return {};
+      scale = f->scale;
+      as.push_back(f->a);
+      bs.push_back(f->b);
+    }
+    const auto k = static_cast<std::int64_t>(slices_.size());
+    const at::Tensor xs = x.reshape({k, -1, x.size(-1)});
+    const at::Tensor h = at::bmm(xs, at::stack(as).transpose(1, 2));
+    const at::Tensor y = at::bmm(h, at::stack(bs).transpose(1, 2));
+    return base + y.view(base.sizes()) * scale;
+  }
+
   std::vector<Slice> slices_;
   std::vector<std::int64_t> rows_;
   std::int64_t time_;
+  bool uniform_ = false;  // K > 1 clients, equal row counts, every row full length.
 };
 
 // One client's training state across the steps of a call: TrainLora's loop variables.

@@ -124,4 +124,16 @@ bool AnswerMatches(std::string_view generated, std::string_view answer) {
   return !got.empty() && got == answer;
 }
 
+std::uint64_t ClientDataset::MemoryBytes() const {
+  const auto tokens = [](const std::vector<TokenId>& v) {
+    return static_cast<std::uint64_t>(v.capacity()) * sizeof(TokenId);
+  };
+  std::uint64_t bytes = tokens(text_.train) + tokens(text_.heldout) + tokens(init_stream_) +
+                        tokens(label_tokens_) + heldout_labels_.capacity() * sizeof(std::int32_t);
+  for (const std::vector<Example>* split : {&examples_.train, &examples_.heldout}) {
+    for (const Example& e : *split) bytes += sizeof(Example) + tokens(e.tokens) + e.answer.capacity();
+  }
+  return bytes;
+}
+
 }  // namespace fedlora::client

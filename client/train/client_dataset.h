@@ -51,6 +51,9 @@ class ClientDataset {
   std::span<const Example> heldout_examples() const;
   bool has_answers() const { return has_answers_; }
 
+  // Bytes of token ids and labels this dataset holds (its share of a client's resident state).
+  std::uint64_t MemoryBytes() const;
+
   // One line for logs ("text: 8123 train tokens, ..." or the examples' summary).
   const std::string& summary() const { return summary_; }
 

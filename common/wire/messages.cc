@@ -26,6 +26,7 @@ std::string_view ErrorCodeName(ErrorCode code) {
     case ErrorCode::kShuttingDown: return "SHUTTING_DOWN";
     case ErrorCode::kInternal: return "INTERNAL";
     case ErrorCode::kBaseVersionMismatch: return "BASE_VERSION_MISMATCH";
+    case ErrorCode::kTaskDeclined: return "TASK_DECLINED";
   }
   return "UNKNOWN";
 }

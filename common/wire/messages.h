@@ -47,8 +47,9 @@ enum class ErrorCode : std::uint16_t {
   kShuttingDown = 19,          // The coordinator is stopping; reconnect later.
   kInternal = 20,              // The peer hit a bug; nothing the sender can fix.
   kBaseVersionMismatch = 21,   // A BaseUpdate starts at a version the client is not at.
+  kTaskDeclined = 22,          // The client will not do the task (offline, or too slow for the deadline).
 };
-inline constexpr ErrorCode kLastErrorCode = ErrorCode::kBaseVersionMismatch;
+inline constexpr ErrorCode kLastErrorCode = ErrorCode::kTaskDeclined;
 std::string_view ErrorCodeName(ErrorCode code);  // "DIGEST_MISMATCH"
 
 // The linear modules a client's model offers for LoRA, named as in Hugging Face

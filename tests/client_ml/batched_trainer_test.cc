@@ -240,6 +240,30 @@ TEST(BatchedTrainerTest, MatchesSequentialTrainingWhenStepsAreSplitIntoSeveralPa
   ExpectBatchedMatchesSequential(clients, {.max_rows_per_pass = 6});
 }
 
+// Equal ranks, scales and batch sizes without dropout: every module's K LoRA products run as two
+// batched matmuls over the stacked factors (the Punica form), and still equal sequential training.
+TEST(BatchedTrainerTest, MatchesSequentialTrainingWhenEqualAdaptersShareStackedMatmuls) {
+  const auto sources = WindowSources(64);
+  std::vector<Client> clients;
+  for (std::size_t k = 0; k < kClients; ++k) {
+    clients.push_back({MakeTwins(UniformModules(8), {}, 40 + k), sources[k].get(), SmallSpec(4),
+                       400 + k});
+  }
+  ExpectBatchedMatchesSequential(clients);
+}
+
+// One client of another rank in the group: modules fall back to per-client products for the
+// whole group, with the same results.
+TEST(BatchedTrainerTest, MatchesSequentialTrainingWhenOneRankDiffersFromTheOthers) {
+  const auto sources = WindowSources(64);
+  std::vector<Client> clients;
+  for (std::size_t k = 0; k < kClients; ++k) {
+    clients.push_back({MakeTwins(UniformModules(k == 2 ? 4 : 8), {}, 50 + k), sources[k].get(),
+                       SmallSpec(4), 500 + k});
+  }
+  ExpectBatchedMatchesSequential(clients);
+}
+
 TEST(BatchedTrainerTest, RefusesAClientWithAnEmptySource) {
   const auto sources = WindowSources(64);
   const std::vector<TokenId> nothing;

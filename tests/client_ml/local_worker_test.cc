@@ -209,6 +209,97 @@ TEST(LocalWorkerTest, WorkersSharingAComputeLockBothTrainAndReleaseIt) {
   lock.unlock();
 }
 
+// Trains `task` on each worker from a thread of its own; returns the results in worker order.
+std::vector<Result<wire::Update>> TrainConcurrently(std::vector<std::unique_ptr<Worker>>& workers,
+                                                    const wire::RoundTask& task,
+                                                    std::stop_token stop = {}) {
+  std::vector<Result<wire::Update>> results(workers.size(), Status(StatusCode::kInternal, "unset"));
+  std::vector<std::thread> threads;
+  for (std::size_t i = 0; i < workers.size(); ++i) {
+    threads.emplace_back([&, i] { results[i] = workers[i]->Train(task, stop); });
+  }
+  for (std::thread& t : threads) t.join();
+  return results;
+}
+
+// max |a - b| / max |a| over the update's tensors (decoded to float32).
+double WorstRelativeDifference(const TensorMap& a, const TensorMap& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double worst = 0;
+  for (const auto& [name, ta] : a) {
+    const auto it = b.find(name);
+    EXPECT_NE(it, b.end()) << name;
+    if (it == b.end()) continue;
+    const std::vector<float> x = ToFloats(ta), y = ToFloats(it->second);
+    EXPECT_EQ(x.size(), y.size()) << name;
+    double scale = 0, diff = 0;
+    for (std::size_t i = 0; i < x.size() && i < y.size(); ++i) {
+      scale = std::max(scale, std::abs(static_cast<double>(x[i])));
+      diff = std::max(diff, std::abs(static_cast<double>(x[i]) - y[i]));
+    }
+    worst = std::max(worst, scale > 0 ? diff / scale : diff);
+  }
+  return worst;
+}
+
+TEST(LocalWorkerTest, WorkersSharingABatcherTrainInGroupsAndUploadWhatTheyWouldAlone) {
+  constexpr std::size_t kWorkers = 4;
+  std::mutex lock;
+  const std::shared_ptr<TrainingBatcher> batcher =
+      MakeTrainingBatcher(SharedAssets(), &lock, {.max_clients = kWorkers});
+  std::vector<std::unique_ptr<Worker>> grouped, alone;
+  for (std::size_t i = 0; i < kWorkers; ++i) {
+    const ClientConfig config = WorkerConfig("batch-" + std::to_string(i),
+                                             static_cast<std::uint32_t>(i));
+    Result<std::unique_ptr<Worker>> w =
+        MakeLocalWorker(config, SharedAssets(), {.compute_lock = &lock, .batcher = batcher});
+    ASSERT_TRUE(w.ok()) << w.status().ToString();
+    grouped.push_back(std::move(w).value());
+    alone.push_back(MakeWorkerOrDie(config));
+  }
+  wire::RoundTask task = WorkerTask(1, 3);
+  task.train.upload_dtype = DType::kF32;
+  const std::vector<Result<wire::Update>> batched = TrainConcurrently(grouped, task);
+  for (std::size_t i = 0; i < kWorkers; ++i) {
+    SCOPED_TRACE("worker " + std::to_string(i));
+    ASSERT_TRUE(batched[i].ok()) << batched[i].status().ToString();
+    const Result<wire::Update> single = alone[i]->Train(task, {});
+    ASSERT_TRUE(single.ok()) << single.status().ToString();
+    EXPECT_LE(WorstRelativeDifference(single->tensors, batched[i]->tensors), 1e-5);
+    EXPECT_NEAR(batched[i]->metrics.at("train_loss"), single->metrics.at("train_loss"), 1e-5);
+    EXPECT_EQ(batched[i]->num_samples, single->num_samples);
+    EXPECT_GT(batched[i]->metrics.at("trainable_params"), 0);
+    EXPECT_GT(batched[i]->metrics.at("state_bytes"), 0);
+  }
+  const BatcherStats stats = GetBatcherStats(*batcher);
+  EXPECT_EQ(stats.clients, kWorkers);
+  EXPECT_GE(stats.groups, 1u);
+  EXPECT_LE(stats.largest_group, kWorkers);
+  ASSERT_TRUE(lock.try_lock());  // Nobody kept the compute lock.
+  lock.unlock();
+}
+
+TEST(LocalWorkerTest, ABatchedWorkerAskedToStopReturnsCancelled) {
+  std::mutex lock;
+  const std::shared_ptr<TrainingBatcher> batcher =
+      MakeTrainingBatcher(SharedAssets(), &lock, {.max_clients = 2});
+  Result<std::unique_ptr<Worker>> w = MakeLocalWorker(
+      WorkerConfig("batch-stop"), SharedAssets(), {.compute_lock = &lock, .batcher = batcher});
+  ASSERT_TRUE(w.ok()) << w.status().ToString();
+  std::stop_source stop;
+  stop.request_stop();
+  EXPECT_EQ((*w)->Train(WorkerTask(1), stop.get_token()).status().code(), StatusCode::kCancelled);
+  // The batcher is still usable afterwards.
+  EXPECT_TRUE((*w)->Train(WorkerTask(1, 1), {}).ok());
+}
+
+TEST(LocalWorkerTest, ActivationBytesPerRowGrowsWithTheSequenceLength) {
+  const std::uint64_t short_rows = ActivationBytesPerRow(*SharedAssets(), 64);
+  const std::uint64_t long_rows = ActivationBytesPerRow(*SharedAssets(), 256);
+  EXPECT_GT(short_rows, 0u);
+  EXPECT_GT(long_rows, 4 * short_rows);  // The [T, T] attention scores grow quadratically.
+}
+
 TEST(LocalWorkerTest, LoadModelAssetsNamesTheFileAtFault) {
   ModelConfig config;
   config.path = "/nonexistent/model.bin";

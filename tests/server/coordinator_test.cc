@@ -247,6 +247,55 @@ TEST_F(CoordinatorTest, RoundBelowQuorumAtTheDeadlineIsRetried) {
   EXPECT_NE(round1.find("\"attempts\":2"), std::string::npos) << round1;
 }
 
+// A client that declines (offline, or too slow for the deadline) is failed at once: the round
+// aggregates without waiting for the deadline (the clock never moves here).
+TEST_F(CoordinatorTest, ADeclinedTaskCountsAsFailedWithoutWaitingForTheDeadline) {
+  FakeClock clock;
+  StartCoordinator(clock);
+  TestPeer a(context_, coordinator_->endpoint());
+  TestPeer b(context_, coordinator_->endpoint());
+  a.Join(MakeHello("a", kDigest, kModules));
+  b.Join(MakeHello("b", kDigest, kModules));
+  const wire::Envelope task_env = b.Next();
+  ASSERT_TRUE(std::holds_alternative<wire::RoundTask>(task_env.body));
+  const wire::RoundTask task = a.Expect<wire::RoundTask>();
+  b.Send(wire::Error{ErrorCode::kTaskDeclined, "offline in round 1", task_env.sequence});
+  a.Send(UpdateFor(task));
+  a.Expect<wire::Ack>();
+  a.Expect<wire::Bye>();
+  ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+  const std::string round1 = MetricsLines().at(1);
+  EXPECT_NE(round1.find("\"clients_reported\":1"), std::string::npos) << round1;
+  EXPECT_NE(round1.find("\"clients_failed\":1"), std::string::npos) << round1;
+  EXPECT_NE(round1.find("\"attempts\":1"), std::string::npos) << round1;
+}
+
+// round.wait_for_clients holds the first round until that many clients are live, although
+// min_clients (2) were there earlier; then it selects from all of them (fraction 1).
+TEST_F(CoordinatorTest, TheFirstRoundWaitsForWaitForClientsLiveClients) {
+  config_.round.wait_for_clients = 3;
+  StartCoordinator(system_clock_);
+  TestPeer a(context_, coordinator_->endpoint());
+  TestPeer b(context_, coordinator_->endpoint());
+  a.Join(MakeHello("a", kDigest, kModules));
+  b.Join(MakeHello("b", kDigest, kModules));
+  // Two clients are live (both welcomed) and min_clients is 2: had the round started now, it
+  // would have selected only them (clients_selected 2 below).
+  TestPeer c(context_, coordinator_->endpoint());
+  c.Join(MakeHello("c", kDigest, kModules));
+  const wire::RoundTask ta = a.Expect<wire::RoundTask>();
+  const wire::RoundTask tb = b.Expect<wire::RoundTask>();
+  const wire::RoundTask tc = c.Expect<wire::RoundTask>();
+  EXPECT_EQ(ta.round, 1u);
+  EXPECT_EQ(tc.round, 1u);
+  a.Send(UpdateFor(ta));
+  b.Send(UpdateFor(tb));
+  c.Send(UpdateFor(tc));
+  a.Expect<wire::Ack>();
+  ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+  EXPECT_NE(MetricsLines().at(1).find("\"clients_selected\":3"), std::string::npos);
+}
+
 TEST_F(CoordinatorTest, AcknowledgedUploadSurvivesACoordinatorRestart) {
   config_.round.quorum = 2;
   StartCoordinator(system_clock_);

@@ -3,11 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "tests/testing/json_lines.h"
 #include "server/checkpoint_store.h"
+#include "common/tensor.h"
 
 namespace fedlora::sim {
 namespace {
@@ -84,8 +86,11 @@ TEST_F(SimulatorTest, SmallFederationRunsEveryRoundAndResumesFromItsOutput) {
   EXPECT_EQ(latest->round, 3u);
 }
 
+// One client per group (batching.clients = 1) trains alone, in turn: reruns are bit-identical.
+// Batched groups (the default) are formed by arrival and equal this only up to float rounding;
+// the next test bounds that.
 TEST_F(SimulatorTest, SameSeedGivesTheSameGlobalAdapter) {
-  Result<SimConfig> config = Small({"coordinator.rounds=1"});
+  Result<SimConfig> config = Small({"coordinator.rounds=1", "batching.clients=1"});
   ASSERT_TRUE(config.ok());
   ASSERT_TRUE(RunSimulation(*config).ok());
   const TensorMap first =
@@ -95,6 +100,85 @@ TEST_F(SimulatorTest, SameSeedGivesTheSameGlobalAdapter) {
   const TensorMap second =
       server::CheckpointStore::Open(out_).value().LoadLatest().value()->state.adapter;
   EXPECT_EQ(first, second);  // Bit-identical.
+}
+
+// max |a - b| / max |a| over the tensors of two adapters.
+double WorstRelativeDifference(const TensorMap& a, const TensorMap& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double worst = 0;
+  for (const auto& [name, ta] : a) {
+    const std::vector<float> x = ToFloats(ta), y = ToFloats(b.at(name));
+    double scale = 0, diff = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      scale = std::max(scale, std::abs(static_cast<double>(x[i])));
+      diff = std::max(diff, std::abs(static_cast<double>(x[i]) - y[i]));
+    }
+    worst = std::max(worst, scale > 0 ? diff / scale : diff);
+  }
+  return worst;
+}
+
+TEST_F(SimulatorTest, BatchedClientsReachTheGlobalAdapterOfClientsTrainingOneByOne) {
+  Result<SimConfig> config = Small({"coordinator.rounds=2", "batching.clients=1"});
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  ASSERT_TRUE(RunSimulation(*config).ok());
+  const TensorMap alone =
+      server::CheckpointStore::Open(out_).value().LoadLatest().value()->state.adapter;
+  std::filesystem::remove_all(out_);
+  config = Small({"coordinator.rounds=2", "batching.clients=3"});
+  ASSERT_TRUE(RunSimulation(*config).ok());
+  const TensorMap batched =
+      server::CheckpointStore::Open(out_).value().LoadLatest().value()->state.adapter;
+  EXPECT_LE(WorstRelativeDifference(alone, batched), 1e-5);
+  const std::vector<nlohmann::json> metrics = Metrics();
+  ASSERT_EQ(metrics.size(), 3u);
+  const nlohmann::json& sim = metrics[2]["simulation"];
+  EXPECT_EQ(sim["batched_clients"], 3);
+  EXPECT_GE(sim["batched_groups"].get<double>(), 1);
+  EXPECT_EQ(sim["clients"], 3);
+  EXPECT_GT(sim["peak_rss_mb"].get<double>(), 0);
+  EXPECT_GT(sim["client_state_bytes_mean"].get<double>(), 0);
+  // q_proj and v_proj of 5 layers at rank 8 (A 8x64, B 64x8 and 8x64, 32x8): 16 bytes a scalar.
+  EXPECT_EQ(sim["train_state_bytes_per_client"], 5 * (2 * 8 * 64 + 8 * 64 + 32 * 8) * 16);
+}
+
+// A fleet where client 2 trains at 5 tokens/s (512 tokens: 102 s) cannot make a 60 s virtual
+// deadline: it declines, and the coordinator aggregates the other two at the quorum; the round's
+// virtual time is the deadline the coordinator waited for it.
+TEST_F(SimulatorTest, AVirtualStragglerMissesTheDeadlineAndTheRoundGoesOnWithoutIt) {
+  const std::string trace = out_ + "-trace.csv";
+  std::ofstream(trace) << "client,tokens_per_second\n2,5\n";
+  Result<SimConfig> config = Small({
+      "coordinator.rounds=2",
+      "fleet.seed=5",
+      "fleet.tokens_per_second={distribution: constant, value: 2000}",
+      "fleet.downlink_mbps={distribution: constant, value: 10}",
+      "fleet.uplink_mbps={distribution: constant, value: 1}",
+      "fleet.deadline_s=60",
+      "fleet.trace=" + trace,
+  });
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  ASSERT_TRUE(RunSimulation(*config).ok());
+  std::filesystem::remove(trace);
+  const std::vector<nlohmann::json> metrics = Metrics();
+  ASSERT_EQ(metrics.size(), 3u);
+  double elapsed = 0;
+  for (std::size_t r = 1; r <= 2; ++r) {
+    SCOPED_TRACE("round " + std::to_string(r));
+    const nlohmann::json& m = metrics[r];
+    EXPECT_EQ(m["clients_reported"], 2);
+    EXPECT_EQ(m["clients_failed"], 1);
+    EXPECT_EQ(m["weights"].count("client-02"), 0u);
+    const nlohmann::json& sim = m["simulation"];
+    EXPECT_EQ(sim["declined_straggler"], 1);
+    EXPECT_EQ(sim["declined_offline"], 0);
+    EXPECT_DOUBLE_EQ(sim["virtual_round_s"].get<double>(), 60.0);
+    // The reporters: 4 steps x 4 rows x 32 tokens at 2000 tokens/s, plus the transfers.
+    EXPECT_GT(sim["slowest_reporter_s"].get<double>(), 512.0 / 2000);
+    EXPECT_LT(sim["slowest_reporter_s"].get<double>(), 60.0);
+    elapsed += 60.0;
+    EXPECT_DOUBLE_EQ(sim["virtual_elapsed_s"].get<double>(), elapsed);
+  }
 }
 
 // The shipped classification experiment, shrunk: SpamAssassin records with Dirichlet label skew

@@ -90,7 +90,8 @@ TEST(FedSbTrafficTest, UploadIsRSquaredPerModulePlusTheEnvelope) {
   // The same Update, rebuilt: R tensors of the same names and the client's metric names.
   wire::Update u;
   u.round = 1;
-  u.metrics = {{"train_loss", 0}, {"steps", 0}, {"tokens", 0}, {"seconds", 0}};
+  u.metrics = {{"train_loss", 0}, {"steps", 0},           {"tokens", 0},
+               {"seconds", 0},    {"trainable_params", 0}, {"state_bytes", 0}};
   for (int layer = 0; layer < 5; ++layer) {
     for (const char* m : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                           "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}) {

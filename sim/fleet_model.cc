@@ -1,0 +1,347 @@
+#include "sim/fleet_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+
+#include "client/data/text_dataset.h"  // MixSeed.
+#include "common/fs.h"
+
+namespace fedlora::sim {
+namespace {
+
+constexpr std::uint64_t kProfileSalt = 0xF1EE7;
+constexpr std::uint64_t kTaskSalt = 0x7A5C;
+
+// Uniform in [0, 1) from the top 53 bits: the same on every standard library.
+double Uniform01(std::mt19937_64& rng) {
+  return static_cast<double>(rng() >> 11) * 0x1.0p-53;
+}
+
+// Standard normal by Box–Muller from Uniform01 (std::normal_distribution differs between
+// standard libraries, and profiles must be identical wherever a shard runs).
+double StandardNormal(std::mt19937_64& rng) {
+  const double u1 = 1.0 - Uniform01(rng);  // (0, 1].
+  const double u2 = Uniform01(rng);
+  return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2);
+}
+
+Status ParseDistribution(const config::ConfigSection& parent, std::string_view key,
+                         Distribution* out) {
+  if (!parent.Has(key)) return OkStatus();
+  const config::ConfigSection s = parent.Section(key);
+  std::string kind = "constant";
+  FEDLORA_RETURN_IF_ERROR(s.Read("distribution", &kind));
+  Distribution d;
+  if (kind == "constant") {
+    d.kind = Distribution::Kind::kConstant;
+    FEDLORA_RETURN_IF_ERROR(s.Read("value", &d.value));
+    if (!s.Has("value")) return InvalidArgument(s.PathOf("value"), " is required");
+    if (!(d.value >= 0) || !std::isfinite(d.value)) {
+      return InvalidArgument(s.PathOf("value"), " must be finite and >= 0");
+    }
+  } else if (kind == "uniform") {
+    d.kind = Distribution::Kind::kUniform;
+    FEDLORA_RETURN_IF_ERROR(s.Read("min", &d.min));
+    FEDLORA_RETURN_IF_ERROR(s.Read("max", &d.max));
+    if (!s.Has("min") || !s.Has("max")) {
+      return InvalidArgument(parent.PathOf(key), ": uniform needs min and max");
+    }
+    if (!(d.min >= 0) || !(d.max >= d.min) || !std::isfinite(d.max)) {
+      return InvalidArgument(parent.PathOf(key), ": uniform needs 0 <= min <= max < inf");
+    }
+  } else if (kind == "lognormal") {
+    d.kind = Distribution::Kind::kLogNormal;
+    FEDLORA_RETURN_IF_ERROR(s.Read("median", &d.median));
+    FEDLORA_RETURN_IF_ERROR(s.Read("sigma", &d.sigma));
+    if (!s.Has("median")) return InvalidArgument(s.PathOf("median"), " is required");
+    if (!(d.median > 0) || !std::isfinite(d.median)) {
+      return InvalidArgument(s.PathOf("median"), " must be finite and > 0");
+    }
+    if (!(d.sigma >= 0) || d.sigma > 10) {
+      return InvalidArgument(s.PathOf("sigma"), " must be in [0, 10]");
+    }
+  } else {
+    return InvalidArgument(s.PathOf("distribution"), ": unknown distribution '", kind,
+                           "' (expected: constant, uniform, lognormal)");
+  }
+  FEDLORA_RETURN_IF_ERROR(s.Finish());
+  *out = d;
+  return OkStatus();
+}
+
+Distribution Constant(double v) { return {.kind = Distribution::Kind::kConstant, .value = v}; }
+
+std::string Trim(std::string_view s) {
+  const auto b = s.find_first_not_of(" \t\r");
+  if (b == std::string_view::npos) return "";
+  const auto e = s.find_last_not_of(" \t\r");
+  return std::string(s.substr(b, e - b + 1));
+}
+
+std::vector<std::string> SplitCsv(std::string_view line) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (true) {
+    const std::size_t comma = line.find(',', start);
+    out.push_back(Trim(line.substr(start, comma == std::string_view::npos ? comma : comma - start)));
+    if (comma == std::string_view::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+Result<double> ParseNumber(const std::string& text, const std::string& where) {
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  if (text.empty() || end != text.c_str() + text.size() || !std::isfinite(v)) {
+    return InvalidArgument(where, ": '", text, "' is not a finite number");
+  }
+  return v;
+}
+
+// Applies the trace's rows to `profiles`.
+Status ApplyTrace(const std::string& path, std::vector<ClientProfile>* profiles) {
+  FEDLORA_ASSIGN_OR_RETURN(const std::string text, fs::ReadFile(path));
+  std::vector<std::string> header;
+  std::size_t line_no = 0, start = 0;
+  std::vector<bool> seen(profiles->size(), false);
+  while (start < text.size()) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    const std::string_view line(text.data() + start, end - start);
+    start = end + 1;
+    ++line_no;
+    if (Trim(line).empty() || Trim(line).front() == '#') continue;
+    std::vector<std::string> cells = SplitCsv(line);
+    if (header.empty()) {
+      header = std::move(cells);
+      static const char* const kKnown[] = {"client",      "tokens_per_second", "downlink_mbps",
+                                           "uplink_mbps", "latency_ms",        "availability",
+                                           "dropout"};
+      for (std::size_t c = 0; c < header.size(); ++c) {
+        if (std::find(std::begin(kKnown), std::end(kKnown), header[c]) == std::end(kKnown)) {
+          return InvalidArgument(path, ":", line_no, ": unknown column '", header[c],
+                                 "' (expected: client, tokens_per_second, downlink_mbps, "
+                                 "uplink_mbps, latency_ms, availability, dropout)");
+        }
+      }
+      if (header.empty() || header.front() != "client") {
+        return InvalidArgument(path, ":", line_no, ": the first column must be 'client'");
+      }
+      continue;
+    }
+    if (cells.size() != header.size()) {
+      return InvalidArgument(path, ":", line_no, ": ", cells.size(), " cells, the header has ",
+                             header.size());
+    }
+    const std::string where0 = StrCat(path, ":", line_no, ": column client");
+    FEDLORA_ASSIGN_OR_RETURN(const double index, ParseNumber(cells[0], where0));
+    if (index < 0 || index != std::floor(index) || index >= static_cast<double>(profiles->size())) {
+      return InvalidArgument(where0, ": client ", cells[0], " is not in [0, ", profiles->size(),
+                             ")");
+    }
+    const auto i = static_cast<std::size_t>(index);
+    if (seen[i]) return InvalidArgument(where0, ": client ", i, " is listed twice");
+    seen[i] = true;
+    ClientProfile& p = (*profiles)[i];
+    for (std::size_t c = 1; c < cells.size(); ++c) {
+      const std::string where = StrCat(path, ":", line_no, ": column ", header[c]);
+      FEDLORA_ASSIGN_OR_RETURN(const double v, ParseNumber(cells[c], where));
+      const std::string& col = header[c];
+      const bool probability = col == "availability" || col == "dropout";
+      if (v < 0 || (probability && v > 1)) {
+        return InvalidArgument(where, ": ", v, probability ? " is not in [0, 1]" : " is negative");
+      }
+      if ((col == "tokens_per_second" || col.ends_with("_mbps")) && v == 0) {
+        return InvalidArgument(where, ": must be > 0");
+      }
+      if (col == "tokens_per_second") p.tokens_per_second = v;
+      if (col == "downlink_mbps") p.downlink_mbps = v;
+      if (col == "uplink_mbps") p.uplink_mbps = v;
+      if (col == "latency_ms") p.latency_ms = v;
+      if (col == "availability") p.availability = v;
+      if (col == "dropout") p.dropout = v;
+    }
+  }
+  if (header.empty()) return InvalidArgument(path, ": no header line");
+  return OkStatus();
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  const std::size_t mid = v.size() / 2;
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(mid), v.end());
+  return v[mid];
+}
+
+}  // namespace
+
+double Distribution::Draw(std::mt19937_64& rng) const {
+  switch (kind) {
+    case Kind::kConstant: return value;
+    case Kind::kUniform: return min + (max - min) * Uniform01(rng);
+    case Kind::kLogNormal: return median * std::exp(sigma * StandardNormal(rng));
+  }
+  return value;
+}
+
+std::string Distribution::ToString() const {
+  char buf[96];
+  switch (kind) {
+    case Kind::kConstant: std::snprintf(buf, sizeof buf, "%g", value); break;
+    case Kind::kUniform: std::snprintf(buf, sizeof buf, "uniform(%g, %g)", min, max); break;
+    case Kind::kLogNormal:
+      std::snprintf(buf, sizeof buf, "lognormal(median %g, sigma %g)", median, sigma);
+      break;
+  }
+  return buf;
+}
+
+Status ParseFleetConfig(const config::ConfigSection& section, FleetConfig* out) {
+  FleetConfig c;
+  c.tokens_per_second = Constant(20000);
+  c.downlink_mbps = Constant(100);
+  c.uplink_mbps = Constant(20);
+  c.latency_ms = Constant(0);
+  FEDLORA_RETURN_IF_ERROR(section.Read("seed", &c.seed));
+  FEDLORA_RETURN_IF_ERROR(ParseDistribution(section, "tokens_per_second", &c.tokens_per_second));
+  FEDLORA_RETURN_IF_ERROR(ParseDistribution(section, "downlink_mbps", &c.downlink_mbps));
+  FEDLORA_RETURN_IF_ERROR(ParseDistribution(section, "uplink_mbps", &c.uplink_mbps));
+  FEDLORA_RETURN_IF_ERROR(ParseDistribution(section, "latency_ms", &c.latency_ms));
+  FEDLORA_RETURN_IF_ERROR(section.Read("availability", &c.availability));
+  FEDLORA_RETURN_IF_ERROR(section.Read("dropout", &c.dropout));
+  FEDLORA_RETURN_IF_ERROR(section.Read("deadline_s", &c.deadline_s));
+  FEDLORA_RETURN_IF_ERROR(section.ReadPath("trace", &c.trace));
+  FEDLORA_RETURN_IF_ERROR(section.Finish());
+  if (!(c.availability >= 0 && c.availability <= 1)) {
+    return InvalidArgument(section.PathOf("availability"), " must be in [0, 1]");
+  }
+  if (!(c.dropout >= 0 && c.dropout <= 1)) {
+    return InvalidArgument(section.PathOf("dropout"), " must be in [0, 1]");
+  }
+  if (!(c.deadline_s >= 0) || !std::isfinite(c.deadline_s)) {
+    return InvalidArgument(section.PathOf("deadline_s"), " must be finite and >= 0");
+  }
+  for (const auto& [key, d] : {std::pair{"tokens_per_second", c.tokens_per_second},
+                               std::pair{"downlink_mbps", c.downlink_mbps},
+                               std::pair{"uplink_mbps", c.uplink_mbps}}) {
+    const bool can_be_zero = (d.kind == Distribution::Kind::kConstant && d.value == 0) ||
+                             (d.kind == Distribution::Kind::kUniform && d.min == 0);
+    if (can_be_zero) return InvalidArgument(section.PathOf(key), " must be > 0 for every client");
+  }
+  c.enabled = true;
+  *out = c;
+  return OkStatus();
+}
+
+Result<std::unique_ptr<FleetModel>> FleetModel::Make(const FleetConfig& config,
+                                                     std::uint32_t num_clients) {
+  std::unique_ptr<FleetModel> m(new FleetModel());
+  m->config_ = config;
+  m->profiles_.resize(num_clients);
+  for (std::uint32_t i = 0; i < num_clients; ++i) {
+    std::mt19937_64 rng(client::MixSeed(client::MixSeed(config.seed, kProfileSalt), i));
+    ClientProfile& p = m->profiles_[i];
+    p.tokens_per_second = config.tokens_per_second.Draw(rng);
+    p.downlink_mbps = config.downlink_mbps.Draw(rng);
+    p.uplink_mbps = config.uplink_mbps.Draw(rng);
+    p.latency_ms = config.latency_ms.Draw(rng);
+    p.availability = config.availability;
+    p.dropout = config.dropout;
+  }
+  if (!config.trace.empty()) FEDLORA_RETURN_IF_ERROR(ApplyTrace(config.trace, &m->profiles_));
+  std::vector<double> speeds;
+  for (const ClientProfile& p : m->profiles_) speeds.push_back(p.tokens_per_second);
+  m->median_tokens_per_second_ = Median(std::move(speeds));
+  return m;
+}
+
+TaskPlan FleetModel::Plan(std::uint32_t client, std::uint64_t round, std::uint64_t nth,
+                          std::uint64_t down_bytes, std::uint64_t tokens,
+                          std::uint64_t up_bytes) const {
+  const ClientProfile& p = profiles_.at(client);
+  std::mt19937_64 rng(client::MixSeed(
+      client::MixSeed(client::MixSeed(config_.seed, kTaskSalt), client),
+      client::MixSeed(round, nth)));
+  const double u_online = Uniform01(rng);
+  const double u_drop = Uniform01(rng);
+  TaskPlan plan;
+  const auto seconds = [](std::uint64_t bytes, double mbps) {
+    return static_cast<double>(bytes) * 8.0 / (mbps * 1e6);
+  };
+  plan.download_s = p.latency_ms / 1000.0 + seconds(down_bytes, p.downlink_mbps);
+  plan.compute_s = static_cast<double>(tokens) / p.tokens_per_second;
+  plan.upload_s = seconds(up_bytes, p.uplink_mbps);
+  plan.finish_s = plan.download_s + plan.compute_s + plan.upload_s;
+  char buf[160];
+  if (u_online >= p.availability) {
+    plan.outcome = TaskOutcome::kOffline;
+    std::snprintf(buf, sizeof buf, "offline in round %llu (availability %.3g)",
+                  static_cast<unsigned long long>(round), p.availability);
+    plan.reason = buf;
+  } else if (u_drop < p.dropout) {
+    plan.outcome = TaskOutcome::kDropped;
+    std::snprintf(buf, sizeof buf, "dropped out of round %llu (dropout %.3g)",
+                  static_cast<unsigned long long>(round), p.dropout);
+    plan.reason = buf;
+  } else if (config_.deadline_s > 0 && plan.finish_s > config_.deadline_s) {
+    plan.outcome = TaskOutcome::kStraggler;
+    std::snprintf(buf, sizeof buf,
+                  "would finish round %llu at %.1f s (download %.1f, train %.1f, upload %.1f), "
+                  "after the %.1f s deadline",
+                  static_cast<unsigned long long>(round), plan.finish_s, plan.download_s,
+                  plan.compute_s, plan.upload_s, config_.deadline_s);
+    plan.reason = buf;
+  }
+  return plan;
+}
+
+void FleetModel::Record(std::uint64_t round, const TaskPlan& plan) {
+  std::lock_guard<std::mutex> lock(mu_);
+  records_[round].push_back(plan);
+}
+
+RoundTiming FleetModel::CloseRound(std::uint64_t round, std::uint32_t attempts) {
+  std::vector<TaskPlan> tasks;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = records_.find(round); it != records_.end()) {
+      tasks = std::move(it->second);
+      records_.erase(it);
+    }
+  }
+  RoundTiming t;
+  std::vector<double> finishes;
+  for (const TaskPlan& p : tasks) {
+    switch (p.outcome) {
+      case TaskOutcome::kReported:
+        ++t.reported;
+        finishes.push_back(p.finish_s);
+        t.max_finish_s = std::max(t.max_finish_s, p.finish_s);
+        break;
+      case TaskOutcome::kOffline: ++t.offline; break;
+      case TaskOutcome::kDropped: ++t.dropped; break;
+      case TaskOutcome::kStraggler: ++t.stragglers; break;
+    }
+  }
+  t.median_finish_s = Median(std::move(finishes));
+  const double deadline = config_.deadline_s;
+  // A straggler or dropout keeps the coordinator waiting until the deadline (without one, until
+  // the slowest task would have finished).
+  double last = t.max_finish_s;
+  if (t.stragglers + t.dropped > 0) {
+    double slowest = t.max_finish_s;
+    for (const TaskPlan& p : tasks) {
+      if (p.outcome == TaskOutcome::kDropped || p.outcome == TaskOutcome::kStraggler) {
+        slowest = std::max(slowest, p.finish_s);
+      }
+    }
+    last = deadline > 0 ? deadline : slowest;
+  }
+  t.virtual_seconds = (attempts > 1 ? (attempts - 1) * deadline : 0.0) + last;
+  return t;
+}
+
+}  // namespace fedlora::sim
