@@ -3,12 +3,13 @@
 // through shared forward/backward passes) against sequential (K TrainLora calls one after
 // another), measured in the same run, alternating, on the same adapters and data.
 //
-// Each client: a rank-8 LoRA on all 7 module kinds, batch 4, 128-token windows of its own
-// contiguous 1/64 of tinyshakespeare (the same share whatever K is). After a warm-up step each
+// Each client: a rank-8 LoRA on all 7 module kinds, batch 4, 128-token windows (--batch,
+// --seq-len) of its own contiguous 1/64 of tinyshakespeare (the same share whatever K is). After a warm-up step each
 // way, `--steps` steps per client are timed each way (best of `--repeats`). Prints one line per K:
 //   K=<k> batched=<client-steps/s> sequential=<client-steps/s> ratio=<batched/sequential>
 //   peak_rss_mb=<peak resident set of the process so far (getrusage), i.e. up to this K>
 // Flags: --clients 1,4,16,64  --steps 3  --repeats 1  --threads <cores>  --assets assets
+//   --batch 4 --seq-len 128 (each client's micro-batch: rows and tokens per row)
 //   --max-rows 16 (BatchedTrainOptions::max_rows_per_pass; 0 = every client in one pass, which on
 //   a 2-core CPU was slower from K=16 on and needs ~3.2 GB at K=64 against ~0.4 GB)
 //   --only batched|sequential (time one way only, for profiling; the ratio is then meaningless).

@@ -92,6 +92,7 @@ Status ParseClientConfig(const config::ConfigSection& root, ClientConfig* c) {
   FEDLORA_RETURN_IF_ERROR(root.Read("device", &c->device));
   FEDLORA_RETURN_IF_ERROR(root.Read("log_level", &c->log_level));
   FEDLORA_RETURN_IF_ERROR(root.Read("log_progress", &c->log_progress));
+  FEDLORA_RETURN_IF_ERROR(root.Read("spill_state", &c->spill_state));
   FEDLORA_RETURN_IF_ERROR(root.ReadPath("state_dir", &c->state_dir));
 
   const config::ConfigSection model = root.Section("model");

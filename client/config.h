@@ -117,6 +117,9 @@ struct ClientConfig {
   // "fedlora-client-<name>" in the working directory.
   std::string state_dir;
   bool log_progress = true;  // Log each task, upload and acknowledgement at info level (else debug).
+  // Keep private per-client factors (FedSA-LoRA's B) only in state_dir between tasks, reading
+  // them back when tasked: for simulations of many clients, whose idle state then is their data.
+  bool spill_state = false;
   ModelConfig model;
   DataConfig data;
   ClientTransportConfig transport;

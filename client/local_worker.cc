@@ -177,8 +177,7 @@ class LocalWorker final : public Worker {
                       {"steps", static_cast<double>(stats.steps)},
                       {"tokens", static_cast<double>(stats.tokens)},
                       {"seconds", stats.seconds},
-                      {"trainable_params", static_cast<double>(trainable)},
-                      {"state_bytes", static_cast<double>(StateBytes())}};
+                      {"trainable_params", static_cast<double>(trainable)}};
     std::map<std::string, std::int64_t, std::less<>> pruned;
     if (plan.pruning()) {
       const auto end_scores = adapter->TailScores();
@@ -193,6 +192,7 @@ class LocalWorker final : public Worker {
     FEDLORA_ASSIGN_OR_RETURN(update.tensors,
                              ExportUpload(*adapter, plan, task.train.upload_dtype, pruned));
     if (plan.plan.init == AdapterInit::kLocalB) KeepLocalB(plan, *adapter);
+    update.metrics["state_bytes"] = static_cast<double>(StateBytes());
     return update;
   } catch (const std::bad_alloc&) {
     return ResourceExhausted("client '", config_.name, "': out of memory while training round ",
@@ -401,6 +401,8 @@ class LocalWorker final : public Worker {
     if (const Status saved = local_store_.Save(layout, wire); !saved.ok()) {
       LogWarn("client '", config_.name, "': could not persist its private LoRA B: ",
               saved.ToString());
+    } else if (config_.spill_state) {
+      local_b_.reset();  // On disk only; LocalB reads it back for the next task.
     }
   }
 

@@ -633,6 +633,35 @@ TEST(AdapterModesTest, FedSaTaskKeepsBPrivateUploadsOnlyAAndEvaluatesThePersonal
   EXPECT_LT(*after, *before - 0.02);
 }
 
+// spill_state: the private B lives only on disk between tasks, so the idle client holds just its
+// data, and the next task still starts from the B the last one left.
+TEST(AdapterModesTest, FedSaPrivateBSpilledToDiskIsReadBackForTheNextTask) {
+  const wire::LoraSpec lora = Lora(4);
+  const TensorMap a_global = OnlyA(GlobalAdapter(Targets(lora), 4, 94));
+  wire::AdapterPlan plan;
+  plan.init = AdapterInit::kLocalB;
+  ClientConfig config = Config("fedsa-spill");
+  config.spill_state = true;
+  auto worker = NewWorker(config);
+  const std::uint64_t idle_before = LocalWorkerStateBytes(*worker);
+  const Result<wire::Update> first = worker->Train(Task(1, lora, Training(6), plan, a_global), {});
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_EQ(LocalWorkerStateBytes(*worker), idle_before);  // Nothing but the data in memory.
+  EXPECT_EQ(first->metrics.at("state_bytes"), static_cast<double>(idle_before));
+  const Result<wire::Update> second =
+      worker->Train(Task(2, lora, Training(1, 0.0), plan, a_global), {});
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  EXPECT_EQ(OnlyB(second->tensors), OnlyB(first->tensors));
+
+  // Without spilling, the same client keeps B (rank 4 on every target) in memory as well.
+  config.spill_state = false;
+  auto keeper = NewWorker(config);
+  ASSERT_TRUE(keeper->Train(Task(3, lora, Training(1, 0.0), plan, a_global), {}).ok());
+  std::uint64_t b_bytes = 0;
+  for (const wire::ModuleInfo& m : Targets(lora)) b_bytes += m.d_out * 4 * sizeof(float);
+  EXPECT_EQ(LocalWorkerStateBytes(*keeper), idle_before + b_bytes);
+}
+
 TEST(AdapterModesTest, FedSaPrivateBPersistsAcrossTasksAndWorkersButNotAcrossRanks) {
   const wire::LoraSpec lora = Lora(4);
   const TensorMap a_global = OnlyA(GlobalAdapter(Targets(lora), 4, 92));

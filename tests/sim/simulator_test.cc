@@ -181,6 +181,31 @@ TEST_F(SimulatorTest, AVirtualStragglerMissesTheDeadlineAndTheRoundGoesOnWithout
   }
 }
 
+// configs/sim/scale-1000.yaml, one round: 1000 sessions on one base, 50 selected, every one of
+// them either reported or declined for a reason the fleet model gave.
+TEST_F(SimulatorTest, TheThousandClientConfigCompletesARound) {
+  const Result<SimConfig> config =
+      LoadSimConfig(FEDLORA_SOURCE_DIR "/configs/sim/scale-1000.yaml",
+                    {"coordinator.rounds=1", "log_level=warn"}, out_);
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->num_clients, 1000u);
+  EXPECT_TRUE(config->fleet.enabled);
+  ASSERT_TRUE(RunSimulation(*config).ok());
+  const std::vector<nlohmann::json> metrics = Metrics();
+  ASSERT_EQ(metrics.size(), 2u);
+  const nlohmann::json& m = metrics[1];
+  const nlohmann::json& sim = m["simulation"];
+  EXPECT_EQ(m["clients_selected"], 50);
+  EXPECT_GE(m["clients_reported"].get<int>(), 30);  // quorum_fraction 0.6
+  EXPECT_EQ(m["clients_reported"].get<double>() + sim["declined_offline"].get<double>() +
+                sim["declined_dropout"].get<double>() + sim["declined_straggler"].get<double>(),
+            50);
+  EXPECT_EQ(sim["clients"], 1000);
+  EXPECT_GT(sim["virtual_round_s"].get<double>(), 0);
+  EXPECT_LE(sim["virtual_round_s"].get<double>(), 10.0);  // fleet.deadline_s
+  EXPECT_EQ(sim["batched_clients"], m["clients_reported"]);
+}
+
 // The shipped classification experiment, shrunk: SpamAssassin records with Dirichlet label skew
 // train and report label-token accuracy next to its majority-class baseline.
 TEST_F(SimulatorTest, ClassificationExperimentReportsAccuracyAndItsBaseline) {
