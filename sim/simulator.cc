@@ -163,8 +163,12 @@ class Fleet {
       if (!model.ok()) return model.status().WithContext("fleet");
       fleet->model_ = std::move(model).value();
     }
+    // One compute lock per lane: workers take turns within their lock, so evaluations (and
+    // task preparation) run up to `lanes` at a time, like the batcher's training groups.
+    fleet->compute_locks_ = std::vector<std::mutex>(std::max(1u, batching.lanes));
     if (batching.max_clients > 1 || batching.lanes > 1) {
-      fleet->batcher_ = client::MakeTrainingBatcher(assets, &fleet->compute_lock_, batching);
+      fleet->batcher_ =
+          client::MakeTrainingBatcher(assets, &fleet->compute_locks_.front(), batching);
     }
     fleet->members_.reserve(indices.size());
     const auto on_first_hello = [f = fleet.get(), n = indices.size(),
@@ -189,7 +193,9 @@ class Fleet {
                                         fleet->model_->median_tokens_per_second();
       }
       Result<std::unique_ptr<client::Worker>> local = client::MakeLocalWorker(
-          c, assets, {.compute_lock = &fleet->compute_lock_, .batcher = fleet->batcher_});
+          c, assets,
+          {.compute_lock = &fleet->compute_locks_[fleet->members_.size() % fleet->compute_locks_.size()],
+           .batcher = fleet->batcher_});
       if (!local.ok()) return local.status().WithContext(c.name);
       const std::uint64_t state_bytes = client::LocalWorkerStateBytes(**local);
       Member& m = fleet->members_.emplace_back();
@@ -303,7 +309,8 @@ class Fleet {
     for (Member& m : members_) m.session->Stop();
   }
 
-  std::mutex compute_lock_;        // Outlives the batcher and the workers (declared first).
+  // Outlive the batcher and the workers (declared first); never resized after Build.
+  std::vector<std::mutex> compute_locks_;
   std::unique_ptr<FleetModel> model_;                // Null without a `fleet` section.
   std::shared_ptr<client::TrainingBatcher> batcher_; // Null with one lane and K = 1.
   std::atomic<std::size_t> introduced_{0};

@@ -2,8 +2,12 @@
 //
 // The coordinator and every client session run the production code, so what is simulated is
 // what is deployed. All clients of one process share one read-only copy of the frozen base model
-// (ModelAssets); each holds only its own data, adapter and optimiser state. Training takes turns
-// on the cores through one compute lock.
+// (ModelAssets); each holds only its data (and private factors) between tasks, and an adapter
+// with its optimiser state while it trains. Training goes through one TrainingBatcher
+// (client/train/training_batcher.h): batched groups of clients on `batching.lanes` threads.
+// Evaluations take turns through one compute lock per lane. With a `fleet` section, a virtual
+// clock (fleet_model.h) decides which clients are offline, drop out or miss the deadline, and
+// times each round as that fleet would.
 //
 // Two modes:
 //   RunSimulation: the whole federation in one process over ZeroMQ inproc (or, with

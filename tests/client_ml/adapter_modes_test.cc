@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <numeric>
@@ -37,8 +38,10 @@ std::shared_ptr<const ModelAssets> Assets() {
   return assets;
 }
 
+// Private to this process: ctest runs tests in parallel processes, some with the same names.
 std::string FreshDir(const std::string& name) {
-  const std::string dir = ::testing::TempDir() + "fedlora_modes_" + name;
+  const std::string dir =
+      ::testing::TempDir() + "fedlora_modes_" + std::to_string(::getpid()) + "_" + name;
   FEDLORA_CHECK(fs::RemoveAll(dir).ok());
   return dir;
 }

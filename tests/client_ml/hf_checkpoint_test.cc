@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
@@ -27,10 +28,23 @@ namespace stdfs = std::filesystem;
 
 using ModelPtr = std::shared_ptr<const LlamaModel>;
 
-// A fresh, empty-named path under the test temp dir (removed if a previous run left it).
+// Paths FreshPath handed out, removed when the test process exits.
+struct ScratchPaths {
+  std::vector<std::string> paths;
+  ~ScratchPaths() {
+    for (const std::string& p : paths) (void)fs::RemoveAll(p);
+  }
+};
+
+// A fresh path under the test temp dir, private to this process: ctest runs each test in a
+// process of its own, several at a time, and they must not share (or delete) each other's
+// checkpoints.
 std::string FreshPath(const std::string& name) {
-  const std::string path = ::testing::TempDir() + "fedlora_hf_" + name;
+  static ScratchPaths scratch;
+  const std::string path =
+      ::testing::TempDir() + "fedlora_hf_" + std::to_string(::getpid()) + "_" + name;
   FEDLORA_CHECK(fs::RemoveAll(path).ok());
+  scratch.paths.push_back(path);
   return path;
 }
 
