@@ -10,6 +10,7 @@
 //   peak_rss_mb=<peak resident set of the process so far (getrusage), i.e. up to this K>
 // Flags: --clients 1,4,16,64  --steps 3  --repeats 1  --threads <cores>  --assets assets
 //   --batch 4 --seq-len 128 (each client's micro-batch: rows and tokens per row)
+//   --device cpu|cuda|cuda:N (where the model and adapters live; bf16 autocast on CUDA)
 //   --max-rows 16 (BatchedTrainOptions::max_rows_per_pass; 0 = every client in one pass, which on
 //   a 2-core CPU was slower from K=16 on and needs ~3.2 GB at K=64 against ~0.4 GB)
 //   --only batched|sequential (time one way only, for profiling; the ratio is then meaningless).
@@ -32,6 +33,7 @@
 #include "client/model/llama.h"
 #include "client/model/tokenizer.h"
 #include "client/train/batched_trainer.h"
+#include "client/train/device.h"
 #include "client/train/sequences.h"
 #include "client/train/trainer.h"
 #include "common/process.h"
@@ -88,6 +90,7 @@ int main(int argc, char** argv) {
   std::vector<std::size_t> ks = {1, 4, 16, 64};
   std::uint32_t steps = 3;
   std::uint32_t batch = 4, seq_len = 128;
+  std::string device = "cpu";
   int repeats = 1;
   BatchedTrainOptions options;
   options.max_rows_per_pass = 16;  // 4 clients per pass: the best of 0/8/16/32 on a 2-core CPU.
@@ -101,6 +104,7 @@ int main(int argc, char** argv) {
     if (flag == "--repeats") repeats = std::atoi(argv[i + 1]);
     if (flag == "--threads") threads = std::atoi(argv[i + 1]);
     if (flag == "--only") only = argv[i + 1];
+    if (flag == "--device") device = argv[i + 1];
     if (flag == "--batch") batch = static_cast<std::uint32_t>(std::atoi(argv[i + 1]));
     if (flag == "--seq-len") seq_len = static_cast<std::uint32_t>(std::atoi(argv[i + 1]));
     if (flag == "--max-rows") {
@@ -110,8 +114,12 @@ int main(int argc, char** argv) {
   TuneMallocForTraining();
   at::set_num_threads(threads);
 
-  const std::shared_ptr<const LlamaModel> model = OrDie(
+  std::shared_ptr<const LlamaModel> model = OrDie(
       LlamaModel::LoadLlama2c(assets + "/models/stories260K/stories260K.bin"), "loading model");
+  if (device != "cpu") {
+    const at::Device where = OrDie(ResolveDevice(device), "resolving --device");
+    model = OrDie(model->To(where), "moving the model");
+  }
   const Tokenizer tokenizer =
       OrDie(Tokenizer::Load(assets + "/models/stories260K/tok512.bin", 512), "loading tokenizer");
   const std::string text =
@@ -136,6 +144,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     std::vector<std::unique_ptr<LoraAdapter>> adapters;
+    const std::string first_module = model->AdaptableModules().front().name;
     for (std::size_t c = 0; c < k; ++c) {
       adapters.push_back(OrDie(LoraAdapter::Create(*model, lora, c + 1), "creating adapter"));
     }
@@ -158,12 +167,17 @@ int main(int argc, char** argv) {
     double batched_best = 1e300, sequential_best = 1e300;
     for (int r = 0; r < repeats; ++r) {
       const std::vector<BatchedClient> clients = group(steps);
+      // Reading a factor back waits for the device's queue: the clocks see finished work.
+      const auto sync = [&] { (void)adapters.back()->Factor(first_module, LoraFactor::kB); };
+      sync();
       const Clock::time_point b0 = Clock::now();
       if (only != "sequential") {
         OrDie(TrainLoraBatched(*model, clients, options), "batched training");
       }
+      sync();
       const Clock::time_point b1 = Clock::now();
       if (only != "batched") sequential(steps);
+      sync();
       const Clock::time_point s1 = Clock::now();
       batched_best = std::min(batched_best, Seconds(b0, b1));
       sequential_best = std::min(sequential_best, Seconds(b1, s1));

@@ -3,7 +3,12 @@
 # fedlora_use_torch(target): links LibTorch PRIVATELY (no include paths, definitions or ABI flags
 # leak to dependents) and unity-builds the target, which cut LibTorch-heavy builds by ~3x here.
 function(fedlora_use_torch target)
-  target_link_libraries(${target} PRIVATE torch)
+  # libstdc++ ahead of LibTorch among the libraries a binary needs: the LibTorch inside PyTorch's
+  # PyPI wheels (2.11 seen) exports its own, older copy of std::filesystem (64 functions, without
+  # symbol versions). Needed after it, our references bind to that copy, and remove_all crashed
+  # through a null pointer on the first GPU run. Debian's LibTorch exports none; no harm there.
+  target_link_libraries(${target} PRIVATE "-Wl,--push-state,--no-as-needed" stdc++
+                        "-Wl,--pop-state" torch)
   if(FEDLORA_UNITY_ML)
     set_target_properties(${target} PROPERTIES UNITY_BUILD ON UNITY_BUILD_BATCH_SIZE 8)
   endif()

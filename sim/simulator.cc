@@ -468,8 +468,9 @@ client::BatchingOptions ResolveBatching(const SimConfig& config, const client::M
   }
   b.max_clients = config.batching.clients != 0 ? config.batching.clients : std::max(1u, k);
   LogInfo("batching: ", b.lanes, " lane(s) of up to ", b.max_clients, " clients per group, ",
-          b.max_rows_per_pass == 0 ? std::string("all their rows") : StrCat(b.max_rows_per_pass),
-          " rows per pass (~", per_row >> 10, " KiB of activations per row of ",
+          b.max_rows_per_pass == 0 ? std::string("all their rows in one pass")
+                                   : StrCat(b.max_rows_per_pass, " rows per pass"),
+          " (~", per_row >> 10, " KiB of activations per row of ",
           config.coordinator.train.seq_len, " tokens",
           budget > 0 ? StrCat(", budget ", budget >> 20, " MiB per lane") : std::string(), ")");
   return b;

@@ -608,12 +608,13 @@ at::Tensor LlamaModel::ForwardImpl(const at::Tensor& tokens, ModuleAdapter* adap
   // Additive mask: position t attends to positions s <= t (causal) and, with a sliding window W,
   // only to t - s < W. Repeated for the `group` query heads that share a kv head: rows are
   // (g, t) pairs.
-  at::Tensor blocked = at::ones({time, time}, at::TensorOptions().dtype(at::kBool)).triu(1);
+  // Built on the tokens' device (the first run on a GPU found it on the CPU).
+  const at::TensorOptions flags = at::TensorOptions().dtype(at::kBool).device(tokens.device());
+  at::Tensor blocked = at::ones({time, time}, flags).triu(1);
   if (config_.sliding_window > 0 && time > config_.sliding_window) {
-    blocked = blocked.logical_or(at::ones({time, time}, at::TensorOptions().dtype(at::kBool))
-                                     .tril(-config_.sliding_window));
+    blocked = blocked.logical_or(at::ones({time, time}, flags).tril(-config_.sliding_window));
   }
-  const at::Tensor mask = at::zeros({time, time}, at::kFloat)
+  const at::Tensor mask = at::zeros({time, time}, flags.dtype(at::kFloat))
                               .masked_fill(blocked, -std::numeric_limits<float>::infinity())
                               .repeat({group, 1});
   const double inv_sqrt_hs = 1.0 / std::sqrt(static_cast<double>(hs));

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
 
@@ -276,6 +277,9 @@ Status RunPass(const LlamaModel& model, std::vector<ClientRun>& runs, std::span<
   const at::Tensor all_inputs = inputs.size() == 1 ? inputs[0] : at::cat(inputs, 0);
   const at::Tensor all_targets = targets.size() == 1 ? targets[0] : at::cat(targets, 0);
   MultiplexAdapter multiplex(std::move(slices), time);
+  // bf16 on CUDA (nothing on the CPU), one region per pass, as in TrainLora: leaving it drops
+  // autocast's cached bf16 copies of the factors, which the optimiser step makes stale.
+  std::optional<AutocastScope> autocast(std::in_place, device, /*enabled=*/true);
   FEDLORA_ASSIGN_OR_RETURN(const at::Tensor logits,
                            model.Forward(all_inputs.to(device), &multiplex, base_weights));
 
@@ -285,6 +289,7 @@ Status RunPass(const LlamaModel& model, std::vector<ClientRun>& runs, std::span<
   const at::Tensor token_loss =
       at::cross_entropy_loss(logits.reshape({-1, vocab}), all_targets.to(device).reshape({-1}),
                              {}, at::Reduction::None, kIgnoreIndex);
+  autocast.reset();  // The backward runs outside, as in TrainLora.
   const at::Tensor row_loss = token_loss.view({offset, time}).sum(1);  // [rows]
   at::Tensor row_weight = at::empty({offset}, at::kFloat);
   {
@@ -365,7 +370,6 @@ Result<std::vector<TrainStats>> Run(const LlamaModel& model,
   }
   const std::span<const at::Tensor> base_weights = clients[0].base_weights;
   const at::Device device = model.device();
-  const AutocastScope autocast(device, /*enabled=*/true);  // bf16 on CUDA; nothing on the CPU.
 
   std::vector<ClientRun> runs(clients.size());
   std::uint64_t max_steps = 0;

@@ -120,7 +120,6 @@ Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
   const std::uint64_t total_steps =
       spec.local_epochs > 0 ? spec.local_epochs * steps_per_epoch : spec.local_steps;
   const at::Device device = ModelDevice(model);
-  const AutocastScope autocast(device, /*enabled=*/true);  // bf16 on CUDA; nothing on the CPU.
 
   const std::vector<at::Tensor> params = adapter.Parameters();
   if (params.empty()) return InvalidArgument("the adapter has no trainable tensor");
@@ -159,9 +158,16 @@ Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
     optimizer.zero_grad();
     const std::uint64_t tokens = source.CountTargets(picks);
     if (tokens == 0) continue;  // Only masked targets (cannot happen with validated examples).
-    FEDLORA_ASSIGN_OR_RETURN(const at::Tensor logits,
-                             model.Forward(batch.inputs.to(device), &adapter, base_weights));
-    const at::Tensor loss = TokenLoss(logits, batch.targets.to(device), at::Reduction::Mean);
+    at::Tensor loss;
+    {
+      // bf16 on CUDA (nothing on the CPU), one region per step: leaving it drops autocast's
+      // cached bf16 copies of the adapter's factors, which would otherwise keep serving the
+      // first step's values to every later forward (found on the first GPU run: the loss rose).
+      const AutocastScope autocast(device, /*enabled=*/true);
+      FEDLORA_ASSIGN_OR_RETURN(const at::Tensor logits,
+                               model.Forward(batch.inputs.to(device), &adapter, base_weights));
+      loss = TokenLoss(logits, batch.targets.to(device), at::Reduction::Mean);
+    }
     const double loss_value = loss.item<double>();
     const at::Tensor penalty = adapter.Penalty();
     const at::Tensor objective = penalty.defined() ? loss + penalty : loss;

