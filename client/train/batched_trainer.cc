@@ -154,7 +154,7 @@ class MultiplexAdapter final : public ModuleAdapter {
     uniform_ = slices_.size() > 1;
     for (const Slice& s : slices_) {
       rows_.push_back(s.rows);
-      uniform_ = uniform_ && s.rows == slices_[0].rows && s.time == time_;
+      uniform_ = uniform_ && s.rows == slices_[0].rows;
     }
   }
 
@@ -185,10 +185,13 @@ class MultiplexAdapter final : public ModuleAdapter {
   }
 
  private:
-  // The Punica / S-LoRA form: when every client brings as many full-length rows and plain
-  // factors of one rank and scale (LoraAdapter::Plain), all K LoRA products are two batched
-  // matmuls over the stacked factors, [K, n, d_in]·[K, d_in, r]·[K, r, d_out], instead of 2K
-  // small ones. Undefined when the clients do not qualify for this module.
+  // The Punica / S-LoRA form: when every client brings as many rows and plain factors of one
+  // rank and scale (LoraAdapter::Plain), all K LoRA products are two batched matmuls over the
+  // stacked factors, [K, n, d_in]·[K, d_in, r]·[K, r, d_out], instead of 2K small ones.
+  // Padded positions (a client's rows shorter than the batch's) get LoRA too: under causal
+  // attention no real position reads them and their targets are ignored, so neither outputs nor
+  // gradients change, and without dropout (Plain's condition) no random draw depends on shapes.
+  // Undefined when the clients do not qualify for this module.
   at::Tensor Stacked(std::size_t module_index, const at::Tensor& x, const at::Tensor& base) const {
     std::vector<at::Tensor> as, bs;
     as.reserve(slices_.size());
@@ -211,7 +214,7 @@ class MultiplexAdapter final : public ModuleAdapter {
   std::vector<Slice> slices_;
   std::vector<std::int64_t> rows_;
   std::int64_t time_;
-  bool uniform_ = false;  // K > 1 clients, equal row counts, every row full length.
+  bool uniform_ = false;  // K > 1 clients with equal row counts.
 };
 
 // One client's training state across the steps of a call: TrainLora's loop variables.

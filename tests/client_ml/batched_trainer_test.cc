@@ -235,6 +235,32 @@ TEST(BatchedTrainerTest, MatchesSequentialTrainingOnExamplesOfDifferentLengthsWi
   ExpectBatchedMatchesSequential(clients);
 }
 
+// Examples of different lengths without dropout, equal ranks and batch sizes: the stacked
+// matmuls run over the padded batch (LoRA on padded positions too, which no real position or loss
+// reads), and the factors still match sequential training.
+TEST(BatchedTrainerTest, MatchesSequentialTrainingWhenStackedMatmulsCoverPaddedRows) {
+  std::vector<std::unique_ptr<ExampleSource>> sources;
+  for (std::size_t k = 0; k < kClients; ++k) {
+    const std::vector<TokenId>& stream = ClientStreams()[k];
+    std::vector<SequenceView> examples;
+    std::size_t begin = 0;
+    for (std::size_t i = 0; i < 8; ++i) {
+      const std::size_t length = 10 + (i * 23 + k * 31) % 60;
+      examples.push_back({std::span<const TokenId>(stream.data() + begin, length), 1 + length / 4});
+      begin += length;
+    }
+    Result<ExampleSource> source = ExampleSource::Make(std::move(examples), 256, 0);
+    ASSERT_TRUE(source.ok()) << source.status().ToString();
+    sources.push_back(std::make_unique<ExampleSource>(std::move(source).value()));
+  }
+  std::vector<Client> clients;
+  for (std::size_t k = 0; k < kClients; ++k) {
+    clients.push_back({MakeTwins(UniformModules(4), {}, 60 + k), sources[k].get(), SmallSpec(4, 2),
+                       600 + k});
+  }
+  ExpectBatchedMatchesSequential(clients);
+}
+
 // Batch sizes 3, 4, 2 and 5 with at most 6 rows per pass: passes of clients {0}, {1, 2}, {3}.
 TEST(BatchedTrainerTest, MatchesSequentialTrainingWhenStepsAreSplitIntoSeveralPasses) {
   const auto sources = WindowSources(48);
