@@ -207,22 +207,32 @@ TEST(BatchedTrainerTest, MatchesSequentialTrainingOfSketchedLatentFrozenAndPrune
 
 // Examples of different lengths (prompt tokens masked), dropout on, and clients with different
 // batch sizes and step counts, so rows are padded and finished clients drop out.
-TEST(BatchedTrainerTest, MatchesSequentialTrainingOnExamplesOfDifferentLengthsWithDropout) {
+// Per client, `count` examples cut from its stream: example i of client k has
+// min_length + (i * a + k * b) % spread tokens, the first length / prompt_div + 1 of them prompt.
+struct ExampleShape {
+  std::size_t count, min_length, a, b, spread, prompt_div;
+};
+std::vector<std::unique_ptr<ExampleSource>> ExampleSources(const ExampleShape& shape) {
   std::vector<std::unique_ptr<ExampleSource>> sources;
   for (std::size_t k = 0; k < kClients; ++k) {
     const std::vector<TokenId>& stream = ClientStreams()[k];
     std::vector<SequenceView> examples;
     std::size_t begin = 0;
-    for (std::size_t i = 0; i < 12; ++i) {
-      const std::size_t length = 12 + (i * 17 + k * 29) % 70;
-      const std::span<const TokenId> tokens(stream.data() + begin, length);
-      examples.push_back({tokens, 1 + length / 3});
+    for (std::size_t i = 0; i < shape.count; ++i) {
+      const std::size_t length = shape.min_length + (i * shape.a + k * shape.b) % shape.spread;
+      examples.push_back({std::span<const TokenId>(stream.data() + begin, length),
+                          1 + length / shape.prompt_div});
       begin += length;
     }
     Result<ExampleSource> source = ExampleSource::Make(std::move(examples), 256, 0);
-    ASSERT_TRUE(source.ok()) << source.status().ToString();
+    FEDLORA_CHECK_MSG(source.ok(), source.status().ToString());
     sources.push_back(std::make_unique<ExampleSource>(std::move(source).value()));
   }
+  return sources;
+}
+
+TEST(BatchedTrainerTest, MatchesSequentialTrainingOnExamplesOfDifferentLengthsWithDropout) {
+  const auto sources = ExampleSources({12, 12, 17, 29, 70, 3});
   const std::uint32_t steps[kClients] = {7, 4, 6, 2};
   const std::uint32_t batch_sizes[kClients] = {3, 4, 2, 5};
   std::vector<Client> clients;
@@ -239,20 +249,7 @@ TEST(BatchedTrainerTest, MatchesSequentialTrainingOnExamplesOfDifferentLengthsWi
 // matmuls run over the padded batch (LoRA on padded positions too, which no real position or loss
 // reads), and the factors still match sequential training.
 TEST(BatchedTrainerTest, MatchesSequentialTrainingWhenStackedMatmulsCoverPaddedRows) {
-  std::vector<std::unique_ptr<ExampleSource>> sources;
-  for (std::size_t k = 0; k < kClients; ++k) {
-    const std::vector<TokenId>& stream = ClientStreams()[k];
-    std::vector<SequenceView> examples;
-    std::size_t begin = 0;
-    for (std::size_t i = 0; i < 8; ++i) {
-      const std::size_t length = 10 + (i * 23 + k * 31) % 60;
-      examples.push_back({std::span<const TokenId>(stream.data() + begin, length), 1 + length / 4});
-      begin += length;
-    }
-    Result<ExampleSource> source = ExampleSource::Make(std::move(examples), 256, 0);
-    ASSERT_TRUE(source.ok()) << source.status().ToString();
-    sources.push_back(std::make_unique<ExampleSource>(std::move(source).value()));
-  }
+  const auto sources = ExampleSources({8, 10, 23, 31, 60, 4});
   std::vector<Client> clients;
   for (std::size_t k = 0; k < kClients; ++k) {
     clients.push_back({MakeTwins(UniformModules(4), {}, 60 + k), sources[k].get(), SmallSpec(4, 2),
