@@ -151,10 +151,10 @@ class MultiplexAdapter final : public ModuleAdapter {
 
   MultiplexAdapter(std::vector<Slice> slices, std::int64_t time)
       : slices_(std::move(slices)), time_(time) {
-    uniform_ = slices_.size() > 1;
     for (const Slice& s : slices_) {
       rows_.push_back(s.rows);
-      uniform_ = uniform_ && s.rows == slices_[0].rows;
+      max_rows_ = std::max(max_rows_, s.rows);
+      equal_rows_ = equal_rows_ && s.rows == slices_[0].rows;
     }
   }
 
@@ -162,7 +162,7 @@ class MultiplexAdapter final : public ModuleAdapter {
     if (slices_.size() == 1 && slices_[0].time == time_) {
       return slices_[0].adapter->Adapt(module_index, x, std::move(base));
     }
-    if (uniform_) {
+    if (slices_.size() > 1) {
       if (at::Tensor out = Stacked(module_index, x, base); out.defined()) return out;
     }
     // split_with_sizes, not one narrow per client: its backward writes every slice's gradient
@@ -185,14 +185,15 @@ class MultiplexAdapter final : public ModuleAdapter {
   }
 
  private:
-  // The Punica / S-LoRA form: when every client brings as many rows and plain factors of one
-  // rank and scale (LoraAdapter::Plain), all K LoRA products are two batched matmuls over the
-  // stacked factors, [K, n, d_in]·[K, d_in, r]·[K, r, d_out], instead of 2K small ones.
-  // Padded positions (a client's rows shorter than the batch's) get LoRA too: under causal
-  // attention no real position reads them and their targets are ignored, so neither outputs nor
-  // gradients change, and without dropout (Plain's condition) no random draw depends on shapes.
+  // The Punica / S-LoRA form: when every client brings plain factors of one rank and scale
+  // (LoraAdapter::Plain), all K LoRA products are two batched matmuls over the stacked factors,
+  // [K, n, d_in]·[K, d_in, r]·[K, r, d_out], instead of 2K small ones. Clients with fewer rows
+  // than the most are padded with zero rows (one gather in, one gather out: a fixed number of
+  // kernels whatever K is). Padded positions of short rows get LoRA too: under causal attention
+  // no real position reads them and their targets are ignored, so neither outputs nor gradients
+  // change, and without dropout (Plain's condition) no random draw depends on shapes.
   // Undefined when the clients do not qualify for this module.
-  at::Tensor Stacked(std::size_t module_index, const at::Tensor& x, const at::Tensor& base) const {
+  at::Tensor Stacked(std::size_t module_index, const at::Tensor& x, const at::Tensor& base) {
     std::vector<at::Tensor> as, bs;
     as.reserve(slices_.size());
     bs.reserve(slices_.size());
@@ -205,16 +206,49 @@ class MultiplexAdapter final : public ModuleAdapter {
       bs.push_back(f->b);
     }
     const auto k = static_cast<std::int64_t>(slices_.size());
-    const at::Tensor xs = x.reshape({k, -1, x.size(-1)});
-    const at::Tensor h = at::bmm(xs, at::stack(as).transpose(1, 2));
-    const at::Tensor y = at::bmm(h, at::stack(bs).transpose(1, 2));
+    at::Tensor xs = x;
+    if (!equal_rows_) {
+      BuildPadding(x.device());
+      xs = at::cat({x, at::zeros({1, x.size(1), x.size(2)}, x.options())}, 0)
+               .index_select(0, pad_gather_);
+    }
+    const at::Tensor h = at::bmm(xs.reshape({k, -1, x.size(-1)}), at::stack(as).transpose(1, 2));
+    at::Tensor y = at::bmm(h, at::stack(bs).transpose(1, 2));
+    if (!equal_rows_) {
+      y = y.reshape({k * max_rows_, x.size(1), y.size(-1)}).index_select(0, pad_scatter_);
+    }
     return base + y.view(base.sizes()) * scale;
+  }
+
+  // The gathers between the batch's rows and the padded [K, max_rows] layout, made once per pass.
+  void BuildPadding(const at::Device& device) {
+    if (pad_gather_.defined()) return;
+    const auto k = static_cast<std::int64_t>(slices_.size());
+    std::int64_t total = 0;
+    for (const Slice& s : slices_) total += s.rows;
+    // Row r of client c in the padded layout reads batch row offset + r, or the appended zero
+    // row (index `total`) past the client's rows; batch row j comes back from its padded place.
+    at::Tensor gather = at::empty({k * max_rows_}, at::kLong);
+    at::Tensor scatter = at::empty({total}, at::kLong);
+    std::int64_t* g = gather.data_ptr<std::int64_t>();
+    std::int64_t* back = scatter.data_ptr<std::int64_t>();
+    for (std::int64_t c = 0; c < k; ++c) {
+      const Slice& s = slices_[static_cast<std::size_t>(c)];
+      for (std::int64_t r = 0; r < max_rows_; ++r) {
+        g[c * max_rows_ + r] = r < s.rows ? s.offset + r : total;
+        if (r < s.rows) back[s.offset + r] = c * max_rows_ + r;
+      }
+    }
+    pad_gather_ = gather.to(device);
+    pad_scatter_ = scatter.to(device);
   }
 
   std::vector<Slice> slices_;
   std::vector<std::int64_t> rows_;
   std::int64_t time_;
-  bool uniform_ = false;  // K > 1 clients with equal row counts.
+  std::int64_t max_rows_ = 0;
+  bool equal_rows_ = true;
+  at::Tensor pad_gather_, pad_scatter_;  // BuildPadding's, on the batch's device.
 };
 
 // One client's training state across the steps of a call: TrainLora's loop variables.

@@ -7,8 +7,8 @@
 // client's seed, same rows), the rows are concatenated into one batch (right-padded to the longest
 // row with kIgnoreIndex targets; causal attention keeps padding away from real positions), and
 // LlamaModel::Forward runs once. Each adaptable module's base product x·Wᵀ is computed once for
-// all rows. When a pass's clients bring equally many rows (padded or not) and, for a module,
-// plain factors of one rank and scale (LoraAdapter::Plain: no latent R, no active dropout), their K
+// all rows. When a pass's clients bring, for a module, plain factors of one rank and scale
+// (LoraAdapter::Plain: no latent R, no active dropout; any row counts and lengths), their K
 // LoRA products are two batched matmuls over the stacked factors (the Punica / S-LoRA form);
 // otherwise each client's LoRA is applied to its own row slice (LoraAdapter::Adapt on the slice,
 // so any adapter works: heterogeneous ranks, sketches, frozen factors, LoRA-SB, dropout). The

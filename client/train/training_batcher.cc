@@ -178,6 +178,12 @@ void TrainingBatcher::RunGroup(const std::vector<Job*>& group, std::stop_token s
                        {.max_rows_per_pass = options_.max_rows_per_pass}, group_stop.get_token());
   const double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
   compute.reset();
+  if (stats.ok()) {
+    std::uint64_t steps = 0;
+    for (const TrainStats& t : *stats) steps = std::max(steps, t.steps);
+    LogDebug("batched group of ", group.size(), " clients: ", steps, " steps in ",
+             static_cast<int>(seconds * 1000), " ms");
+  }
   callbacks.clear();  // Before `stopped` and `group_stop` go out of scope.
 
   std::lock_guard<std::mutex> lock(mu_);

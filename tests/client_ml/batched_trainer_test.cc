@@ -258,6 +258,19 @@ TEST(BatchedTrainerTest, MatchesSequentialTrainingWhenStackedMatmulsCoverPaddedR
   ExpectBatchedMatchesSequential(clients);
 }
 
+// Equal ranks, no dropout, batch sizes 3, 4, 2 and 5 in one pass: the stacked matmuls pad the
+// clients with fewer rows to 5 (zero rows in, their outputs dropped), same factors as sequential.
+TEST(BatchedTrainerTest, MatchesSequentialTrainingWhenStackedMatmulsPadClientsWithFewerRows) {
+  const auto sources = WindowSources(48);
+  const std::uint32_t batch_sizes[kClients] = {3, 4, 2, 5};
+  std::vector<Client> clients;
+  for (std::size_t k = 0; k < kClients; ++k) {
+    clients.push_back({MakeTwins(UniformModules(8), {}, 70 + k), sources[k].get(),
+                       SmallSpec(4, batch_sizes[k], 48), 700 + k});
+  }
+  ExpectBatchedMatchesSequential(clients);
+}
+
 // Batch sizes 3, 4, 2 and 5 with at most 6 rows per pass: passes of clients {0}, {1, 2}, {3}.
 TEST(BatchedTrainerTest, MatchesSequentialTrainingWhenStepsAreSplitIntoSeveralPasses) {
   const auto sources = WindowSources(48);
