@@ -16,7 +16,6 @@
 //   --only batched|sequential (time one way only, for profiling; the ratio is then meaningless).
 // Run from the repository root, or pass --assets DIR.
 #include <ATen/Parallel.h>
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -48,12 +47,6 @@ constexpr std::size_t kShares = 64;  // tinyshakespeare is cut into this many cl
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
-}
-
-double PeakRssMb() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux.
 }
 
 template <typename T>
@@ -186,7 +179,7 @@ int main(int argc, char** argv) {
     const double batched = client_steps / batched_best;
     const double seq = client_steps / sequential_best;
     std::printf("K=%zu batched=%.2f sequential=%.2f ratio=%.2f peak_rss_mb=%.0f\n", k, batched,
-                seq, batched / seq, PeakRssMb());
+                seq, batched / seq, static_cast<double>(PeakRssBytes()) / (1 << 20));
     std::fflush(stdout);
   }
   return 0;

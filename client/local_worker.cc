@@ -31,6 +31,7 @@
 #include "client/train/trainer.h"
 #include "client/train/training_batcher.h"
 #include "common/log.h"
+#include "common/process.h"
 #include "common/lora/factor_math.h"
 
 namespace fedlora::client {
@@ -67,13 +68,6 @@ constexpr std::uint32_t kDescribeSeqLen = 128;  // Window length Hello's num_exa
 constexpr std::uint64_t kInitSalt = 0x1A17;
 constexpr std::uint64_t kDropoutSalt = 0xD0;
 constexpr std::uint64_t kOrderSalt = 0x0D;
-
-std::uint64_t PhysicalMemoryBytes() {
-  const long pages = sysconf(_SC_PHYS_PAGES);
-  const long page_size = sysconf(_SC_PAGESIZE);
-  if (pages <= 0 || page_size <= 0) return 0;
-  return static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(page_size);
-}
 
 class LocalWorker final : public Worker {
  public:

@@ -1,6 +1,8 @@
 // process.h — process-level setup shared by the executables.
 #pragma once
 
+#include <cstdint>
+
 namespace fedlora {
 
 // Raises glibc's malloc trim and mmap thresholds. Training loops allocate and free large tensors
@@ -13,5 +15,10 @@ void TuneMallocForTraining();
 // immediately with status 130. SIGPIPE is ignored. Call from main(); call again with a no-op
 // before the object `arg` points to is destroyed.
 void OnStopSignal(void (*stop)(void*), void* arg);
+
+// Memory of this process and machine, in bytes; 0 where the system does not say.
+std::uint64_t PeakRssBytes();     // Largest resident set so far (getrusage).
+std::uint64_t CurrentRssBytes();  // Resident set now (/proc/self/statm).
+std::uint64_t PhysicalMemoryBytes();
 
 }  // namespace fedlora

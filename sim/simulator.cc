@@ -1,6 +1,5 @@
 #include "sim/simulator.h"
 
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -358,22 +357,31 @@ std::string Fixed4(double v) {
   return buf;
 }
 
-// Prints the per-round table from metrics.jsonl once the run is over.
-void PrintSummary(const std::string& out_dir) {
+// The JSON objects of `out_dir`/metrics.jsonl, in order (unreadable lines skipped; none when
+// the file does not exist yet).
+std::vector<nlohmann::json> MetricsLines(const std::string& out_dir) {
+  std::vector<nlohmann::json> lines;
   Result<std::string> text = fs::ReadFile(out_dir + "/metrics.jsonl");
-  if (!text.ok()) return;
-  std::printf("\n%-6s %-9s %-11s %-11s %-12s %-12s %-8s\n", "round", "clients", "train_loss",
-              "eval_loss", "bytes_up", "bytes_down", "seconds");
+  if (!text.ok()) return lines;
   std::size_t start = 0;
-  double first_eval = NAN, last_eval = NAN;
   while (start < text->size()) {
     std::size_t end = text->find('\n', start);
     if (end == std::string::npos) end = text->size();
-    const std::string line = text->substr(start, end - start);
+    nlohmann::json j = nlohmann::json::parse(text->substr(start, end - start), nullptr, false);
     start = end + 1;
-    if (line.empty()) continue;
-    const nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded()) continue;
+    if (j.is_object()) lines.push_back(std::move(j));
+  }
+  return lines;
+}
+
+// Prints the per-round table from metrics.jsonl once the run is over.
+void PrintSummary(const std::string& out_dir) {
+  const std::vector<nlohmann::json> lines = MetricsLines(out_dir);
+  if (lines.empty()) return;
+  std::printf("\n%-6s %-9s %-11s %-11s %-12s %-12s %-8s\n", "round", "clients", "train_loss",
+              "eval_loss", "bytes_up", "bytes_down", "seconds");
+  double first_eval = NAN, last_eval = NAN;
+  for (const nlohmann::json& j : lines) {
     const auto num = [&](const char* key) {
       return j.contains(key) && j[key].is_number() ? j[key].get<double>() : NAN;
     };
@@ -396,25 +404,6 @@ void PrintSummary(const std::string& out_dir) {
   std::printf("metrics:     %s/metrics.jsonl\ncheckpoints: %s/checkpoints/\n", out_dir.c_str(),
               out_dir.c_str());
   std::fflush(stdout);
-}
-
-// Peak and current resident set size of this process, in bytes.
-std::uint64_t PeakRssBytes() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return static_cast<std::uint64_t>(usage.ru_maxrss) * 1024;  // Linux reports KiB.
-}
-std::uint64_t CurrentRssBytes() {
-  Result<std::string> statm = fs::ReadFile("/proc/self/statm");
-  if (!statm.ok()) return 0;
-  unsigned long long size = 0, resident = 0;
-  if (std::sscanf(statm->c_str(), "%llu %llu", &size, &resident) != 2) return 0;
-  return resident * static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
-}
-
-std::uint64_t PhysicalMemory() {
-  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-  return pages > 0 && page > 0 ? static_cast<std::uint64_t>(pages) * page : 0;
 }
 
 // The clients one round selects (RoundConfig: fraction of the live clients, clamped to
@@ -445,7 +434,7 @@ client::BatchingOptions ResolveBatching(const SimConfig& config, const client::M
   if (b.lanes > 1) client::ConfigureTorchThreads(config.threads != 0 ? config.threads : 1);
   const wire::TrainSpec& train = config.coordinator.train;
   std::uint64_t budget = config.batching.memory_budget_mb << 20;
-  if (budget == 0 && cpu) budget = PhysicalMemory() / 4 / b.lanes;
+  if (budget == 0 && cpu) budget = PhysicalMemoryBytes() / 4 / b.lanes;
   const std::uint64_t per_row = client::ActivationBytesPerRow(assets, train.seq_len);
   const std::uint64_t fits =
       budget > 0 && per_row > 0 ? std::max<std::uint64_t>(1, budget / per_row) : 0;
@@ -520,19 +509,12 @@ class SimAnnotator {
 
 // virtual_elapsed_s of the last line of `out_dir`/metrics.jsonl (a resumed run goes on from it).
 double VirtualElapsedSoFar(const std::string& out_dir) {
-  Result<std::string> text = fs::ReadFile(out_dir + "/metrics.jsonl");
-  if (!text.ok()) return 0;
   double elapsed = 0;
-  std::size_t start = 0;
-  while (start < text->size()) {
-    std::size_t end = text->find('\n', start);
-    if (end == std::string::npos) end = text->size();
-    const nlohmann::json j = nlohmann::json::parse(text->substr(start, end - start), nullptr, false);
-    start = end + 1;
-    if (j.is_object() && j.contains("simulation") && j["simulation"].is_object() &&
-        j["simulation"].contains("virtual_elapsed_s") && j["simulation"]["virtual_elapsed_s"].is_number()) {
-      elapsed = j["simulation"]["virtual_elapsed_s"].get<double>();
-    }
+  for (const nlohmann::json& j : MetricsLines(out_dir)) {
+    const auto sim = j.find("simulation");
+    if (sim == j.end() || !sim->is_object()) continue;
+    const auto v = sim->find("virtual_elapsed_s");
+    if (v != sim->end() && v->is_number()) elapsed = v->get<double>();
   }
   return elapsed;
 }

@@ -406,7 +406,6 @@ Result<std::vector<TrainStats>> Run(const LlamaModel& model,
     }
   }
   const std::span<const at::Tensor> base_weights = clients[0].base_weights;
-  const at::Device device = model.device();
 
   std::vector<ClientRun> runs(clients.size());
   std::uint64_t max_steps = 0;

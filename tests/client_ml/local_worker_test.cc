@@ -10,6 +10,7 @@
 #include "client/data/text_dataset.h"
 #include "client/model/tokenizer.h"
 #include "tests/client_ml/ml_test_util.h"
+#include "tests/testing/tensor_compare.h"
 
 namespace fedlora::client {
 namespace {
@@ -222,26 +223,6 @@ std::vector<Result<wire::Update>> TrainConcurrently(std::vector<std::unique_ptr<
   return results;
 }
 
-// max |a - b| / max |a| over the update's tensors (decoded to float32).
-double WorstRelativeDifference(const TensorMap& a, const TensorMap& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double worst = 0;
-  for (const auto& [name, ta] : a) {
-    const auto it = b.find(name);
-    EXPECT_NE(it, b.end()) << name;
-    if (it == b.end()) continue;
-    const std::vector<float> x = ToFloats(ta), y = ToFloats(it->second);
-    EXPECT_EQ(x.size(), y.size()) << name;
-    double scale = 0, diff = 0;
-    for (std::size_t i = 0; i < x.size() && i < y.size(); ++i) {
-      scale = std::max(scale, std::abs(static_cast<double>(x[i])));
-      diff = std::max(diff, std::abs(static_cast<double>(x[i]) - y[i]));
-    }
-    worst = std::max(worst, scale > 0 ? diff / scale : diff);
-  }
-  return worst;
-}
-
 TEST(LocalWorkerTest, WorkersSharingABatcherTrainInGroupsAndUploadWhatTheyWouldAlone) {
   constexpr std::size_t kWorkers = 4;
   std::mutex lock;
@@ -268,7 +249,7 @@ TEST(LocalWorkerTest, WorkersSharingABatcherTrainInGroupsAndUploadWhatTheyWouldA
     ASSERT_TRUE(single.ok()) << single.status().ToString();
     // batched_trainer_test holds TrainLoraBatched to 1e-5; through workers, batcher and the
     // upload's conversion, LibTorch 2.11 with MKL on 16 threads left 1.1e-5 (this build: 0).
-    EXPECT_LE(WorstRelativeDifference(single->tensors, batched[i]->tensors), 5e-5);
+    EXPECT_LE(testing::WorstRelativeDifference(single->tensors, batched[i]->tensors), 5e-5);
     EXPECT_NEAR(batched[i]->metrics.at("train_loss"), single->metrics.at("train_loss"), 1e-5);
     EXPECT_EQ(batched[i]->num_samples, single->num_samples);
     EXPECT_GT(batched[i]->metrics.at("trainable_params"), 0);

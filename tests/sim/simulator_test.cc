@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/testing/json_lines.h"
+#include "tests/testing/tensor_compare.h"
 #include "server/checkpoint_store.h"
 #include "common/tensor.h"
 
@@ -102,22 +103,6 @@ TEST_F(SimulatorTest, SameSeedGivesTheSameGlobalAdapter) {
   EXPECT_EQ(first, second);  // Bit-identical.
 }
 
-// max |a - b| / max |a| over the tensors of two adapters.
-double WorstRelativeDifference(const TensorMap& a, const TensorMap& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double worst = 0;
-  for (const auto& [name, ta] : a) {
-    const std::vector<float> x = ToFloats(ta), y = ToFloats(b.at(name));
-    double scale = 0, diff = 0;
-    for (std::size_t i = 0; i < x.size(); ++i) {
-      scale = std::max(scale, std::abs(static_cast<double>(x[i])));
-      diff = std::max(diff, std::abs(static_cast<double>(x[i]) - y[i]));
-    }
-    worst = std::max(worst, scale > 0 ? diff / scale : diff);
-  }
-  return worst;
-}
-
 TEST_F(SimulatorTest, BatchedClientsReachTheGlobalAdapterOfClientsTrainingOneByOne) {
   // eps 1e-3: rounding-level gradients do not flip AdamW's steps (batched_trainer_test.cc).
   Result<SimConfig> config =
@@ -131,7 +116,7 @@ TEST_F(SimulatorTest, BatchedClientsReachTheGlobalAdapterOfClientsTrainingOneByO
   ASSERT_TRUE(RunSimulation(*config).ok());
   const TensorMap batched =
       server::CheckpointStore::Open(out_).value().LoadLatest().value()->state.adapter;
-  EXPECT_LE(WorstRelativeDifference(alone, batched), 1e-5);
+  EXPECT_LE(testing::WorstRelativeDifference(alone, batched), 1e-5);
   const std::vector<nlohmann::json> metrics = Metrics();
   ASSERT_EQ(metrics.size(), 3u);
   const nlohmann::json& sim = metrics[2]["simulation"];
