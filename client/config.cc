@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "common/config/yaml_config.h"
+#include "common/crypto/curve_keys.h"
 #include "common/log.h"
 
 namespace fedlora::client {
@@ -134,6 +135,31 @@ Status ParseClientConfig(const config::ConfigSection& root, ClientConfig* c) {
   FEDLORA_RETURN_IF_ERROR(transport.Read("max_connect_attempts", &t.max_connect_attempts));
   FEDLORA_RETURN_IF_ERROR(transport.Finish());
 
+  const config::ConfigSection security = root.Section("security");
+  FEDLORA_RETURN_IF_ERROR(security.Read("mode", &c->security.mode));
+  FEDLORA_RETURN_IF_ERROR(
+      security.Read("coordinator_public_key", &c->security.coordinator_public_key));
+  FEDLORA_RETURN_IF_ERROR(security.ReadPath("coordinator_public_key_file",
+                                            &c->security.coordinator_public_key_file));
+  FEDLORA_RETURN_IF_ERROR(security.ReadPath("secret_key_file", &c->security.secret_key_file));
+  FEDLORA_RETURN_IF_ERROR(security.Read("allow_insecure", &c->security.allow_insecure));
+  FEDLORA_RETURN_IF_ERROR(security.Finish());
+  if (c->security.mode != "auto" && c->security.mode != "curve" && c->security.mode != "none") {
+    return InvalidArgument(security.PathOf("mode"), ": '", c->security.mode,
+                           "' is not auto, curve or none");
+  }
+  if (!c->security.coordinator_public_key.empty() &&
+      !c->security.coordinator_public_key_file.empty()) {
+    return InvalidArgument(security.PathOf("coordinator_public_key"), " and ",
+                           security.PathOf("coordinator_public_key_file"),
+                           " are both set: pin the coordinator's key one way");
+  }
+  if (!c->security.coordinator_public_key.empty()) {
+    FEDLORA_RETURN_IF_ERROR(crypto::ParseCurvePublicKey(c->security.coordinator_public_key,
+                                                        security.PathOf("coordinator_public_key"))
+                                .status());
+  }
+
   const config::ConfigSection caps = root.Section("capabilities");
   FEDLORA_RETURN_IF_ERROR(caps.Read("memory_bytes", &c->capabilities.memory_bytes));
   FEDLORA_RETURN_IF_ERROR(caps.Read("max_rank", &c->capabilities.max_rank));
@@ -146,6 +172,10 @@ Status ParseClientConfig(const config::ConfigSection& root, ClientConfig* c) {
   FEDLORA_RETURN_IF_ERROR(root.Finish());
 
   if (c->name.empty()) c->name = DefaultName();
+  for (std::size_t at = c->security.secret_key_file.find("{name}"); at != std::string::npos;
+       at = c->security.secret_key_file.find("{name}", at)) {
+    c->security.secret_key_file.replace(at, 6, c->name);
+  }
   if (c->state_dir.empty()) c->state_dir = "fedlora-client-" + c->name;
   if (c->model.path.empty()) return InvalidArgument("model.path is required");
   if (c->model.format != "auto" && c->model.format != "llama2c" && c->model.format != "hf") {

@@ -94,6 +94,21 @@ struct ClientTransportConfig {
   std::uint32_t max_connect_attempts = 0;      // 0 = retry forever.
 };
 
+// Transport security (docs/security.md): CURVE encrypts the connection, proves to the
+// coordinator that this client holds its enrolled key, and proves to this client that it talks
+// to the coordinator whose public key it pinned.
+struct ClientSecurityConfig {
+  // auto: curve when `coordinator` is not on this machine (anything but loopback, ipc:// or
+  // inproc://) or a coordinator_public_key is set; none otherwise. curve | none to insist.
+  std::string mode = "auto";
+  std::string coordinator_public_key;  // Z85, 40 characters (`fedlora-coordinator keygen`)...
+  std::string coordinator_public_key_file;  // ...or the public key file it wrote (.key).
+  // This client's key pair (`fedlora-client keygen`); "{name}" is replaced by the client's name.
+  std::string secret_key_file;
+  // Required to talk plaintext to a coordinator on another machine; logged at every start.
+  bool allow_insecure = false;
+};
+
 struct CapabilityConfig {
   std::uint64_t memory_bytes = 0;   // 0 = detect (physical memory).
   std::uint32_t max_rank = 0;       // 0 = no limit.
@@ -123,6 +138,7 @@ struct ClientConfig {
   ModelConfig model;
   DataConfig data;
   ClientTransportConfig transport;
+  ClientSecurityConfig security;
   CapabilityConfig capabilities;
   FaultConfig faults;
 };

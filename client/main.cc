@@ -6,21 +6,28 @@
 //   fedlora-client tokenize --tokenizer PATH --text-file FILE [--no-special]
 //   fedlora-client logits --model DIR --ids FILE.json [--adapter DIR] --out FILE.safetensors
 //   fedlora-client export-merged --model DIR --adapter DIR --out DIR [--dtype bf16]
+//   fedlora-client keygen --name NAME [--dir keys] [--force]
 //
 // Loads the frozen base model and this client's private data, connects to the coordinator and
 // trains LoRA adapters round after round until the coordinator says the run is complete.
-// Exit status: 0 when training completed or after SIGINT/SIGTERM, 1 on configuration errors or
-// when the coordinator refuses this client, 2 on other errors, 3 if the coordinator stayed
-// unreachable for transport.max_connect_attempts.
+// Exit status: 0 when training completed or after SIGINT/SIGTERM, 1 on configuration errors
+// (including the security section: missing keys, a secret key file others may read) or when the
+// coordinator refuses this client (another base model, protocol version, an invalid name), 2 on
+// other errors, 3 if the coordinator stayed unreachable for transport.max_connect_attempts, 4 on
+// an internal error, 5 when the coordinator refused this client's key (not enrolled, enrolled
+// under another name, or revoked), 6 when the coordinator could not be verified (its key is not
+// security.coordinator_public_key) or speaks another security mechanism (plaintext vs CURVE).
 #include <CLI/CLI.hpp>
 
 #include <exception>
 #include <iostream>
 
 #include "client/config.h"
+#include "client/keygen.h"
 #include "client/local_worker.h"
 #include "client/session.h"
 #include "client/tools.h"
+#include "client/transport_security.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/net/zmq_transport.h"
@@ -87,8 +94,22 @@ int Main(int argc, char** argv) {
   std::string dtype = "f32";
   merged->add_option("--out", out_path, "Output directory (must not exist)")->required();
   merged->add_option("--dtype", dtype, "f32, bf16 or f16")->capture_default_str();
+  CLI::App* keygen = app.add_subcommand(
+      "keygen", "Create this client's CURVE key pair and print what to send the operator");
+  std::string key_name, key_dir = "keys";
+  bool force = false;
+  keygen->add_option("--name", key_name, "This client's name (as in its config)")->required();
+  keygen->add_option("--dir", key_dir, "Directory for the key files")->capture_default_str();
+  keygen->add_flag("--force", force, "Replace existing key files (the operator must re-enroll)");
   CLI11_PARSE(app, argc, argv);
 
+  if (app.got_subcommand(keygen)) {
+    if (Status s = client::RunClientKeygen(key_dir, key_name, force, std::cout); !s.ok()) {
+      std::cerr << "fedlora-client: " << s.ToString() << "\n";
+      return 1;
+    }
+    return 0;
+  }
   if (app.got_subcommand(generate) || app.got_subcommand(tokenize) ||
       app.got_subcommand(logits) || app.got_subcommand(merged)) {
     SetLogLevel(LogLevel::kWarn);
@@ -109,6 +130,12 @@ int Main(int argc, char** argv) {
     return 1;
   }
   SetLogLevel(ParseLogLevel(config->log_level).value());
+  // Before the model loads (which may take minutes): a broken security section fails at once.
+  Result<client::ClientTransportSecurity> security = client::ResolveClientSecurity(*config);
+  if (!security.ok()) {
+    std::cerr << "fedlora-client: " << security.status().ToString() << "\n";
+    return 1;
+  }
   TuneMallocForTraining();
   client::ConfigureTorchThreads(config->threads);
 
@@ -133,13 +160,19 @@ int Main(int argc, char** argv) {
   client::ClientSession session(*config, **worker, context, clock);
   OnStopSignal([](void* s) { static_cast<client::ClientSession*>(s)->Stop(); }, &session);
   LogInfo("client ", config->name, " starting; coordinator ", config->coordinator);
+  client::LogClientSecurity(*config, *security);
   const Status s = session.Run();
   OnStopSignal([](void*) {}, nullptr);  // The session is about to be destroyed.
   if (s.ok() || s.code() == StatusCode::kCancelled) return 0;
   LogError("client stopped: ", s.ToString());
-  if (s.code() == StatusCode::kFailedPrecondition) return 1;
-  if (s.code() == StatusCode::kUnavailable) return 3;
-  return 2;
+  switch (s.code()) {
+    case StatusCode::kFailedPrecondition:
+    case StatusCode::kInvalidArgument: return 1;
+    case StatusCode::kUnavailable: return 3;
+    case StatusCode::kPermissionDenied: return 5;
+    case StatusCode::kUnauthenticated: return 6;
+    default: return 2;
+  }
 }
 
 }  // namespace

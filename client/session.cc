@@ -10,6 +10,7 @@
 #include <thread>
 #include <variant>
 
+#include "client/transport_security.h"
 #include "common/log.h"
 #include "common/wire/codec.h"
 
@@ -24,11 +25,13 @@ using Job = std::variant<wire::RoundTask, wire::EvalTask>;
 struct JobKey {
   bool fit = true;
   std::uint64_t round = 0;
+  wire::TaskTicket ticket;  // A retry of the round (a new attempt) is another task.
   friend bool operator==(const JobKey&, const JobKey&) = default;
 };
 JobKey KeyOf(const Job& job) {
-  if (const auto* t = std::get_if<wire::RoundTask>(&job)) return {true, t->round};
-  return {false, std::get<wire::EvalTask>(job).round};
+  if (const auto* t = std::get_if<wire::RoundTask>(&job)) return {true, t->round, t->ticket};
+  const auto& e = std::get<wire::EvalTask>(job);
+  return {false, e.round, e.ticket};
 }
 struct JobDone {
   JobKey key;
@@ -65,6 +68,7 @@ class ClientSession::Impl {
   }
 
   Status Run();
+  Status Connect();  // Opens socket_ (and its monitor_, except over inproc) and connects.
   void Stop() {
     stop_.store(true, std::memory_order_release);
     wake_.Notify();
@@ -91,6 +95,8 @@ class ClientSession::Impl {
   Outcome Serve();
   // Handles one message; returns how the connection ends, if this message ends it.
   std::optional<Outcome> HandleEnvelope(wire::Envelope envelope);
+  // Reads the socket monitor's pending events; kFatal when a handshake failure is final.
+  std::optional<Outcome> ReadMonitor();
   void HandleDone(JobDone done);
   void Send(wire::Body body);
   bool WaitBackoff(milliseconds delay);  // False if stopped meanwhile.
@@ -103,7 +109,10 @@ class ClientSession::Impl {
   std::atomic<bool> stop_{false};
 
   // Connection state, session thread only.
+  ClientTransportSecurity security_;
+  std::optional<HandshakeWatch> handshakes_;
   net::Socket socket_;
+  net::Socket monitor_;  // The socket's connection events (handshake outcomes).
   bool welcomed_ = false;
   std::uint64_t session_id_ = 0;
   std::uint64_t sequence_out_ = 0;
@@ -150,10 +159,13 @@ void ClientSession::Impl::JobLoop() {
       Progress("round ", task->round, ": training (", task->train.local_steps, " steps, lr ",
               task->train.learning_rate, ")");
       Result<wire::Update> update = worker_.Train(*task, token);
+      if (update.ok()) update->ticket = task->ticket;  // Binds the upload to this very task.
       result = update.ok() ? Result<wire::Body>(wire::Body(std::move(update).value()))
                            : Result<wire::Body>(update.status());
     } else {
-      Result<wire::EvalResult> eval = worker_.Evaluate(std::get<wire::EvalTask>(job), token);
+      const wire::EvalTask& eval_task = std::get<wire::EvalTask>(job);
+      Result<wire::EvalResult> eval = worker_.Evaluate(eval_task, token);
+      if (eval.ok()) eval->ticket = eval_task.ticket;
       result = eval.ok() ? Result<wire::Body>(wire::Body(std::move(eval).value()))
                          : Result<wire::Body>(eval.status());
     }
@@ -178,8 +190,10 @@ bool ClientSession::Impl::Enqueue(Job job, std::uint64_t sequence) {
       if (d.key == key) return false;
     }
     // A newer training task supersedes older work still running or queued (training or
-    // evaluation of an earlier round): the coordinator has moved on.
-    if (key.fit && running_ && running_->round < key.round && current_stop_) {
+    // evaluation of an earlier round, or training for an earlier attempt of this round): the
+    // coordinator has moved on, and would refuse the old result's ticket.
+    if (key.fit && running_ && current_stop_ &&
+        (running_->round < key.round || (running_->fit && running_->round == key.round))) {
       current_stop_->request_stop();
     }
     if (key.fit) {
@@ -206,7 +220,26 @@ void ClientSession::Impl::CancelJobs() {
 
 // ---- session thread ------------------------------------------------------------------------
 
+Status ClientSession::Impl::Connect() {
+  net::SocketOptions options;
+  options.max_frame_bytes = static_cast<std::int64_t>(config_.transport.max_message_bytes);
+  options.curve = security_.SocketOptions();
+  FEDLORA_ASSIGN_OR_RETURN(socket_, net::Socket::Open(context_, net::SocketKind::kDealer, options));
+  if (!config_.coordinator.starts_with("inproc://")) {
+    // Handshake outcomes (a refused key, a coordinator that speaks another mechanism) arrive
+    // only as socket events; without them a misconfiguration would be a silent retry loop.
+    FEDLORA_ASSIGN_OR_RETURN(monitor_, socket_.Monitor(context_));
+  }
+  if (Status s = socket_.Connect(config_.coordinator); !s.ok()) {
+    return Status(StatusCode::kInvalidArgument,
+                  StrCat("coordinator endpoint '", config_.coordinator, "': ", s.message()));
+  }
+  return OkStatus();
+}
+
 Status ClientSession::Impl::Run() {
+  FEDLORA_ASSIGN_OR_RETURN(security_, ResolveClientSecurity(config_));
+  handshakes_.emplace(security_, config_.coordinator);
   milliseconds backoff(config_.transport.reconnect_min_ms);
   std::uint32_t failures = 0;
   while (true) {
@@ -214,14 +247,7 @@ Status ClientSession::Impl::Run() {
       CancelJobs();
       return Status(StatusCode::kCancelled, "stopped on request");
     }
-    net::SocketOptions options;
-    options.max_frame_bytes = static_cast<std::int64_t>(config_.transport.max_message_bytes);
-    FEDLORA_ASSIGN_OR_RETURN(socket_,
-                             net::Socket::Open(context_, net::SocketKind::kDealer, options));
-    if (Status s = socket_.Connect(config_.coordinator); !s.ok()) {
-      return Status(StatusCode::kInvalidArgument,
-                    StrCat("coordinator endpoint '", config_.coordinator, "': ", s.message()));
-    }
+    FEDLORA_RETURN_IF_ERROR(Connect());
     welcomed_ = false;
     session_id_ = 0;
     sequence_out_ = 0;
@@ -239,7 +265,8 @@ Status ClientSession::Impl::Run() {
       if (welcomed_) Send(wire::Bye{"client stopping"});
       socket_.SetLinger(500);
     }
-    socket_ = net::Socket();
+    socket_ = net::Socket();  // Closing it ends its monitor's events; then close the monitor.
+    monitor_ = net::Socket();
     switch (outcome) {
       case Outcome::kBye: CancelJobs(); return OkStatus();
       case Outcome::kStop: CancelJobs(); return Status(StatusCode::kCancelled, "stopped on request");
@@ -283,19 +310,26 @@ bool ClientSession::Impl::WaitBackoff(milliseconds delay) {
 Outcome ClientSession::Impl::Serve() {
   wire::DecodeLimits limits;
   limits.max_message_bytes = config_.transport.max_message_bytes;
+  limits.require_digests = !security_.curve();  // CURVE's MAC covers every frame.
   while (true) {
     const Clock::TimePoint now = clock_.Now();
     Clock::TimePoint next = std::min(last_sent_ + interval_, last_heard_ + interval_ * liveness_);
     if (!welcomed_) next = std::min(next, hello_deadline_);
-    net::PollItem items[2];
+    net::PollItem items[3];
     items[0].socket = &socket_;
     items[1].fd = wake_.read_fd();
-    if (Status s = net::Poll(items, milliseconds(MillisUntil(now, next))); !s.ok()) {
+    if (monitor_.valid()) items[2].socket = &monitor_;
+    const std::size_t polled = monitor_.valid() ? 3 : 2;
+    if (Status s = net::Poll(std::span(items, polled), milliseconds(MillisUntil(now, next)));
+        !s.ok()) {
       fatal_ = s;
       return Outcome::kFatal;
     }
     if (items[1].readable) wake_.Drain();
     if (stop_.load(std::memory_order_acquire)) return Outcome::kStop;
+    if (polled == 3 && items[2].readable) {
+      if (std::optional<Outcome> end = ReadMonitor()) return *end;
+    }
 
     while (true) {
       Result<std::optional<net::Message>> message = socket_.Receive(milliseconds(0));
@@ -342,6 +376,24 @@ Outcome ClientSession::Impl::Serve() {
   }
 }
 
+std::optional<Outcome> ClientSession::Impl::ReadMonitor() {
+  while (true) {
+    Result<std::optional<net::Message>> message = monitor_.Receive(milliseconds(0));
+    if (!message.ok() || !message->has_value()) return std::nullopt;
+    const std::optional<net::MonitorEvent> event = net::ParseMonitorEvent(**message);
+    if (!event) continue;
+    if (event->kind == net::MonitorEventKind::kHandshakeSucceeded) reachable_ = true;
+    if (event->kind == net::MonitorEventKind::kHandshakeFailedNoDetail ||
+        event->kind == net::MonitorEventKind::kHandshakeFailedProtocol) {
+      LogDebug("connection to ", config_.coordinator, ": ", net::MonitorEventName(event->kind));
+    }
+    if (std::optional<Status> final = handshakes_->OnEvent(*event)) {
+      fatal_ = *final;
+      return Outcome::kFatal;
+    }
+  }
+}
+
 std::optional<Outcome> ClientSession::Impl::HandleEnvelope(wire::Envelope envelope) {
   if (welcomed_ && envelope.session_id != session_id_) {
     LogWarn("ignoring ", wire::BodyName(envelope.body), " for another session");
@@ -379,12 +431,15 @@ std::optional<Outcome> ClientSession::Impl::HandleEnvelope(wire::Envelope envelo
   }
   if (std::holds_alternative<wire::Heartbeat>(envelope.body)) return std::nullopt;
   if (auto* task = std::get_if<wire::RoundTask>(&envelope.body)) {
-    if (pending_update_ && pending_update_->round == task->round) {
+    if (pending_update_ && pending_update_->round == task->round &&
+        pending_update_->ticket == task->ticket) {
       wire::Update resend = *pending_update_;  // Trained already; the coordinator lost it.
       pending_sequence_ = sequence_out_ + 1;
       Send(std::move(resend));
       return std::nullopt;
     }
+    // A new task for this round (a retry with a new ticket) makes an unacknowledged upload moot.
+    if (pending_update_ && pending_update_->round == task->round) pending_update_.reset();
     const std::uint64_t round = task->round;
     if (!Enqueue(std::move(*task), envelope.sequence)) {
       LogDebug("round ", round, ": task already in hand");
@@ -410,6 +465,10 @@ std::optional<Outcome> ClientSession::Impl::HandleEnvelope(wire::Envelope envelo
         fatal_ = FailedPrecondition("coordinator refused this client: ",
                                     wire::ErrorCodeName(error->code), ": ", error->message);
         return Outcome::kFatal;
+      case ErrorCode::kNotAuthorized:
+        // Our key is not enrolled under our name, or was revoked: retrying cannot help.
+        fatal_ = PermissionDenied("coordinator refused this client's key: ", error->message);
+        return Outcome::kFatal;
       case ErrorCode::kInvalidField:
         if (!welcomed_) {  // Our Hello itself is unacceptable (e.g. the name): retrying won't help.
           fatal_ = FailedPrecondition("coordinator refused our hello: ", error->message);
@@ -432,6 +491,9 @@ std::optional<Outcome> ClientSession::Impl::HandleEnvelope(wire::Envelope envelo
   }
   if (const auto* bye = std::get_if<wire::Bye>(&envelope.body)) {
     Progress("coordinator says bye: ", bye->reason);
+    // Answer, so the coordinator need not wait to see whether its Bye arrived.
+    Send(wire::Bye{"run complete"});
+    socket_.SetLinger(500);
     return Outcome::kBye;
   }
   LogWarn("ignoring unexpected ", wire::BodyName(envelope.body), " from the coordinator");
@@ -473,7 +535,8 @@ void ClientSession::Impl::HandleDone(JobDone done) {
 void ClientSession::Impl::Send(wire::Body body) {
   const wire::Envelope envelope{wire::kProtocolVersion, session_id_, ++sequence_out_,
                                 std::move(body)};
-  const wire::EncodedMessage encoded = wire::Encode(envelope);
+  const wire::EncodedMessage encoded =
+      wire::Encode(envelope, {.tensor_digests = !security_.curve()});
   last_sent_ = clock_.Now();
   if (Status s = socket_.Send(encoded.frames()); !s.ok()) {
     // DEALER queues until connected; failure means the queue is full. Liveness handles the rest.

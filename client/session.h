@@ -1,9 +1,12 @@
 // session.h — the client's side of the protocol: connect, Hello, serve tasks, reconnect.
 //
-// Owns one DEALER socket to the coordinator. Introduces itself with the Worker's Hello, answers
-// RoundTask with an Update (kept until Acked, and resent after a reconnect) and EvalTask with an
-// EvalResult, heartbeats both ways, and reconnects with exponential backoff when the coordinator
-// goes silent or says it is shutting down. Returns when the coordinator says Bye.
+// Owns one DEALER socket to the coordinator, with CURVE when the security section says so
+// (client/transport_security.h). Introduces itself with the Worker's Hello, answers RoundTask
+// with an Update (kept until Acked, and resent after a reconnect) and EvalTask with an
+// EvalResult, each stamped with its task's ticket, heartbeats both ways, and reconnects with
+// exponential backoff when the coordinator goes silent or says it is shutting down. Returns when
+// the coordinator says Bye, or at once when a failure is final (a refused key, a coordinator
+// that cannot be verified).
 //
 // Threading: Run() is the session thread; it owns the socket. Work runs on a job thread the
 // session owns, so heartbeats keep flowing during long training steps. Stop() may be called from
@@ -31,6 +34,11 @@ class ClientSession {
   // OK: the coordinator said Bye (training complete). kCancelled: Stop() was called.
   // kFailedPrecondition: the coordinator refused this client for good (other base model,
   // protocol version or an invalid name). kUnavailable: transport.max_connect_attempts reached.
+  // kInvalidArgument: the security section does not work (missing or unreadable keys, a secret
+  // key file others may read, plaintext to a remote coordinator without allow_insecure).
+  // kPermissionDenied: the coordinator refused this client's key (not enrolled, enrolled under
+  // another name, or revoked). kUnauthenticated: the coordinator could not be verified (its key
+  // is not the pinned one) or speaks another security mechanism (plaintext vs CURVE).
   Status Run();
 
   void Stop();  // Thread-safe and async-signal-safe.

@@ -7,6 +7,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include "common/unique_fd.h"
+
 namespace fedlora::fs {
 namespace {
 
@@ -19,21 +21,7 @@ Status Errno(std::string_view what, const std::string& path) {
   return Status(code, StrCat(what, " '", path, "': ", std::strerror(err)));
 }
 
-// Owns a file descriptor.
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
+using Fd = UniqueFd;
 
 Status WriteAll(int fd, std::span<const std::byte> bytes, const std::string& path) {
   std::size_t done = 0;

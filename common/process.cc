@@ -14,10 +14,16 @@ namespace {
 std::atomic<void (*)(void*)> g_stop{nullptr};
 std::atomic<void*> g_arg{nullptr};
 std::atomic<int> g_signals{0};
+std::atomic<void (*)(void*)> g_reload{nullptr};
+std::atomic<void*> g_reload_arg{nullptr};
 
 extern "C" void HandleStopSignal(int) {
   if (g_signals.fetch_add(1) > 0) _exit(130);
   if (auto stop = g_stop.load()) stop(g_arg.load());
+}
+
+extern "C" void HandleReloadSignal(int) {
+  if (auto reload = g_reload.load()) reload(g_reload_arg.load());
 }
 
 }  // namespace
@@ -36,6 +42,16 @@ void OnStopSignal(void (*stop)(void*), void* arg) {
   sigaction(SIGINT, &action, nullptr);
   sigaction(SIGTERM, &action, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
+}
+
+void OnReloadSignal(void (*reload)(void*), void* arg) {
+  g_reload_arg.store(arg);
+  g_reload.store(reload);
+  struct sigaction action {};
+  action.sa_handler = HandleReloadSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGHUP, &action, nullptr);
 }
 
 std::uint64_t PeakRssBytes() {

@@ -16,6 +16,10 @@ void TuneMallocForTraining();
 // before the object `arg` points to is destroyed.
 void OnStopSignal(void (*stop)(void*), void* arg);
 
+// On SIGHUP calls `reload(arg)` from the signal handler (async-signal-safe, like
+// Coordinator::Reload). Call again with a no-op before the object `arg` points to is destroyed.
+void OnReloadSignal(void (*reload)(void*), void* arg);
+
 // Memory of this process and machine, in bytes; 0 where the system does not say.
 std::uint64_t PeakRssBytes();     // Largest resident set so far (getrusage).
 std::uint64_t CurrentRssBytes();  // Resident set now (/proc/self/statm).

@@ -116,6 +116,14 @@ template <typename... Args>
 Status Unimplemented(const Args&... args) {
   return MakeStatus(StatusCode::kUnimplemented, args...);
 }
+template <typename... Args>
+Status PermissionDenied(const Args&... args) {
+  return MakeStatus(StatusCode::kPermissionDenied, args...);
+}
+template <typename... Args>
+Status Unauthenticated(const Args&... args) {
+  return MakeStatus(StatusCode::kUnauthenticated, args...);
+}
 
 [[noreturn]] void CheckFailed(const char* file, int line, const char* condition,
                               const std::string& message);

@@ -56,6 +56,18 @@ enum ErrorCode {
   baseVersionMismatch @21;  # A BaseUpdate starts at a version the client's base is not at.
   taskDeclined @22;         # The client will not do this task: offline, or it cannot finish
                             # before the deadline. Counts as a failure for the round.
+  notAuthorized @23;        # The connection's CURVE key is not enrolled for the client name it
+                            # uses, or was revoked. Final: the client stops.
+  taskMismatch @24;         # A result whose round, attempt or task nonce is not that of the task
+                            # this client was sent (replayed, or forged with another's nonce).
+}
+
+# Binds a result to the task it answers. The coordinator issues a fresh random nonce with every
+# task it sends to a client (over that client's encrypted connection); the client echoes the
+# ticket in its Update or EvalResult, and anything else is refused with TASK_MISMATCH.
+struct TaskTicket {
+  attempt @0 :UInt32;       # The round's selection attempt (1, 2, ...); 0 for evaluations.
+  nonce @1 :Data;           # 16 random bytes.
 }
 
 struct TensorRef {
@@ -199,6 +211,7 @@ struct RoundTask {
   tensors @4 :List(TensorRef);
   plan @5 :AdapterPlan;
   base @6 :BaseUpdate;
+  ticket @7 :TaskTicket;
 }
 
 # Client -> coordinator: the trained adapter. Acknowledged only once persisted.
@@ -209,6 +222,7 @@ struct Update {
   metrics @3 :List(Metric);
   tensors @4 :List(TensorRef);
   baseVersion @5 :UInt64;
+  ticket @6 :TaskTicket;    # The ticket of the RoundTask this answers.
 }
 
 struct Ack {
@@ -228,6 +242,7 @@ struct EvalTask {
   tensors @5 :List(TensorRef);
   plan @6 :AdapterPlan;
   base @7 :BaseUpdate;
+  ticket @8 :TaskTicket;
 }
 
 struct EvalResult {
@@ -237,6 +252,7 @@ struct EvalResult {
   numExamples @3 :UInt64;
   metrics @4 :List(Metric);
   baseVersion @5 :UInt64;
+  ticket @6 :TaskTicket;    # The ticket of the EvalTask this answers.
 }
 
 struct Error {

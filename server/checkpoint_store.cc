@@ -258,6 +258,15 @@ Status CheckpointStore::DropPendingThrough(std::uint64_t round) {
   return OkStatus();
 }
 
+Status CheckpointStore::DropPendingUpload(std::uint64_t round, const std::string& client_id) {
+  const std::string dir = dir_ + "/pending/" + RoundName(round);
+  const std::string path = dir + "/" + client_id + ".safetensors";
+  std::error_code ec;
+  if (!stdfs::remove(path, ec) && ec) return DataLoss("removing ", path, ": ", ec.message());
+  if (ec || !stdfs::exists(dir, ec)) return OkStatus();
+  return fs::FsyncDirectory(dir);
+}
+
 Status CheckpointStore::Commit(const Checkpoint& cp, std::uint32_t keep) {
   const std::string final_dir = CheckpointDir(cp.round);
   std::error_code exists_ec;

@@ -70,6 +70,9 @@ class CheckpointStore {
 
   // Persists an accepted upload for `round` (atomic; replaces an earlier one from that client).
   Status PersistUpdate(std::uint64_t round, const PendingUpload& upload);
+  // Removes `client_id`'s persisted upload for `round` (its key was revoked), durably: a restart
+  // must not restore it. OK when there is none.
+  Status DropPendingUpload(std::uint64_t round, const std::string& client_id);
   // Uploads persisted for `round`, sorted by client id. Unreadable files are skipped with a
   // warning (their clients simply are asked again).
   Result<std::vector<PendingUpload>> LoadPending(std::uint64_t round) const;

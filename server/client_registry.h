@@ -22,6 +22,7 @@ namespace fedlora::server {
 struct ClientConnection {
   std::string id;                 // The client's name from its Hello.
   std::string route;              // ROUTER routing id of the current connection (opaque bytes).
+  std::string key;                // CURVE: the connection's public key (Z85 ZAP User-Id); else "".
   std::uint64_t session_id = 0;
   std::uint64_t last_sequence_in = 0;  // Highest sequence number received this session.
   std::uint64_t next_sequence_out = 1;

@@ -196,6 +196,20 @@ Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
   FEDLORA_RETURN_IF_ERROR(transport.Read("max_message_bytes", &c->transport.max_message_bytes));
   FEDLORA_RETURN_IF_ERROR(transport.Finish());
 
+  const ConfigSection security = root.Section("security");
+  FEDLORA_RETURN_IF_ERROR(security.Read("mode", &c->security.mode));
+  FEDLORA_RETURN_IF_ERROR(security.ReadPath("secret_key_file", &c->security.secret_key_file));
+  FEDLORA_RETURN_IF_ERROR(
+      security.ReadPath("authorized_clients", &c->security.authorized_clients));
+  FEDLORA_RETURN_IF_ERROR(security.Read("allow_insecure", &c->security.allow_insecure));
+  FEDLORA_RETURN_IF_ERROR(security.Finish());
+  if (c->security.mode != "auto" && c->security.mode != "curve" && c->security.mode != "none") {
+    return InvalidArgument(security.PathOf("mode"), ": '", c->security.mode,
+                           "' is not auto, curve or none");
+  }
+  // Whether the mode fits transport.bind is decided at start (server/transport_security.h):
+  // fedlora-sim sets the bind after loading.
+
   const ConfigSection round = root.Section("round");
   FEDLORA_RETURN_IF_ERROR(round.Read("fraction", &c->round.fraction));
   FEDLORA_RETURN_IF_ERROR(round.Read("min_clients", &c->round.min_clients));

@@ -24,6 +24,18 @@ struct CoordinatorTransportConfig {
   std::uint64_t max_message_bytes = 256ull << 20;  // Larger messages get MESSAGE_TOO_LARGE.
 };
 
+// Transport security (docs/security.md). CURVE encrypts and authenticates every connection and
+// admits only enrolled client keys, each bound to its client name.
+struct SecurityConfig {
+  // auto: curve when transport.bind reaches beyond this machine (anything but loopback, ipc://
+  // or inproc://) or a secret_key_file is set; none otherwise. curve | none to insist.
+  std::string mode = "auto";
+  std::string secret_key_file;     // The coordinator's key pair (`fedlora-coordinator keygen`).
+  std::string authorized_clients;  // `NAME PUBLIC_KEY` lines (server/authorized_clients.h).
+  // Required to run without CURVE on a non-local bind; logged as a warning at every start.
+  bool allow_insecure = false;
+};
+
 struct RoundConfig {
   double fraction = 1.0;           // Share of live clients selected each round...
   std::uint32_t min_clients = 1;   // ...but at least this many (the round waits for them)...
@@ -64,6 +76,7 @@ struct CoordinatorConfig {
   std::uint32_t keep_checkpoints = 0;  // Keep the newest N round checkpoints; 0 = all.
   std::string log_level = "info";
   CoordinatorTransportConfig transport;
+  SecurityConfig security;
   RoundConfig round;
   EvalConfig eval;
   StrategyConfig strategy;

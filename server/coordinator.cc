@@ -20,15 +20,6 @@ constexpr std::size_t kMaxMessagesPerTick = 256;
 constexpr milliseconds kMaxPollWait{1000};
 constexpr int kByeLingerMs = 2000;
 
-// Client names become file names in the state directory: keep them boring.
-bool ValidClientName(std::string_view name) {
-  if (name.empty() || name.size() > 64 || name[0] == '.') return false;
-  return std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '_' || c == '.';
-  });
-}
-
 constexpr std::size_t kMaxModules = 65536;
 constexpr std::int64_t kMaxDim = std::int64_t{1} << 24;
 constexpr std::size_t kMaxMetrics = 64;
@@ -132,6 +123,9 @@ Status ValidateUpload(const wire::Update& update, const ClientTask& task) {
 // ---- start-up ------------------------------------------------------------------------------
 
 Status Coordinator::Impl::Start() {
+  // Security first: a configuration that would expose the federation fails before anything else.
+  FEDLORA_ASSIGN_OR_RETURN(security_,
+                           TransportSecurity::Create(config_.security, config_.transport.bind));
   FEDLORA_ASSIGN_OR_RETURN(CheckpointStore store, CheckpointStore::Open(config_.state_dir));
   store_.emplace(std::move(store));
   FEDLORA_ASSIGN_OR_RETURN(std::optional<Checkpoint> latest, store_->LoadLatest());
@@ -178,9 +172,16 @@ Status Coordinator::Impl::Start() {
   // A well-behaved client has a handful of messages in flight; a small per-peer queue bounds
   // what a flooding peer can make ZeroMQ buffer for us.
   options.receive_hwm = 64;
+  // CURVE: the ZAP handler must serve before the socket binds, or the first peers go unchecked.
+  FEDLORA_RETURN_IF_ERROR(security_->Attach(context_, &options));
+  // CURVE authenticates every byte of every frame (Poly1305): per-frame SHA-256 adds nothing.
+  limits_.require_digests = !security_->curve();
+  encode_.tensor_digests = !security_->curve();
   FEDLORA_ASSIGN_OR_RETURN(router_, net::Socket::Open(context_, net::SocketKind::kRouter, options));
   FEDLORA_RETURN_IF_ERROR(router_.Bind(config_.transport.bind));
   FEDLORA_ASSIGN_OR_RETURN(endpoint_, router_.LastEndpoint());
+  security_->LogStartup();
+  last_key_check_ = clock_.Now();
   LogInfo("coordinator listening on ", endpoint_, " (strategy ", strategy_->name(), ", ",
           config_.rounds, " rounds, state in ", config_.state_dir, ")");
   return OkStatus();
@@ -202,7 +203,8 @@ Status Coordinator::Impl::Run() {
       return Status(StatusCode::kCancelled, "stopped on request");
     }
     if (!fatal_.ok()) return fatal_;
-    if (phase_ == Phase::kDone) {
+    if (phase_ == Phase::kDone &&
+        (clients_.size() == 0 || std::chrono::steady_clock::now() >= farewell_until_)) {
       router_.SetLinger(kByeLingerMs);
       return OkStatus();
     }
@@ -257,10 +259,17 @@ milliseconds Coordinator::Impl::NextWait() const {
   }
   if (phase_ == Phase::kInit) next = std::min(next, run_.deadline);
   if (phase_ == Phase::kEval) next = std::min(next, run_.eval_deadline);
-  return milliseconds(MillisUntil(now, next));
+  milliseconds wait(MillisUntil(now, next));
+  if (phase_ == Phase::kDone) {  // The farewell is timed in wall time (see Finish).
+    wait = std::min(wait, std::chrono::duration_cast<milliseconds>(
+                              farewell_until_ - std::chrono::steady_clock::now()) +
+                              milliseconds(1));
+  }
+  return std::max(wait, milliseconds(0));
 }
 
 void Coordinator::Impl::OnTick() {
+  ReloadKeys();
   const Clock::TimePoint now = clock_.Now();
   const milliseconds interval(config_.transport.heartbeat_interval_ms);
   const std::vector<std::string> expired =
@@ -295,7 +304,7 @@ void Coordinator::Impl::OnClientGone(const std::string& id, std::string_view why
 std::size_t Coordinator::Impl::Send(ClientConnection& client, wire::Body body) {
   wire::Envelope envelope{wire::kProtocolVersion, client.session_id, client.next_sequence_out++,
                           std::move(body)};
-  const wire::EncodedMessage encoded = wire::Encode(envelope);
+  const wire::EncodedMessage encoded = wire::Encode(envelope, encode_);
   const std::vector<std::span<const std::byte>> frames = encoded.frames();
   const Status s = router_.Send(frames, std::as_bytes(std::span<const char>(client.route)));
   client.last_sent = clock_.Now();
@@ -312,9 +321,12 @@ void Coordinator::Impl::SendError(const std::string& route, std::uint64_t ref_se
     Send(*client, wire::Error{code, message, ref_sequence});
     return;
   }
-  wire::Envelope envelope{wire::kProtocolVersion, 0, ++anonymous_sequence_,
-                          wire::Error{code, message, ref_sequence}};
-  const wire::EncodedMessage encoded = wire::Encode(envelope);
+  SendAnonymous(route, wire::Error{code, message, ref_sequence});
+}
+
+void Coordinator::Impl::SendAnonymous(const std::string& route, wire::Body body) {
+  const wire::Envelope envelope{wire::kProtocolVersion, 0, ++anonymous_sequence_, std::move(body)};
+  const wire::EncodedMessage encoded = wire::Encode(envelope, encode_);
   // A peer that already vanished cannot be told; nothing else to do.
   (void)router_.Send(encoded.frames(), std::as_bytes(std::span<const char>(route)));
 }
@@ -322,7 +334,12 @@ void Coordinator::Impl::SendError(const std::string& route, std::uint64_t ref_se
 void Coordinator::Impl::ProtocolError(const std::string& who, const std::string& route,
                                       std::uint64_t ref_sequence, ErrorCode code,
                                       const std::string& message) {
-  Count([](CoordinatorCounters& c) { ++c.protocol_errors; });
+  Count([&](CoordinatorCounters& c) {
+    ++c.protocol_errors;
+    if (code == ErrorCode::kNotAuthorized) ++c.not_authorized;
+    if (code == ErrorCode::kTaskMismatch) ++c.task_mismatches;
+  });
+  ++refusals_[std::string(wire::ErrorCodeName(code))];
   LogWarn(who, ": ", wire::ErrorCodeName(code), ": ", message);
   SendError(route, ref_sequence, code, message);
 }
@@ -336,6 +353,27 @@ void Coordinator::Impl::HandleMessage(const net::Message& message) {
   const std::size_t bytes = message.total_bytes() - route_bytes.size();
   ClientConnection* client = clients_.FindByRoute(route);
   const std::string who = client != nullptr ? StrCat("client ", client->id) : PrintableRoute(route);
+  // CURVE: the ZAP handler stamped the connection with its key; check it before decoding.
+  const std::string user_id = security_->curve() ? message.UserId() : std::string();
+  if (security_->curve()) {
+    const std::optional<wire::EnvelopeHeader> header = wire::PeekHeader(frames[0], limits_);
+    if (!CheckSender(route, user_id, client, header ? header->sequence : 0)) return;
+  }
+
+  if (phase_ == Phase::kDone) {  // The run is complete: whoever still talks gets Bye (again).
+    const wire::Bye bye{StrCat("training complete after ", config_.rounds, " rounds")};
+    const Result<wire::Envelope> decoded =
+        client != nullptr ? wire::Decode(frames, limits_) : Result<wire::Envelope>(wire::Envelope{});
+    if (client != nullptr && decoded.ok() && decoded->session_id == client->session_id &&
+        std::holds_alternative<wire::Bye>(decoded->body)) {
+      clients_.Remove(client->id);  // It got our Bye and said goodbye.
+    } else if (client != nullptr) {
+      Send(*client, bye);
+    } else {
+      SendAnonymous(route, bye);
+    }
+    return;
+  }
 
   if (client == nullptr) {
     // Strangers may only say Hello: refuse anything else before hashing its tensor frames.
@@ -355,7 +393,7 @@ void Coordinator::Impl::HandleMessage(const net::Message& message) {
   }
   wire::Envelope& envelope = *decoded;
   if (std::holds_alternative<wire::Hello>(envelope.body)) {
-    HandleHello(route, envelope);
+    HandleHello(route, user_id, envelope);
     return;
   }
   if (client == nullptr) {
@@ -410,15 +448,29 @@ void Coordinator::Impl::HandleMessage(const net::Message& message) {
   }
 }
 
-void Coordinator::Impl::HandleHello(const std::string& route, const wire::Envelope& envelope) {
+void Coordinator::Impl::HandleHello(const std::string& route, const std::string& user_id,
+                                    const wire::Envelope& envelope) {
   const wire::Hello& hello = std::get<wire::Hello>(envelope.body);
   const std::string who = StrCat("hello from '", PrintableName(hello.client_name), "'");
   const auto reject = [&](ErrorCode code, const std::string& message) {
     ProtocolError(who, route, envelope.sequence, code, message);
   };
-  if (!ValidClientName(hello.client_name)) {
+  if (!wire::ValidClientName(hello.client_name)) {
     reject(ErrorCode::kInvalidField,
            "client name must be 1-64 characters of [A-Za-z0-9._-], not starting with '.'");
+    return;
+  }
+  if (security_->curve() && !security_->Allows(user_id, hello.client_name)) {
+    // The key is enrolled (CheckSender), but not under this name: nobody takes another's name.
+    const std::vector<std::string> names = security_->NamesFor(user_id);
+    std::string enrolled_as;
+    for (std::size_t i = 0; i < names.size() && i < 3; ++i) {
+      enrolled_as += StrCat(i > 0 ? ", " : "", "'", names[i], "'");
+    }
+    if (names.size() > 3) enrolled_as += StrCat(" and ", names.size() - 3, " more");
+    reject(ErrorCode::kNotAuthorized,
+           StrCat(TransportSecurity::Describe(user_id), " is enrolled as ", enrolled_as, ", not as '",
+                  hello.client_name, "'"));
     return;
   }
   const std::string& expected_digest =
@@ -474,10 +526,16 @@ void Coordinator::Impl::HandleHello(const std::string& route, const wire::Envelo
   const Clock::TimePoint now = clock_.Now();
   const milliseconds interval(config_.transport.heartbeat_interval_ms);
   if (ClientConnection* existing = clients_.FindById(hello.client_name);
-      existing != nullptr && existing->route != route && now - existing->last_heard < interval) {
-    reject(ErrorCode::kDuplicateClient,
-           StrCat("client '", hello.client_name, "' is already connected and alive"));
-    return;
+      existing != nullptr && existing->route != route) {
+    if (security_->curve()) {
+      // Only the holder of the name's key gets here: a reconnect, which replaces the old session.
+      LogInfo("client ", hello.client_name, " reconnected with its enrolled key; its previous "
+              "connection is closed");
+    } else if (now - existing->last_heard < interval) {
+      reject(ErrorCode::kDuplicateClient,
+             StrCat("client '", hello.client_name, "' is already connected and alive"));
+      return;
+    }
   }
   Result<wire::AdapterPlan> plan = PlanForClient(config_.strategy.rank_policy, config_.lora,
                                                  hello.modules, hello.capabilities);
@@ -504,6 +562,7 @@ void Coordinator::Impl::HandleHello(const std::string& route, const wire::Envelo
   ClientConnection connection;
   connection.id = hello.client_name;
   connection.route = route;
+  connection.key = user_id;
   connection.session_id = crypto::RandomU64();
   connection.last_sequence_in = envelope.sequence;
   connection.last_heard = now;
@@ -553,8 +612,23 @@ void Coordinator::Impl::HandleUpdate(ClientConnection& client, std::uint64_t seq
                   StrCat("client was not selected for round ", run_.round));
     return;
   }
-  if (run_.updates.contains(client.id)) {  // A resend after a lost Ack: acknowledge again.
+  const auto ticket = run_.tickets.find(client.id);
+  const bool ticket_ok = ticket != run_.tickets.end() && ticket->second == update.ticket;
+  if (run_.updates.contains(client.id) && (ticket_ok || ticket == run_.tickets.end())) {
+    // A resend after a lost Ack (or, after a restart, of an upload restored from disk, whose
+    // ticket died with the old process): acknowledge again.
     Send(client, wire::Ack{update.round, sequence});
+    return;
+  }
+  if (!ticket_ok) {
+    // Not the task this client holds: a replay from an earlier attempt, or a forgery with a
+    // ticket that is not this client's. Nothing is accepted; the client's real task stands.
+    ProtocolError(who, client.route, sequence, ErrorCode::kTaskMismatch,
+                  StrCat("round ", update.round, " update carries the ticket of attempt ",
+                         update.ticket.attempt, ", which is not the ticket of this client's task",
+                         ticket != run_.tickets.end()
+                             ? StrCat(" (attempt ", ticket->second.attempt, ")")
+                             : std::string()));
     return;
   }
   const auto reject = [&](const Status& why) {
@@ -629,6 +703,12 @@ void Coordinator::Impl::HandleEvalResult(ClientConnection& client, std::uint64_t
                   "this client was not asked to evaluate (or already answered)");
     return;
   }
+  if (const auto ticket = run_.eval_tickets.find(client.id);
+      ticket == run_.eval_tickets.end() || ticket->second != result.ticket) {
+    ProtocolError(who, client.route, sequence, ErrorCode::kTaskMismatch,
+                  "the result does not carry the ticket of this client's evaluation task");
+    return;
+  }
   if (!std::isfinite(result.loss) || result.loss < 0 || result.num_tokens == 0) {
     ProtocolError(who, client.route, sequence, ErrorCode::kInvalidField,
                   "loss must be finite and >= 0, num_tokens > 0");
@@ -685,7 +765,11 @@ void Coordinator::SetRoundAnnotator(RoundAnnotator annotator) {
 }
 void Coordinator::Stop() { impl_->Stop(); }
 void Coordinator::Wake() { impl_->Wake(); }
+void Coordinator::Reload() { impl_->Reload(); }
 std::string Coordinator::endpoint() const { return impl_->endpoint(); }
+std::optional<crypto::CurvePublicKey> Coordinator::public_key() const {
+  return impl_->public_key();
+}
 CoordinatorCounters Coordinator::counters() const { return impl_->counters(); }
 
 }  // namespace fedlora::server

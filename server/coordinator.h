@@ -13,9 +13,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "common/clock.h"
+#include "common/crypto/curve_keys.h"
 #include "common/lora/peft.h"
 #include "common/net/zmq_transport.h"
 #include "common/status.h"
@@ -43,6 +45,13 @@ Result<GlobalPeft> GlobalPeftOf(const Strategy& strategy, const GlobalState& sta
 struct CoordinatorCounters {
   std::uint64_t messages_in = 0;
   std::uint64_t protocol_errors = 0;  // Malformed or unacceptable messages answered with Error.
+  std::uint64_t not_authorized = 0;   // CURVE: messages refused for their key (NOT_AUTHORIZED).
+  std::uint64_t task_mismatches = 0;  // Results refused for another task's ticket (TASK_MISMATCH).
+  std::uint64_t clients_revoked = 0;  // Sessions closed because their key left the enrolment list.
+  std::uint64_t uploads_dropped = 0;  // Accepted uploads taken out of aggregation (revoked keys).
+  std::uint64_t key_reloads = 0;      // Enrolment list re-read and changed.
+  std::uint64_t key_reload_errors = 0;  // Enrolment list unreadable on reload (old list kept).
+  std::uint64_t handshakes_denied = 0;  // CURVE handshakes refused (keys not enrolled).
   std::uint64_t updates_accepted = 0;
   std::uint64_t updates_rejected = 0;
   std::uint64_t clients_admitted = 0;
@@ -73,10 +82,15 @@ class Coordinator {
   // metrics line (round_metrics.h). It runs on the coordinator's thread.
   void SetRoundAnnotator(RoundAnnotator annotator);
 
-  void Stop();  // Thread-safe and async-signal-safe.
-  void Wake();  // Thread-safe: re-check timers now (tests that drive a FakeClock).
+  void Stop();    // Thread-safe and async-signal-safe.
+  void Wake();    // Thread-safe: re-check timers now (tests that drive a FakeClock).
+  // Thread-safe and async-signal-safe (SIGHUP): re-read security.authorized_clients now, closing
+  // the sessions of keys it no longer enrolls. The file is also re-read when it changes.
+  void Reload();
 
   std::string endpoint() const;  // The bound endpoint (a real port for "tcp://host:*").
+  // CURVE: the coordinator's public key (clients pin it); nullopt without CURVE. After Start().
+  std::optional<crypto::CurvePublicKey> public_key() const;
   CoordinatorCounters counters() const;
 
  private:

@@ -19,6 +19,7 @@
 #include "server/checkpoint_store.h"
 #include "server/client_registry.h"
 #include "server/coordinator.h"
+#include "server/transport_security.h"
 
 namespace fedlora::server {
 
@@ -42,11 +43,21 @@ class Coordinator::Impl {
     wake_.Notify();
   }
   void Wake() { wake_.Notify(); }
+  void Reload() {
+    reload_requested_.store(true, std::memory_order_release);
+    wake_.Notify();
+  }
   void SetRoundAnnotator(RoundAnnotator annotator) { annotator_ = std::move(annotator); }
   std::string endpoint() const { return endpoint_; }
+  std::optional<crypto::CurvePublicKey> public_key() const {
+    if (!security_ || !security_->curve()) return std::nullopt;
+    return security_->public_key();
+  }
   CoordinatorCounters counters() const {
     std::lock_guard<std::mutex> lock(counters_mu_);
-    return counters_;
+    CoordinatorCounters c = counters_;
+    if (security_) c.handshakes_denied = security_->handshakes_denied();  // Set before Run().
+    return c;
   }
 
  private:
@@ -68,6 +79,8 @@ class Coordinator::Impl {
     std::map<std::string, ClientUpdate, std::less<>> updates;
     std::map<std::string, std::uint64_t, std::less<>> sent_base;  // Base version of each task.
     std::map<std::string, std::uint64_t, std::less<>> task_sequence;  // Envelope sequence of it.
+    // The ticket issued with each client's current task; its Update must carry it.
+    std::map<std::string, wire::TaskTicket, std::less<>> tickets;
     std::uint64_t bytes_up = 0, bytes_down = 0, eval_bytes_up = 0, eval_bytes_down = 0;
     std::uint64_t params_up = 0, params_down = 0;
     std::uint64_t correction_params_down = 0, correction_bytes_down = 0;
@@ -79,12 +92,14 @@ class Coordinator::Impl {
     std::map<std::string, std::uint64_t, std::less<>> eval_sent_base;
     std::map<std::string, std::uint64_t, std::less<>> eval_sequence;
     std::map<std::string, std::vector<std::string>, std::less<>> eval_caches;
+    std::map<std::string, wire::TaskTicket, std::less<>> eval_tickets;
     Clock::TimePoint eval_deadline{};
   };
 
   // ---- messaging ----
   void HandleMessage(const net::Message& message);
-  void HandleHello(const std::string& route, const wire::Envelope& envelope);
+  void HandleHello(const std::string& route, const std::string& user_id,
+                   const wire::Envelope& envelope);
   void HandleUpdate(ClientConnection& client, std::uint64_t sequence, wire::Update update,
                     std::size_t bytes);
   void HandleEvalResult(ClientConnection& client, std::uint64_t sequence, wire::EvalResult result,
@@ -92,6 +107,8 @@ class Coordinator::Impl {
   std::size_t Send(ClientConnection& client, wire::Body body);
   void SendError(const std::string& route, std::uint64_t ref_sequence, wire::ErrorCode code,
                  const std::string& message);
+  // To a peer without a session (session id 0).
+  void SendAnonymous(const std::string& route, wire::Body body);
   void ProtocolError(const std::string& who, const std::string& route, std::uint64_t ref_sequence,
                      wire::ErrorCode code, const std::string& message);
 
@@ -99,6 +116,20 @@ class Coordinator::Impl {
   void OnTick();
   std::chrono::milliseconds NextWait() const;
   void OnClientGone(const std::string& id, std::string_view why);
+
+  // ---- transport security (coordinator_security.cc) ----
+  // CURVE: OK when the connection's key (`user_id`) may speak for `client` (its session's key and
+  // still enrolled under its name). Otherwise refuses the message (NOT_AUTHORIZED) and closes
+  // the session, and returns false.
+  bool CheckSender(const std::string& route, const std::string& user_id, ClientConnection* client,
+                   std::uint64_t sequence);
+  // Reloads the enrolment list when asked (SIGHUP) or when the file changed, and revokes the
+  // sessions whose key it no longer binds to their name.
+  void ReloadKeys();
+  // Closes `id`'s session and takes its accepted upload of the open round out of aggregation.
+  void Revoke(const std::string& id, const std::string& why);
+  // Makes a fresh ticket (random nonce) for a task of `attempt`.
+  static wire::TaskTicket NewTicket(std::uint32_t attempt);
 
   // ---- rounds ----
   void Advance();
@@ -141,10 +172,19 @@ class Coordinator::Impl {
   RoundAnnotator annotator_;  // Optional (SetRoundAnnotator).
   bool gathered_ = false;     // round.wait_for_clients was met once.
   wire::DecodeLimits limits_;
+  wire::EncodeOptions encode_;  // CURVE: no per-frame SHA-256 (the MAC covers every byte).
 
+  std::unique_ptr<TransportSecurity> security_;
   net::Socket router_;
   net::WakePipe wake_;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> reload_requested_{false};
+  Clock::TimePoint last_key_check_{};
+  // Counted since the previous commit, for its metrics line (RoundMetrics::refusals & co.).
+  std::map<std::string, std::uint32_t, std::less<>> refusals_;
+  std::uint32_t revoked_since_commit_ = 0;
+  std::uint32_t dropped_since_commit_ = 0;
+  std::uint64_t denied_at_commit_ = 0;
   std::string endpoint_;
   Status fatal_;
 
@@ -158,6 +198,10 @@ class Coordinator::Impl {
   std::uint64_t anonymous_sequence_ = 0;
   std::set<std::string, std::less<>> init_failed_;  // Clients whose initialisation failed.
   Clock::TimePoint last_wait_log_{};
+  // After the last round: until then (wall time), a client still heard from is sent Bye again, in
+  // case the first one was lost with the connection; Run returns earlier once every client has
+  // answered with its own Bye. Not a round timer, so not on the injected clock.
+  std::chrono::steady_clock::time_point farewell_until_{};
 
   mutable std::mutex counters_mu_;
   CoordinatorCounters counters_;  // Guarded by counters_mu_.

@@ -213,6 +213,7 @@ void Coordinator::Impl::StartInit() {
   run_.started = clock_.Now();
   run_.deadline = run_.started + milliseconds(config_.round.timeout_ms);
   run_.tasks[chosen->id] = std::move(task).value();
+  run_.tickets[chosen->id] = NewTicket(0);
   run_.outstanding.insert(chosen->id);
   phase_ = Phase::kInit;
   LogInfo(strategy_->name(), ": asking client ", chosen->id, " to compute the initial state");
@@ -306,6 +307,7 @@ void Coordinator::Impl::StartAttempt() {
   for (ClientTask& task : *tasks) {
     const std::string id = task.client_id;
     run_.tasks[id] = std::move(task);
+    run_.tickets[id] = NewTicket(run_.attempt);  // A retried client's old upload is refused.
     run_.failed.erase(id);
     run_.outstanding.insert(id);
     SendTask(id);
@@ -326,6 +328,7 @@ void Coordinator::Impl::SendTask(const std::string& id) {
   message.train = task.train;
   message.plan = task.plan;
   message.tensors = task.tensors;
+  message.ticket = run_.tickets.at(id);
   message.base = state_->corrections.UpdateFor(client->base_version, &message.tensors);
   client->base_version = message.base.to_version;  // Tasks are applied in order.
   run_.sent_base[id] = message.base.to_version;
@@ -423,6 +426,7 @@ void Coordinator::Impl::StartEval(const std::vector<std::string>& clients) {
   run_.eval_deadline = clock_.Now() + milliseconds(config_.eval.timeout_ms);
   for (const std::string& id : clients) {
     run_.eval_outstanding.insert(id);
+    run_.eval_tickets[id] = NewTicket(0);
     SendEvalTask(id);
   }
 }
@@ -439,6 +443,7 @@ void Coordinator::Impl::SendEvalTask(const std::string& id) {
   task.train = config_.train;
   task.plan = spec.plan;
   task.tensors = std::move(spec.tensors);
+  task.ticket = run_.eval_tickets.at(id);
   task.base = run_.candidate->corrections.UpdateFor(client->base_version, &task.tensors);
   client->base_version = task.base.to_version;
   run_.eval_sent_base[id] = task.base.to_version;
@@ -519,6 +524,11 @@ void Coordinator::Impl::Commit() {
     m.depths[id] = Depth(task.plan, layout_->modules);
   }
   m.base_version = run_.candidate->corrections.latest_version();
+  m.refusals = std::exchange(refusals_, {});
+  m.clients_revoked = std::exchange(revoked_since_commit_, 0);
+  m.uploads_dropped = std::exchange(dropped_since_commit_, 0);
+  const std::uint64_t denied = security_->handshakes_denied();
+  m.handshakes_denied = denied - std::exchange(denied_at_commit_, denied);
   m.timestamp = UtcTimestamp();
   if (annotator_) m.simulation = annotator_(m);
   const std::string line = ToJsonLine(m);
@@ -590,8 +600,17 @@ void Coordinator::Impl::ExportPeftAdapter(const GlobalState& state, std::uint64_
 
 void Coordinator::Impl::Finish() {
   for (auto& [id, client] : clients_.all()) {
-    Send(client, wire::Bye{StrCat("training complete after ", config_.rounds, " rounds")});
+    if (Send(client, wire::Bye{StrCat("training complete after ", config_.rounds, " rounds")}) ==
+        0) {
+      LogWarn("could not send Bye to ", id, " (it will get one if it is heard from again)");
+    }
   }
+  // In-process peers cannot lose a message; over a network, linger for a couple of heartbeats.
+  const bool inproc = config_.transport.bind.starts_with("inproc://");
+  farewell_until_ = std::chrono::steady_clock::now() +
+                    (inproc ? milliseconds(0)
+                            : std::min(milliseconds(2 * config_.transport.heartbeat_interval_ms),
+                                       milliseconds(5000)));
   LogInfo("all ", config_.rounds, " rounds committed; metrics in ", store_->MetricsPath(),
           ", checkpoints in ", config_.state_dir, "/checkpoints");
   phase_ = Phase::kDone;

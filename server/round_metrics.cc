@@ -42,6 +42,11 @@ std::string ToJsonLine(const RoundMetrics& m) {
   j["depths"] = nlohmann::ordered_json::object();
   for (const auto& [id, d] : m.depths) j["depths"][id] = d;
   j["base_version"] = m.base_version;
+  j["refusals"] = nlohmann::ordered_json::object();
+  for (const auto& [code, n] : m.refusals) j["refusals"][code] = n;
+  j["clients_revoked"] = m.clients_revoked;
+  j["uploads_dropped"] = m.uploads_dropped;
+  j["handshakes_denied"] = m.handshakes_denied;
   j["strategy_metrics"] = nlohmann::ordered_json::object();
   for (const auto& [k, v] : m.strategy_metrics) j["strategy_metrics"][k] = v;
   j["timestamp"] = m.timestamp;

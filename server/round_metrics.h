@@ -50,6 +50,13 @@ struct RoundMetrics {
   std::map<std::string, std::uint32_t, std::less<>> ranks;   // Client id -> top LoRA rank.
   std::map<std::string, std::uint32_t, std::less<>> depths;  // Client id -> layers with LoRA.
   std::uint64_t base_version = 0;       // Base-correction version after the round.
+  // Since the previous commit: messages refused with a typed error, by its name
+  // ("TASK_MISMATCH": 2); sessions closed because their key left authorized_clients; accepted
+  // uploads taken out of aggregation for that reason; CURVE handshakes the ZAP handler refused.
+  std::map<std::string, std::uint32_t, std::less<>> refusals;
+  std::uint32_t clients_revoked = 0;
+  std::uint32_t uploads_dropped = 0;
+  std::uint64_t handshakes_denied = 0;
   wire::Metrics strategy_metrics;
   std::string timestamp;                // UTC, ISO 8601, at commit.
   // Written by whoever runs the coordinator in-process (fedlora-sim: virtual clock, fleet and

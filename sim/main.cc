@@ -12,7 +12,12 @@
 //       else 0. Exit status: 0 when the coordinator said the run is complete or after
 //       SIGINT/SIGTERM; 1 on configuration errors or when the coordinator refused a client
 //       (another base model, a duplicate name); 2 on other runtime errors; 3 when
-//       client.transport.max_connect_attempts ran out.
+//       client.transport.max_connect_attempts ran out; 5 when the coordinator refused the
+//       shard's key; 6 when the coordinator could not be verified (fedlora-client's codes).
+//
+//   fedlora-sim keygen --config FILE --shards S [--dir keys] [--force]
+//       One CURVE key pair per shard and the authorized-clients file enrolling every virtual
+//       client under its shard's key (docs/security.md).
 #include <CLI/CLI.hpp>
 
 #include <charconv>
@@ -23,6 +28,7 @@
 #include <optional>
 
 #include "common/log.h"
+#include "sim/shard_keys.h"
 #include "sim/simulator.h"
 
 namespace {
@@ -88,7 +94,25 @@ int Main(int argc, char** argv) {
                  "Without --workers: bind the in-process coordinator here (e.g. tcp://*:5555) "
                  "instead of inproc, so --workers shards can join")
       ->excludes(workers_flag);
+  CLI::App* keygen = app.add_subcommand(
+      "keygen", "Write one CURVE key pair per shard and enroll every virtual client under its "
+                "shard's key (takes --config, --shards and --client-prefix)");
+  keygen->fallthrough();
+  std::string key_dir = "keys";
+  bool force = false;
+  keygen->add_option("--dir", key_dir, "Directory for the keys and authorized_clients")
+      ->capture_default_str();
+  keygen->add_flag("--force", force, "Replace existing shard keys and enrolments");
   CLI11_PARSE(app, argc, argv);
+
+  if (app.got_subcommand(keygen)) {
+    Result<sim::SimConfig> config = sim::LoadSimConfig(config_path, overrides, out_dir);
+    const Status s = config.ok() ? sim::RunShardKeygen(*config, placement, key_dir, force, std::cout)
+                                 : config.status();
+    if (s.ok()) return 0;
+    std::cerr << "fedlora-sim: " << s.ToString() << "\n";
+    return 1;
+  }
 
   if (shard_option->count() == 0) {
     const std::optional<std::uint32_t> shard = ShardFromEnvironment();
@@ -112,6 +136,8 @@ int Main(int argc, char** argv) {
         s.code() == StatusCode::kNotFound) {
       return 1;
     }
+    if (s.code() == StatusCode::kPermissionDenied) return 5;
+    if (s.code() == StatusCode::kUnauthenticated) return 6;
     return s.code() == StatusCode::kUnavailable ? 3 : 2;
   }
   const Status s = sim::RunSimulation(*config, placement);

@@ -15,6 +15,7 @@
 
 #include "client/local_worker.h"
 #include "client/session.h"
+#include "client/transport_security.h"
 #include "common/clock.h"
 #include "common/config/yaml_config.h"
 #include "common/fs.h"
@@ -25,13 +26,22 @@
 #include "server/strategies/make_strategy.h"
 
 namespace fedlora::sim {
-namespace {
 
 std::string ClientName(const std::string& prefix, std::uint32_t i) {
   char buf[16];
   std::snprintf(buf, sizeof(buf), "%02u", i);
   return prefix + buf;
 }
+
+std::string ForShard(std::string path, std::uint32_t shard) {
+  for (std::size_t at = path.find("{shard}"); at != std::string::npos;
+       at = path.find("{shard}", at)) {
+    path.replace(at, 7, std::to_string(shard));
+  }
+  return path;
+}
+
+namespace {
 
 // Bytes a message's tensors take on the wire (the envelope's few hundred bytes aside).
 std::uint64_t TensorBytes(const TensorMap& tensors) {
@@ -178,6 +188,8 @@ class Fleet {
       client::ClientConfig c = config.client;
       c.name = ClientName(placement.client_prefix, i);
       c.coordinator = endpoint;
+      // One key per shard (docs/security.md): "keys/shard-{shard}.key_secret".
+      c.security.secret_key_file = ForShard(c.security.secret_key_file, placement.shard);
       // Global index of num_clients in every placement: the shards together hold exactly the
       // single-process federation's data.
       c.data.partition_index = i;
@@ -615,12 +627,18 @@ Status RunSimulation(const SimConfig& config, const Placement& placement) {
   SystemClock clock;
   server::Coordinator coordinator(coordinator_config, std::move(strategy), context, clock);
   FEDLORA_RETURN_IF_ERROR(coordinator.Start());
+  SimConfig local = config;
+  // With CURVE (a --listen endpoint) this process's own clients pin the key it just loaded.
+  if (const auto key = coordinator.public_key();
+      key && local.client.security.coordinator_public_key.empty()) {
+    local.client.security.coordinator_public_key = key->Z85();
+  }
 
   const auto local_clients = static_cast<std::uint32_t>(
       (config.num_clients - placement.shard + placement.shards - 1) / placement.shards);
   FEDLORA_ASSIGN_OR_RETURN(
       std::unique_ptr<Fleet> fleet,
-      Fleet::Build(config, placement, LocalEndpoint(coordinator.endpoint()), assets, context,
+      Fleet::Build(local, placement, LocalEndpoint(coordinator.endpoint()), assets, context,
                    clock, ResolveBatching(config, *assets, local_clients, /*workers=*/false),
                    /*on_all_introduced=*/{}));
   coordinator.SetRoundAnnotator(
@@ -652,6 +670,13 @@ Status RunWorkers(const SimConfig& config, const Placement& placement) {
   if (endpoint.empty() || endpoint.rfind("inproc://", 0) == 0) {
     return InvalidArgument("workers need the coordinator's network endpoint (client.coordinator "
                            "or --coordinator, e.g. tcp://host:5555), not '", endpoint, "'");
+  }
+  {  // Before the model loads: a security section that cannot work fails at once.
+    client::ClientConfig probe = config.client;
+    probe.security.secret_key_file = ForShard(probe.security.secret_key_file, placement.shard);
+    FEDLORA_ASSIGN_OR_RETURN(client::ClientTransportSecurity security,
+                             client::ResolveClientSecurity(probe));
+    client::LogClientSecurity(probe, security);
   }
   FEDLORA_ASSIGN_OR_RETURN(std::shared_ptr<const client::ModelAssets> assets, Prepare(config));
   const std::string label = ShardLabel(placement);

@@ -84,6 +84,11 @@ struct Placement {
   std::string listen;
 };
 
+// Client i's name: `prefix` and i with at least two digits ("client-07").
+std::string ClientName(const std::string& prefix, std::uint32_t i);
+// `path` with every "{shard}" replaced by `shard` (client.security.secret_key_file of shards).
+std::string ForShard(std::string path, std::uint32_t shard);
+
 // Loads `path` with `--set` overrides ("coordinator.rounds=3"). `out_dir` empty: runs/<stem of
 // the config file>. Errors name the file, line and key.
 Result<SimConfig> LoadSimConfig(const std::string& path, const std::vector<std::string>& overrides,

@@ -3,8 +3,14 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <cstring>
+#include <mutex>
 #include <zmq.hpp>
+
+#include "common/crypto/random.h"
+#include "common/net/zap_service.h"
 
 namespace fedlora::net {
 namespace {
@@ -26,6 +32,9 @@ Status FromZmq(const zmq::error_t& e, std::string_view what) {
 
 struct Context::Impl {
   zmq::context_t ctx;
+  std::mutex zap_mu;
+  std::unique_ptr<ZapService> zap;  // Started by the first ServeZap; guarded by zap_mu.
+  ~Impl() { zap.reset(); }          // Its socket closes before the context terminates.
 };
 
 Context::Context(int io_threads) : impl_(std::make_unique<Impl>()) {
@@ -35,6 +44,34 @@ Context::Context(int io_threads) : impl_(std::make_unique<Impl>()) {
 }
 Context::~Context() = default;
 void* Context::raw() { return impl_->ctx.handle(); }
+
+Result<ZapRegistration> Context::ServeZap(const std::string& domain, ZapHandler handler) {
+  std::lock_guard<std::mutex> lock(impl_->zap_mu);
+  if (!impl_->zap) {
+    FEDLORA_ASSIGN_OR_RETURN(impl_->zap, ZapService::Start(impl_->ctx.handle()));
+  }
+  FEDLORA_RETURN_IF_ERROR(impl_->zap->Add(domain, std::move(handler)));
+  ZapRegistration registration;
+  Impl* impl = impl_.get();
+  registration.release_ = [impl, domain] {
+    std::lock_guard<std::mutex> lock(impl->zap_mu);
+    if (impl->zap) impl->zap->Remove(domain);
+  };
+  return registration;
+}
+
+ZapRegistration::~ZapRegistration() {
+  if (release_) release_();
+}
+ZapRegistration::ZapRegistration(ZapRegistration&& other) noexcept
+    : release_(std::exchange(other.release_, nullptr)) {}
+ZapRegistration& ZapRegistration::operator=(ZapRegistration&& other) noexcept {
+  if (this != &other) {
+    if (release_) release_();
+    release_ = std::exchange(other.release_, nullptr);
+  }
+  return *this;
+}
 
 // ---- Message -------------------------------------------------------------------------------
 
@@ -66,6 +103,15 @@ std::vector<std::span<const std::byte>> Message::frames(std::size_t first) const
   return out;
 }
 
+std::string Message::UserId() const {
+  // A ROUTER's routing-id frame carries no metadata; the frames read from the connection do.
+  for (const zmq::message_t& part : impl_->parts) {
+    const char* id = zmq_msg_gets(const_cast<zmq::message_t&>(part).handle(), "User-Id");
+    if (id != nullptr) return id;
+  }
+  return "";
+}
+
 // ---- Socket --------------------------------------------------------------------------------
 
 struct Socket::Impl {
@@ -91,6 +137,27 @@ Result<Socket> Socket::Open(Context& context, SocketKind kind, const SocketOptio
   if (options.max_frame_bytes >= 0) sock.set(zmq::sockopt::maxmsgsize, options.max_frame_bytes);
   if (!options.routing_id.empty()) sock.set(zmq::sockopt::routing_id, options.routing_id);
   if (kind == SocketKind::kRouter) sock.set(zmq::sockopt::router_mandatory, 1);
+  if (options.curve) {
+    const CurveOptions& curve = *options.curve;
+    if (curve.own == nullptr) return InvalidArgument("CURVE socket without a key pair");
+    const auto set_key = [&](int option, const std::array<std::uint8_t, 32>& key) {
+      if (zmq_setsockopt(sock.handle(), option, key.data(), key.size()) != 0) {
+        throw zmq::error_t();
+      }
+    };
+    if (curve.server_key) {
+      set_key(ZMQ_CURVE_SERVERKEY, curve.server_key->bytes);
+      set_key(ZMQ_CURVE_PUBLICKEY, curve.own->public_key.bytes);
+      set_key(ZMQ_CURVE_SECRETKEY, curve.own->secret_key.bytes());
+    } else {
+      if (curve.zap_domain.empty()) {
+        return InvalidArgument("a CURVE server needs a ZAP domain (otherwise any key is admitted)");
+      }
+      sock.set(zmq::sockopt::curve_server, 1);
+      set_key(ZMQ_CURVE_SECRETKEY, curve.own->secret_key.bytes());
+      sock.set(zmq::sockopt::zap_domain, curve.zap_domain);
+    }
+  }
   return s;
 } catch (const zmq::error_t& e) {
   return FromZmq(e, "opening socket");
@@ -175,6 +242,69 @@ Result<std::optional<Message>> Socket::Receive(std::chrono::milliseconds timeout
   return std::optional<Message>(std::move(msg));
 } catch (const zmq::error_t& e) {
   return FromZmq(e, "receive");
+}
+
+Result<Socket> Socket::Monitor(Context& context) {
+  static std::atomic<std::uint64_t> counter{0};
+  const std::string endpoint =
+      StrCat("inproc://fedlora-monitor-", crypto::RandomU64(), "-", ++counter);
+  if (zmq_socket_monitor(impl_->socket.handle(), endpoint.c_str(), ZMQ_EVENT_ALL) != 0) {
+    return Internal("socket monitor: ", zmq_strerror(zmq_errno()));
+  }
+  FEDLORA_ASSIGN_OR_RETURN(Socket pair, Socket::Open(context, SocketKind::kPair));
+  FEDLORA_RETURN_IF_ERROR(pair.Connect(endpoint));
+  return pair;
+}
+
+std::optional<MonitorEvent> ParseMonitorEvent(const Message& message) {
+  if (message.size() != 2 || message.frame(0).size() != 6) return std::nullopt;
+  const std::span<const std::byte> head = message.frame(0);
+  std::uint16_t event = 0;
+  std::uint32_t value = 0;
+  std::memcpy(&event, head.data(), 2);
+  std::memcpy(&value, head.data() + 2, 4);
+  MonitorEvent out;
+  out.value = value;
+  const std::span<const std::byte> ep = message.frame(1);
+  out.endpoint.assign(reinterpret_cast<const char*>(ep.data()), ep.size());
+  switch (event) {
+    case ZMQ_EVENT_CONNECTED:
+    case ZMQ_EVENT_ACCEPTED: out.kind = MonitorEventKind::kConnected; break;
+    case ZMQ_EVENT_DISCONNECTED: out.kind = MonitorEventKind::kDisconnected; break;
+    case ZMQ_EVENT_HANDSHAKE_SUCCEEDED: out.kind = MonitorEventKind::kHandshakeSucceeded; break;
+    case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+      out.kind = MonitorEventKind::kHandshakeFailedNoDetail;
+      break;
+    case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+      out.kind = MonitorEventKind::kHandshakeFailedProtocol;
+      break;
+    case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH: out.kind = MonitorEventKind::kHandshakeFailedAuth; break;
+    default: out.kind = MonitorEventKind::kOther; break;
+  }
+  return out;
+}
+
+bool MonitorEvent::mechanism_mismatch() const {
+  return kind == MonitorEventKind::kHandshakeFailedProtocol &&
+         value == ZMQ_PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH;
+}
+bool MonitorEvent::cryptographic() const {
+  return kind == MonitorEventKind::kHandshakeFailedProtocol &&
+         (value == ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC ||
+          value == ZMQ_PROTOCOL_ERROR_ZMTP_KEY_EXCHANGE);
+}
+
+std::string_view MonitorEventName(MonitorEventKind kind) {
+  switch (kind) {
+    case MonitorEventKind::kConnected: return "connected";
+    case MonitorEventKind::kDisconnected: return "disconnected";
+    case MonitorEventKind::kHandshakeSucceeded: return "handshake succeeded";
+    case MonitorEventKind::kHandshakeFailedNoDetail: return "handshake failed (connection closed)";
+    case MonitorEventKind::kHandshakeFailedProtocol: return "handshake failed (protocol)";
+    case MonitorEventKind::kHandshakeFailedAuth: return "handshake failed (authentication)";
+    case MonitorEventKind::kOther: break;
+  }
+  return "other";
 }
 
 void Socket::SetLinger(int milliseconds) {

@@ -3,6 +3,12 @@
 // A thin door over cppzmq: nothing outside zmq_transport.cc sees zmq.hpp or a zmq exception.
 // Knows frames and endpoints; knows nothing about envelopes (wire/codec.h) or rounds.
 //
+// Security: a socket may use CURVE (SocketOptions::curve): Curve25519 key agreement, then every
+// message encrypted and authenticated (XSalsa20-Poly1305). A CURVE server names a ZAP domain; the
+// handler the Context serves for that domain (Context::ServeZap) admits or refuses each client
+// key during the handshake, and the User-Id it returns arrives with every message from that
+// connection (Message::UserId), so the receiver knows which key sent it.
+//
 // Threading: a Context is thread-safe. A Socket belongs to the thread that uses it; moving it to
 // another thread is allowed only while no other thread touches it (ZeroMQ's own rule).
 #pragma once
@@ -10,24 +16,63 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "common/crypto/curve_keys.h"
 #include "common/status.h"
 
 namespace fedlora::net {
 
+// One ZAP (ZeroMQ Authentication Protocol, RFC 27) request: a peer completing a handshake with a
+// socket of `domain`.
+struct ZapRequest {
+  std::string domain;
+  std::string address;    // The peer's IP address ("127.0.0.1"); empty for ipc.
+  std::string mechanism;  // "CURVE", "NULL", "PLAIN".
+  std::optional<crypto::CurvePublicKey> client_key;  // CURVE: the key the client proved it holds.
+};
+struct ZapVerdict {
+  bool allowed = false;
+  std::string user_id;  // Allowed: attached to every message of the connection (Message::UserId).
+  std::string reason;   // Refused: sent to the peer as the status text.
+};
+// Runs on the Context's ZAP thread: must be thread-safe and quick.
+using ZapHandler = std::function<ZapVerdict(const ZapRequest&)>;
+
+// While alive, `domain`'s handler answers ZAP requests. Move-only.
+class ZapRegistration {
+ public:
+  ZapRegistration() = default;
+  ~ZapRegistration();
+  ZapRegistration(ZapRegistration&& other) noexcept;
+  ZapRegistration& operator=(ZapRegistration&& other) noexcept;
+  ZapRegistration(const ZapRegistration&) = delete;
+  ZapRegistration& operator=(const ZapRegistration&) = delete;
+
+ private:
+  friend class Context;
+  std::function<void()> release_;
+};
+
 class Context {
  public:
   explicit Context(int io_threads = 1);
-  ~Context();
+  ~Context();  // Stops the ZAP thread first; every socket of the context must be closed by then.
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
 
   void* raw();  // Borrowed; for Socket only.
+
+  // Serves ZAP requests of `domain` with `handler` until the registration is destroyed; requests
+  // of a domain nobody serves are refused. The first call starts the context's ZAP thread (bound
+  // to inproc://zeromq.zap.01, once per context, for the context's lifetime). kAlreadyExists if
+  // the domain is served already.
+  Result<ZapRegistration> ServeZap(const std::string& domain, ZapHandler handler);
 
  private:
   friend class Socket;
@@ -37,6 +82,14 @@ class Context {
 
 enum class SocketKind { kRouter, kDealer, kPair };
 
+// CURVE for one socket. A server holds its key pair and a ZAP domain; a client additionally pins
+// the server's public key (the handshake fails unless the server proves it holds that key).
+struct CurveOptions {
+  std::shared_ptr<const crypto::CurveKeyPair> own;   // Required.
+  std::optional<crypto::CurvePublicKey> server_key;  // Set: a client. Unset: a server.
+  std::string zap_domain;                            // Server only; required.
+};
+
 struct SocketOptions {
   // Inbound frames larger than this make ZeroMQ drop the connection (ZMQ_MAXMSGSIZE); -1 = none.
   std::int64_t max_frame_bytes = -1;
@@ -44,6 +97,7 @@ struct SocketOptions {
   std::string routing_id;
   int send_hwm = 1000;     // Messages queued per peer before sends fail with kUnavailable.
   int receive_hwm = 1000;
+  std::optional<CurveOptions> curve;  // Unset: plaintext (ZeroMQ's NULL mechanism).
 };
 
 // One received multipart message. Move-only; owns its frames.
@@ -61,6 +115,9 @@ class Message {
   std::size_t total_bytes() const;
   // Views of frames [first, size()).
   std::vector<std::span<const std::byte>> frames(std::size_t first = 0) const;
+  // The ZAP User-Id of the connection the message came from (a CURVE server's peers); empty
+  // when there is none.
+  std::string UserId() const;
 
  private:
   friend class Socket;
@@ -98,6 +155,11 @@ class Socket {
   // closing when the last messages (a Bye) must reach their peers.
   void SetLinger(int milliseconds);
 
+  // A PAIR socket that receives this socket's connection events (ZeroMQ's socket monitor; read
+  // them with ParseMonitorEvent). Attach before Connect to see the first handshake. The events
+  // stop when this socket closes.
+  Result<Socket> Monitor(Context& context);
+
   bool valid() const;
   void* raw() const;  // Borrowed; for Poll only.
 
@@ -105,6 +167,29 @@ class Socket {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// One event of a socket monitor.
+enum class MonitorEventKind {
+  kConnected,
+  kDisconnected,
+  kHandshakeSucceeded,
+  kHandshakeFailedNoDetail,  // The peer closed the connection during the handshake.
+  kHandshakeFailedProtocol,  // value: a ZMTP protocol error (see HandshakeErrorName).
+  kHandshakeFailedAuth,      // value: the ZAP status code of the refusal (400).
+  kOther,
+};
+struct MonitorEvent {
+  MonitorEventKind kind = MonitorEventKind::kOther;
+  std::uint32_t value = 0;
+  std::string endpoint;
+  // kHandshakeFailedProtocol: the peer speaks another security mechanism (NULL vs CURVE).
+  bool mechanism_mismatch() const;
+  // kHandshakeFailedProtocol: a cryptographic check failed (e.g. a wrong server key).
+  bool cryptographic() const;
+};
+// nullopt for a message that is not a monitor event.
+std::optional<MonitorEvent> ParseMonitorEvent(const Message& message);
+std::string_view MonitorEventName(MonitorEventKind kind);
 
 // A self-pipe another thread, or a signal handler, can use to wake a Poll. Notify() is
 // async-signal-safe. Owned fds are closed on destruction.

@@ -4,6 +4,7 @@
 #include <capnp/schema.h>
 #include <capnp/serialize.h>
 
+#include <algorithm>
 #include <cstring>
 #include <set>
 #include <string>
@@ -47,7 +48,8 @@ std::optional<DType> FromProto(proto::DType d) {
 
 // Appends one TensorRef per tensor; frame indices continue from `*next_frame`.
 void EncodeTensors(const TensorMap& tensors, capnp::List<proto::TensorRef>::Builder refs,
-                   std::uint32_t* next_frame, std::vector<std::span<const std::byte>>* frames) {
+                   std::uint32_t* next_frame, std::vector<std::span<const std::byte>>* frames,
+                   bool digests) {
   std::uint32_t i = 0;
   for (const auto& [name, t] : tensors) {
     FEDLORA_CHECK_MSG(Validate(t, name).ok(), Validate(t, name).ToString());
@@ -58,8 +60,10 @@ void EncodeTensors(const TensorMap& tensors, capnp::List<proto::TensorRef>::Buil
     for (unsigned d = 0; d < t.shape.size(); ++d) shape.set(d, t.shape[d]);
     ref.setFrame((*next_frame)++);
     ref.setByteLength(t.data.size());
-    const crypto::Digest digest = crypto::Sha256(std::span<const std::byte>(t.data));
-    ref.setSha256(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(digest.data()), digest.size()));
+    if (digests) {
+      const crypto::Digest digest = crypto::Sha256(std::span<const std::byte>(t.data));
+      ref.setSha256(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(digest.data()), digest.size()));
+    }
     frames->push_back(std::span<const std::byte>(t.data));
   }
 }
@@ -121,6 +125,11 @@ void EncodePlan(const AdapterPlan& p, proto::AdapterPlan::Builder b) {
   b.setInitLearningRate(p.init_learning_rate);
 }
 
+void EncodeTicket(const TaskTicket& t, proto::TaskTicket::Builder b) {
+  b.setAttempt(t.attempt);
+  b.setNonce(capnp::Data::Reader(t.nonce.data(), t.nonce.size()));
+}
+
 void EncodeBase(const BaseUpdate& u, proto::BaseUpdate::Builder b) {
   b.setRebase(u.rebase);
   b.setFromVersion(u.from_version);
@@ -138,6 +147,7 @@ void EncodeBase(const BaseUpdate& u, proto::BaseUpdate::Builder b) {
 struct BodyEncoder {
   proto::Envelope::Builder env;
   std::vector<std::span<const std::byte>>* frames;
+  bool digests = true;
   std::uint32_t next_frame = 1;
 
   void operator()(const Hello& m) {
@@ -177,8 +187,9 @@ struct BodyEncoder {
     EncodeTrain(m.train, b.initTrain());
     EncodePlan(m.plan, b.initPlan());
     EncodeBase(m.base, b.initBase());
+    EncodeTicket(m.ticket, b.initTicket());
     EncodeTensors(m.tensors, b.initTensors(static_cast<unsigned>(m.tensors.size())), &next_frame,
-                  frames);
+                  frames, digests);
   }
   void operator()(const Update& m) {
     auto b = env.initUpdate();
@@ -186,9 +197,10 @@ struct BodyEncoder {
     b.setNumSamples(m.num_samples);
     b.setNumExamples(m.num_examples);
     b.setBaseVersion(m.base_version);
+    EncodeTicket(m.ticket, b.initTicket());
     EncodeMetrics(m.metrics, b.initMetrics(static_cast<unsigned>(m.metrics.size())));
     EncodeTensors(m.tensors, b.initTensors(static_cast<unsigned>(m.tensors.size())), &next_frame,
-                  frames);
+                  frames, digests);
   }
   void operator()(const Ack& m) {
     auto b = env.initAck();
@@ -205,8 +217,9 @@ struct BodyEncoder {
     EncodeTrain(m.train, b.initTrain());
     EncodePlan(m.plan, b.initPlan());
     EncodeBase(m.base, b.initBase());
+    EncodeTicket(m.ticket, b.initTicket());
     EncodeTensors(m.tensors, b.initTensors(static_cast<unsigned>(m.tensors.size())), &next_frame,
-                  frames);
+                  frames, digests);
   }
   void operator()(const EvalResult& m) {
     auto b = env.initEvalResult();
@@ -215,6 +228,7 @@ struct BodyEncoder {
     b.setNumTokens(m.num_tokens);
     b.setNumExamples(m.num_examples);
     b.setBaseVersion(m.base_version);
+    EncodeTicket(m.ticket, b.initTicket());
     EncodeMetrics(m.metrics, b.initMetrics(static_cast<unsigned>(m.metrics.size())));
   }
   void operator()(const Error& m) {
@@ -239,7 +253,8 @@ std::vector<std::byte> Flatten(capnp::MessageBuilder& builder) {
 // Decodes tensor refs against the frames; `claimed` collects frame indices already used.
 Status DecodeTensors(capnp::List<proto::TensorRef>::Reader refs,
                      std::span<const std::span<const std::byte>> frames,
-                     std::set<std::uint32_t>* claimed, TensorMap* out) {
+                     std::set<std::uint32_t>* claimed, TensorMap* out,
+                     const DecodeLimits& limits) {
   for (proto::TensorRef::Reader ref : refs) {
     std::string name = Str(ref.getName());
     if (name.empty()) {
@@ -284,9 +299,11 @@ Status DecodeTensors(capnp::List<proto::TensorRef>::Reader refs,
                                 " ", ShapeString(shape), " needs ", expected));
     }
     capnp::Data::Reader digest = ref.getSha256();
-    const crypto::Digest actual = crypto::Sha256(frame);
-    if (digest.size() != actual.size() ||
-        std::memcmp(digest.begin(), actual.data(), actual.size()) != 0) {
+    if (digest.size() == 0 && !limits.require_digests) {
+      // The transport authenticated every byte (CURVE's Poly1305): a digest would add nothing.
+    } else if (const crypto::Digest actual = crypto::Sha256(frame);
+               digest.size() != actual.size() ||
+               std::memcmp(digest.begin(), actual.data(), actual.size()) != 0) {
       return DecodeError(ErrorCode::kDigestMismatch, StatusCode::kDataLoss,
                          StrCat("tensor '", name, "': SHA-256 of frame ", index,
                                 " does not match its ref (corrupted in transit?)"));
@@ -365,6 +382,20 @@ Result<AdapterPlan> DecodePlan(proto::AdapterPlan::Reader r) {
 }
 
 // Every tensor a correction names must travel in the same message.
+// An absent ticket (an empty nonce) decodes as all zeros, which the coordinator never issues.
+Result<TaskTicket> DecodeTicket(proto::TaskTicket::Reader r) {
+  TaskTicket t;
+  t.attempt = r.getAttempt();
+  const capnp::Data::Reader nonce = r.getNonce();
+  if (nonce.size() != 0 && nonce.size() != t.nonce.size()) {
+    return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
+                       StrCat("ticket nonce has ", nonce.size(), " bytes (expected ",
+                              t.nonce.size(), ")"));
+  }
+  std::copy(nonce.begin(), nonce.end(), t.nonce.begin());
+  return t;
+}
+
 Result<BaseUpdate> DecodeBase(proto::BaseUpdate::Reader r, const TensorMap& tensors) {
   BaseUpdate u;
   u.rebase = r.getRebase();
@@ -394,7 +425,7 @@ Result<BaseUpdate> DecodeBase(proto::BaseUpdate::Reader r, const TensorMap& tens
 
 Result<Body> DecodeBody(proto::Envelope::Reader env,
                         std::span<const std::span<const std::byte>> frames,
-                        std::set<std::uint32_t>* claimed) {
+                        std::set<std::uint32_t>* claimed, const DecodeLimits& limits) {
   switch (env.which()) {
     case proto::Envelope::HELLO: {
       auto r = env.getHello();
@@ -430,8 +461,9 @@ Result<Body> DecodeBody(proto::Envelope::Reader env,
       m.lora = DecodeLora(r.getLora());
       FEDLORA_ASSIGN_OR_RETURN(m.train, DecodeTrain(r.getTrain()));
       FEDLORA_ASSIGN_OR_RETURN(m.plan, DecodePlan(r.getPlan()));
-      FEDLORA_RETURN_IF_ERROR(DecodeTensors(r.getTensors(), frames, claimed, &m.tensors));
+      FEDLORA_RETURN_IF_ERROR(DecodeTensors(r.getTensors(), frames, claimed, &m.tensors, limits));
       FEDLORA_ASSIGN_OR_RETURN(m.base, DecodeBase(r.getBase(), m.tensors));
+      FEDLORA_ASSIGN_OR_RETURN(m.ticket, DecodeTicket(r.getTicket()));
       return Body(std::move(m));
     }
     case proto::Envelope::UPDATE: {
@@ -442,7 +474,8 @@ Result<Body> DecodeBody(proto::Envelope::Reader env,
       m.num_examples = r.getNumExamples();
       m.metrics = DecodeMetrics(r.getMetrics());
       m.base_version = r.getBaseVersion();
-      FEDLORA_RETURN_IF_ERROR(DecodeTensors(r.getTensors(), frames, claimed, &m.tensors));
+      FEDLORA_ASSIGN_OR_RETURN(m.ticket, DecodeTicket(r.getTicket()));
+      FEDLORA_RETURN_IF_ERROR(DecodeTensors(r.getTensors(), frames, claimed, &m.tensors, limits));
       return Body(std::move(m));
     }
     case proto::Envelope::ACK: {
@@ -459,8 +492,9 @@ Result<Body> DecodeBody(proto::Envelope::Reader env,
       m.lora = DecodeLora(r.getLora());
       FEDLORA_ASSIGN_OR_RETURN(m.train, DecodeTrain(r.getTrain()));
       FEDLORA_ASSIGN_OR_RETURN(m.plan, DecodePlan(r.getPlan()));
-      FEDLORA_RETURN_IF_ERROR(DecodeTensors(r.getTensors(), frames, claimed, &m.tensors));
+      FEDLORA_RETURN_IF_ERROR(DecodeTensors(r.getTensors(), frames, claimed, &m.tensors, limits));
       FEDLORA_ASSIGN_OR_RETURN(m.base, DecodeBase(r.getBase(), m.tensors));
+      FEDLORA_ASSIGN_OR_RETURN(m.ticket, DecodeTicket(r.getTicket()));
       return Body(std::move(m));
     }
     case proto::Envelope::EVAL_RESULT: {
@@ -472,6 +506,7 @@ Result<Body> DecodeBody(proto::Envelope::Reader env,
       m.num_examples = r.getNumExamples();
       m.metrics = DecodeMetrics(r.getMetrics());
       m.base_version = r.getBaseVersion();
+      FEDLORA_ASSIGN_OR_RETURN(m.ticket, DecodeTicket(r.getTicket()));
       return Body(std::move(m));
     }
     case proto::Envelope::ERROR: {
@@ -526,14 +561,14 @@ std::vector<std::span<const std::byte>> EncodedMessage::frames() const {
   return out;
 }
 
-EncodedMessage Encode(const Envelope& envelope) {
+EncodedMessage Encode(const Envelope& envelope, const EncodeOptions& options) {
   EncodedMessage out;
   capnp::MallocMessageBuilder builder;
   proto::Envelope::Builder env = builder.initRoot<proto::Envelope>();
   env.setProtocolVersion(envelope.protocol_version);
   env.setSessionId(envelope.session_id);
   env.setSequence(envelope.sequence);
-  std::visit(BodyEncoder{env, &out.tensor_frames}, envelope.body);
+  std::visit(BodyEncoder{env, &out.tensor_frames, options.tensor_digests}, envelope.body);
   out.envelope = Flatten(builder);
   return out;
 }
@@ -574,7 +609,7 @@ Result<Envelope> Decode(std::span<const std::span<const std::byte>> frames,
                                 kProtocolVersion));
     }
     std::set<std::uint32_t> claimed;
-    FEDLORA_ASSIGN_OR_RETURN(out.body, DecodeBody(env, frames, &claimed));
+    FEDLORA_ASSIGN_OR_RETURN(out.body, DecodeBody(env, frames, &claimed, limits));
     if (claimed.size() != frames.size() - 1) {
       return DecodeError(ErrorCode::kFrameCountMismatch, StatusCode::kDataLoss,
                          StrCat(BodyName(out.body), " message has ", frames.size() - 1,

@@ -23,6 +23,15 @@ struct DecodeLimits {
   // Upper bound on all frames together; also bounds Cap'n Proto's traversal of frame 0.
   std::size_t max_message_bytes = std::size_t{256} << 20;
   std::size_t max_frames = 4096;  // Envelope plus tensor frames.
+  // Every TensorRef must carry its frame's SHA-256. False only for messages from an
+  // authenticated transport (CURVE, whose Poly1305 MAC already covers every byte of every
+  // frame): refs may then leave sha256 empty. A digest that is present is always checked.
+  bool require_digests = true;
+};
+
+struct EncodeOptions {
+  // SHA-256 of every tensor frame in its ref. Senders on a CURVE connection leave it out.
+  bool tensor_digests = true;
 };
 
 // An encoded message. `tensor_frames` borrow the bytes of the Envelope given to Encode(), which
@@ -38,7 +47,7 @@ struct EncodedMessage {
 
 // Serialises `envelope`. Tensors are emitted in TensorMap (name) order, frames 1..n. Tensors must
 // be valid (see Validate in tensor.h); that is a precondition, checked.
-EncodedMessage Encode(const Envelope& envelope);
+EncodedMessage Encode(const Envelope& envelope, const EncodeOptions& options = {});
 
 // Parses and validates one received message. On failure the Status code says what to do
 // (kDataLoss: corrupted bytes; kInvalidArgument: well-formed but unacceptable;

@@ -1,6 +1,16 @@
 #include "common/wire/messages.h"
 
+#include <algorithm>
+
 namespace fedlora::wire {
+
+bool ValidClientName(std::string_view name) {
+  if (name.empty() || name.size() > 64 || name[0] == '.') return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '-' || c == '_' || c == '.';
+  });
+}
 
 std::string_view ErrorCodeName(ErrorCode code) {
   switch (code) {
@@ -27,6 +37,8 @@ std::string_view ErrorCodeName(ErrorCode code) {
     case ErrorCode::kInternal: return "INTERNAL";
     case ErrorCode::kBaseVersionMismatch: return "BASE_VERSION_MISMATCH";
     case ErrorCode::kTaskDeclined: return "TASK_DECLINED";
+    case ErrorCode::kNotAuthorized: return "NOT_AUTHORIZED";
+    case ErrorCode::kTaskMismatch: return "TASK_MISMATCH";
   }
   return "UNKNOWN";
 }

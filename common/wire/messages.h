@@ -7,6 +7,7 @@
 // Tensors travel as ZeroMQ frames after the envelope (see codec.h); here they are TensorMaps.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -19,8 +20,8 @@
 namespace fedlora::wire {
 
 // Bumped on any incompatible change to proto/fedlora.capnp. Peers with another version are
-// answered with kVersionMismatch and not served.
-inline constexpr std::uint16_t kProtocolVersion = 1;
+// answered with kVersionMismatch and not served. Version 2: results carry their task's ticket.
+inline constexpr std::uint16_t kProtocolVersion = 2;
 
 // Protocol error codes, mirrored one-to-one by proto/fedlora.capnp's ErrorCode enum. Each
 // malformed-input case has its own code so a peer (and a test) can tell exactly what was wrong.
@@ -48,9 +49,23 @@ enum class ErrorCode : std::uint16_t {
   kInternal = 20,              // The peer hit a bug; nothing the sender can fix.
   kBaseVersionMismatch = 21,   // A BaseUpdate starts at a version the client is not at.
   kTaskDeclined = 22,          // The client will not do the task (offline, or too slow for the deadline).
+  kNotAuthorized = 23,         // The CURVE key is not enrolled for this client name, or was revoked.
+  kTaskMismatch = 24,          // A result's round, attempt or task nonce is not its task's.
 };
-inline constexpr ErrorCode kLastErrorCode = ErrorCode::kTaskDeclined;
+inline constexpr ErrorCode kLastErrorCode = ErrorCode::kTaskMismatch;
 std::string_view ErrorCodeName(ErrorCode code);  // "DIGEST_MISMATCH"
+
+// Client names travel in Hello, become file names in the state directory and keys of the
+// authorized-clients file: 1-64 characters of [A-Za-z0-9._-], not starting with '.'.
+bool ValidClientName(std::string_view name);
+
+// Binds a result (Update, EvalResult) to the task it answers: the coordinator issues a fresh
+// random nonce with every task, and refuses a result whose ticket is not its task's.
+struct TaskTicket {
+  std::uint32_t attempt = 0;            // The round's selection attempt; 0 for evaluations.
+  std::array<std::uint8_t, 16> nonce{};  // All zero: none (never issued).
+  friend bool operator==(const TaskTicket&, const TaskTicket&) = default;
+};
 
 // The linear modules a client's model offers for LoRA, named as in Hugging Face
 // ("model.layers.3.self_attn.q_proj"), with the nn.Linear shape of their weight.
@@ -205,6 +220,7 @@ struct RoundTask {
   AdapterPlan plan;
   BaseUpdate base;                // Corrections to apply to the frozen base first.
   TensorMap tensors;              // Adapter tensors to start from, and correction tensors.
+  TaskTicket ticket;              // To be echoed in the Update.
   friend bool operator==(const RoundTask&, const RoundTask&) = default;
 };
 
@@ -215,6 +231,7 @@ struct Update {
   Metrics metrics;                 // At least "train_loss".
   std::uint64_t base_version = 0;  // Base-correction version the client trained on.
   TensorMap tensors;               // The trained adapter factors.
+  TaskTicket ticket;               // The RoundTask's (set by the client session).
   friend bool operator==(const Update&, const Update&) = default;
 };
 
@@ -237,6 +254,7 @@ struct EvalTask {
   AdapterPlan plan;
   BaseUpdate base;                // Corrections to apply to the frozen base first.
   TensorMap tensors;              // The adapter to evaluate, and correction tensors.
+  TaskTicket ticket;              // To be echoed in the EvalResult.
   friend bool operator==(const EvalTask&, const EvalTask&) = default;
 };
 
@@ -247,6 +265,7 @@ struct EvalResult {
   std::uint64_t num_examples = 0;  // Held-out windows evaluated.
   Metrics metrics;
   std::uint64_t base_version = 0;  // Base-correction version the client evaluated on.
+  TaskTicket ticket;               // The EvalTask's (set by the client session).
   friend bool operator==(const EvalResult&, const EvalResult&) = default;
 };
 

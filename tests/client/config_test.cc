@@ -37,5 +37,33 @@ TEST(ClientConfigTest, InvalidValuesNameTheirKey) {
   EXPECT_NE(message({"data.heldout_fraction=1.5"}).find("heldout_fraction"), std::string::npos);
 }
 
+TEST(ClientConfigTest, SecuritySectionResolvesPathsAndTheNamePlaceholder) {
+  const Result<ClientConfig> c =
+      LoadClientConfig(FEDLORA_SOURCE_DIR "/configs/client.yaml", {"name=alice"});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->security.mode, "auto");
+  EXPECT_EQ(c->security.secret_key_file,
+            std::string(FEDLORA_SOURCE_DIR) + "/keys/alice.key_secret");
+  EXPECT_EQ(c->security.coordinator_public_key_file,
+            std::string(FEDLORA_SOURCE_DIR) + "/keys/coordinator.key");
+}
+
+TEST(ClientConfigTest, SecurityMistakesNameTheirKey) {
+  const auto message = [](std::vector<std::string> overrides) {
+    const Result<ClientConfig> c =
+        LoadClientConfig(FEDLORA_SOURCE_DIR "/configs/client.yaml", overrides);
+    EXPECT_FALSE(c.ok());
+    return c.ok() ? std::string() : c.status().message();
+  };
+  EXPECT_NE(message({"security.mode=tls"}).find("security.mode"), std::string::npos);
+  EXPECT_NE(message({"security.coordinator_public_key=abc"})
+                .find("security.coordinator_public_key"),
+            std::string::npos);
+  // Both ways of pinning at once.
+  EXPECT_NE(message({"security.coordinator_public_key=\"rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7\""})
+                .find("both set"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace fedlora::client

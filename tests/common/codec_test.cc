@@ -54,20 +54,25 @@ TEST(CodecTest, EveryMessageKindRoundTrips) {
   task.train.learning_rate = 2e-3;
   task.train.upload_dtype = DType::kBF16;
   task.tensors["x.lora_A.weight"] = Matrix(4, 3, 1.0f);
+  task.ticket = TaskTicket{2, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}};
+  Update update = std::get<Update>(SampleUpdate().body);
+  update.ticket = task.ticket;
   EvalTask eval;
   eval.round = 3;
+  eval.ticket.nonce[15] = 0xAB;
   eval.max_batches = 5;
   eval.tensors["x.lora_B.weight"] = FromDoubles(DType::kF16, {2, 2}, std::vector<double>{1, 2, 3, 4});
   const std::vector<Body> bodies = {
       hello,
       Welcome{"alice", 250, 4, 12, "fedavg"},
       task,
-      SampleUpdate().body,
+      update,
       Ack{3, 17},
       Heartbeat{},
       eval,
-      EvalResult{3, 2.5, 1000, 12, {{"perplexity", 12.18}}},
+      EvalResult{3, 2.5, 1000, 12, {{"perplexity", 12.18}}, 0, eval.ticket},
       Error{ErrorCode::kDigestMismatch, "bad bytes", 9},
+      Error{ErrorCode::kTaskMismatch, "replayed", 10},
       Bye{"done"}};
   for (const Body& body : bodies) {
     const Envelope in{kProtocolVersion, 1234567890123ull, 42, body};
@@ -101,6 +106,22 @@ TEST(CodecTest, RejectsGarbageAsMalformed) {
   Frames frames(Encode(Envelope{kProtocolVersion, 1, 1, Heartbeat{}}));
   for (auto& b : frames.data[0]) b = std::byte{0xFF};
   EXPECT_EQ(CodeOf(frames), ErrorCode::kMalformedEnvelope);
+}
+
+TEST(CodecTest, DigestsMayBeLeftOutOnlyOverAnAuthenticatedTransport) {
+  const Envelope in = SampleUpdate();
+  const EncodedMessage bare = Encode(in, {.tensor_digests = false});
+  EXPECT_LT(bare.envelope.size(), Encode(in).envelope.size());
+  EXPECT_EQ(CodeOf(Frames(bare)), ErrorCode::kDigestMismatch);  // Plaintext: required.
+  DecodeLimits curve;
+  curve.require_digests = false;
+  Result<Envelope> out = Decode(bare.frames(), curve);
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(*out, in);
+  // A digest that is present is checked whatever the transport.
+  Frames corrupted(Encode(in));
+  corrupted.data[1][0] ^= std::byte{1};
+  EXPECT_EQ(CodeOf(corrupted, curve), ErrorCode::kDigestMismatch);
 }
 
 TEST(CodecTest, RejectsMissingAndExtraTensorFrames) {

@@ -2,8 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstring>
 #include <thread>
+
+#include "common/net/zmtp_probe.h"
 
 namespace fedlora::net {
 namespace {
@@ -99,6 +102,147 @@ TEST(ZmqTransportTest, WakePipeInterruptsPollFromAnotherThread) {
   wake.Drain();
   ASSERT_TRUE(Poll(items, milliseconds(0)).ok());
   EXPECT_FALSE(items[1].readable);
+}
+
+
+// ---- CURVE and ZAP ---------------------------------------------------------------------------
+
+namespace curve {
+
+std::shared_ptr<const crypto::CurveKeyPair> NewKeys() {
+  return std::make_shared<const crypto::CurveKeyPair>(crypto::GenerateCurveKeyPair());
+}
+
+// Waits (bounded) for a monitor event of `kind`; nullopt if the bound passes first.
+std::optional<MonitorEvent> WaitForEvent(Socket& monitor, MonitorEventKind kind) {
+  for (int i = 0; i < 100; ++i) {
+    Result<std::optional<Message>> m = monitor.Receive(milliseconds(100));
+    if (!m.ok() || !m->has_value()) continue;
+    std::optional<MonitorEvent> e = ParseMonitorEvent(**m);
+    if (e && e->kind == kind) return e;
+  }
+  return std::nullopt;
+}
+
+struct CurveServer {
+  Socket router;
+  std::string endpoint;
+};
+
+CurveServer OpenServer(Context& ctx, std::shared_ptr<const crypto::CurveKeyPair> keys,
+                       const std::string& domain) {
+  SocketOptions options;
+  options.curve = CurveOptions{std::move(keys), std::nullopt, domain};
+  CurveServer s{Socket::Open(ctx, SocketKind::kRouter, options).value(), ""};
+  EXPECT_TRUE(s.router.Bind("tcp://127.0.0.1:*").ok());
+  s.endpoint = s.router.LastEndpoint().value();
+  return s;
+}
+
+Socket OpenClient(Context& ctx, std::shared_ptr<const crypto::CurveKeyPair> keys,
+                  const crypto::CurvePublicKey& server) {
+  SocketOptions options;
+  options.curve = CurveOptions{std::move(keys), server, ""};
+  return Socket::Open(ctx, SocketKind::kDealer, options).value();
+}
+
+}  // namespace curve
+
+TEST(ZmqTransportTest, CurveServerAdmitsKeysItsZapHandlerAllowsAndStampsTheirMessages) {
+  Context ctx;
+  const auto server_keys = curve::NewKeys(), alice = curve::NewKeys();
+  std::atomic<int> asked{0};
+  Result<ZapRegistration> zap = ctx.ServeZap("test", [&](const ZapRequest& r) {
+    ++asked;
+    EXPECT_EQ(r.mechanism, "CURVE");
+    ZapVerdict v;
+    v.allowed = r.client_key && *r.client_key == alice->public_key;
+    v.user_id = "alice-id";
+    return v;
+  });
+  ASSERT_TRUE(zap.ok()) << zap.status().ToString();
+  curve::CurveServer server = curve::OpenServer(ctx, server_keys, "test");
+  Socket client = curve::OpenClient(ctx, alice, server_keys->public_key);
+  ASSERT_TRUE(client.Connect(server.endpoint).ok());
+  const std::vector<std::span<const std::byte>> frames = {Bytes("secret tensor")};
+  ASSERT_TRUE(client.Send(frames).ok());
+  Message in = ReceiveOne(server.router);
+  EXPECT_EQ(Str(in.frame(1)), "secret tensor");
+  EXPECT_EQ(in.UserId(), "alice-id");
+  EXPECT_GE(asked.load(), 1);
+}
+
+TEST(ZmqTransportTest, KeyTheZapHandlerRefusesFailsTheHandshakeWithAnAuthenticationEvent) {
+  Context ctx;
+  const auto server_keys = curve::NewKeys(), mallory = curve::NewKeys();
+  Result<ZapRegistration> zap =
+      ctx.ServeZap("test", [](const ZapRequest&) { return ZapVerdict{false, "", "no"}; });
+  ASSERT_TRUE(zap.ok());
+  curve::CurveServer server = curve::OpenServer(ctx, server_keys, "test");
+  Socket client = curve::OpenClient(ctx, mallory, server_keys->public_key);
+  Socket monitor = client.Monitor(ctx).value();
+  ASSERT_TRUE(client.Connect(server.endpoint).ok());
+  const std::optional<MonitorEvent> e =
+      curve::WaitForEvent(monitor, MonitorEventKind::kHandshakeFailedAuth);
+  ASSERT_TRUE(e.has_value());
+  EXPECT_EQ(e->value, 400u);
+  // Nothing the refused client sent reached the server.
+  const std::vector<std::span<const std::byte>> frames = {Bytes("x")};
+  (void)client.Send(frames);
+  Result<std::optional<Message>> m = server.router.Receive(milliseconds(200));
+  ASSERT_TRUE(m.ok());
+  EXPECT_FALSE(m->has_value());
+}
+
+TEST(ZmqTransportTest, DomainWhoseRegistrationIsGoneRefusesEveryone) {
+  Context ctx;
+  const auto server_keys = curve::NewKeys(), alice = curve::NewKeys();
+  {
+    Result<ZapRegistration> zap =
+        ctx.ServeZap("test", [](const ZapRequest&) { return ZapVerdict{true, "x", ""}; });
+    ASSERT_TRUE(zap.ok());
+    // A second handler for the same domain is refused while the first serves.
+    EXPECT_EQ(ctx.ServeZap("test", [](const ZapRequest&) { return ZapVerdict{}; }).status().code(),
+              StatusCode::kAlreadyExists);
+  }
+  curve::CurveServer server = curve::OpenServer(ctx, server_keys, "test");
+  Socket client = curve::OpenClient(ctx, alice, server_keys->public_key);
+  Socket monitor = client.Monitor(ctx).value();
+  ASSERT_TRUE(client.Connect(server.endpoint).ok());
+  EXPECT_TRUE(curve::WaitForEvent(monitor, MonitorEventKind::kHandshakeFailedAuth).has_value());
+}
+
+TEST(ZmqTransportTest, WrongPinnedServerKeyNeverCompletesAHandshake) {
+  Context ctx;
+  const auto server_keys = curve::NewKeys(), alice = curve::NewKeys();
+  Result<ZapRegistration> zap =
+      ctx.ServeZap("test", [](const ZapRequest&) { return ZapVerdict{true, "x", ""}; });
+  curve::CurveServer server = curve::OpenServer(ctx, server_keys, "test");
+  Socket client = curve::OpenClient(ctx, alice, curve::NewKeys()->public_key);
+  Socket monitor = client.Monitor(ctx).value();
+  ASSERT_TRUE(client.Connect(server.endpoint).ok());
+  EXPECT_TRUE(
+      curve::WaitForEvent(monitor, MonitorEventKind::kHandshakeFailedNoDetail).has_value());
+}
+
+TEST(ZmqTransportTest, ProbeReadsTheMechanismFromTheServersGreeting) {
+  Context ctx;
+  const auto server_keys = curve::NewKeys();
+  Result<ZapRegistration> zap =
+      ctx.ServeZap("test", [](const ZapRequest&) { return ZapVerdict{}; });
+  curve::CurveServer server = curve::OpenServer(ctx, server_keys, "test");
+  Result<std::string> curve_mechanism =
+      ProbeZmtpMechanism(server.endpoint, milliseconds(5000));
+  ASSERT_TRUE(curve_mechanism.ok()) << curve_mechanism.status().ToString();
+  EXPECT_EQ(*curve_mechanism, "CURVE");
+
+  Socket plain = Socket::Open(ctx, SocketKind::kRouter).value();
+  ASSERT_TRUE(plain.Bind("tcp://127.0.0.1:*").ok());
+  Result<std::string> null_mechanism =
+      ProbeZmtpMechanism(plain.LastEndpoint().value(), milliseconds(5000));
+  ASSERT_TRUE(null_mechanism.ok()) << null_mechanism.status().ToString();
+  EXPECT_EQ(*null_mechanism, "NULL");
+  EXPECT_FALSE(ProbeZmtpMechanism("inproc://x", milliseconds(100)).ok());
 }
 
 }  // namespace

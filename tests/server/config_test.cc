@@ -23,6 +23,19 @@ TEST(CoordinatorConfigTest, ShippedExampleLoads) {
   EXPECT_EQ(c->strategy.name, "fedavg");
 }
 
+TEST(CoordinatorConfigTest, ShippedExampleUsesCurveWithKeysBesideTheRepository) {
+  const Result<CoordinatorConfig> c =
+      LoadCoordinatorConfig(FEDLORA_SOURCE_DIR "/configs/coordinator.yaml", {});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->security.mode, "auto");
+  EXPECT_EQ(c->security.secret_key_file,
+            std::string(FEDLORA_SOURCE_DIR) + "/keys/coordinator.key_secret");
+  EXPECT_FALSE(c->security.allow_insecure);
+  EXPECT_FALSE(Parse("security: {mode: tls}").ok());
+  EXPECT_NE(Parse("security: {mode: tls}").status().message().find("security.mode"),
+            std::string::npos);
+}
+
 TEST(CoordinatorConfigTest, DefaultsAreUsable) {
   const Result<CoordinatorConfig> c = Parse("");
   ASSERT_TRUE(c.ok()) << c.status().ToString();

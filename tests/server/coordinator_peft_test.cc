@@ -70,6 +70,7 @@ class CoordinatorPeftTest : public ::testing::Test {
   static wire::Update Nudged(const wire::RoundTask& task, double delta) {
     wire::Update u;
     u.round = task.round;
+    u.ticket = task.ticket;
     u.num_samples = u.num_examples = 10;
     for (const auto& [name, t] : task.tensors) {
       std::vector<double> v = ToDoubles(t);

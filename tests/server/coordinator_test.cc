@@ -9,6 +9,7 @@
 #include "common/fs.h"
 #include "server/checkpoint_store.h"
 #include "server/strategies/fedavg.h"
+#include "tests/server/coordinator_harness.h"
 #include "tests/server/test_peer.h"
 
 namespace fedlora::server {
@@ -18,93 +19,32 @@ using testing::MakeHello;
 using testing::TestPeer;
 using wire::ErrorCode;
 
-const std::string kDigest(64, 'd');
-const std::vector<wire::ModuleInfo> kModules = {{"model.layers.0.self_attn.q_proj", 6, 4},
-                                                {"model.layers.0.self_attn.v_proj", 3, 4}};
+using testing::kDigest;
+using testing::kModules;
 
-class CoordinatorTest : public ::testing::Test {
+class CoordinatorTest : public testing::CoordinatorHarness {
  protected:
   void SetUp() override {
-    const std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    dir_ = ::testing::TempDir() + "/fedlora_coord_" + name;
-    std::filesystem::remove_all(dir_);
-    config_.state_dir = dir_;
-    config_.rounds = 1;
-    config_.base_model_sha256 = kDigest;
-    bind_base_ = "inproc://coordinator-test-" + name;
-    config_.transport.heartbeat_interval_ms = 100;
-    config_.transport.heartbeat_liveness = 1000;
-    config_.transport.max_message_bytes = 64 << 10;
-    config_.round.min_clients = 2;
-    config_.round.quorum = 1;
-    config_.round.timeout_ms = 60000;
-    config_.eval.enabled = false;
-    config_.lora = {.rank = 2, .alpha = 4, .targets = {"q_proj", "v_proj"}};
-  }
-  void TearDown() override {
-    StopCoordinator();
-    std::filesystem::remove_all(dir_);
+    SetUpHarness("coord");
+    bind_base_ = "inproc://coordinator-test-" +
+                 std::string(::testing::UnitTest::GetInstance()->current_test_info()->name());
   }
 
   void StartCoordinator(const Clock& clock) {
     // ZeroMQ releases an inproc name asynchronously after its socket closes, so a restarted
     // coordinator in the same context binds a fresh name; its peers connect to endpoint().
     config_.transport.bind = bind_base_ + "-" + std::to_string(++starts_);
-    coordinator_ = std::make_unique<Coordinator>(
-        config_,
-        std::make_unique<FedAvg>(FedAvgConfig{.lora = config_.lora, .train = config_.train,
-                                              .seed = config_.seed}),
-        context_, clock);
-    const Status started = coordinator_->Start();
+    const Status started = LaunchCoordinator(clock);
     ASSERT_TRUE(started.ok()) << started.ToString();
-    thread_ = std::thread([this] { result_ = coordinator_->Run(); });
-  }
-  // Waits for Run() to return and gives its status.
-  Status FinishCoordinator() {
-    if (thread_.joinable()) thread_.join();
-    return result_;
-  }
-  void StopCoordinator() {
-    if (coordinator_) coordinator_->Stop();
-    if (thread_.joinable()) thread_.join();
-    coordinator_.reset();
-  }
-  std::vector<std::string> MetricsLines() const {
-    std::vector<std::string> lines;
-    const std::string text = fs::ReadFile(dir_ + "/metrics.jsonl").value();
-    std::size_t start = 0;
-    while (start < text.size()) {
-      const std::size_t end = text.find('\n', start);
-      lines.push_back(text.substr(start, end - start));
-      start = end + 1;
-    }
-    return lines;
   }
 
   // A well-formed upload for `task`: its own tensors, nudged.
   static wire::Update UpdateFor(const wire::RoundTask& task, float delta = 0.5f) {
-    wire::Update u;
-    u.round = task.round;
-    u.num_samples = 16;
-    u.num_examples = 100;
-    u.metrics = {{"train_loss", 2.0}};
-    for (const auto& [name, t] : task.tensors) {
-      std::vector<double> v = ToDoubles(t);
-      for (double& x : v) x += delta;
-      u.tensors[name] = FromDoubles(DType::kF32, t.shape, v);
-    }
-    return u;
+    return Answer(task, delta, /*constant=*/false);
   }
 
-  std::string dir_;
   std::string bind_base_;
   int starts_ = 0;
-  CoordinatorConfig config_;
-  net::Context context_;
-  SystemClock system_clock_;
-  std::unique_ptr<Coordinator> coordinator_;
-  std::thread thread_;
-  Status result_;
 };
 
 TEST_F(CoordinatorTest, MalformedInputsGetTheirOwnErrorCodesWhileOthersAreServed) {
@@ -385,6 +325,7 @@ TEST_F(CoordinatorTest, StateOfAnotherStrategyOrLoraShapeIsRefusedAtStart) {
     cp.lora = {.rank = 16, .alpha = 4, .targets = {"q_proj", "v_proj"}};
     ASSERT_TRUE(store.Commit(cp).ok());
   }
+  config_.transport.bind = bind_base_;
   Coordinator coordinator(config_, std::make_unique<FedAvg>(FedAvgConfig{.lora = config_.lora}),
                           context_, system_clock_);
   const Status s = coordinator.Start();

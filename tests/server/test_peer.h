@@ -26,9 +26,23 @@ inline wire::Hello MakeHello(std::string name, std::string digest,
 
 class TestPeer {
  public:
-  TestPeer(net::Context& context, const std::string& endpoint) {
-    socket_ = std::move(net::Socket::Open(context, net::SocketKind::kDealer).value());
+  // `options` may carry CURVE keys (a client pinning the coordinator's key).
+  TestPeer(net::Context& context, const std::string& endpoint, net::SocketOptions options = {}) {
+    socket_ = std::move(net::Socket::Open(context, net::SocketKind::kDealer, options).value());
+    if (options.curve) monitor_ = socket_.Monitor(context).value();
+    limits_.require_digests = !options.curve;  // A CURVE coordinator leaves them out.
     EXPECT_TRUE(socket_.Connect(endpoint).ok());
+  }
+
+  // CURVE peers: waits (bounded) for a monitor event of `kind`; false if it never came.
+  bool WaitForEvent(net::MonitorEventKind kind) {
+    for (int i = 0; i < 300 && monitor_.valid(); ++i) {
+      Result<std::optional<net::Message>> m = monitor_.Receive(std::chrono::milliseconds(100));
+      if (!m.ok() || !m->has_value()) continue;
+      const std::optional<net::MonitorEvent> e = net::ParseMonitorEvent(**m);
+      if (e && e->kind == kind) return true;
+    }
+    return false;
   }
 
   // Sends `body` in an envelope with this peer's session and next sequence number.
@@ -68,7 +82,7 @@ class TestPeer {
     while (std::chrono::steady_clock::now() < give_up) {
       Result<std::optional<net::Message>> m = socket_.Receive(std::chrono::milliseconds(1000));
       if (!m.ok() || !m->has_value()) continue;
-      Result<wire::Envelope> env = wire::Decode((*m)->frames(), {});
+      Result<wire::Envelope> env = wire::Decode((*m)->frames(), limits_);
       EXPECT_TRUE(env.ok()) << env.status().ToString();
       if (!env.ok()) continue;
       if (std::holds_alternative<wire::Heartbeat>(env->body)) continue;
@@ -106,6 +120,8 @@ class TestPeer {
 
  private:
   net::Socket socket_;
+  net::Socket monitor_;  // CURVE peers: socket_'s connection events.
+  wire::DecodeLimits limits_;
   std::uint64_t session_ = 0;
   std::uint64_t sequence_ = 0;
 };

@@ -90,6 +90,8 @@ TEST(FedSbTrafficTest, UploadIsRSquaredPerModulePlusTheEnvelope) {
   // The same Update, rebuilt: R tensors of the same names and the client's metric names.
   wire::Update u;
   u.round = 1;
+  u.ticket.attempt = 1;
+  u.ticket.nonce.fill(0xA5);  // The size of a real ticket; its value does not change the bytes.
   u.metrics = {{"train_loss", 0}, {"steps", 0},           {"tokens", 0},
                {"seconds", 0},    {"trainable_params", 0}, {"state_bytes", 0}};
   for (int layer = 0; layer < 5; ++layer) {

@@ -53,6 +53,7 @@ class CoordinatorStrategyTest : public ::testing::Test {
                              std::uint64_t base_version, std::mt19937_64& rng) {
     wire::Update u;
     u.round = task.round;
+    u.ticket = task.ticket;
     u.num_samples = u.num_examples = 10;
     u.metrics = {{"train_loss", 1.0}};
     u.base_version = base_version;
@@ -86,6 +87,7 @@ TEST_F(CoordinatorStrategyTest, FedSbAsksTheDeclaredClientForItsInitialStateFirs
   EXPECT_EQ(init.round, 0u);
   EXPECT_EQ(init.plan.mode, wire::AdapterMode::kLoraSbInit);
   wire::Update u;
+  u.ticket = init.ticket;
   u.num_samples = u.num_examples = 1;
   std::mt19937_64 rng(1);
   for (const auto& m : testing::kModules) {
