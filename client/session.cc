@@ -68,7 +68,7 @@ class ClientSession::Impl {
   }
 
   Status Run();
-  Status Connect();  // Opens socket_ (and its monitor_, except over inproc) and connects.
+  Status Connect();  // Opens socket_ (monitored, except over inproc) and connects.
   void Stop() {
     stop_.store(true, std::memory_order_release);
     wake_.Notify();
@@ -111,8 +111,7 @@ class ClientSession::Impl {
   // Connection state, session thread only.
   ClientTransportSecurity security_;
   std::optional<HandshakeWatch> handshakes_;
-  net::Socket socket_;
-  net::Socket monitor_;  // The socket's connection events (handshake outcomes).
+  net::Socket socket_;  // With a monitor of its handshakes (except over inproc).
   bool welcomed_ = false;
   std::uint64_t session_id_ = 0;
   std::uint64_t sequence_out_ = 0;
@@ -228,7 +227,7 @@ Status ClientSession::Impl::Connect() {
   if (!config_.coordinator.starts_with("inproc://")) {
     // Handshake outcomes (a refused key, a coordinator that speaks another mechanism) arrive
     // only as socket events; without them a misconfiguration would be a silent retry loop.
-    FEDLORA_ASSIGN_OR_RETURN(monitor_, socket_.Monitor(context_));
+    FEDLORA_RETURN_IF_ERROR(socket_.EnableMonitor(context_));
   }
   if (Status s = socket_.Connect(config_.coordinator); !s.ok()) {
     return Status(StatusCode::kInvalidArgument,
@@ -265,8 +264,7 @@ Status ClientSession::Impl::Run() {
       if (welcomed_) Send(wire::Bye{"client stopping"});
       socket_.SetLinger(500);
     }
-    socket_ = net::Socket();  // Closing it ends its monitor's events; then close the monitor.
-    monitor_ = net::Socket();
+    socket_ = net::Socket();  // Stops and closes its monitor too.
     switch (outcome) {
       case Outcome::kBye: CancelJobs(); return OkStatus();
       case Outcome::kStop: CancelJobs(); return Status(StatusCode::kCancelled, "stopped on request");
@@ -318,8 +316,8 @@ Outcome ClientSession::Impl::Serve() {
     net::PollItem items[3];
     items[0].socket = &socket_;
     items[1].fd = wake_.read_fd();
-    if (monitor_.valid()) items[2].socket = &monitor_;
-    const std::size_t polled = monitor_.valid() ? 3 : 2;
+    items[2].socket = socket_.monitor();
+    const std::size_t polled = items[2].socket != nullptr ? 3 : 2;
     if (Status s = net::Poll(std::span(items, polled), milliseconds(MillisUntil(now, next)));
         !s.ok()) {
       fatal_ = s;
@@ -377,11 +375,8 @@ Outcome ClientSession::Impl::Serve() {
 }
 
 std::optional<Outcome> ClientSession::Impl::ReadMonitor() {
-  while (true) {
-    Result<std::optional<net::Message>> message = monitor_.Receive(milliseconds(0));
-    if (!message.ok() || !message->has_value()) return std::nullopt;
-    const std::optional<net::MonitorEvent> event = net::ParseMonitorEvent(**message);
-    if (!event) continue;
+  for (const net::MonitorEvent& e : socket_.TakeMonitorEvents()) {
+    const net::MonitorEvent* event = &e;
     if (event->kind == net::MonitorEventKind::kHandshakeSucceeded) reachable_ = true;
     if (event->kind == net::MonitorEventKind::kHandshakeFailedNoDetail ||
         event->kind == net::MonitorEventKind::kHandshakeFailedProtocol) {
@@ -392,6 +387,7 @@ std::optional<Outcome> ClientSession::Impl::ReadMonitor() {
       return Outcome::kFatal;
     }
   }
+  return std::nullopt;
 }
 
 std::optional<Outcome> ClientSession::Impl::HandleEnvelope(wire::Envelope envelope) {

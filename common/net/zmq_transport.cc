@@ -116,6 +116,15 @@ std::string Message::UserId() const {
 
 struct Socket::Impl {
   zmq::socket_t socket;
+  std::unique_ptr<Socket> monitor;  // The reading end of its monitor, if enabled.
+  ~Impl() {
+    if (monitor != nullptr && socket.handle() != nullptr) {
+      // Stop first (no MONITOR_STOPPED event is asked for, so nothing is sent), then close the
+      // reading end, then (after this body) the socket.
+      zmq_socket_monitor(socket.handle(), nullptr, 0);
+    }
+    monitor.reset();
+  }
 };
 
 Socket::Socket() = default;
@@ -244,18 +253,8 @@ Result<std::optional<Message>> Socket::Receive(std::chrono::milliseconds timeout
   return FromZmq(e, "receive");
 }
 
-Result<Socket> Socket::Monitor(Context& context) {
-  static std::atomic<std::uint64_t> counter{0};
-  const std::string endpoint =
-      StrCat("inproc://fedlora-monitor-", crypto::RandomU64(), "-", ++counter);
-  if (zmq_socket_monitor(impl_->socket.handle(), endpoint.c_str(), ZMQ_EVENT_ALL) != 0) {
-    return Internal("socket monitor: ", zmq_strerror(zmq_errno()));
-  }
-  FEDLORA_ASSIGN_OR_RETURN(Socket pair, Socket::Open(context, SocketKind::kPair));
-  FEDLORA_RETURN_IF_ERROR(pair.Connect(endpoint));
-  return pair;
-}
-
+// nullopt for a message that is not a monitor event.
+namespace {
 std::optional<MonitorEvent> ParseMonitorEvent(const Message& message) {
   if (message.size() != 2 || message.frame(0).size() != 6) return std::nullopt;
   const std::span<const std::byte> head = message.frame(0);
@@ -282,6 +281,38 @@ std::optional<MonitorEvent> ParseMonitorEvent(const Message& message) {
     default: out.kind = MonitorEventKind::kOther; break;
   }
   return out;
+}
+}  // namespace
+
+Status Socket::EnableMonitor(Context& context) {
+  static std::atomic<std::uint64_t> counter{0};
+  const std::string endpoint =
+      StrCat("inproc://fedlora-monitor-", crypto::RandomU64(), "-", ++counter);
+  constexpr int kEvents = ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                          ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH;
+  if (zmq_socket_monitor(impl_->socket.handle(), endpoint.c_str(), kEvents) != 0) {
+    return Internal("socket monitor: ", zmq_strerror(zmq_errno()));
+  }
+  Result<Socket> pair = Socket::Open(context, SocketKind::kPair);
+  Status connected = pair.ok() ? pair->Connect(endpoint) : pair.status();
+  if (!connected.ok()) {
+    zmq_socket_monitor(impl_->socket.handle(), nullptr, 0);
+    return connected;
+  }
+  impl_->monitor = std::make_unique<Socket>(std::move(pair).value());
+  return OkStatus();
+}
+
+Socket* Socket::monitor() { return impl_ != nullptr ? impl_->monitor.get() : nullptr; }
+
+std::vector<MonitorEvent> Socket::TakeMonitorEvents() {
+  std::vector<MonitorEvent> events;
+  if (impl_ == nullptr || impl_->monitor == nullptr) return events;
+  while (true) {
+    Result<std::optional<Message>> m = impl_->monitor->Receive(std::chrono::milliseconds(0));
+    if (!m.ok() || !m->has_value()) return events;
+    if (std::optional<MonitorEvent> e = ParseMonitorEvent(**m)) events.push_back(std::move(*e));
+  }
 }
 
 bool MonitorEvent::mechanism_mismatch() const {

@@ -125,6 +125,27 @@ class Message {
   std::unique_ptr<Impl> impl_;
 };
 
+// One event of a socket monitor.
+enum class MonitorEventKind {
+  kConnected,
+  kDisconnected,
+  kHandshakeSucceeded,
+  kHandshakeFailedNoDetail,  // The peer closed the connection during the handshake.
+  kHandshakeFailedProtocol,  // value: a ZMTP protocol error (see HandshakeErrorName).
+  kHandshakeFailedAuth,      // value: the ZAP status code of the refusal (400).
+  kOther,
+};
+struct MonitorEvent {
+  MonitorEventKind kind = MonitorEventKind::kOther;
+  std::uint32_t value = 0;
+  std::string endpoint;
+  // kHandshakeFailedProtocol: the peer speaks another security mechanism (NULL vs CURVE).
+  bool mechanism_mismatch() const;
+  // kHandshakeFailedProtocol: a cryptographic check failed (e.g. a wrong server key).
+  bool cryptographic() const;
+};
+std::string_view MonitorEventName(MonitorEventKind kind);
+
 class Socket {
  public:
   // `context` must outlive the socket. Linger is 0, so closing never blocks on a vanished peer.
@@ -155,10 +176,16 @@ class Socket {
   // closing when the last messages (a Bye) must reach their peers.
   void SetLinger(int milliseconds);
 
-  // A PAIR socket that receives this socket's connection events (ZeroMQ's socket monitor; read
-  // them with ParseMonitorEvent). Attach before Connect to see the first handshake. The events
-  // stop when this socket closes.
-  Result<Socket> Monitor(Context& context);
+  // Starts reporting this socket's handshake outcomes (ZeroMQ's socket monitor: handshake
+  // succeeded / failed, nothing else). Enable before Connect to see the first handshake. The
+  // socket owns the monitor and stops it before either closes: libzmq's I/O thread blocks for
+  // good on an event for a monitor whose reading end is gone (libzmq issue #3575), stalling every
+  // socket of the context.
+  Status EnableMonitor(Context& context);
+  // The monitor's reading end, for Poll (nullptr without EnableMonitor)...
+  Socket* monitor();
+  // ...and the events waiting on it, without blocking.
+  std::vector<MonitorEvent> TakeMonitorEvents();
 
   bool valid() const;
   void* raw() const;  // Borrowed; for Poll only.
@@ -167,29 +194,6 @@ class Socket {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
-
-// One event of a socket monitor.
-enum class MonitorEventKind {
-  kConnected,
-  kDisconnected,
-  kHandshakeSucceeded,
-  kHandshakeFailedNoDetail,  // The peer closed the connection during the handshake.
-  kHandshakeFailedProtocol,  // value: a ZMTP protocol error (see HandshakeErrorName).
-  kHandshakeFailedAuth,      // value: the ZAP status code of the refusal (400).
-  kOther,
-};
-struct MonitorEvent {
-  MonitorEventKind kind = MonitorEventKind::kOther;
-  std::uint32_t value = 0;
-  std::string endpoint;
-  // kHandshakeFailedProtocol: the peer speaks another security mechanism (NULL vs CURVE).
-  bool mechanism_mismatch() const;
-  // kHandshakeFailedProtocol: a cryptographic check failed (e.g. a wrong server key).
-  bool cryptographic() const;
-};
-// nullopt for a message that is not a monitor event.
-std::optional<MonitorEvent> ParseMonitorEvent(const Message& message);
-std::string_view MonitorEventName(MonitorEventKind kind);
 
 // A self-pipe another thread, or a signal handler, can use to wake a Poll. Notify() is
 // async-signal-safe. Owned fds are closed on destruction.

@@ -29,18 +29,21 @@ class TestPeer {
   // `options` may carry CURVE keys (a client pinning the coordinator's key).
   TestPeer(net::Context& context, const std::string& endpoint, net::SocketOptions options = {}) {
     socket_ = std::move(net::Socket::Open(context, net::SocketKind::kDealer, options).value());
-    if (options.curve) monitor_ = socket_.Monitor(context).value();
+    if (options.curve) EXPECT_TRUE(socket_.EnableMonitor(context).ok());
     limits_.require_digests = !options.curve;  // A CURVE coordinator leaves them out.
     EXPECT_TRUE(socket_.Connect(endpoint).ok());
   }
 
-  // CURVE peers: waits (bounded) for a monitor event of `kind`; false if it never came.
+  // CURVE peers (their socket is monitored): waits (bounded) for a handshake event of `kind`;
+  // false if it never came.
   bool WaitForEvent(net::MonitorEventKind kind) {
-    for (int i = 0; i < 300 && monitor_.valid(); ++i) {
-      Result<std::optional<net::Message>> m = monitor_.Receive(std::chrono::milliseconds(100));
-      if (!m.ok() || !m->has_value()) continue;
-      const std::optional<net::MonitorEvent> e = net::ParseMonitorEvent(**m);
-      if (e && e->kind == kind) return true;
+    for (int i = 0; i < 300 && socket_.monitor() != nullptr; ++i) {
+      net::PollItem item;
+      item.socket = socket_.monitor();
+      if (!net::Poll(std::span(&item, 1), std::chrono::milliseconds(100)).ok()) continue;
+      for (const net::MonitorEvent& e : socket_.TakeMonitorEvents()) {
+        if (e.kind == kind) return true;
+      }
     }
     return false;
   }
@@ -120,7 +123,6 @@ class TestPeer {
 
  private:
   net::Socket socket_;
-  net::Socket monitor_;  // CURVE peers: socket_'s connection events.
   wire::DecodeLimits limits_;
   std::uint64_t session_ = 0;
   std::uint64_t sequence_ = 0;
