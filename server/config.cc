@@ -219,6 +219,7 @@ Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
   FEDLORA_RETURN_IF_ERROR(round.Read("quorum_fraction", &c->round.quorum_fraction));
   FEDLORA_RETURN_IF_ERROR(round.Read("timeout_ms", &c->round.timeout_ms));
   FEDLORA_RETURN_IF_ERROR(round.Read("max_attempts", &c->round.max_attempts));
+  FEDLORA_RETURN_IF_ERROR(round.Read("retry_delay_ms", &c->round.retry_delay_ms));
   FEDLORA_RETURN_IF_ERROR(round.Finish());
 
   const ConfigSection eval = root.Section("eval");

@@ -43,7 +43,10 @@ struct RoundConfig {
   std::uint32_t quorum = 1;        // Updates needed to aggregate at the deadline...
   double quorum_fraction = 0.0;    // ...and at least this share of the selected clients.
   std::uint64_t timeout_ms = 600000;  // Deadline for uploads, from when tasks are sent.
-  std::uint32_t max_attempts = 0;  // Retries of a round below quorum before giving up; 0 = never.
+  std::uint32_t max_attempts = 0;  // Attempts of a round below quorum before giving up; 0 = never.
+  // Attempts of one round start at least this far apart (a retry is also held back until enough
+  // clients are live to reach the quorum).
+  std::uint64_t retry_delay_ms = 5000;
   // The first round this process runs waits until this many clients are live (0: min_clients),
   // so that it selects from the whole expected federation (fedlora-sim: num_clients).
   std::uint32_t wait_for_clients = 0;

@@ -255,7 +255,9 @@ milliseconds Coordinator::Impl::NextWait() const {
     next = std::min(next, c.last_heard + interval * config_.transport.heartbeat_liveness);
   }
   if (phase_ == Phase::kFit) {
-    next = std::min(next, run_.awaiting_retry ? run_.retry_not_before : run_.deadline);
+    // A retry that is due but waits for clients is woken by their messages, not by a timer.
+    if (!run_.awaiting_retry) next = std::min(next, run_.deadline);
+    if (run_.awaiting_retry && run_.retry_not_before > now) next = std::min(next, run_.retry_not_before);
   }
   if (phase_ == Phase::kInit) next = std::min(next, run_.deadline);
   if (phase_ == Phase::kEval) next = std::min(next, run_.eval_deadline);
@@ -531,9 +533,13 @@ void Coordinator::Impl::HandleHello(const std::string& route, const std::string&
       // Only the holder of the name's key gets here: a reconnect, which replaces the old session.
       LogInfo("client ", hello.client_name, " reconnected with its enrolled key; its previous "
               "connection is closed");
-    } else if (now - existing->last_heard < interval) {
+    } else if (now - existing->last_heard < interval * config_.transport.heartbeat_liveness) {
+      // Without keys a name proves nothing: the live session keeps it until it is dropped by the
+      // liveness rule (the client it belongs to reconnects then, with backoff).
       reject(ErrorCode::kDuplicateClient,
-             StrCat("client '", hello.client_name, "' is already connected and alive"));
+             StrCat("client '", hello.client_name, "' has a live session; a new connection may "
+                    "take the name once that session has been silent for ",
+                    interval.count() * config_.transport.heartbeat_liveness, " ms"));
       return;
     }
   }

@@ -67,9 +67,9 @@ class Coordinator::Impl {
   struct RoundRun {
     std::uint64_t round = 0;
     std::uint32_t attempt = 0;
-    std::uint32_t want = 0;           // Updates wanted in total.
-    std::uint32_t quorum = 1;         // Updates needed to aggregate.
+    std::uint32_t want = 0;           // Updates wanted in total (the quorum: Quorum()).
     bool awaiting_retry = false;
+    Clock::TimePoint attempt_started{};
     Clock::TimePoint retry_not_before{};
     Clock::TimePoint started{};
     Clock::TimePoint deadline{};
@@ -137,6 +137,10 @@ class Coordinator::Impl {
                                   std::uint64_t round, std::uint32_t attempt) const;
   std::uint32_t WantedClients(std::size_t live) const;
   bool Eligible(const ClientConnection& client) const;
+  // Live eligible clients without an accepted upload this round.
+  std::size_t RetryCandidates() const;
+  // Updates needed to aggregate, from the clients that can still answer (see CheckFit).
+  std::uint32_t Quorum() const;
   void StartInit();
   void CheckInit();
   void StartFit(std::uint64_t round);

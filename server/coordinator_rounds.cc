@@ -237,9 +237,6 @@ void Coordinator::Impl::StartFit(std::uint64_t round) {
   run_.started = clock_.Now();
   phase_ = Phase::kFit;
   run_.want = WantedClients(clients_.size());
-  run_.quorum = std::max<std::uint32_t>(
-      config_.round.quorum,
-      static_cast<std::uint32_t>(std::ceil(config_.round.quorum_fraction * run_.want - 1e-9)));
 
   // Uploads accepted before a restart count: their clients are not asked again. Their tasks are
   // re-derived (Configure is a pure function of the state, the round and the client).
@@ -303,7 +300,8 @@ void Coordinator::Impl::StartAttempt() {
     Fatal(tasks.status().WithContext("configuring round tasks"));
     return;
   }
-  run_.deadline = clock_.Now() + milliseconds(config_.round.timeout_ms);
+  run_.attempt_started = clock_.Now();
+  run_.deadline = run_.attempt_started + milliseconds(config_.round.timeout_ms);
   for (ClientTask& task : *tasks) {
     const std::string id = task.client_id;
     run_.tasks[id] = std::move(task);
@@ -313,7 +311,7 @@ void Coordinator::Impl::StartAttempt() {
     SendTask(id);
   }
   LogInfo("round ", run_.round, "/", config_.rounds, (run_.attempt > 1 ? " (retry)" : ""),
-          ": tasks sent to ", chosen.size(), " client(s); aggregating at ", run_.quorum,
+          ": tasks sent to ", chosen.size(), " client(s); aggregating at ", Quorum(),
           "+ updates, deadline in ", config_.round.timeout_ms, " ms");
 }
 
@@ -352,22 +350,48 @@ std::uint64_t Coordinator::Impl::CountDown(const TensorMap& tensors, bool count_
   return correction_bytes;
 }
 
+std::size_t Coordinator::Impl::RetryCandidates() const {
+  std::size_t n = 0;
+  for (const auto& [id, client] : clients_.all()) {
+    if (!run_.updates.contains(id) && Eligible(client)) ++n;
+  }
+  return n;
+}
+
+std::uint32_t Coordinator::Impl::Quorum() const {
+  // Clients that can still answer: accepted uploads, and live eligible clients without one
+  // (working on their task, or available to a retry). Clients that left (sybils that said Hello
+  // and vanished) no longer inflate the share a retry must reach.
+  const std::size_t reachable = run_.updates.size() + RetryCandidates();
+  const double base = static_cast<double>(std::min<std::size_t>(run_.want, reachable));
+  return std::max<std::uint32_t>(
+      config_.round.quorum,
+      static_cast<std::uint32_t>(std::ceil(config_.round.quorum_fraction * base - 1e-9)));
+}
+
 void Coordinator::Impl::CheckFit() {
   const Clock::TimePoint now = clock_.Now();
+  const std::uint32_t quorum = Quorum();
   if (run_.awaiting_retry) {
-    // Late uploads of failed clients may have completed the quorum meanwhile.
-    if (run_.updates.size() >= run_.quorum) {
+    // Late uploads, or clients that left, may have met the quorum meanwhile.
+    if (run_.updates.size() >= quorum) {
       Aggregate();
       return;
     }
     if (now < run_.retry_not_before) return;
-    // Wait for at least one client that can still contribute.
-    for (const std::string& id : clients_.Ids()) {
-      if (!run_.updates.contains(id) && Eligible(*clients_.FindById(id))) {
-        StartAttempt();
-        return;
+    // Another attempt only when it could reach the quorum; otherwise wait for clients to
+    // connect, as the first round does, instead of spinning through attempts.
+    const std::size_t candidates = RetryCandidates();
+    if (candidates == 0 || run_.updates.size() + candidates < quorum) {
+      if (now - last_wait_log_ > std::chrono::seconds(10)) {
+        LogInfo("round ", run_.round, ": ", run_.updates.size(), " of ", quorum,
+                " required updates and ", candidates,
+                " other live client(s): waiting for clients before the next attempt");
+        last_wait_log_ = now;
       }
+      return;
     }
+    StartAttempt();
     return;
   }
   if (!run_.outstanding.empty() && now < run_.deadline) return;
@@ -376,22 +400,25 @@ void Coordinator::Impl::CheckFit() {
     run_.failed.insert(id);
   }
   run_.outstanding.clear();
-  if (run_.updates.size() >= run_.quorum) {
+  if (run_.updates.size() >= Quorum()) {
     Aggregate();
     return;
   }
   if (config_.round.max_attempts > 0 && run_.attempt >= config_.round.max_attempts) {
-    Fatal(Aborted("round ", run_.round, " reached only ", run_.updates.size(), " of ",
-                  run_.quorum, " required updates in ", run_.attempt, " attempt(s)"));
+    Fatal(Aborted("round ", run_.round, " reached only ", run_.updates.size(), " of ", Quorum(),
+                  " required updates in ", run_.attempt, " attempt(s)"));
     return;
   }
-  // Never start the next attempt before this one's deadline: clients that refuse every task at
-  // once cannot spin the coordinator through attempts (at most one per round.timeout_ms).
+  // Attempts start at least round.retry_delay_ms apart: clients that refuse every task at once
+  // cannot spin the coordinator through attempts.
   run_.awaiting_retry = true;
-  run_.retry_not_before = std::max(now, run_.deadline);
-  LogWarn("round ", run_.round, ": ", run_.updates.size(), " of ", run_.quorum,
-          " required updates; selecting more clients in ",
-          MillisUntil(now, run_.retry_not_before), " ms");
+  run_.retry_not_before =
+      std::max(now, run_.attempt_started + milliseconds(config_.round.retry_delay_ms));
+  LogWarn("round ", run_.round, ": ", run_.updates.size(), " of ", Quorum(),
+          " required updates; selecting more clients",
+          run_.retry_not_before > now
+              ? StrCat(" in ", MillisUntil(now, run_.retry_not_before), " ms")
+              : std::string());
 }
 
 void Coordinator::Impl::Aggregate() {

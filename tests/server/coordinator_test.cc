@@ -415,5 +415,118 @@ TEST_F(CoordinatorTest, UnpinnedModelIsForgottenWhenEveryoneLeavesBeforeRoundZer
   EXPECT_TRUE(FinishCoordinator().ok()) << result_.ToString();
 }
 
+// The takeover seen in the field: an impostor says Hello under a live client's name over and
+// over while that client trains (silent for longer than one heartbeat interval). Without keys the
+// live session keeps its name until the liveness rule drops it.
+TEST_F(CoordinatorTest, AnImpostorCannotTakeTheNameOfALiveClient) {
+  FakeClock clock;
+  config_.round.min_clients = 1;
+  StartCoordinator(clock);
+  TestPeer alice(context_, coordinator_->endpoint());
+  alice.Join(MakeHello("alice", kDigest, kModules));
+  const wire::RoundTask task = alice.Expect<wire::RoundTask>();
+  clock.Advance(std::chrono::milliseconds(150));  // Training: silent for 1.5 heartbeat intervals.
+  TestPeer impostor(context_, coordinator_->endpoint());
+  for (int i = 0; i < 50; ++i) {
+    impostor.Send(MakeHello("alice", kDigest, kModules));
+    ASSERT_EQ(impostor.ExpectError(), ErrorCode::kDuplicateClient);
+  }
+  alice.Send(UpdateFor(task));
+  alice.Expect<wire::Ack>();
+  alice.Expect<wire::Bye>();
+  ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+  EXPECT_EQ(coordinator_->counters().clients_admitted, 1u);
+  EXPECT_EQ(coordinator_->counters().updates_accepted, 1u);
+}
+
+TEST_F(CoordinatorTest, ANameIsFreeAgainOnceItsSessionExpired) {
+  FakeClock clock;
+  config_.round.min_clients = 3;  // No round: only sessions matter.
+  StartCoordinator(clock);
+  TestPeer alice(context_, coordinator_->endpoint());
+  alice.Join(MakeHello("alice", kDigest, kModules));
+  TestPeer successor(context_, coordinator_->endpoint());
+  successor.Send(MakeHello("alice", kDigest, kModules));
+  EXPECT_EQ(successor.ExpectError(), ErrorCode::kDuplicateClient);
+  // Silent for heartbeat_interval_ms x heartbeat_liveness: dropped, the name is free.
+  clock.Advance(std::chrono::milliseconds(config_.transport.heartbeat_interval_ms *
+                                          config_.transport.heartbeat_liveness + 1));
+  coordinator_->Wake();
+  for (int i = 0; i < 3000 && coordinator_->counters().clients_expired == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // Bounded wait for the expiry.
+  }
+  ASSERT_EQ(coordinator_->counters().clients_expired, 1u);
+  successor.Join(MakeHello("alice", kDigest, kModules));
+}
+
+// The wedge seen in the field: 40 sybils said Hello, were selected with 3 honest clients (quorum
+// 50% of 43 = 22), never uploaded and left. The quorum counts only clients that can still answer,
+// so the honest uploads suffice at once, without waiting for the deadline.
+TEST_F(CoordinatorTest, ARoundAbandonedBySybilsCommitsAsSoonAsHonestClientsSuffice) {
+  FakeClock clock;  // Never moves: nothing may wait for a deadline.
+  config_.round.min_clients = 2;
+  config_.round.quorum = 2;
+  config_.round.quorum_fraction = 0.5;
+  config_.round.wait_for_clients = 43;
+  config_.transport.max_message_bytes = 1 << 20;
+  StartCoordinator(clock);
+  std::vector<std::unique_ptr<TestPeer>> honest, sybils;
+  for (int i = 0; i < 3; ++i) {
+    honest.push_back(std::make_unique<TestPeer>(context_, coordinator_->endpoint()));
+    honest.back()->Join(MakeHello("honest-" + std::to_string(i), kDigest, kModules));
+  }
+  for (int i = 0; i < 40; ++i) {
+    sybils.push_back(std::make_unique<TestPeer>(context_, coordinator_->endpoint()));
+    sybils.back()->Join(MakeHello("sybil-" + std::to_string(i), kDigest, kModules));
+  }
+  for (auto& h : honest) h->Send(UpdateFor(h->Expect<wire::RoundTask>()));
+  for (auto& h : honest) h->Expect<wire::Ack>();
+  for (auto& s : sybils) {
+    s->Expect<wire::RoundTask>();
+    s->Send(wire::Bye{"gone"});
+  }
+  honest.front()->Expect<wire::Bye>();  // Round 1 committed: the run is complete.
+  ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+  const std::string round1 = MetricsLines().at(1);
+  EXPECT_NE(round1.find("\"clients_selected\":43"), std::string::npos) << round1;
+  EXPECT_NE(round1.find("\"clients_reported\":3"), std::string::npos) << round1;
+  EXPECT_NE(round1.find("\"attempts\":1"), std::string::npos) << round1;
+}
+
+// Below the quorum with too few live clients to reach it, the round waits for clients instead of
+// tasking the one that is there (an attempt that could not succeed): the retry starts once enough
+// clients are live.
+TEST_F(CoordinatorTest, ARetryWaitsUntilEnoughClientsAreLiveToReachTheQuorum) {
+  FakeClock clock;
+  config_.round.min_clients = 3;
+  config_.round.quorum = 3;
+  config_.round.timeout_ms = 5000;
+  StartCoordinator(clock);
+  TestPeer a(context_, coordinator_->endpoint()), b(context_, coordinator_->endpoint()),
+      c(context_, coordinator_->endpoint());
+  a.Join(MakeHello("a", kDigest, kModules));
+  b.Join(MakeHello("b", kDigest, kModules));
+  c.Join(MakeHello("c", kDigest, kModules));
+  a.Send(UpdateFor(a.Expect<wire::RoundTask>()));
+  a.Expect<wire::Ack>();
+  b.Expect<wire::RoundTask>();
+  c.Expect<wire::RoundTask>();
+  b.Send(wire::Bye{"gone"});
+  c.Send(wire::Bye{"gone"});
+  clock.Advance(std::chrono::seconds(6));  // Past the deadline and round.retry_delay_ms.
+  coordinator_->Wake();
+  TestPeer d(context_, coordinator_->endpoint());
+  d.Join(MakeHello("d", kDigest, kModules));  // 1 upload + 1 live client < 3: no attempt yet.
+  TestPeer e(context_, coordinator_->endpoint());
+  e.Join(MakeHello("e", kDigest, kModules));  // 1 + 2 = 3: attempt 2.
+  d.Send(UpdateFor(d.Expect<wire::RoundTask>()));
+  e.Send(UpdateFor(e.Expect<wire::RoundTask>()));
+  a.Expect<wire::Bye>();
+  ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+  const std::string round1 = MetricsLines().at(1);
+  EXPECT_NE(round1.find("\"clients_reported\":3"), std::string::npos) << round1;
+  EXPECT_NE(round1.find("\"attempts\":2"), std::string::npos) << round1;
+}
+
 }  // namespace
 }  // namespace fedlora::server
