@@ -457,6 +457,7 @@ TEST_F(CoordinatorTest, ANameIsFreeAgainOnceItsSessionExpired) {
   }
   ASSERT_EQ(coordinator_->counters().clients_expired, 1u);
   successor.Join(MakeHello("alice", kDigest, kModules));
+  StopCoordinator();  // Before `clock` goes out of scope.
 }
 
 // The wedge seen in the field: 40 sybils said Hello, were selected with 3 honest clients (quorum
