@@ -79,6 +79,7 @@ Status ParseTrain(const ConfigSection& s, wire::TrainSpec* train) {
 Status ParseStrategyConfig(const ConfigSection& s, StrategyConfig* c) {
   FEDLORA_RETURN_IF_ERROR(s.Read("name", &c->name));
   FEDLORA_RETURN_IF_ERROR(s.Read("weighting", &c->weighting));
+  FEDLORA_RETURN_IF_ERROR(s.Read("max_examples_per_client", &c->max_examples_per_client));
 
   const ConfigSection fair = s.Section("lorafair");
   FEDLORA_RETURN_IF_ERROR(fair.Read("solver", &c->lorafair.solver));
@@ -135,6 +136,9 @@ Status ValidateStrategyConfig(const StrategyConfig& c) {
   }
   FEDLORA_RETURN_IF_ERROR(ParseWeighting(c.weighting).status().WithContext("strategy.weighting"));
   FEDLORA_RETURN_IF_ERROR(ValidateRankPolicy(c.rank_policy).WithContext("strategy"));
+  if (c.max_examples_per_client == 0) {
+    return InvalidArgument("strategy.max_examples_per_client must be >= 1");
+  }
   if (c.rank_policy.kind != "uniform" && c.name != "hetlora" && c.name != "flora" &&
       c.name != "fslora") {
     return InvalidArgument("strategy.rank_policy.kind = ", c.rank_policy.kind, ": strategy '",

@@ -67,7 +67,8 @@ std::string PrintableRoute(std::string_view route) {
 
 }  // namespace
 
-Status ValidateUpload(const wire::Update& update, const ClientTask& task) {
+Status ValidateUpload(const wire::Update& update, const ClientTask& task,
+                      std::uint64_t max_examples) {
   const auto fail = [](ErrorCode code, auto&&... args) {
     return Status(StatusCode::kInvalidArgument, StrCat(args...), static_cast<std::uint32_t>(code));
   };
@@ -104,6 +105,20 @@ Status ValidateUpload(const wire::Update& update, const ClientTask& task) {
   }
   if (update.num_samples == 0 || update.num_examples == 0) {
     return fail(ErrorCode::kInvalidField, "num_samples and num_examples must be > 0");
+  }
+  // Examples processed this round (the `samples` weighting) cannot exceed what the task asked
+  // for: its steps x batch, or its epochs over the examples held (in whole batches), or the
+  // examples an initialisation task asked to read.
+  const wire::TrainSpec& t = task.train;
+  const std::uint64_t held = std::min(update.num_examples, max_examples);
+  const std::uint64_t batch = std::max<std::uint64_t>(t.batch_size, 1);
+  std::uint64_t limit = t.local_epochs > 0
+                            ? std::uint64_t{t.local_epochs} * ((held + batch - 1) / batch) * batch
+                            : std::uint64_t{t.local_steps} * batch;
+  limit = std::max<std::uint64_t>(limit, task.plan.init_samples);
+  if (update.num_samples > limit) {
+    return fail(ErrorCode::kInvalidField, "num_samples ", update.num_samples,
+                " exceeds what the task could process (", limit, ")");
   }
   if (update.metrics.size() > kMaxMetrics) {
     return fail(ErrorCode::kInvalidField, update.metrics.size(), " metrics (at most ",
@@ -642,7 +657,8 @@ void Coordinator::Impl::HandleUpdate(ClientConnection& client, std::uint64_t seq
     ProtocolError(who, client.route, sequence, wire::DecodeErrorCode(why), why.message());
     if (run_.outstanding.erase(client.id) > 0) run_.failed.insert(client.id);
   };
-  if (Status valid = ValidateUpload(update, task->second); !valid.ok()) {
+  const std::uint64_t max_examples = config_.strategy.max_examples_per_client;
+  if (Status valid = ValidateUpload(update, task->second, max_examples); !valid.ok()) {
     reject(valid);
     return;
   }
@@ -654,7 +670,14 @@ void Coordinator::Impl::HandleUpdate(ClientConnection& client, std::uint64_t seq
                   static_cast<std::uint32_t>(ErrorCode::kBaseVersionMismatch)));
     return;
   }
-  ClientUpdate accepted{client.id, update.num_samples, update.num_examples,
+  // One client's declared example count cannot buy it the whole weighted average.
+  if (update.num_examples > max_examples) {
+    LogWarn("round ", run_.round, ": client ", client.id, " declares ", update.num_examples,
+            " training examples; weighting counts ", max_examples,
+            " (strategy.max_examples_per_client)");
+    run_.examples_capped[client.id] = update.num_examples;
+  }
+  ClientUpdate accepted{client.id, update.num_samples, std::min(update.num_examples, max_examples),
                         std::move(update.metrics), std::move(update.tensors)};
   if (Status valid = strategy_->ValidateUpdate(task->second, accepted); !valid.ok()) {
     reject(valid);

@@ -24,8 +24,10 @@
 namespace fedlora::server {
 
 // OK when `update` has exactly the tensors `task` asked for (names, dtypes, shapes), all finite,
-// and sane counts; otherwise kInvalidArgument with the wire::ErrorCode as detail().
-Status ValidateUpload(const wire::Update& update, const ClientTask& task);
+// and sane counts: examples processed (numSamples) no more than the task could process, given at
+// most `max_examples` held; otherwise kInvalidArgument with the wire::ErrorCode as detail().
+Status ValidateUpload(const wire::Update& update, const ClientTask& task,
+                      std::uint64_t max_examples);
 
 class Coordinator::Impl {
  public:
@@ -77,6 +79,8 @@ class Coordinator::Impl {
     std::set<std::string, std::less<>> outstanding;          // Tasked this attempt, no answer yet.
     std::set<std::string, std::less<>> failed;
     std::map<std::string, ClientUpdate, std::less<>> updates;
+    // Clients whose declared example count exceeded strategy.max_examples_per_client: declared.
+    std::map<std::string, std::uint64_t, std::less<>> examples_capped;
     std::map<std::string, std::uint64_t, std::less<>> sent_base;  // Base version of each task.
     std::map<std::string, std::uint64_t, std::less<>> task_sequence;  // Envelope sequence of it.
     // The ticket issued with each client's current task; its Update must carry it.

@@ -260,7 +260,8 @@ void Coordinator::Impl::StartFit(std::uint64_t round) {
     as_wire.num_examples = u.num_examples;
     as_wire.metrics = u.metrics;
     as_wire.tensors = u.tensors;
-    Status valid = ValidateUpload(as_wire, tasks->front());
+    Status valid =
+        ValidateUpload(as_wire, tasks->front(), config_.strategy.max_examples_per_client);
     if (valid.ok()) valid = strategy_->ValidateUpdate(tasks->front(), u);
     if (!valid.ok()) {
       LogWarn("round ", round, ": dropping restored upload of ", u.client_id, ": ",
@@ -551,6 +552,7 @@ void Coordinator::Impl::Commit() {
     m.depths[id] = Depth(task.plan, layout_->modules);
   }
   m.base_version = run_.candidate->corrections.latest_version();
+  m.examples_capped = run_.examples_capped;
   m.refusals = std::exchange(refusals_, {});
   m.clients_revoked = std::exchange(revoked_since_commit_, 0);
   m.uploads_dropped = std::exchange(dropped_since_commit_, 0);

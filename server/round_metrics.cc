@@ -37,6 +37,8 @@ std::string ToJsonLine(const RoundMetrics& m) {
   j["seconds"] = m.seconds;
   j["weights"] = nlohmann::ordered_json::object();
   for (const auto& [id, w] : m.weights) j["weights"][id] = w;
+  j["examples_capped"] = nlohmann::ordered_json::object();
+  for (const auto& [id, n] : m.examples_capped) j["examples_capped"][id] = n;
   j["ranks"] = nlohmann::ordered_json::object();
   for (const auto& [id, r] : m.ranks) j["ranks"][id] = r;
   j["depths"] = nlohmann::ordered_json::object();

@@ -47,6 +47,9 @@ struct RoundMetrics {
   std::uint64_t eval_bytes_down = 0;    // EvalTask messages.
   double seconds = 0;                   // Wall time from the first task sent to the commit.
   std::map<std::string, double, std::less<>> weights;  // Client id -> aggregation weight.
+  // Client id -> the example count it declared, for clients weighted at
+  // strategy.max_examples_per_client instead.
+  std::map<std::string, std::uint64_t, std::less<>> examples_capped;
   std::map<std::string, std::uint32_t, std::less<>> ranks;   // Client id -> top LoRA rank.
   std::map<std::string, std::uint32_t, std::less<>> depths;  // Client id -> layers with LoRA.
   std::uint64_t base_version = 0;       // Base-correction version after the round.

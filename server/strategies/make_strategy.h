@@ -64,6 +64,9 @@ struct CorrectionConfig {
 struct StrategyConfig {
   std::string name = "fedavg";
   std::string weighting = "examples";  // examples | samples | uniform
+  // Training examples one client may claim (Update.numExamples, the `examples` weighting):
+  // larger declarations are counted as this many, logged and recorded in metrics.
+  std::uint64_t max_examples_per_client = 1'000'000;
   LoraFairConfig lorafair;
   HetLoraConfig hetlora;
   FsLoraConfig fslora;

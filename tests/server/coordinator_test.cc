@@ -529,5 +529,47 @@ TEST_F(CoordinatorTest, ARetryWaitsUntilEnoughClientsAreLiveToReachTheQuorum) {
   EXPECT_NE(round1.find("\"attempts\":2"), std::string::npos) << round1;
 }
 
+// The poisoning seen in the field: a client declaring 1e9 examples took 0.9999994 of the average.
+// Its declaration counts as strategy.max_examples_per_client, and metrics say so.
+TEST_F(CoordinatorTest, ADeclaredExampleCountCountsAtMostTheCap) {
+  config_.round.quorum = 2;
+  config_.strategy.max_examples_per_client = 300;
+  StartCoordinator(system_clock_);
+  TestPeer honest(context_, coordinator_->endpoint()), greedy(context_, coordinator_->endpoint());
+  honest.Join(MakeHello("honest", kDigest, kModules));
+  greedy.Join(MakeHello("greedy", kDigest, kModules));
+  honest.Send(UpdateFor(honest.Expect<wire::RoundTask>()));  // 100 examples.
+  wire::Update claim = UpdateFor(greedy.Expect<wire::RoundTask>());
+  claim.num_examples = 1'000'000'000;
+  greedy.Send(claim);
+  honest.Expect<wire::Ack>();
+  greedy.Expect<wire::Ack>();
+  ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+  const std::string round1 = MetricsLines().at(1);
+  EXPECT_NE(round1.find("\"weights\":{\"greedy\":0.75,\"honest\":0.25}"), std::string::npos)
+      << round1;
+  EXPECT_NE(round1.find("\"examples_capped\":{\"greedy\":1000000000}"), std::string::npos)
+      << round1;
+}
+
+TEST_F(CoordinatorTest, MoreSamplesThanTheTaskCouldProcessAreRefused) {
+  config_.round.min_clients = 1;
+  StartCoordinator(system_clock_);
+  TestPeer a(context_, coordinator_->endpoint());
+  a.Join(MakeHello("a", kDigest, kModules));
+  const wire::RoundTask task = a.Expect<wire::RoundTask>();
+  wire::Update inflated = UpdateFor(task);
+  inflated.num_samples = std::uint64_t{task.train.local_steps} * task.train.batch_size + 1;
+  a.Send(inflated);
+  const wire::Error refused = a.Expect<wire::Error>();
+  EXPECT_EQ(refused.code, ErrorCode::kInvalidField);
+  EXPECT_NE(refused.message.find("num_samples"), std::string::npos) << refused.message;
+  wire::Update honest = UpdateFor(task);
+  honest.num_samples = std::uint64_t{task.train.local_steps} * task.train.batch_size;
+  a.Send(honest);
+  a.Expect<wire::Ack>();
+  ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+}
+
 }  // namespace
 }  // namespace fedlora::server
