@@ -375,14 +375,13 @@ Outcome ClientSession::Impl::Serve() {
 }
 
 std::optional<Outcome> ClientSession::Impl::ReadMonitor() {
-  for (const net::MonitorEvent& e : socket_.TakeMonitorEvents()) {
-    const net::MonitorEvent* event = &e;
-    if (event->kind == net::MonitorEventKind::kHandshakeSucceeded) reachable_ = true;
-    if (event->kind == net::MonitorEventKind::kHandshakeFailedNoDetail ||
-        event->kind == net::MonitorEventKind::kHandshakeFailedProtocol) {
-      LogDebug("connection to ", config_.coordinator, ": ", net::MonitorEventName(event->kind));
+  for (const net::MonitorEvent& event : socket_.TakeMonitorEvents()) {
+    if (event.kind == net::MonitorEventKind::kHandshakeSucceeded) reachable_ = true;
+    if (event.kind == net::MonitorEventKind::kHandshakeFailedNoDetail ||
+        event.kind == net::MonitorEventKind::kHandshakeFailedProtocol) {
+      LogDebug("connection to ", config_.coordinator, ": ", net::MonitorEventName(event.kind));
     }
-    if (std::optional<Status> final = handshakes_->OnEvent(*event)) {
+    if (std::optional<Status> final = handshakes_->OnEvent(event)) {
       fatal_ = *final;
       return Outcome::kFatal;
     }

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <utility>
 
 #include "common/fs.h"
@@ -72,6 +73,24 @@ class EditLock {
   explicit EditLock(int fd) : fd_(fd) {}
   int fd_;
 };
+
+// `text` with its 1-based `line` replaced by `replacement`, or removed when that is nullopt.
+std::string RewriteLine(std::string_view text, int line,
+                        const std::optional<std::string>& replacement) {
+  std::string out;
+  const std::vector<std::string_view> lines = Lines(text);
+  for (std::size_t i = 0; i < lines.size(); ++i) {
+    if (static_cast<int>(i) + 1 != line) {
+      out.append(lines[i]);
+    } else if (replacement) {
+      out.append(*replacement);
+    } else {
+      continue;
+    }
+    out.push_back('\n');
+  }
+  return out;
+}
 
 // The file's text, or "" when it does not exist yet.
 Result<std::string> ReadIfExists(const std::string& path) {
@@ -146,6 +165,11 @@ std::vector<std::string> AuthorizedClients::NamesOf(const crypto::CurvePublicKey
   return names;
 }
 
+int AuthorizedClients::LineOf(std::string_view name) const {
+  const auto it = by_name_.find(name);
+  return it == by_name_.end() ? 0 : entries_[it->second].line;
+}
+
 bool AuthorizedClients::Allows(const crypto::CurvePublicKey& key) const {
   return by_key_.contains(key);
 }
@@ -165,17 +189,8 @@ Status AddAuthorizedClient(const std::string& path, const std::string& name,
                     StrCat("client '", name, "' is already enrolled in ", path,
                            " (--replace gives it a new key)"));
     }
-    int line = 0;
-    for (const AuthorizedClient& c : current.entries()) {
-      if (c.name == name) line = c.line;
-    }
-    std::string out;
-    const std::vector<std::string_view> lines = Lines(text);
-    for (std::size_t i = 0; i < lines.size(); ++i) {
-      out += static_cast<int>(i) + 1 == line ? StrCat(name, " ", key.Z85()) : std::string(lines[i]);
-      out.push_back('\n');
-    }
-    return fs::WriteFileAtomic(path, out);
+    return fs::WriteFileAtomic(
+        path, RewriteLine(text, current.LineOf(name), StrCat(name, " ", key.Z85())));
   }
   if (text.empty()) {
     text = "# fedlora authorized clients: one `NAME PUBLIC_KEY` line per client (Z85 keys from\n"
@@ -192,19 +207,9 @@ Status RemoveAuthorizedClient(const std::string& path, const std::string& name) 
   FEDLORA_ASSIGN_OR_RETURN(EditLock lock, EditLock::Take(path));
   FEDLORA_ASSIGN_OR_RETURN(std::string text, ReadIfExists(path));
   FEDLORA_ASSIGN_OR_RETURN(AuthorizedClients current, AuthorizedClients::Parse(text, path));
-  int line = 0;
-  for (const AuthorizedClient& c : current.entries()) {
-    if (c.name == name) line = c.line;
-  }
+  const int line = current.LineOf(name);
   if (line == 0) return NotFound("client '", name, "' is not enrolled in ", path);
-  std::string out;
-  const std::vector<std::string_view> lines = Lines(text);
-  for (std::size_t i = 0; i < lines.size(); ++i) {
-    if (static_cast<int>(i) + 1 == line) continue;
-    out.append(lines[i]);
-    out.push_back('\n');
-  }
-  return fs::WriteFileAtomic(path, out);
+  return fs::WriteFileAtomic(path, RewriteLine(text, line, std::nullopt));
 }
 
 }  // namespace fedlora::server

@@ -47,6 +47,7 @@ class AuthorizedClients {
   // The names `key` is enrolled under, sorted; empty if none.
   std::vector<std::string> NamesOf(const crypto::CurvePublicKey& key) const;
   bool Allows(const crypto::CurvePublicKey& key) const;
+  int LineOf(std::string_view name) const;  // The file line enrolling `name`; 0 if none.
 
   const std::vector<AuthorizedClient>& entries() const { return entries_; }  // File order.
   std::size_t size() const { return entries_.size(); }

@@ -122,9 +122,10 @@ class Coordinator::Impl {
   void OnClientGone(const std::string& id, std::string_view why);
 
   // ---- transport security (coordinator_security.cc) ----
-  // CURVE: OK when the connection's key (`user_id`) may speak for `client` (its session's key and
-  // still enrolled under its name). Otherwise refuses the message (NOT_AUTHORIZED) and closes
-  // the session, and returns false.
+  // CURVE: OK when the connection's key (`user_id`) may speak: a stranger's key is enrolled
+  // under some name (Hello checks which), a client's is its session's key (sessions of keys the
+  // enrolment list no longer binds to their name are revoked on reload). Otherwise refuses the
+  // message (NOT_AUTHORIZED), closes a client's session, and returns false.
   bool CheckSender(const std::string& route, const std::string& user_id, ClientConnection* client,
                    std::uint64_t sequence);
   // Reloads the enrolment list when asked (SIGHUP) or when the file changed, and revokes the

@@ -14,6 +14,7 @@
 #include "common/crypto/random.h"
 #include "common/crypto/sha256.h"
 #include "common/fs.h"
+#include "common/unique_fd.h"
 
 namespace fedlora::crypto {
 namespace {
@@ -116,20 +117,22 @@ Status ErrnoStatus(std::string_view what, const std::string& path) {
 Status WriteKeyFile(const std::string& path, const std::string& text, mode_t mode,
                     bool overwrite) {
   const std::string tmp = StrCat(path, ".tmp-", RandomU64());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-  if (fd < 0) return ErrnoStatus("create", tmp);
-  // The umask may have narrowed the mode; make it exactly what was asked.
-  bool ok = ::fchmod(fd, mode) == 0;
-  std::size_t done = 0;
-  while (ok && done < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    ok = n > 0;
-    if (ok) done += static_cast<std::size_t>(n);
+  Status s;
+  {
+    UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode));
+    if (fd.get() < 0) return ErrnoStatus("create", tmp);
+    // The umask may have narrowed the mode; make it exactly what was asked.
+    bool ok = ::fchmod(fd.get(), mode) == 0;
+    std::size_t done = 0;
+    while (ok && done < text.size()) {
+      const ssize_t n = ::write(fd.get(), text.data() + done, text.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      ok = n > 0;
+      if (ok) done += static_cast<std::size_t>(n);
+    }
+    ok = ok && ::fsync(fd.get()) == 0;
+    if (!ok) s = ErrnoStatus("write", tmp);
   }
-  ok = ok && ::fsync(fd) == 0;
-  Status s = ok ? OkStatus() : ErrnoStatus("write", tmp);
-  ::close(fd);
   if (s.ok()) {
     if (overwrite) {
       if (::rename(tmp.c_str(), path.c_str()) != 0) s = ErrnoStatus("rename to", path);
