@@ -60,6 +60,8 @@ enum ErrorCode {
                             # uses, or was revoked. Final: the client stops.
   taskMismatch @24;         # A result whose round, attempt or task nonce is not that of the task
                             # this client was sent (replayed, or forged with another's nonce).
+  updateNormExceeded @25;   # The upload's change to its task's tensors has an L2 norm above the
+                            # coordinator's robust.norm_bound (with norm_action: reject).
 }
 
 # Binds a result to the task it answers. The coordinator issues a fresh random nonce with every

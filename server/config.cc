@@ -80,6 +80,7 @@ Status ParseStrategyConfig(const ConfigSection& s, StrategyConfig* c) {
   FEDLORA_RETURN_IF_ERROR(s.Read("name", &c->name));
   FEDLORA_RETURN_IF_ERROR(s.Read("weighting", &c->weighting));
   FEDLORA_RETURN_IF_ERROR(s.Read("max_examples_per_client", &c->max_examples_per_client));
+  FEDLORA_RETURN_IF_ERROR(s.Read("max_weight_share", &c->max_weight_share));
 
   const ConfigSection fair = s.Section("lorafair");
   FEDLORA_RETURN_IF_ERROR(fair.Read("solver", &c->lorafair.solver));
@@ -139,6 +140,12 @@ Status ValidateStrategyConfig(const StrategyConfig& c) {
   if (c.max_examples_per_client == 0) {
     return InvalidArgument("strategy.max_examples_per_client must be >= 1");
   }
+  if (!(c.max_weight_share > 0 && c.max_weight_share <= 1)) {
+    return InvalidArgument("strategy.max_weight_share must be in (0, 1] (1 = no cap), not ",
+                           c.max_weight_share);
+  }
+  FEDLORA_RETURN_IF_ERROR(ValidateAggregationRule(c.rule));
+  FEDLORA_RETURN_IF_ERROR(CheckRuleComposes(c.name, c.rule.name));
   if (c.rank_policy.kind != "uniform" && c.name != "hetlora" && c.name != "flora" &&
       c.name != "fslora") {
     return InvalidArgument("strategy.rank_policy.kind = ", c.rank_policy.kind, ": strategy '",
@@ -233,6 +240,22 @@ Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
   FEDLORA_RETURN_IF_ERROR(eval.Read("timeout_ms", &c->eval.timeout_ms));
   FEDLORA_RETURN_IF_ERROR(eval.Finish());
 
+  const ConfigSection robust = root.Section("robust");
+  FEDLORA_RETURN_IF_ERROR(robust.Read("norm_bound", &c->robust.norm_bound));
+  FEDLORA_RETURN_IF_ERROR(robust.Read("norm_action", &c->robust.norm_action));
+  FEDLORA_RETURN_IF_ERROR(robust.Read("rule", &c->strategy.rule.name));
+  FEDLORA_RETURN_IF_ERROR(robust.Read("trim_fraction", &c->strategy.rule.trim_fraction));
+  FEDLORA_RETURN_IF_ERROR(robust.Read("krum_byzantine", &c->strategy.rule.krum_byzantine));
+  FEDLORA_RETURN_IF_ERROR(robust.Read("krum_select", &c->strategy.rule.krum_select));
+  FEDLORA_RETURN_IF_ERROR(robust.Finish());
+  if (!(c->robust.norm_bound >= 0)) {
+    return InvalidArgument(robust.PathOf("norm_bound"), " must be >= 0 (0 = unbounded)");
+  }
+  if (c->robust.norm_action != "clip" && c->robust.norm_action != "reject") {
+    return InvalidArgument(robust.PathOf("norm_action"), ": '", c->robust.norm_action,
+                           "' is not clip or reject");
+  }
+  // Read before the strategy section, whose validation checks that the rule composes with it.
   FEDLORA_RETURN_IF_ERROR(ParseStrategyConfig(root.Section("strategy"), &c->strategy));
 
   const ConfigSection exporting = root.Section("export");

@@ -69,6 +69,16 @@ struct ExportConfig {
   DType dtype = DType::kF32;             // f32, bf16 or f16.
 };
 
+// Bounded influence of one upload (docs/security.md). The aggregation rule keys of the same
+// `robust` section (rule, trim_fraction, krum_*) are read into StrategyConfig::rule.
+struct RobustConfig {
+  // The L2 norm, over all tensors of an upload as one vector, of the change it makes to what its
+  // task sent (server/robust/update_norm.h); 0 = unbounded. The default is far above what honest
+  // clients of the shipped configurations reach (docs/security.md says how it was chosen).
+  double norm_bound = 100.0;
+  std::string norm_action = "clip";  // clip: scale the change down to the bound; reject: refuse.
+};
+
 struct CoordinatorConfig {
   std::string state_dir = "state";   // Checkpoints, pending uploads and metrics.jsonl.
   std::uint32_t rounds = 10;
@@ -83,6 +93,7 @@ struct CoordinatorConfig {
   RoundConfig round;
   EvalConfig eval;
   StrategyConfig strategy;
+  RobustConfig robust;
   ExportConfig export_config;        // The `export` section.
   wire::LoraSpec lora{.rank = 8, .alpha = 16.0, .dropout = 0.0, .rslora = false,
                       .targets = {"q_proj", "v_proj"}};

@@ -9,6 +9,7 @@
 #include "server/coordinator_impl.h"
 #include "common/lora/adapter_layout.h"
 #include "server/rank_policy.h"
+#include "server/robust/update_norm.h"
 
 namespace fedlora::server {
 namespace {
@@ -199,6 +200,20 @@ Status Coordinator::Impl::Start() {
   last_key_check_ = clock_.Now();
   LogInfo("coordinator listening on ", endpoint_, " (strategy ", strategy_->name(), ", ",
           config_.rounds, " rounds, state in ", config_.state_dir, ")");
+  const RobustConfig& robust = config_.robust;
+  const StrategyConfig& sc = config_.strategy;
+  LogInfo("bounded influence: ",
+          robust.norm_bound > 0
+              ? StrCat("uploads moving the model by more than ", robust.norm_bound, " (L2) are ",
+                       robust.norm_action == "reject" ? "refused" : "clipped")
+              : std::string("NO norm bound (robust.norm_bound: 0)"),
+          "; aggregation rule ", sc.rule.name, "; example counts capped at ",
+          sc.max_examples_per_client,
+          sc.max_weight_share < 1 ? StrCat("; weight share capped at ", sc.max_weight_share)
+                                  : std::string());
+  if (robust.norm_bound <= 0) {
+    LogWarn("robust.norm_bound is 0: one client's upload can move the global model arbitrarily far");
+  }
   return OkStatus();
 }
 
@@ -700,6 +715,25 @@ void Coordinator::Impl::HandleUpdate(ClientConnection& client, std::uint64_t seq
     phase_ = Phase::kWaiting;
     return;
   }
+  // Norm bounding: how far this upload moves the model is capped, whatever it claims.
+  const double norm = UpdateNorm(accepted, task->second);
+  if (const double bound = config_.robust.norm_bound; bound > 0 && norm > bound) {
+    if (config_.robust.norm_action == "reject") {
+      LogWarn("round ", run_.round, ": refusing the upload of client ", client.id,
+              ": its change has L2 norm ", norm, ", above robust.norm_bound ", bound);
+      run_.norm_rejected[client.id] = norm;
+      reject(Status(StatusCode::kInvalidArgument,
+                    StrCat("the upload's change has L2 norm ", norm,
+                           ", above the coordinator's bound ", bound),
+                    static_cast<std::uint32_t>(ErrorCode::kUpdateNormExceeded)));
+      return;
+    }
+    LogWarn("round ", run_.round, ": clipping the upload of client ", client.id,
+            ": its change has L2 norm ", norm, ", scaled down to robust.norm_bound ", bound);
+    ScaleChange(accepted, task->second, bound / norm);
+    run_.norm_clipped[client.id] = norm;
+  }
+  run_.update_norms[client.id] = norm;
   if (Status s = store_->PersistUpdate(
           run_.round, PendingUpload{accepted, client.hello.capabilities, client.plan});
       !s.ok()) {

@@ -81,6 +81,11 @@ class Coordinator::Impl {
     std::map<std::string, ClientUpdate, std::less<>> updates;
     // Clients whose declared example count exceeded strategy.max_examples_per_client: declared.
     std::map<std::string, std::uint64_t, std::less<>> examples_capped;
+    // The L2 norm of each accepted upload's change (before clipping), and of those clipped to
+    // robust.norm_bound or refused for exceeding it.
+    std::map<std::string, double, std::less<>> update_norms;
+    std::map<std::string, double, std::less<>> norm_clipped;
+    std::map<std::string, double, std::less<>> norm_rejected;
     std::map<std::string, std::uint64_t, std::less<>> sent_base;  // Base version of each task.
     std::map<std::string, std::uint64_t, std::less<>> task_sequence;  // Envelope sequence of it.
     // The ticket issued with each client's current task; its Update must carry it.

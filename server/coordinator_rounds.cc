@@ -8,6 +8,7 @@
 
 #include "common/log.h"
 #include "server/coordinator_impl.h"
+#include "server/robust/update_norm.h"
 #include "server/rank_policy.h"
 #include "server/round_metrics.h"
 
@@ -268,6 +269,8 @@ void Coordinator::Impl::StartFit(std::uint64_t round) {
               valid.message());
       continue;
     }
+    // Clipped (if at all) before it was persisted; its norm is recorded for the metrics.
+    run_.update_norms[u.client_id] = UpdateNorm(u, tasks->front());
     run_.tasks[u.client_id] = std::move(tasks->front());
     run_.updates.emplace(u.client_id, std::move(u));
   }
@@ -438,6 +441,12 @@ void Coordinator::Impl::Aggregate() {
   candidate.round = run_.round;
   run_.candidate = std::move(candidate);
   run_.report = std::move(report).value();
+  for (const auto& [id, w] : run_.report.weights) {
+    if (w == 0) {  // A robust rule left this upload out (multi-Krum): never silently.
+      LogWarn("round ", run_.round, ": ", config_.strategy.rule.name, " left out the upload of client ",
+              id, " (aggregation weight 0)");
+    }
+  }
   std::vector<std::string> evaluators;
   for (const auto& [id, u] : run_.updates) {
     if (clients_.FindById(id) != nullptr) evaluators.push_back(id);
@@ -553,6 +562,28 @@ void Coordinator::Impl::Commit() {
   }
   m.base_version = run_.candidate->corrections.latest_version();
   m.examples_capped = run_.examples_capped;
+  std::vector<double> norms;
+  for (const auto& [id, n] : run_.update_norms) {
+    if (run_.updates.contains(id)) norms.push_back(n);  // Not those of revoked clients.
+  }
+  if (!norms.empty()) {
+    std::sort(norms.begin(), norms.end());
+    const std::size_t mid = norms.size() / 2;
+    m.update_norm_median =
+        norms.size() % 2 == 1 ? norms[mid] : 0.5 * (norms[mid - 1] + norms[mid]);
+    m.update_norm_max = norms.back();
+  }
+  m.norm_clipped = run_.norm_clipped;
+  m.norm_rejected = run_.norm_rejected;
+  if (const std::size_t bounded = m.norm_clipped.size() + m.norm_rejected.size();
+      bounded > 1 && 2 * bounded > run_.updates.size() + m.norm_rejected.size()) {
+    // Most uploads hit the bound: it is cutting honest learning, not just outliers.
+    LogWarn("round ", run_.round, ": ", bounded, " of ",
+            run_.updates.size() + m.norm_rejected.size(), " uploads exceeded robust.norm_bound ",
+            config_.robust.norm_bound, " (median change ", m.update_norm_median.value_or(0),
+            "): the bound looks too small for this model and training; see update_norm_max in "
+            "metrics.jsonl");
+  }
   m.refusals = std::exchange(refusals_, {});
   m.clients_revoked = std::exchange(revoked_since_commit_, 0);
   m.uploads_dropped = std::exchange(dropped_since_commit_, 0);

@@ -39,6 +39,12 @@ std::string ToJsonLine(const RoundMetrics& m) {
   for (const auto& [id, w] : m.weights) j["weights"][id] = w;
   j["examples_capped"] = nlohmann::ordered_json::object();
   for (const auto& [id, n] : m.examples_capped) j["examples_capped"][id] = n;
+  j["update_norm_median"] = opt(m.update_norm_median);
+  j["update_norm_max"] = opt(m.update_norm_max);
+  j["norm_clipped"] = nlohmann::ordered_json::object();
+  for (const auto& [id, n] : m.norm_clipped) j["norm_clipped"][id] = n;
+  j["norm_rejected"] = nlohmann::ordered_json::object();
+  for (const auto& [id, n] : m.norm_rejected) j["norm_rejected"][id] = n;
   j["ranks"] = nlohmann::ordered_json::object();
   for (const auto& [id, r] : m.ranks) j["ranks"][id] = r;
   j["depths"] = nlohmann::ordered_json::object();

@@ -50,6 +50,13 @@ struct RoundMetrics {
   // Client id -> the example count it declared, for clients weighted at
   // strategy.max_examples_per_client instead.
   std::map<std::string, std::uint64_t, std::less<>> examples_capped;
+  // The L2 norm of the aggregated uploads' changes to their tasks (before clipping): median and
+  // largest; null without uploads. Client id -> that norm, for uploads clipped to
+  // robust.norm_bound, and for uploads refused for exceeding it (norm_action: reject).
+  std::optional<double> update_norm_median;
+  std::optional<double> update_norm_max;
+  std::map<std::string, double, std::less<>> norm_clipped;
+  std::map<std::string, double, std::less<>> norm_rejected;
   std::map<std::string, std::uint32_t, std::less<>> ranks;   // Client id -> top LoRA rank.
   std::map<std::string, std::uint32_t, std::less<>> depths;  // Client id -> layers with LoRA.
   std::uint64_t base_version = 0;       // Base-correction version after the round.

@@ -209,10 +209,17 @@ class Fleet {
            .batcher = fleet->batcher_});
       if (!local.ok()) return local.status().WithContext(c.name);
       const std::uint64_t state_bytes = client::LocalWorkerStateBytes(**local);
+      std::unique_ptr<client::Worker> worker = std::move(local).value();
+      const std::vector<std::uint32_t>& hostile = config.adversary.clients;
+      if (std::find(hostile.begin(), hostile.end(), i) != hostile.end()) {
+        LogWarn(c.name, " is HOSTILE (adversary.kind ", config.adversary.kind, "): it corrupts "
+                "every upload");
+        worker = std::make_unique<AdversarialWorker>(std::move(worker), i, config.adversary);
+      }
       Member& m = fleet->members_.emplace_back();
       m.name = c.name;
-      m.worker = std::make_unique<VirtualClientWorker>(std::move(local).value(), i,
-                                                       fleet->model_.get(), on_first_hello);
+      m.worker = std::make_unique<VirtualClientWorker>(std::move(worker), i, fleet->model_.get(),
+                                                       on_first_hello);
       m.worker->set_state_bytes(state_bytes);
       m.session = std::make_unique<client::ClientSession>(c, *m.worker, context, clock);
     }
@@ -554,6 +561,9 @@ Result<SimConfig> LoadSimConfig(const std::string& path, const std::vector<std::
     FEDLORA_RETURN_IF_ERROR(b.Finish());
   }
   if (root.Has("fleet")) FEDLORA_RETURN_IF_ERROR(ParseFleetConfig(root.Section("fleet"), &c.fleet));
+  if (root.Has("adversary")) {
+    FEDLORA_RETURN_IF_ERROR(ParseAdversaryConfig(root.Section("adversary"), &c.adversary));
+  }
   FEDLORA_RETURN_IF_ERROR(root.Finish());
   if (c.num_clients == 0) return InvalidArgument(root.PathOf("num_clients"), " must be >= 1");
   if (!c.client_max_ranks.empty() && c.client_max_ranks.size() != c.num_clients) {
@@ -563,6 +573,12 @@ Result<SimConfig> LoadSimConfig(const std::string& path, const std::vector<std::
   if (!c.client_relative_speeds.empty() && c.client_relative_speeds.size() != c.num_clients) {
     return InvalidArgument("client_relative_speeds has ", c.client_relative_speeds.size(),
                            " entries for num_clients = ", c.num_clients);
+  }
+  for (std::uint32_t i : c.adversary.clients) {
+    if (i >= c.num_clients) {
+      return InvalidArgument("adversary.clients: client ", i, " is not below num_clients (",
+                             c.num_clients, ")");
+    }
   }
   for (double speed : c.client_relative_speeds) {
     if (!(speed > 0)) return InvalidArgument("client_relative_speeds must be > 0");

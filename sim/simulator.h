@@ -25,6 +25,7 @@
 #include "client/config.h"
 #include "common/status.h"
 #include "server/config.h"
+#include "sim/adversary.h"
 #include "sim/fleet_model.h"
 
 namespace fedlora::sim {
@@ -70,6 +71,8 @@ struct SimConfig {
   // The simulated fleet's speeds, bandwidths and availability, and the virtual clock (the
   // `fleet` section; absent: every client reports and round times are this machine's).
   FleetConfig fleet;
+  // Clients that corrupt their uploads (the `adversary` section, adversary.h); none by default.
+  AdversaryConfig adversary;
 };
 
 // Which of the config's clients this process runs and how it is reached. A value.

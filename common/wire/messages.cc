@@ -39,6 +39,7 @@ std::string_view ErrorCodeName(ErrorCode code) {
     case ErrorCode::kTaskDeclined: return "TASK_DECLINED";
     case ErrorCode::kNotAuthorized: return "NOT_AUTHORIZED";
     case ErrorCode::kTaskMismatch: return "TASK_MISMATCH";
+    case ErrorCode::kUpdateNormExceeded: return "UPDATE_NORM_EXCEEDED";
   }
   return "UNKNOWN";
 }

@@ -51,8 +51,9 @@ enum class ErrorCode : std::uint16_t {
   kTaskDeclined = 22,          // The client will not do the task (offline, or too slow for the deadline).
   kNotAuthorized = 23,         // The CURVE key is not enrolled for this client name, or was revoked.
   kTaskMismatch = 24,          // A result's round, attempt or task nonce is not its task's.
+  kUpdateNormExceeded = 25,    // The upload moves the model further than robust.norm_bound.
 };
-inline constexpr ErrorCode kLastErrorCode = ErrorCode::kTaskMismatch;
+inline constexpr ErrorCode kLastErrorCode = ErrorCode::kUpdateNormExceeded;
 std::string_view ErrorCodeName(ErrorCode code);  // "DIGEST_MISMATCH"
 
 // Client names travel in Hello, become file names in the state directory and keys of the

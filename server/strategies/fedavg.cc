@@ -9,15 +9,7 @@ namespace fedlora::server {
 Result<TensorMap> WeightedMean(std::span<const ClientUpdate> updates,
                                std::span<const double> weights, DType dtype) {
   FEDLORA_CHECK(!updates.empty() && updates.size() == weights.size());
-  const ClientUpdate& first = updates.front();
-  for (const ClientUpdate& u : updates) {
-    if (u.tensors.size() != first.tensors.size()) {
-      return InvalidArgument("client ", u.client_id, " uploaded ", u.tensors.size(),
-                             " tensors but client ", first.client_id, " uploaded ",
-                             first.tensors.size(),
-                             " (hint: clients trained different LoRA targets)");
-    }
-  }
+  FEDLORA_RETURN_IF_ERROR(CheckUpdatesAlign(updates));
   // Accumulate in client-id order, so the floating-point result does not depend on the order
   // the updates arrived in.
   std::vector<std::size_t> order(updates.size());
@@ -26,27 +18,38 @@ Result<TensorMap> WeightedMean(std::span<const ClientUpdate> updates,
     return updates[a].client_id < updates[b].client_id;
   });
   TensorMap out;
-  for (const auto& [name, reference] : first.tensors) {
+  for (const auto& [name, reference] : updates.front().tensors) {
     std::vector<double> acc(static_cast<std::size_t>(reference.numel()), 0.0);
     for (std::size_t k : order) {
-      const auto it = updates[k].tensors.find(name);
-      if (it == updates[k].tensors.end()) {
-        return InvalidArgument("client ", updates[k].client_id, " did not upload tensor '", name,
-                               "'");
-      }
-      if (it->second.shape != reference.shape) {
-        return InvalidArgument("client ", updates[k].client_id, " disagrees on the shape of '",
-                               name, "': ", ShapeString(it->second.shape), " vs ",
-                               ShapeString(reference.shape),
-                               " (hint: clients trained different LoRA ranks)");
-      }
-      const std::vector<double> values = ToDoubles(it->second);
+      const std::vector<double> values = ToDoubles(updates[k].tensors.at(name));
       const double p = weights[k];
       for (std::size_t i = 0; i < acc.size(); ++i) acc[i] += p * values[i];
     }
     out.emplace(name, FromDoubles(dtype, reference.shape, acc));
   }
   return out;
+}
+
+Result<std::vector<double>> ClientWeights(std::span<const ClientUpdate> updates,
+                                          const FedAvgConfig& config) {
+  return ComputeWeights(updates, config.weighting, config.max_weight_share);
+}
+
+Result<TensorMap> CombineUpdates(std::span<const ClientUpdate> updates, const FedAvgConfig& config,
+                                 AggregateReport* report) {
+  FEDLORA_ASSIGN_OR_RETURN(std::vector<double> weights, ClientWeights(updates, config));
+  RuleOutcome outcome;
+  if (config.rule == nullptr) {
+    FEDLORA_ASSIGN_OR_RETURN(outcome.combined, WeightedMean(updates, weights, config.state_dtype));
+    outcome.shares = std::move(weights);
+  } else {
+    FEDLORA_ASSIGN_OR_RETURN(outcome, config.rule->Combine(updates, weights, config.state_dtype));
+  }
+  for (std::size_t k = 0; k < updates.size(); ++k) {
+    report->weights[updates[k].client_id] = outcome.shares[k];
+  }
+  for (auto& [key, value] : outcome.metrics) report->metrics[key] = value;
+  return std::move(outcome.combined);
 }
 
 Result<GlobalState> FedAvg::Initialize(const ModelLayout& layout) {
@@ -83,14 +86,8 @@ Result<std::vector<ClientTask>> FedAvg::Configure(const GlobalState& state, std:
 Result<AggregateReport> FedAvg::Aggregate(GlobalState& state, std::uint64_t round,
                                           std::span<const ClientUpdate> updates,
                                           std::span<const ClientTask> tasks) {
-  FEDLORA_ASSIGN_OR_RETURN(std::vector<double> weights,
-                           ComputeWeights(updates, config_.weighting));
-  FEDLORA_ASSIGN_OR_RETURN(TensorMap mean, WeightedMean(updates, weights, config_.state_dtype));
-  state.adapter = std::move(mean);
   AggregateReport report;
-  for (std::size_t k = 0; k < updates.size(); ++k) {
-    report.weights[updates[k].client_id] = weights[k];
-  }
+  FEDLORA_ASSIGN_OR_RETURN(state.adapter, CombineUpdates(updates, config_, &report));
   return report;
 }
 

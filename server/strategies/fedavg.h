@@ -7,7 +7,9 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
+#include "server/robust/aggregation_rule.h"
 #include "server/strategies/strategy.h"
 #include "server/strategies/weighting.h"
 
@@ -17,6 +19,10 @@ struct FedAvgConfig {
   wire::LoraSpec lora;           // Rank, alpha, targets the clients train.
   wire::TrainSpec train;         // Local-training settings sent in every task.
   Weighting weighting = Weighting::kExamples;
+  double max_weight_share = 1.0;  // No client's weight above this share (CapShares); 1 = no cap.
+  // How the weighted-average strategies (fedavg, ffa, fedsa, fedsb) combine uploads; null = the
+  // weighted mean. Others accept only null (MakeStrategy).
+  std::shared_ptr<const AggregationRule> rule;
   std::uint64_t seed = 0;        // Seeds the initial adapter.
   DType state_dtype = DType::kF32;
 };
@@ -43,6 +49,16 @@ class FedAvg final : public Strategy {
 // client and tensor when the updates disagree on names or shapes.
 Result<TensorMap> WeightedMean(std::span<const ClientUpdate> updates,
                                std::span<const double> weights, DType dtype = DType::kF32);
+
+// The strategy's weights for `updates` (ComputeWeights with its weighting and share cap).
+Result<std::vector<double>> ClientWeights(std::span<const ClientUpdate> updates,
+                                          const FedAvgConfig& config);
+
+// The weighted-average family's aggregation: `updates` combined by config.rule (the weighted
+// mean by default) into tensors of config.state_dtype; records in `report` the share each client
+// actually carried and the rule's metrics.
+Result<TensorMap> CombineUpdates(std::span<const ClientUpdate> updates, const FedAvgConfig& config,
+                                 AggregateReport* report);
 
 // The standard task every client of a homogeneous strategy gets: `tensors` to start from, and
 // an upload of exactly the tensors named in `upload` in the upload dtype, shaped as in `shapes`.

@@ -22,7 +22,7 @@ Result<std::vector<ClientTask>> FedExLora::Configure(const GlobalState& state, s
 Result<AggregateReport> FedExLora::Aggregate(GlobalState& state, std::uint64_t round,
                                              std::span<const ClientUpdate> updates,
                                              std::span<const ClientTask> tasks) try {
-  FEDLORA_ASSIGN_OR_RETURN(std::vector<double> weights, ComputeWeights(updates, config_.weighting));
+  FEDLORA_ASSIGN_OR_RETURN(std::vector<double> weights, ClientWeights(updates, config_));
   const double scale = lora::Scale(config_.lora);
   GlobalState next = state;
   CorrectionEntry entry;

@@ -88,10 +88,8 @@ Result<std::vector<ClientTask>> FedSb::Configure(const GlobalState& state, std::
 Result<AggregateReport> FedSb::Aggregate(GlobalState& state, std::uint64_t round,
                                          std::span<const ClientUpdate> updates,
                                          std::span<const ClientTask> tasks) {
-  FEDLORA_ASSIGN_OR_RETURN(std::vector<double> weights, ComputeWeights(updates, config_.weighting));
-  FEDLORA_ASSIGN_OR_RETURN(state.adapter, WeightedMean(updates, weights, config_.state_dtype));
   AggregateReport report;
-  for (std::size_t k = 0; k < updates.size(); ++k) report.weights[updates[k].client_id] = weights[k];
+  FEDLORA_ASSIGN_OR_RETURN(state.adapter, CombineUpdates(updates, config_, &report));
   return report;
 }
 

@@ -34,11 +34,9 @@ Result<std::vector<ClientTask>> FfaLora::Configure(const GlobalState& state, std
 Result<AggregateReport> FfaLora::Aggregate(GlobalState& state, std::uint64_t round,
                                            std::span<const ClientUpdate> updates,
                                            std::span<const ClientTask> tasks) {
-  FEDLORA_ASSIGN_OR_RETURN(std::vector<double> weights, ComputeWeights(updates, config_.weighting));
-  FEDLORA_ASSIGN_OR_RETURN(TensorMap b_mean, WeightedMean(updates, weights, config_.state_dtype));
-  for (auto& [name, t] : b_mean) state.adapter[name] = std::move(t);
   AggregateReport report;
-  for (std::size_t k = 0; k < updates.size(); ++k) report.weights[updates[k].client_id] = weights[k];
+  FEDLORA_ASSIGN_OR_RETURN(TensorMap b_mean, CombineUpdates(updates, config_, &report));
+  for (auto& [name, t] : b_mean) state.adapter[name] = std::move(t);
   return report;
 }
 

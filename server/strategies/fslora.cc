@@ -67,7 +67,7 @@ Result<std::vector<ClientTask>> FsLora::Configure(const GlobalState& state, std:
 Result<AggregateReport> FsLora::Aggregate(GlobalState& state, std::uint64_t round,
                                           std::span<const ClientUpdate> updates,
                                           std::span<const ClientTask> tasks) try {
-  FEDLORA_ASSIGN_OR_RETURN(std::vector<double> weights, ComputeWeights(updates, config_.weighting));
+  FEDLORA_ASSIGN_OR_RETURN(std::vector<double> weights, ClientWeights(updates, config_));
   nlohmann::json s = state.strategy_json.empty()
                          ? nlohmann::json::object()
                          : nlohmann::json::parse(state.strategy_json, nullptr, false);

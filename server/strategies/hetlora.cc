@@ -111,7 +111,7 @@ Result<AggregateReport> HetLora::Aggregate(GlobalState& state, std::uint64_t rou
     }
   } else {
     FEDLORA_ASSIGN_OR_RETURN(Weighting w, ParseWeighting(het_.weighting));
-    FEDLORA_ASSIGN_OR_RETURN(base_weights, ComputeWeights(updates, w));
+    FEDLORA_ASSIGN_OR_RETURN(base_weights, ComputeWeights(updates, w, config_.max_weight_share));
   }
 
   TensorMap next;

@@ -20,7 +20,7 @@ Result<std::vector<ClientTask>> LoraFair::Configure(const GlobalState& state, st
 Result<AggregateReport> LoraFair::Aggregate(GlobalState& state, std::uint64_t round,
                                             std::span<const ClientUpdate> updates,
                                             std::span<const ClientTask> tasks) try {
-  FEDLORA_ASSIGN_OR_RETURN(std::vector<double> weights, ComputeWeights(updates, config_.weighting));
+  FEDLORA_ASSIGN_OR_RETURN(std::vector<double> weights, ClientWeights(updates, config_));
   TensorMap next;
   double cos_before = 0, cos_after = 0, delta_norm = 0;
   int modules = 0;

@@ -16,8 +16,13 @@ namespace fedlora::server {
 Result<std::unique_ptr<Strategy>> MakeStrategy(const StrategyConfig& config,
                                                const StrategyContext& context) {
   FEDLORA_ASSIGN_OR_RETURN(Weighting weighting, ParseWeighting(config.weighting));
-  const FedAvgConfig base{.lora = context.lora, .train = context.train, .weighting = weighting,
-                          .seed = context.seed, .state_dtype = context.state_dtype};
+  FedAvgConfig base{.lora = context.lora, .train = context.train, .weighting = weighting,
+                    .max_weight_share = config.max_weight_share, .seed = context.seed,
+                    .state_dtype = context.state_dtype};
+  if (config.rule.name != "mean") {
+    FEDLORA_RETURN_IF_ERROR(CheckRuleComposes(config.name, config.rule.name));
+    FEDLORA_ASSIGN_OR_RETURN(base.rule, MakeAggregationRule(config.rule));
+  }
   std::unique_ptr<Strategy> s;
   if (config.name == "fedavg") {
     s = std::make_unique<FedAvg>(base);

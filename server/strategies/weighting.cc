@@ -1,5 +1,7 @@
 #include "server/strategies/weighting.h"
 
+#include <algorithm>
+
 namespace fedlora::server {
 
 Result<Weighting> ParseWeighting(std::string_view name) {
@@ -18,7 +20,49 @@ std::string_view WeightingName(Weighting w) {
   return "?";
 }
 
-Result<std::vector<double>> ComputeWeights(std::span<const ClientUpdate> updates, Weighting w) {
+std::size_t CapShares(std::vector<double>& weights, double max_share) {
+  const std::size_t n = weights.size();
+  if (n == 0 || !(max_share < 1.0)) return 0;
+  if (max_share * static_cast<double>(n) <= 1.0) {
+    std::size_t capped = 0;
+    for (double& w : weights) {
+      if (w > 1.0 / static_cast<double>(n)) ++capped;
+      w = 1.0 / static_cast<double>(n);
+    }
+    return capped;
+  }
+  // Each pass fixes every weight above the cap at the cap and rescales the free ones to carry
+  // the rest; a weight fixed once stays fixed, so at most n passes.
+  std::vector<bool> fixed(n, false);
+  std::size_t capped = 0;
+  for (bool changed = true; changed;) {
+    changed = false;
+    double free_total = 0, left = 1.0;
+    for (std::size_t k = 0; k < n; ++k) {
+      if (fixed[k]) {
+        left -= max_share;
+      } else {
+        free_total += weights[k];
+      }
+    }
+    const auto free_count = static_cast<double>(std::count(fixed.begin(), fixed.end(), false));
+    for (std::size_t k = 0; k < n; ++k) {
+      if (fixed[k]) continue;
+      // Free weights that are all zero share what is left equally.
+      weights[k] = free_total > 0 ? weights[k] * left / free_total : left / free_count;
+      if (weights[k] > max_share) {
+        weights[k] = max_share;
+        fixed[k] = true;
+        ++capped;
+        changed = true;
+      }
+    }
+  }
+  return capped;
+}
+
+Result<std::vector<double>> ComputeWeights(std::span<const ClientUpdate> updates, Weighting w,
+                                           double max_share) {
   std::vector<double> raw;
   raw.reserve(updates.size());
   for (const ClientUpdate& u : updates) {
@@ -35,6 +79,7 @@ Result<std::vector<double>> ComputeWeights(std::span<const ClientUpdate> updates
                            " update(s) report a total count of 0");
   }
   for (double& x : raw) x /= total;
+  CapShares(raw, max_share);
   return raw;
 }
 

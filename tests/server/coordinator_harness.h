@@ -45,14 +45,18 @@ class CoordinatorHarness : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
 
-  // Starts a coordinator with config_ (replacing a stopped one) and runs it on a thread.
+  // Starts a coordinator with config_ (replacing a stopped one) and runs it on a thread. FedAvg
+  // takes config_.strategy's share cap and aggregation rule.
   Status LaunchCoordinator(const Clock& clock) {
     coordinator_.reset();
+    server::FedAvgConfig fedavg{.lora = config_.lora, .train = config_.train,
+                                .max_weight_share = config_.strategy.max_weight_share,
+                                .seed = config_.seed};
+    if (config_.strategy.rule.name != "mean") {
+      FEDLORA_ASSIGN_OR_RETURN(fedavg.rule, server::MakeAggregationRule(config_.strategy.rule));
+    }
     coordinator_ = std::make_unique<server::Coordinator>(
-        config_,
-        std::make_unique<server::FedAvg>(server::FedAvgConfig{
-            .lora = config_.lora, .train = config_.train, .seed = config_.seed}),
-        context_, clock);
+        config_, std::make_unique<server::FedAvg>(std::move(fedavg)), context_, clock);
     const Status started = coordinator_->Start();
     if (started.ok()) thread_ = std::thread([this] { result_ = coordinator_->Run(); });
     return started;
