@@ -74,6 +74,41 @@ TEST(CoordinatorConfigTest, RangeErrorsNameTheKey) {
   EXPECT_NE(message("train: {upload_dtype: int8}").find("int8"), std::string::npos);
 }
 
+TEST(CoordinatorConfigTest, NormBoundAndExampleCapAreOnByDefault) {
+  const Result<CoordinatorConfig> c = Parse("");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->robust.norm_bound, 100.0);
+  EXPECT_EQ(c->robust.norm_action, "clip");
+  EXPECT_EQ(c->strategy.max_examples_per_client, 1'000'000u);
+  EXPECT_EQ(c->strategy.rule.name, "mean");
+}
+
+TEST(CoordinatorConfigTest, RobustSectionIsReadAndCheckedKeyByKey) {
+  const Result<CoordinatorConfig> c =
+      Parse("robust: {norm_bound: 5, norm_action: reject, rule: trimmed_mean, trim_fraction: 0.2}\n"
+            "strategy: {name: fedsa, max_weight_share: 0.3}");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->robust.norm_bound, 5.0);
+  EXPECT_EQ(c->robust.norm_action, "reject");
+  EXPECT_EQ(c->strategy.rule.name, "trimmed_mean");
+  EXPECT_EQ(c->strategy.rule.trim_fraction, 0.2);
+  EXPECT_EQ(c->strategy.max_weight_share, 0.3);
+  const auto message = [](std::string_view yaml) { return Parse(yaml).status().message(); };
+  EXPECT_NE(message("robust: {norm_action: drop}").find("robust.norm_action"), std::string::npos);
+  EXPECT_NE(message("robust: {norm_bound: -1}").find("robust.norm_bound"), std::string::npos);
+  EXPECT_NE(message("robust: {rule: krum}").find("robust.rule"), std::string::npos);
+  EXPECT_NE(message("strategy: {max_weight_share: 0}").find("max_weight_share"), std::string::npos);
+}
+
+TEST(CoordinatorConfigTest, ARobustRuleWithAStrategyThatIsNotAnAverageIsRefusedSayingWhich) {
+  const std::string m = std::string(Parse("robust: {rule: median}\nstrategy: {name: fedex}")
+                                        .status()
+                                        .message());
+  EXPECT_NE(m.find("fedex"), std::string::npos) << m;
+  EXPECT_NE(m.find("fedavg, ffa, fedsa and fedsb"), std::string::npos) << m;
+  EXPECT_TRUE(Parse("robust: {rule: multi_krum}\nstrategy: {name: fedsb}").ok());
+}
+
 TEST(CoordinatorConfigTest, ExportSectionIsParsedStrictly) {
   Result<CoordinatorConfig> c = Parse("");
   ASSERT_TRUE(c.ok()) << c.status().ToString();
