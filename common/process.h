@@ -20,6 +20,11 @@ void OnStopSignal(void (*stop)(void*), void* arg);
 // Coordinator::Reload). Call again with a no-op before the object `arg` points to is destroyed.
 void OnReloadSignal(void (*reload)(void*), void* arg);
 
+// Raises this process's open-file limit (RLIMIT_NOFILE) to its hard limit, so a coordinator can
+// hold one TCP connection per client beyond the common soft default of 1,024. Returns the soft
+// limit in force afterwards (0 if the system does not say).
+std::uint64_t RaiseOpenFileLimit();
+
 // Memory of this process and machine, in bytes; 0 where the system does not say.
 std::uint64_t PeakRssBytes();     // Largest resident set so far (getrusage).
 std::uint64_t CurrentRssBytes();  // Resident set now (/proc/self/statm).

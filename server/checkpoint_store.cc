@@ -248,6 +248,34 @@ Result<std::optional<Checkpoint>> CheckpointStore::LoadLatest() const {
   return std::optional<Checkpoint>();
 }
 
+Result<std::vector<CheckpointCheck>> CheckpointStore::VerifyAll(const std::string& state_dir) {
+  std::error_code exists_ec;
+  if (!stdfs::is_directory(state_dir + "/checkpoints", exists_ec)) {
+    return NotFound(state_dir, " has no checkpoints directory (not a coordinator state_dir?)");
+  }
+  FEDLORA_ASSIGN_OR_RETURN(std::vector<std::uint64_t> rounds, CommittedRounds(state_dir));
+  std::vector<CheckpointCheck> out;
+  for (auto it = rounds.rbegin(); it != rounds.rend(); ++it) {
+    const std::string dir = StrCat(state_dir, "/checkpoints/", RoundName(*it));
+    out.push_back({*it, dir, ReadCheckpoint(dir, *it).status()});
+  }
+  // Set aside by LoadLatest at an earlier start: damaged by definition.
+  std::vector<CheckpointCheck> aside;
+  std::error_code ec;
+  for (const auto& entry : stdfs::directory_iterator(state_dir + "/checkpoints", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!name.starts_with(".corrupt-")) continue;
+    const auto round = ParseRoundName(name.substr(std::strlen(".corrupt-")));
+    aside.push_back({round.value_or(0), entry.path().string(),
+                     DataLoss(entry.path().string(), ": set aside as damaged by a coordinator")});
+  }
+  if (ec) return DataLoss("listing ", state_dir, "/checkpoints: ", ec.message());
+  std::sort(aside.begin(), aside.end(),
+            [](const CheckpointCheck& a, const CheckpointCheck& b) { return a.round < b.round; });
+  out.insert(out.end(), aside.begin(), aside.end());
+  return out;
+}
+
 Status CheckpointStore::DropPendingThrough(std::uint64_t round) {
   std::error_code ec;
   for (const auto& entry : stdfs::directory_iterator(dir_ + "/pending", ec)) {

@@ -37,6 +37,13 @@ struct PendingUpload {
   wire::AdapterPlan plan;
 };
 
+// One checkpoint directory as VerifyAll found it.
+struct CheckpointCheck {
+  std::uint64_t round = 0;
+  std::string dir;
+  Status status;  // OK: every file matches the manifest and the checkpoint parses.
+};
+
 struct Checkpoint {
   std::uint64_t round = 0;
   std::string strategy;
@@ -60,6 +67,13 @@ class CheckpointStore {
   // checkpoint that is provably damaged (digest mismatch, unparsable) is moved aside to
   // checkpoints/.corrupt-<round> with a warning; any other error (permissions, I/O) is returned.
   Result<std::optional<Checkpoint>> LoadLatest() const;
+
+  // Checks every committed checkpoint of `state_dir` against its manifest (SHA-256 of every
+  // file) and parses it, oldest first; for the operator (`fedlora-coordinator verify`). Read-only
+  // and lock-free, so it may run next to a live coordinator; a damaged checkpoint is reported,
+  // never moved. Directories set aside as damaged (.corrupt-<round>) are reported as damaged.
+  // An error only when the checkpoints directory cannot be listed.
+  static Result<std::vector<CheckpointCheck>> VerifyAll(const std::string& state_dir);
 
   // Removes pending uploads of rounds <= `round` (left behind by a crash after their commit).
   Status DropPendingThrough(std::uint64_t round);

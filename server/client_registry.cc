@@ -1,6 +1,13 @@
 #include "server/client_registry.h"
 
+#include <algorithm>
+
 namespace fedlora::server {
+
+Clock::TimePoint SilenceCutoff(Clock::TimePoint now, Clock::TimePoint caught_up,
+                               std::chrono::steady_clock::duration window) {
+  return std::max(std::min(caught_up, now), now - window) - window;
+}
 
 ClientConnection* ClientRegistry::FindByRoute(std::string_view route) {
   const auto it = id_by_route_.find(route);

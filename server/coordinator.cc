@@ -198,6 +198,7 @@ Status Coordinator::Impl::Start() {
   FEDLORA_ASSIGN_OR_RETURN(endpoint_, router_.LastEndpoint());
   security_->LogStartup();
   last_key_check_ = clock_.Now();
+  caught_up_ = last_key_check_;
   LogInfo("coordinator listening on ", endpoint_, " (strategy ", strategy_->name(), ", ",
           config_.rounds, " rounds, state in ", config_.state_dir, ")");
   const RobustConfig& robust = config_.robust;
@@ -247,7 +248,10 @@ Status Coordinator::Impl::Run() {
     for (std::size_t i = 0; i < kMaxMessagesPerTick; ++i) {
       Result<std::optional<net::Message>> message = router_.Receive(milliseconds(0));
       if (!message.ok()) return message.status();
-      if (!message->has_value()) break;
+      if (!message->has_value()) {
+        caught_up_ = clock_.Now();  // Every queued message read (SilenceCutoff).
+        break;
+      }
       try {
         HandleMessage(**message);
       } catch (const std::exception& e) {
@@ -304,8 +308,8 @@ void Coordinator::Impl::OnTick() {
   ReloadKeys();
   const Clock::TimePoint now = clock_.Now();
   const milliseconds interval(config_.transport.heartbeat_interval_ms);
-  const std::vector<std::string> expired =
-      clients_.ExpireSilentSince(now - interval * config_.transport.heartbeat_liveness);
+  const std::vector<std::string> expired = clients_.ExpireSilentSince(
+      SilenceCutoff(now, caught_up_, interval * config_.transport.heartbeat_liveness));
   for (const std::string& id : expired) {
     Count([](CoordinatorCounters& c) { ++c.clients_expired; });
     OnClientGone(id, "silent for longer than heartbeat_interval_ms x heartbeat_liveness");

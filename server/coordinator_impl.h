@@ -194,6 +194,7 @@ class Coordinator::Impl {
   std::atomic<bool> stop_{false};
   std::atomic<bool> reload_requested_{false};
   Clock::TimePoint last_key_check_{};
+  Clock::TimePoint caught_up_{};  // When the loop last read every queued message.
   // Counted since the previous commit, for its metrics line (RoundMetrics::refusals & co.).
   std::map<std::string, std::uint32_t, std::less<>> refusals_;
   std::uint32_t revoked_since_commit_ = 0;

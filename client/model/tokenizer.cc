@@ -108,6 +108,13 @@ Result<Tokenizer> Tokenizer::Parse(std::span<const std::byte> bytes, std::int32_
     return InvalidArgument("tokenizer '", source, "': impossible max_token_length ",
                            t.max_token_length_, " (not a llama2.c tokenizer file?)");
   }
+  // Every record takes at least 8 bytes (score and length): refuse a vocab_size the file cannot
+  // hold before allocating anything for it (found by fuzzing: 4 bytes of vocab_size made a
+  // 2.7 KB file allocate 2.6 GB).
+  if (reader.remaining() / 8 < static_cast<std::size_t>(vocab_size)) {
+    return DataLoss("tokenizer '", source, "' is truncated: ", bytes.size(),
+                    " bytes cannot hold ", vocab_size, " pieces of at least 8 bytes each");
+  }
   t.pieces_.resize(static_cast<std::size_t>(vocab_size));
   t.scores_.resize(static_cast<std::size_t>(vocab_size));
   for (TokenId id = 0; id < vocab_size; ++id) {

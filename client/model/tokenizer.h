@@ -61,7 +61,9 @@ class Tokenizer final : public TextTokenizer {
   std::string_view DecodePiece(TokenId prev, TokenId token) const;
 
   // Concatenated DecodePiece of a sequence. BOS and EOS are control tokens and produce no text,
-  // so Decode(Encode(s, true, true)) == s.
+  // so Decode(Encode(s, true, true)) == s when the vocabulary has the piece " " (every real
+  // llama2.c tokenizer does); without it the dummy prefix is the byte token <0x20>, which decodes
+  // as a leading space, as in run.c.
   std::string Decode(std::span<const TokenId> tokens) const override;
 
   std::int32_t vocab_size() const override { return static_cast<std::int32_t>(pieces_.size()); }

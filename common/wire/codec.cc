@@ -538,9 +538,20 @@ Result<std::vector<capnp::word>> AlignedWords(std::span<const std::byte> frame) 
   return words;
 }
 
-capnp::ReaderOptions Options(const DecodeLimits& limits) {
+// Cap'n Proto's traversal limit bounds the work, and so the memory, that reading frame 0 can
+// cause: it counts every word read (re-reads of a field included) and one word per element of a
+// list of zero-sized structs, which costs the sender nothing. Bounded by max_message_bytes alone,
+// a 461-byte envelope could declare 32 million empty module plans and make Decode allocate
+// gigabytes (found by fuzzing; tests/fuzz/corpus/wire_decode/crash-plan-list-amplification), so
+// it is also bounded by the frame's own size, with room for the few re-reads decoding makes.
+constexpr std::uint64_t kTraversalWordsPerFrameWord = 4;
+
+capnp::ReaderOptions Options(const DecodeLimits& limits, std::size_t frame_words) {
   capnp::ReaderOptions options;
-  options.traversalLimitInWords = std::max<std::uint64_t>(limits.max_message_bytes / 8, 64);
+  options.traversalLimitInWords =
+      std::max<std::uint64_t>(std::min<std::uint64_t>(limits.max_message_bytes / 8,
+                                                       kTraversalWordsPerFrameWord * frame_words),
+                              64);
   options.nestingLimit = 16;
   return options;
 }
@@ -593,7 +604,7 @@ Result<Envelope> Decode(std::span<const std::span<const std::byte>> frames,
   FEDLORA_ASSIGN_OR_RETURN(std::vector<capnp::word> words, AlignedWords(frames[0]));
   try {
     capnp::FlatArrayMessageReader reader(kj::arrayPtr(words.data(), words.size()),
-                                         Options(limits));
+                                         Options(limits, words.size()));
     if (reader.getEnd() != words.data() + words.size()) {
       return DecodeError(ErrorCode::kMalformedEnvelope, StatusCode::kDataLoss,
                          "envelope frame has trailing bytes after the message");
@@ -635,7 +646,7 @@ std::optional<EnvelopeHeader> PeekHeader(std::span<const std::byte> frame0,
   if (!words.ok()) return std::nullopt;
   try {
     capnp::FlatArrayMessageReader reader(kj::arrayPtr(words->data(), words->size()),
-                                         Options(limits));
+                                         Options(limits, words->size()));
     proto::Envelope::Reader env = reader.getRoot<proto::Envelope>();
     return EnvelopeHeader{env.getProtocolVersion(), env.getSessionId(), env.getSequence(),
                           env.which() == proto::Envelope::HELLO};

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -224,6 +225,19 @@ TEST(TokenizerTest, LoadRejectsAVocabSizeSmallerThanTheFile) {
 
 TEST(TokenizerTest, LoadRejectsAVocabWithoutByteFallbackPieces) {
   EXPECT_EQ(Tokenizer::Load(TokenizerPath(), 100).status().code(), StatusCode::kInvalidArgument);
+}
+
+// Found by fuzzing: the tables were sized from the header's vocab_size before any record was
+// read, so 8 bytes claiming 2^31 - 1 pieces asked for about 70 GB.
+TEST(TokenizerTest, ParseRefusesAVocabSizeTheBytesCannotHoldBeforeAllocating) {
+  std::vector<std::byte> bytes(8, std::byte{0});
+  bytes[0] = std::byte{16};  // max_token_length 16, then a single empty record's worth of bytes.
+  const Result<Tokenizer> t =
+      Tokenizer::Parse(bytes, std::numeric_limits<std::int32_t>::max(), "tiny.bin");
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.status().code(), StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("tiny.bin"));
+  EXPECT_THAT(std::string(t.status().message()), HasSubstr("truncated"));
 }
 
 }  // namespace

@@ -1,8 +1,11 @@
 #include "common/wire/codec.h"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
 #include <cstring>
+#include <fstream>
+#include <iterator>
 
 namespace fedlora::wire {
 namespace {
@@ -179,6 +182,46 @@ TEST(CodecTest, PeekHeaderReadsSequenceOfAnInvalidBody) {
   EXPECT_EQ(header->sequence, 4u);
   EXPECT_EQ(header->session_id, 99u);
   EXPECT_FALSE(PeekHeader(std::vector<std::byte>(5), {}).has_value());
+}
+
+// Found by fuzzing: 461 bytes whose envelope declares tens of millions of zero-sized list
+// elements (which Cap'n Proto counts one word each, at no cost to the sender). The traversal
+// limit is bounded by the frame's size, so Decode gives up after a few MB instead of allocating
+// gigabytes.
+TEST(CodecTest, AnEnvelopeCannotMakeDecodingReadFarMoreThanItsOwnSize) {
+  std::ifstream in(FEDLORA_SOURCE_DIR "/tests/fuzz/corpus/wire_decode/crash-plan-list-amplification",
+                   std::ios::binary);
+  ASSERT_TRUE(in.good());
+  const std::string raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // The fuzz input layout (tests/fuzz/fuzz_input.h): a flags byte, then length-prefixed frames.
+  std::vector<std::vector<std::byte>> frames;
+  for (std::size_t pos = 1; pos + 4 <= raw.size();) {
+    std::uint32_t n = 0;
+    std::memcpy(&n, raw.data() + pos, 4);
+    pos += 4;
+    const std::size_t take = std::min<std::size_t>(n, raw.size() - pos);
+    const auto* p = reinterpret_cast<const std::byte*>(raw.data() + pos);
+    frames.emplace_back(p, p + take);
+    pos += take;
+  }
+  ASSERT_FALSE(frames.empty());
+  ASSERT_LT(frames[0].size(), 1024u);
+  std::vector<std::span<const std::byte>> views(frames.begin(), frames.end());
+  // A receiver allowing large messages: the bound must come from the frame, not from this.
+  DecodeLimits limits;
+  limits.max_message_bytes = std::uint64_t{1} << 30;
+  rusage before{};
+  getrusage(RUSAGE_SELF, &before);
+  const Result<Envelope> decoded = Decode(views, limits);
+  rusage after{};
+  getrusage(RUSAGE_SELF, &after);
+  // Without the frame-size bound this input takes the process's peak RSS up by about 1 GB. (ctest
+  // runs each test in its own process, so the high-water mark is this test's.)
+  EXPECT_LT(after.ru_maxrss - before.ru_maxrss, 256 * 1024) << "KiB of peak RSS while decoding";
+  ASSERT_FALSE(decoded.ok());
+  EXPECT_EQ(DecodeErrorCode(decoded.status()), ErrorCode::kMalformedEnvelope);
+  EXPECT_NE(decoded.status().message().find("traversal limit"), std::string::npos)
+      << decoded.status().message();
 }
 
 }  // namespace

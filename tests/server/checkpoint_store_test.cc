@@ -135,5 +135,46 @@ TEST_F(CheckpointStoreTest, KeepPrunesAllButTheNewestCheckpoints) {
   EXPECT_TRUE(stdfs::exists(store.CheckpointDir(4)));
 }
 
+TEST_F(CheckpointStoreTest, VerifyAllReportsEachCheckpointAndNamesTheDamagedFile) {
+  CheckpointStore store = std::move(CheckpointStore::Open(dir_).value());
+  for (std::uint64_t r = 0; r < 3; ++r) ASSERT_TRUE(store.Commit(Make(r, 1.0f)).ok());
+  {  // One flipped byte in round 1's metrics record: its manifest digest no longer matches.
+    std::fstream f(store.CheckpointDir(1) + "/metrics.json",
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(0);
+    f.write("[", 1);
+  }
+  // Runs next to the store that holds the lock, and moves nothing.
+  const std::vector<CheckpointCheck> checks = CheckpointStore::VerifyAll(dir_).value();
+  ASSERT_EQ(checks.size(), 3u);
+  for (std::uint64_t r = 0; r < 3; ++r) EXPECT_EQ(checks[r].round, r);
+  EXPECT_TRUE(checks[0].status.ok()) << checks[0].status.ToString();
+  EXPECT_EQ(checks[1].status.code(), StatusCode::kDataLoss);
+  EXPECT_NE(checks[1].status.message().find("metrics.json"), std::string::npos)
+      << checks[1].status.message();
+  EXPECT_TRUE(checks[2].status.ok()) << checks[2].status.ToString();
+  EXPECT_TRUE(stdfs::exists(store.CheckpointDir(1)));
+}
+
+TEST_F(CheckpointStoreTest, VerifyAllCountsACheckpointSetAsideAtStartAsDamaged) {
+  CheckpointStore store = std::move(CheckpointStore::Open(dir_).value());
+  ASSERT_TRUE(store.Commit(Make(1, 1.0f)).ok());
+  ASSERT_TRUE(store.Commit(Make(2, 2.0f)).ok());
+  {
+    std::fstream f(store.CheckpointDir(2) + "/global.safetensors",
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-1, std::ios::end);
+    f.write("\x7f", 1);
+  }
+  EXPECT_EQ(store.LoadLatest().value()->round, 1u);  // Sets round 2 aside.
+  const std::vector<CheckpointCheck> checks = CheckpointStore::VerifyAll(dir_).value();
+  ASSERT_EQ(checks.size(), 2u);
+  EXPECT_TRUE(checks[0].status.ok());
+  EXPECT_EQ(checks[1].round, 2u);
+  EXPECT_EQ(checks[1].status.code(), StatusCode::kDataLoss);
+  EXPECT_EQ(CheckpointStore::VerifyAll(dir_ + "/nowhere").status().code(),
+            StatusCode::kNotFound);
+}
+
 }  // namespace
 }  // namespace fedlora::server
