@@ -12,14 +12,7 @@
 namespace fedlora::fs {
 namespace {
 
-Status Errno(std::string_view what, const std::string& path) {
-  const int err = errno;
-  const StatusCode code = err == ENOENT   ? StatusCode::kNotFound
-                          : err == ENOSPC ? StatusCode::kResourceExhausted
-                          : err == EACCES ? StatusCode::kPermissionDenied
-                                          : StatusCode::kDataLoss;
-  return Status(code, StrCat(what, " '", path, "': ", std::strerror(err)));
-}
+Status Errno(std::string_view what, const std::string& path) { return ErrnoStatus(errno, what, path); }
 
 using Fd = UniqueFd;
 
@@ -47,15 +40,26 @@ std::string ParentOf(const std::string& path) {
 
 }  // namespace
 
+Status ErrnoStatus(int err, std::string_view what, const std::string& path) {
+  StatusCode code = StatusCode::kDataLoss;
+  switch (err) {
+    case ENOENT: code = StatusCode::kNotFound; break;
+    case EACCES:
+    case EPERM: code = StatusCode::kPermissionDenied; break;
+    case EEXIST: code = StatusCode::kAlreadyExists; break;
+    case ENOSPC:
+    case EDQUOT:
+    case EMFILE:
+    case ENFILE:
+    case ENOMEM: code = StatusCode::kResourceExhausted; break;
+    default: break;
+  }
+  return Status(code, StrCat(what, " '", path, "': ", std::strerror(err)));
+}
+
 Result<std::string> ReadFile(const std::string& path) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    const int err = errno;
-    if (err == EMFILE || err == ENFILE || err == ENOMEM) {
-      return ResourceExhausted("open '", path, "': ", std::strerror(err));
-    }
-    return Errno("open", path);
-  }
+  if (fd.get() < 0) return Errno("open", path);
   std::string out;
   char buf[1 << 16];
   while (true) {

@@ -14,6 +14,13 @@
 
 namespace fedlora::fs {
 
+// The Status for a failed system call on `path`, from `err` (errno, read right after the call):
+// "<what> '<path>': <strerror>" with a code chosen by what the caller can do next: kNotFound
+// (ENOENT), kPermissionDenied (EACCES, EPERM), kAlreadyExists (EEXIST), kResourceExhausted (out
+// of space, descriptors or memory), kDataLoss for any other I/O error. The one errno-to-status map
+// of the tree: file code in common/ and elsewhere uses it rather than a private copy.
+Status ErrnoStatus(int err, std::string_view what, const std::string& path);
+
 // kNotFound if missing, kPermissionDenied, kResourceExhausted (e.g. out of file descriptors),
 // kDataLoss on I/O errors. The code reflects the cause, so callers can tell a missing or
 // corrupt file from an environment problem.

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/fs.h"
+#include "common/unique_fd.h"
 
 namespace fedlora::safetensors {
 namespace {
@@ -30,28 +31,8 @@ std::optional<DType> FromTag(std::string_view tag) {
 }
 
 Status OpenError(std::string_view what, const std::string& path) {
-  const int err = errno;
-  StatusCode code = StatusCode::kDataLoss;
-  if (err == ENOENT) code = StatusCode::kNotFound;
-  if (err == EACCES || err == EPERM) code = StatusCode::kPermissionDenied;
-  if (err == EMFILE || err == ENFILE || err == ENOMEM) code = StatusCode::kResourceExhausted;
-  return Status(code, StrCat(what, " '", path, "': ", std::strerror(err)));
+  return fs::ErrnoStatus(errno, what, path);
 }
-
-// Owns a file descriptor.
-class ScopedFd {
- public:
-  explicit ScopedFd(int fd) : fd_(fd) {}
-  ~ScopedFd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  ScopedFd(const ScopedFd&) = delete;
-  ScopedFd& operator=(const ScopedFd&) = delete;
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
 
 void Flatten(const nlohmann::json& value, const std::string& key, JsonLeaves& out) {
   JsonLeaf leaf;
@@ -171,7 +152,7 @@ Status WriteSyncedStreaming(const std::string& path, const TensorSpecs& specs,
                             const FetchBytes& fetch, const Metadata& metadata) {
   std::uint64_t data_bytes = 0;
   const std::vector<std::byte> header = HeaderBytes(specs, metadata, &data_bytes);
-  const ScopedFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  const UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (fd.get() < 0) return OpenError("create", path);
   const auto write_all = [&]() -> Status {
     FEDLORA_RETURN_IF_ERROR(WriteAllTo(fd.get(), header, path));
@@ -320,7 +301,7 @@ Status Write(const std::string& path, const TensorMap& tensors, const Metadata& 
 }
 
 Result<std::shared_ptr<const MappedFile>> MappedFile::Open(const std::string& path) {
-  const ScopedFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return OpenError("open", path);
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return OpenError("stat", path);

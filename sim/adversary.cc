@@ -2,6 +2,8 @@
 
 #include <random>
 
+#include "common/seed.h"
+
 namespace fedlora::sim {
 
 Status ParseAdversaryConfig(const config::ConfigSection& s, AdversaryConfig* out) {
@@ -21,7 +23,7 @@ Status ParseAdversaryConfig(const config::ConfigSection& s, AdversaryConfig* out
 Result<wire::Update> AdversarialWorker::Train(const wire::RoundTask& task, std::stop_token stop) {
   Result<wire::Update> update = inner_->Train(task, std::move(stop));
   if (!update.ok()) return update;
-  std::mt19937_64 rng(config_.seed ^ (std::uint64_t{index_} << 32) ^ task.round);
+  std::mt19937_64 rng(MixSeed(MixSeed(config_.seed, index_), task.round));
   std::normal_distribution<double> noise(0.0, config_.stddev);
   for (auto& [name, t] : update->tensors) {
     std::vector<double> values = ToDoubles(t);

@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <limits>
 
-#include "client/data/text_dataset.h"  // MixSeed.
+#include "common/seed.h"
 #include "common/fs.h"
 
 namespace fedlora::sim {
@@ -242,7 +242,7 @@ Result<std::unique_ptr<FleetModel>> FleetModel::Make(const FleetConfig& config,
   m->config_ = config;
   m->profiles_.resize(num_clients);
   for (std::uint32_t i = 0; i < num_clients; ++i) {
-    std::mt19937_64 rng(client::MixSeed(client::MixSeed(config.seed, kProfileSalt), i));
+    std::mt19937_64 rng(MixSeed(MixSeed(config.seed, kProfileSalt), i));
     ClientProfile& p = m->profiles_[i];
     p.tokens_per_second = config.tokens_per_second.Draw(rng);
     p.downlink_mbps = config.downlink_mbps.Draw(rng);
@@ -262,9 +262,9 @@ TaskPlan FleetModel::Plan(std::uint32_t client, std::uint64_t round, std::uint64
                           std::uint64_t down_bytes, std::uint64_t tokens,
                           std::uint64_t up_bytes) const {
   const ClientProfile& p = profiles_.at(client);
-  std::mt19937_64 rng(client::MixSeed(
-      client::MixSeed(client::MixSeed(config_.seed, kTaskSalt), client),
-      client::MixSeed(round, nth)));
+  std::mt19937_64 rng(MixSeed(
+      MixSeed(MixSeed(config_.seed, kTaskSalt), client),
+      MixSeed(round, nth)));
   const double u_online = Uniform01(rng);
   const double u_drop = Uniform01(rng);
   TaskPlan plan;

@@ -76,23 +76,6 @@ Status ValidateDataConfig(const DataConfig& config) {
 
 }  // namespace
 
-std::uint64_t MixSeed(std::uint64_t a, std::uint64_t b) {
-  // splitmix64's finalizer over a combination that is not symmetric in (a, b).
-  std::uint64_t z = a + 0x9E3779B97F4A7C15ull * (b + 1);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-std::uint64_t StableHash(std::string_view s) {
-  std::uint64_t h = 0xCBF29CE484222325ull;
-  for (char c : s) {
-    h ^= static_cast<unsigned char>(c);
-    h *= 0x100000001B3ull;
-  }
-  return h;
-}
-
 std::uint64_t UniformBelow(std::mt19937_64& rng, std::uint64_t n) {
   FEDLORA_CHECK(n > 0);
   // Reject the top partial bucket so every residue is equally likely.

@@ -20,16 +20,14 @@
 
 #include "client/config.h"
 #include "client/model/tokenizer.h"
+#include "common/seed.h"
 #include "common/status.h"
 
 namespace fedlora::client {
 
 // ---- Deterministic randomness -------------------------------------------------------------
 
-// A well-mixed 64-bit combination of two seeds (splitmix64 finalizer), for deriving sub-seeds.
-std::uint64_t MixSeed(std::uint64_t a, std::uint64_t b);
-// FNV-1a 64 of `s`: stable across platforms, builds and runs (unlike std::hash).
-std::uint64_t StableHash(std::string_view s);
+// Sub-seeds come from MixSeed and StableHash (common/seed.h).
 // Uniform in [0, n) by rejection sampling; requires n > 0.
 std::uint64_t UniformBelow(std::mt19937_64& rng, std::uint64_t n);
 // Fisher–Yates shuffle driven only by `rng`; the same seed gives the same order everywhere.

@@ -6,9 +6,9 @@
 #include <cctype>
 #include <charconv>
 #include <filesystem>
-#include <fstream>
 #include <limits>
-#include <sstream>
+
+#include "common/fs.h"
 
 namespace fedlora::config {
 namespace {
@@ -157,12 +157,9 @@ Result<ConfigDocument> ConfigDocument::Parse(std::string_view yaml, std::string 
 Result<ConfigDocument> ConfigDocument::Load(const std::string& path,
                                             std::span<const std::string> overrides) {
   if (path.empty()) return Parse("", "<defaults>", overrides);
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound("cannot open config file '", path, "'");
-  std::stringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return DataLoss("error reading config file '", path, "'");
-  FEDLORA_ASSIGN_OR_RETURN(ConfigDocument doc, Parse(text.str(), path, overrides));
+  Result<std::string> text = fs::ReadFile(path);
+  if (!text.ok()) return text.status().WithContext("config file");
+  FEDLORA_ASSIGN_OR_RETURN(ConfigDocument doc, Parse(*text, path, overrides));
   doc.impl_->base_dir = std::filesystem::path(path).parent_path().string();
   return doc;
 }

@@ -103,12 +103,7 @@ std::string ZplValue(std::string_view text, std::string_view key) {
 }
 
 Status ErrnoStatus(std::string_view what, const std::string& path) {
-  const int err = errno;
-  const StatusCode code = err == ENOENT   ? StatusCode::kNotFound
-                          : err == EACCES ? StatusCode::kPermissionDenied
-                          : err == EEXIST ? StatusCode::kAlreadyExists
-                                          : StatusCode::kDataLoss;
-  return Status(code, StrCat(what, " '", path, "': ", std::strerror(err)));
+  return fs::ErrnoStatus(errno, what, path);
 }
 
 // Writes `text` to `path` with `mode`, through a temporary created with that mode (so a secret

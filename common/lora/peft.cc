@@ -225,12 +225,7 @@ Status CheckFeatures(const ConfigReader& c) {
 // ---- writing a directory atomically ---------------------------------------------------------
 
 Status Errno(std::string_view what, const std::string& path) {
-  const int err = errno;
-  return MakeStatus(err == ENOENT   ? StatusCode::kNotFound
-                    : err == ENOSPC ? StatusCode::kResourceExhausted
-                    : err == EACCES ? StatusCode::kPermissionDenied
-                                    : StatusCode::kDataLoss,
-                    what, " '", path, "': ", std::strerror(err));
+  return fs::ErrnoStatus(errno, what, path);
 }
 
 // Replaces directory `final_path` (which may not exist) by `staging`, atomically where the file

@@ -40,24 +40,23 @@ Status ValidateAggregationRule(const AggregationRuleConfig& c) {
   if (!(c.trim_fraction >= 0 && c.trim_fraction < 0.5)) {
     return InvalidArgument("robust.trim_fraction must be in [0, 0.5), not ", c.trim_fraction);
   }
-  if (c.name == "multi_krum" && c.krum_select != 0 && c.krum_select < 1) {
-    return InvalidArgument("robust.krum_select must be >= 1 (0 = n - krum_byzantine)");
-  }
   return OkStatus();
 }
 
 Result<std::shared_ptr<const AggregationRule>> MakeAggregationRule(
     const AggregationRuleConfig& config) {
   FEDLORA_RETURN_IF_ERROR(ValidateAggregationRule(config));
-  if (config.name == "median") return std::shared_ptr<const AggregationRule>(new CoordinateMedian());
-  if (config.name == "trimmed_mean") {
-    return std::shared_ptr<const AggregationRule>(new TrimmedMean(config.trim_fraction));
+  std::shared_ptr<const AggregationRule> rule;
+  if (config.name == "median") {
+    rule = std::make_shared<CoordinateMedian>();
+  } else if (config.name == "trimmed_mean") {
+    rule = std::make_shared<TrimmedMean>(config.trim_fraction);
+  } else if (config.name == "multi_krum") {
+    rule = std::make_shared<MultiKrum>(config.krum_byzantine, config.krum_select);
+  } else {
+    rule = std::make_shared<WeightedMeanRule>();
   }
-  if (config.name == "multi_krum") {
-    return std::shared_ptr<const AggregationRule>(
-        new MultiKrum(config.krum_byzantine, config.krum_select));
-  }
-  return std::shared_ptr<const AggregationRule>(new WeightedMeanRule());
+  return rule;
 }
 
 Status CheckUpdatesAlign(std::span<const ClientUpdate> updates) {

@@ -27,8 +27,8 @@ namespace fedlora::server {
 
 // The `robust` section's rule keys (README.md, docs/security.md).
 struct AggregationRuleConfig {
-  std::string name = "mean";     // mean | median | trimmed_mean | multi_krum
-  double trim_fraction = 0.1;    // trimmed_mean: share of values cut at each end, per coordinate.
+  std::string name = "mean";   // mean | median | trimmed_mean | multi_krum
+  double trim_fraction = 0.1;  // trimmed_mean: share of values cut at each end, per coordinate.
   std::uint32_t krum_byzantine = 1;  // multi_krum: f, the uploads assumed hostile.
   std::uint32_t krum_select = 0;     // multi_krum: m, uploads averaged; 0 = n - f.
 };

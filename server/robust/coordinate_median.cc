@@ -6,8 +6,7 @@
 namespace fedlora::server {
 
 Result<RuleOutcome> CoordinateMedian::Combine(std::span<const ClientUpdate> updates,
-                                              std::span<const double> weights,
-                                              DType dtype) const {
+                                              std::span<const double> weights, DType dtype) const {
   std::vector<std::size_t> order(updates.size());
   return CombineCoordinates(
       updates, dtype, [&order](std::span<const double> values, std::span<double> shares) {

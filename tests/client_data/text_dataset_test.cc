@@ -186,13 +186,6 @@ TEST(TextDatasetTest, DeterministicShuffleIsASeededPermutation) {
   EXPECT_FALSE(std::is_sorted(a.begin(), a.end()));
 }
 
-TEST(TextDatasetTest, StableHashAndMixSeedAreFixedFunctions) {
-  EXPECT_EQ(StableHash(""), 0xCBF29CE484222325ull);  // FNV-1a 64 offset basis.
-  EXPECT_EQ(StableHash("a"), 0xAF63DC4C8601EC8Cull);  // Published FNV-1a test vector.
-  EXPECT_NE(MixSeed(1, 2), MixSeed(2, 1));
-  EXPECT_EQ(MixSeed(1, 2), MixSeed(1, 2));
-}
-
 TEST(TextDatasetTest, ReadTextFileNormalisesCrLfAndRejectsInvalidUtf8WithTheOffset) {
   const std::string good = WriteTempText("crlf.txt", "A:\r\nhi\r\n\r\nB:\r\nyo\r\n");
   EXPECT_EQ(*ReadTextFile(good), "A:\nhi\n\nB:\nyo\n");

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cerrno>
+
 #include <filesystem>
 
 namespace fedlora::fs {
@@ -52,6 +54,18 @@ TEST_F(FsTest, MissingFileIsNotFoundAndNamesThePath) {
   const Result<std::string> r = ReadFile(dir_ + "/nope");
   EXPECT_EQ(r.status().code(), StatusCode::kNotFound);
   EXPECT_NE(r.status().message().find("nope"), std::string::npos);
+}
+
+TEST(ErrnoStatusTest, CodesSayWhatTheCallerCanDoNextAndTheMessageNamesThePath) {
+  EXPECT_EQ(ErrnoStatus(ENOENT, "open", "/x").code(), StatusCode::kNotFound);
+  EXPECT_EQ(ErrnoStatus(EACCES, "open", "/x").code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(ErrnoStatus(EPERM, "open", "/x").code(), StatusCode::kPermissionDenied);
+  EXPECT_EQ(ErrnoStatus(EEXIST, "create", "/x").code(), StatusCode::kAlreadyExists);
+  EXPECT_EQ(ErrnoStatus(ENOSPC, "write", "/x").code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(ErrnoStatus(EMFILE, "open", "/x").code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(ErrnoStatus(EIO, "read", "/x").code(), StatusCode::kDataLoss);
+  EXPECT_EQ(ErrnoStatus(ENOENT, "open", "/data/a.txt").message(),
+            "open '/data/a.txt': No such file or directory");
 }
 
 }  // namespace
