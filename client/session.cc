@@ -391,6 +391,14 @@ std::optional<Outcome> ClientSession::Impl::ReadMonitor() {
 
 std::optional<Outcome> ClientSession::Impl::HandleEnvelope(wire::Envelope envelope) {
   if (welcomed_ && envelope.session_id != session_id_) {
+    // The coordinator no longer knows our session (it dropped it, or restarted) and answers
+    // outside any session: say Hello again now rather than after interval x liveness.
+    const auto* error = std::get_if<wire::Error>(&envelope.body);
+    if (envelope.session_id == 0 && error != nullptr &&
+        error->code == ErrorCode::kSessionMismatch) {
+      LogWarn("coordinator: ", error->message, "; reconnecting");
+      return Outcome::kReconnect;
+    }
     LogWarn("ignoring ", wire::BodyName(envelope.body), " for another session");
     return std::nullopt;
   }

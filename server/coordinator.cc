@@ -415,8 +415,17 @@ void Coordinator::Impl::HandleMessage(const net::Message& message) {
     // Strangers may only say Hello: refuse anything else before hashing its tensor frames.
     const std::optional<wire::EnvelopeHeader> header = wire::PeekHeader(frames[0], limits_);
     if (header && header->protocol_version == wire::kProtocolVersion && !header->is_hello) {
-      ProtocolError(who, route, header->sequence, ErrorCode::kUnexpectedMessage,
-                    "a message before Hello (send Hello first)");
+      if (header->session_id != 0) {
+        // A session this coordinator ended (dropped as silent, revoked, or lost in a restart):
+        // SESSION_MISMATCH makes the client say Hello again at once instead of after
+        // interval x liveness of silence.
+        ProtocolError(who, route, header->sequence, ErrorCode::kSessionMismatch,
+                      StrCat("session ", header->session_id,
+                             " has ended on this coordinator: say Hello again"));
+      } else {
+        ProtocolError(who, route, header->sequence, ErrorCode::kUnexpectedMessage,
+                      "a message before Hello (send Hello first)");
+      }
       return;
     }
   }

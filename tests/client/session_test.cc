@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <future>
 #include <thread>
+#include <tuple>
 
 #include "common/wire/codec.h"
 
@@ -163,6 +164,46 @@ TEST_F(ClientSessionTest, ANewTicketForTheRoundSupersedesTheTaskInHand) {
   while (!std::holds_alternative<wire::Update>(answer.body)) answer = receive().second;
   EXPECT_EQ(std::get<wire::Update>(answer.body).ticket, retry.ticket);
   EXPECT_TRUE(worker.first_cancelled.load());
+  session.Stop();
+  t.join();
+  EXPECT_EQ(result.code(), StatusCode::kCancelled);
+}
+
+// A coordinator that no longer knows our session answers outside any session (session id 0) with
+// SESSION_MISMATCH: the client says Hello again at once, on a new connection, instead of waiting
+// out interval x liveness of silence. The coordinator here is a hand-driven ROUTER.
+TEST_F(ClientSessionTest, SessionMismatchOutsideTheSessionMakesTheClientSayHelloAgainAtOnce) {
+  net::Socket router = net::Socket::Open(context_, net::SocketKind::kRouter).value();
+  ASSERT_TRUE(router.Bind("inproc://session-test-mismatch").ok());
+  FakeWorker worker("w", kDigest);
+  ClientConfig c = client_config_;
+  c.name = "w";
+  c.coordinator = "inproc://session-test-mismatch";
+  ClientSession session(c, worker, context_, system_clock_);
+  Status result;
+  std::thread t([&] { result = session.Run(); });
+
+  std::uint64_t sequence = 0;
+  const auto receive = [&]() -> std::pair<std::string, wire::Envelope> {
+    Result<std::optional<net::Message>> m = router.Receive(std::chrono::seconds(30));
+    EXPECT_TRUE(m.ok() && m->has_value());
+    const std::span<const std::byte> id = (*m)->frame(0);
+    return {std::string(reinterpret_cast<const char*>(id.data()), id.size()),
+            wire::Decode((*m)->frames(1), {}).value()};
+  };
+  const auto send = [&](const std::string& route, std::uint64_t session_id, wire::Body body) {
+    const wire::Envelope env{wire::kProtocolVersion, session_id, ++sequence, std::move(body)};
+    const wire::EncodedMessage m = wire::Encode(env);
+    ASSERT_TRUE(router.Send(m.frames(), std::as_bytes(std::span<const char>(route))).ok());
+  };
+  auto [route, hello] = receive();
+  ASSERT_TRUE(std::holds_alternative<wire::Hello>(hello.body));
+  // Liveness of an hour: only the error can make the client reconnect within the test.
+  send(route, 77, wire::Welcome{"w", 60000, 60, 1, "fedavg", {}});
+  send(route, 0, wire::Error{wire::ErrorCode::kSessionMismatch, "session 77 has ended", 1});
+  auto [second_route, again] = receive();
+  while (!std::holds_alternative<wire::Hello>(again.body)) std::tie(second_route, again) = receive();
+  EXPECT_NE(second_route, route);  // A new connection.
   session.Stop();
   t.join();
   EXPECT_EQ(result.code(), StatusCode::kCancelled);

@@ -460,6 +460,32 @@ TEST_F(CoordinatorTest, ANameIsFreeAgainOnceItsSessionExpired) {
   StopCoordinator();  // Before `clock` goes out of scope.
 }
 
+// Found under load: a client dropped while its heartbeats sat in the coordinator's queue kept
+// talking in its old session and was told only UNEXPECTED_MESSAGE (which it ignores, being for no
+// session), so it noticed after interval x liveness of silence. SESSION_MISMATCH tells it at once.
+TEST_F(CoordinatorTest, AMessageInASessionThatEndedIsAnsweredWithSessionMismatch) {
+  FakeClock clock;
+  config_.round.min_clients = 3;  // No round: only sessions matter.
+  StartCoordinator(clock);
+  TestPeer alice(context_, coordinator_->endpoint());
+  alice.Join(MakeHello("alice", kDigest, kModules));
+  clock.Advance(std::chrono::milliseconds(config_.transport.heartbeat_interval_ms *
+                                          config_.transport.heartbeat_liveness + 1));
+  coordinator_->Wake();
+  for (int i = 0; i < 3000 && coordinator_->counters().clients_expired == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // Bounded wait for the expiry.
+  }
+  ASSERT_EQ(coordinator_->counters().clients_expired, 1u);
+  alice.Send(wire::Heartbeat{});
+  const wire::Error error = alice.Expect<wire::Error>();
+  EXPECT_EQ(error.code, ErrorCode::kSessionMismatch);
+  EXPECT_NE(error.message.find("say Hello again"), std::string::npos) << error.message;
+  TestPeer stranger(context_, coordinator_->endpoint());  // Never had a session.
+  stranger.SendFrames(stranger.Frames(wire::Heartbeat{}));
+  EXPECT_EQ(stranger.ExpectError(), ErrorCode::kUnexpectedMessage);
+  StopCoordinator();  // Before `clock` goes out of scope.
+}
+
 // The wedge seen in the field: 40 sybils said Hello, were selected with 3 honest clients (quorum
 // 50% of 43 = 22), never uploaded and left. The quorum counts only clients that can still answer,
 // so the honest uploads suffice at once, without waiting for the deadline.
