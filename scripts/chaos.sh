@@ -97,7 +97,9 @@ model: {path: $repo/assets/models/stories260K/stories260K.bin,
 data: {path: $repo/assets/datasets/tinyshakespeare/input.txt, partition: speaker,
        num_partitions: $clients, max_eval_windows: 8}
 threads: 1
-transport: {reconnect_min_ms: 100, reconnect_max_ms: 500, max_connect_attempts: 20}
+# A client restarted after the last round (its coordinator has left) gives up within ~15 s.
+transport: {reconnect_min_ms: 100, reconnect_max_ms: 500, hello_timeout_ms: 1000,
+            max_connect_attempts: 10}
 security:
   coordinator_public_key: "$coordinator_key"
   secret_key_file: "$out/keys/{name}.key_secret"
