@@ -9,9 +9,15 @@
 
 #include "common/status.h"
 #include "server/correction_log.h"
-#include "server/strategies/make_strategy.h"
 
 namespace fedlora::server {
+
+// Base-weight correction log (FedEx-LoRA, FLoRA).
+struct CorrectionConfig {
+  // Compact the log into a snapshot once replaying it costs at least this multiple of the
+  // snapshot's size.
+  double compact_ratio = 1.0;
+};
 
 // Appends `entry` to `log` and compacts if worthwhile. `dtype` is the dtype snapshots are
 // stored in (f32 for the coordinator).

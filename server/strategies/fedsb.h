@@ -9,10 +9,20 @@
 // Up: r^2 per module. Down: r^2 (+ r*(d_in + d_out) once per session).
 #pragma once
 
+#include <cstdint>
+#include <string>
+
 #include "server/strategies/fedavg.h"
-#include "server/strategies/make_strategy.h"
 
 namespace fedlora::server {
+
+// Fed-SB / LoRA-SB (ALGORITHMS.md §5).
+struct FedSbConfig {
+  std::string init_client;        // Client that computes the initialisation; empty = the first
+                                  // connected client declaring capabilities.can_initialize.
+  std::uint32_t init_samples = 64;
+  double init_learning_rate = 0;  // eta of -eta*sign(G); 0 = train.learning_rate / warmup.
+};
 
 class FedSb final : public Strategy {
  public:

@@ -12,7 +12,7 @@
 #pragma once
 
 #include "server/strategies/fedavg.h"
-#include "server/strategies/make_strategy.h"
+#include "server/strategies/corrections.h"
 
 namespace fedlora::server {
 

@@ -11,10 +11,23 @@
 // SGD with lr 1 is masked FedAvg of deltas. Up and down: k_i*(d_in + d_out) per module.
 #pragma once
 
+#include <cstdint>
+#include <string>
+
 #include "server/strategies/fedavg.h"
-#include "server/strategies/make_strategy.h"
 
 namespace fedlora::server {
+
+// FSLoRA (ALGORITHMS.md §8).
+struct FsLoraConfig {
+  double sketch_ratio = 0.5;              // k = ceil(ratio * r) for clients without a planned rank.
+  std::string server_optimizer = "sgd";   // sgd (lr 1 = masked FedAvg of deltas) or adamw.
+  double server_learning_rate = 1.0;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;              // adamw only (the reference uses 0.01).
+};
 
 class FsLora final : public Strategy {
  public:

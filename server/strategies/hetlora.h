@@ -11,10 +11,22 @@
 // so every truncation is exactly a prefix of the global update. Not exact.
 #pragma once
 
+#include <cstdint>
+#include <string>
+
 #include "server/strategies/fedavg.h"
-#include "server/strategies/make_strategy.h"
 
 namespace fedlora::server {
+
+// HetLoRA (ALGORITHMS.md §7).
+struct HetLoraConfig {
+  std::string weighting = "sparsity";     // sparsity: p_k ~ ||B_k A_k||_F; or examples, samples,
+                                          // uniform (the naive zero-padding baseline).
+  std::string sparsity_scope = "model";   // model: one norm over all modules; module: per module.
+  double gamma = 0.99;                    // Rank self-pruning decay; 0 disables pruning.
+  double lambda = 0.01;                   // Tail regulariser weight.
+  std::uint32_t min_rank = 1;
+};
 
 class HetLora final : public Strategy {
  public:

@@ -8,10 +8,21 @@
 // design: lambda trades exactness for a stable initialisation of the next round.
 #pragma once
 
+#include <cstdint>
+#include <string>
+
 #include "server/strategies/fedavg.h"
-#include "server/strategies/make_strategy.h"
 
 namespace fedlora::server {
+
+// LoRA-FAIR's server-side correction of B (ALGORITHMS.md §6).
+struct LoraFairConfig {
+  std::string solver = "cosine";   // cosine: gradient descent on 1 - cos + lambda*||dB||^2;
+                                   // ridge: the closed-form least-squares variant.
+  double lambda = 0.01;
+  std::uint32_t iterations = 1000;  // cosine only.
+  double learning_rate = 0.01;      // cosine only.
+};
 
 class LoraFair final : public Strategy {
  public:

@@ -1,8 +1,9 @@
 // make_strategy.h — the whole catalogue of aggregation strategies, in one place you can read.
 //
 // No static registration, no global map: adding a strategy means adding a line in
-// make_strategy.cc. Per-strategy settings live in StrategyConfig under the strategy's name and
-// use the same keys in the coordinator's YAML (strategy.<name>.<key>) and in fedlora-agg --set.
+// make_strategy.cc. Each strategy's settings struct lives in its own header (LoraFairConfig in
+// lorafair.h, ...); StrategyConfig gathers them under the strategy's name, with the same keys in
+// the coordinator's YAML (strategy.<name>.<key>) and in fedlora-agg --set.
 #pragma once
 
 #include <memory>
@@ -14,54 +15,14 @@
 #include "common/wire/messages.h"
 #include "server/rank_policy.h"
 #include "server/robust/aggregation_rule.h"
+#include "server/strategies/corrections.h"
+#include "server/strategies/fedsb.h"
+#include "server/strategies/fslora.h"
+#include "server/strategies/hetlora.h"
+#include "server/strategies/lorafair.h"
 #include "server/strategies/strategy.h"
 
 namespace fedlora::server {
-
-// LoRA-FAIR's server-side correction of B (ALGORITHMS.md §6).
-struct LoraFairConfig {
-  std::string solver = "cosine";   // cosine: gradient descent on 1 - cos + lambda*||dB||^2;
-                                   // ridge: the closed-form least-squares variant.
-  double lambda = 0.01;
-  std::uint32_t iterations = 1000;  // cosine only.
-  double learning_rate = 0.01;      // cosine only.
-};
-
-// HetLoRA (ALGORITHMS.md §7).
-struct HetLoraConfig {
-  std::string weighting = "sparsity";     // sparsity: p_k ~ ||B_k A_k||_F; or examples, samples,
-                                          // uniform (the naive zero-padding baseline).
-  std::string sparsity_scope = "model";   // model: one norm over all modules; module: per module.
-  double gamma = 0.99;                    // Rank self-pruning decay; 0 disables pruning.
-  double lambda = 0.01;                   // Tail regulariser weight.
-  std::uint32_t min_rank = 1;
-};
-
-// FSLoRA (ALGORITHMS.md §8).
-struct FsLoraConfig {
-  double sketch_ratio = 0.5;              // k = ceil(ratio * r) for clients without a planned rank.
-  std::string server_optimizer = "sgd";   // sgd (lr 1 = masked FedAvg of deltas) or adamw.
-  double server_learning_rate = 1.0;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double eps = 1e-8;
-  double weight_decay = 0.0;              // adamw only (the reference uses 0.01).
-};
-
-// Fed-SB / LoRA-SB (ALGORITHMS.md §5).
-struct FedSbConfig {
-  std::string init_client;        // Client that computes the initialisation; empty = the first
-                                  // connected client declaring capabilities.can_initialize.
-  std::uint32_t init_samples = 64;
-  double init_learning_rate = 0;  // eta of -eta*sign(G); 0 = train.learning_rate / warmup.
-};
-
-// Base-weight correction log (FedEx-LoRA, FLoRA).
-struct CorrectionConfig {
-  // Compact the log into a snapshot once replaying it costs at least this multiple of the
-  // snapshot's size.
-  double compact_ratio = 1.0;
-};
 
 struct StrategyConfig {
   std::string name = "fedavg";
