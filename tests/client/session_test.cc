@@ -99,6 +99,32 @@ TEST_F(ClientSessionTest, StopFromAnotherThreadEndsRunWithCancelled) {
   EXPECT_EQ(result.code(), StatusCode::kCancelled);
 }
 
+// A coordinator driven by hand: a ROUTER bound at `endpoint` that the test reads and answers.
+class HandDrivenCoordinator {
+ public:
+  HandDrivenCoordinator(net::Context& context, const std::string& endpoint)
+      : router_(net::Socket::Open(context, net::SocketKind::kRouter).value()) {
+    EXPECT_TRUE(router_.Bind(endpoint).ok());
+  }
+  // The next message (bounded wait) with the route it came from.
+  std::pair<std::string, wire::Envelope> Receive() {
+    Result<std::optional<net::Message>> m = router_.Receive(std::chrono::seconds(30));
+    EXPECT_TRUE(m.ok() && m->has_value());
+    const std::span<const std::byte> id = (*m)->frame(0);
+    return {std::string(reinterpret_cast<const char*>(id.data()), id.size()),
+            wire::Decode((*m)->frames(1), {}).value()};
+  }
+  void Send(const std::string& route, std::uint64_t session_id, wire::Body body) {
+    const wire::Envelope env{wire::kProtocolVersion, session_id, ++sequence_, std::move(body)};
+    const wire::EncodedMessage m = wire::Encode(env);
+    EXPECT_TRUE(router_.Send(m.frames(), std::as_bytes(std::span<const char>(route))).ok());
+  }
+
+ private:
+  net::Socket router_;
+  std::uint64_t sequence_ = 0;
+};
+
 // A worker whose first training blocks until it is cancelled; later ones return at once.
 class FirstTrainingBlocksWorker final : public Worker {
  public:
@@ -126,8 +152,7 @@ class FirstTrainingBlocksWorker final : public Worker {
 // the client drops that work and answers the new task with its ticket, which is the only one the
 // coordinator would accept. The coordinator here is a hand-driven ROUTER.
 TEST_F(ClientSessionTest, ANewTicketForTheRoundSupersedesTheTaskInHand) {
-  net::Socket router = net::Socket::Open(context_, net::SocketKind::kRouter).value();
-  ASSERT_TRUE(router.Bind("inproc://session-test-supersede").ok());
+  HandDrivenCoordinator coordinator(context_, "inproc://session-test-supersede");
   FirstTrainingBlocksWorker worker;
   ClientConfig c = client_config_;
   c.name = "w";
@@ -136,32 +161,19 @@ TEST_F(ClientSessionTest, ANewTicketForTheRoundSupersedesTheTaskInHand) {
   Status result;
   std::thread t([&] { result = session.Run(); });
 
-  std::uint64_t sequence = 0;
-  const auto receive = [&]() -> std::pair<std::string, wire::Envelope> {
-    Result<std::optional<net::Message>> m = router.Receive(std::chrono::seconds(30));
-    EXPECT_TRUE(m.ok() && m->has_value());
-    const std::span<const std::byte> id = (*m)->frame(0);
-    return {std::string(reinterpret_cast<const char*>(id.data()), id.size()),
-            wire::Decode((*m)->frames(1), {}).value()};
-  };
-  const auto send = [&](const std::string& route, wire::Body body) {
-    const wire::Envelope env{wire::kProtocolVersion, 77, ++sequence, std::move(body)};
-    const wire::EncodedMessage m = wire::Encode(env);
-    ASSERT_TRUE(router.Send(m.frames(), std::as_bytes(std::span<const char>(route))).ok());
-  };
-  auto [route, hello] = receive();
+  auto [route, hello] = coordinator.Receive();
   ASSERT_TRUE(std::holds_alternative<wire::Hello>(hello.body));
-  send(route, wire::Welcome{"w", 60000, 100, 1, "fedavg", {}});
+  coordinator.Send(route, 77, wire::Welcome{"w", 60000, 100, 1, "fedavg", {}});
   wire::RoundTask first;
   first.round = 1;
   first.ticket = {1, {1}};
-  send(route, first);
+  coordinator.Send(route, 77, first);
   worker.started.get_future().wait();
   wire::RoundTask retry = first;
   retry.ticket = {2, {2}};
-  send(route, retry);
-  wire::Envelope answer = receive().second;
-  while (!std::holds_alternative<wire::Update>(answer.body)) answer = receive().second;
+  coordinator.Send(route, 77, retry);
+  wire::Envelope answer = coordinator.Receive().second;
+  while (!std::holds_alternative<wire::Update>(answer.body)) answer = coordinator.Receive().second;
   EXPECT_EQ(std::get<wire::Update>(answer.body).ticket, retry.ticket);
   EXPECT_TRUE(worker.first_cancelled.load());
   session.Stop();
@@ -173,8 +185,7 @@ TEST_F(ClientSessionTest, ANewTicketForTheRoundSupersedesTheTaskInHand) {
 // SESSION_MISMATCH: the client says Hello again at once, on a new connection, instead of waiting
 // out interval x liveness of silence. The coordinator here is a hand-driven ROUTER.
 TEST_F(ClientSessionTest, SessionMismatchOutsideTheSessionMakesTheClientSayHelloAgainAtOnce) {
-  net::Socket router = net::Socket::Open(context_, net::SocketKind::kRouter).value();
-  ASSERT_TRUE(router.Bind("inproc://session-test-mismatch").ok());
+  HandDrivenCoordinator coordinator(context_, "inproc://session-test-mismatch");
   FakeWorker worker("w", kDigest);
   ClientConfig c = client_config_;
   c.name = "w";
@@ -183,26 +194,16 @@ TEST_F(ClientSessionTest, SessionMismatchOutsideTheSessionMakesTheClientSayHello
   Status result;
   std::thread t([&] { result = session.Run(); });
 
-  std::uint64_t sequence = 0;
-  const auto receive = [&]() -> std::pair<std::string, wire::Envelope> {
-    Result<std::optional<net::Message>> m = router.Receive(std::chrono::seconds(30));
-    EXPECT_TRUE(m.ok() && m->has_value());
-    const std::span<const std::byte> id = (*m)->frame(0);
-    return {std::string(reinterpret_cast<const char*>(id.data()), id.size()),
-            wire::Decode((*m)->frames(1), {}).value()};
-  };
-  const auto send = [&](const std::string& route, std::uint64_t session_id, wire::Body body) {
-    const wire::Envelope env{wire::kProtocolVersion, session_id, ++sequence, std::move(body)};
-    const wire::EncodedMessage m = wire::Encode(env);
-    ASSERT_TRUE(router.Send(m.frames(), std::as_bytes(std::span<const char>(route))).ok());
-  };
-  auto [route, hello] = receive();
+  auto [route, hello] = coordinator.Receive();
   ASSERT_TRUE(std::holds_alternative<wire::Hello>(hello.body));
   // Liveness of an hour: only the error can make the client reconnect within the test.
-  send(route, 77, wire::Welcome{"w", 60000, 60, 1, "fedavg", {}});
-  send(route, 0, wire::Error{wire::ErrorCode::kSessionMismatch, "session 77 has ended", 1});
-  auto [second_route, again] = receive();
-  while (!std::holds_alternative<wire::Hello>(again.body)) std::tie(second_route, again) = receive();
+  coordinator.Send(route, 77, wire::Welcome{"w", 60000, 60, 1, "fedavg", {}});
+  coordinator.Send(route, 0,
+                   wire::Error{wire::ErrorCode::kSessionMismatch, "session 77 has ended", 1});
+  auto [second_route, again] = coordinator.Receive();
+  while (!std::holds_alternative<wire::Hello>(again.body)) {
+    std::tie(second_route, again) = coordinator.Receive();
+  }
   EXPECT_NE(second_route, route);  // A new connection.
   session.Stop();
   t.join();

@@ -43,6 +43,18 @@ class CoordinatorTest : public testing::CoordinatorHarness {
     return Answer(task, delta, /*constant=*/false);
   }
 
+  // Moves `clock` past heartbeat_interval_ms x heartbeat_liveness and waits (bounded) until the
+  // coordinator has dropped its one silent client.
+  void ExpireTheSilentOne(FakeClock& clock) {
+    clock.Advance(std::chrono::milliseconds(config_.transport.heartbeat_interval_ms *
+                                            config_.transport.heartbeat_liveness + 1));
+    coordinator_->Wake();
+    for (int i = 0; i < 3000 && coordinator_->counters().clients_expired == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // Bounded wait for the expiry.
+    }
+    ASSERT_EQ(coordinator_->counters().clients_expired, 1u);
+  }
+
   std::string bind_base_;
   int starts_ = 0;
 };
@@ -449,13 +461,7 @@ TEST_F(CoordinatorTest, ANameIsFreeAgainOnceItsSessionExpired) {
   successor.Send(MakeHello("alice", kDigest, kModules));
   EXPECT_EQ(successor.ExpectError(), ErrorCode::kDuplicateClient);
   // Silent for heartbeat_interval_ms x heartbeat_liveness: dropped, the name is free.
-  clock.Advance(std::chrono::milliseconds(config_.transport.heartbeat_interval_ms *
-                                          config_.transport.heartbeat_liveness + 1));
-  coordinator_->Wake();
-  for (int i = 0; i < 3000 && coordinator_->counters().clients_expired == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // Bounded wait for the expiry.
-  }
-  ASSERT_EQ(coordinator_->counters().clients_expired, 1u);
+  ASSERT_NO_FATAL_FAILURE(ExpireTheSilentOne(clock));
   successor.Join(MakeHello("alice", kDigest, kModules));
   StopCoordinator();  // Before `clock` goes out of scope.
 }
@@ -469,13 +475,7 @@ TEST_F(CoordinatorTest, AMessageInASessionThatEndedIsAnsweredWithSessionMismatch
   StartCoordinator(clock);
   TestPeer alice(context_, coordinator_->endpoint());
   alice.Join(MakeHello("alice", kDigest, kModules));
-  clock.Advance(std::chrono::milliseconds(config_.transport.heartbeat_interval_ms *
-                                          config_.transport.heartbeat_liveness + 1));
-  coordinator_->Wake();
-  for (int i = 0; i < 3000 && coordinator_->counters().clients_expired == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));  // Bounded wait for the expiry.
-  }
-  ASSERT_EQ(coordinator_->counters().clients_expired, 1u);
+  ASSERT_NO_FATAL_FAILURE(ExpireTheSilentOne(clock));
   alice.Send(wire::Heartbeat{});
   const wire::Error error = alice.Expect<wire::Error>();
   EXPECT_EQ(error.code, ErrorCode::kSessionMismatch);
