@@ -371,45 +371,58 @@ Status CheckpointStore::PersistUpdate(std::uint64_t round, const PendingUpload& 
   return safetensors::Write(dir + "/" + update.client_id + ".safetensors", update.tensors, meta);
 }
 
-Result<std::vector<PendingUpload>> CheckpointStore::LoadPending(std::uint64_t round) const {
-  std::vector<PendingUpload> out;
+Result<std::vector<std::string>> CheckpointStore::PendingClients(std::uint64_t round) const {
+  std::vector<std::string> out;
   const std::string dir = dir_ + "/pending/" + RoundName(round);
   std::error_code exists_ec;
   if (!stdfs::exists(dir, exists_ec)) return out;
   std::error_code ec;
   for (const auto& entry : stdfs::directory_iterator(dir, ec)) {
-    const std::string path = entry.path().string();
     if (entry.path().extension() != ".safetensors") continue;
-    Result<safetensors::File> file = safetensors::Read(path);
-    if (!file.ok()) {
-      LogWarn("ignoring unreadable pending upload: ", file.status().ToString());
-      continue;
-    }
-    try {
-      const safetensors::Metadata& m = file->metadata;
-      PendingUpload p;
-      ClientUpdate& u = p.update;
-      u.client_id = m.at("fedlora.client");
-      u.num_samples = std::stoull(m.at("fedlora.num_samples"));
-      u.num_examples = std::stoull(m.at("fedlora.num_examples"));
-      const json metrics = json::parse(m.at("fedlora.metrics"));
-      for (const auto& [k, v] : metrics.items()) u.metrics[k] = v.get<double>();
-      p.capabilities = CapabilitiesFromJson(json::parse(m.at("fedlora.capabilities")));
-      p.plan = PlanFromJson(json::parse(m.at("fedlora.plan")));
-      if (std::stoull(m.at("fedlora.round")) != round) {
-        LogWarn("ignoring pending upload ", path, ": recorded for another round");
-        continue;
-      }
-      u.tensors = std::move(file->tensors);
-      out.push_back(std::move(p));
-    } catch (const std::exception& e) {
-      LogWarn("ignoring pending upload ", path, ": bad metadata: ", e.what());
-    }
+    out.push_back(entry.path().stem().string());
   }
   if (ec) return DataLoss("listing ", dir, ": ", ec.message());
-  std::sort(out.begin(), out.end(), [](const PendingUpload& a, const PendingUpload& b) {
-    return a.update.client_id < b.update.client_id;
-  });
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+Result<PendingUpload> CheckpointStore::LoadPendingUpload(std::uint64_t round,
+                                                         const std::string& client_id) const {
+  const std::string path = dir_ + "/pending/" + RoundName(round) + "/" + client_id + ".safetensors";
+  Result<safetensors::File> file = safetensors::Read(path);
+  if (!file.ok()) return DataLoss("pending upload ", path, ": ", file.status().message());
+  try {
+    const safetensors::Metadata& m = file->metadata;
+    PendingUpload p;
+    ClientUpdate& u = p.update;
+    u.client_id = m.at("fedlora.client");
+    u.num_samples = std::stoull(m.at("fedlora.num_samples"));
+    u.num_examples = std::stoull(m.at("fedlora.num_examples"));
+    const json metrics = json::parse(m.at("fedlora.metrics"));
+    for (const auto& [k, v] : metrics.items()) u.metrics[k] = v.get<double>();
+    p.capabilities = CapabilitiesFromJson(json::parse(m.at("fedlora.capabilities")));
+    p.plan = PlanFromJson(json::parse(m.at("fedlora.plan")));
+    if (std::stoull(m.at("fedlora.round")) != round || u.client_id != client_id) {
+      return DataLoss("pending upload ", path, ": recorded for another round or client");
+    }
+    u.tensors = std::move(file->tensors);
+    return p;
+  } catch (const std::exception& e) {
+    return DataLoss("pending upload ", path, ": bad metadata: ", e.what());
+  }
+}
+
+Result<std::vector<PendingUpload>> CheckpointStore::LoadPending(std::uint64_t round) const {
+  FEDLORA_ASSIGN_OR_RETURN(std::vector<std::string> clients, PendingClients(round));
+  std::vector<PendingUpload> out;
+  for (const std::string& id : clients) {
+    Result<PendingUpload> p = LoadPendingUpload(round, id);
+    if (!p.ok()) {
+      LogWarn("ignoring unreadable pending upload: ", p.status().message());
+      continue;
+    }
+    out.push_back(std::move(p).value());
+  }
   return out;
 }
 

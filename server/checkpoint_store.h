@@ -87,8 +87,14 @@ class CheckpointStore {
   // Removes `client_id`'s persisted upload for `round` (its key was revoked), durably: a restart
   // must not restore it. OK when there is none.
   Status DropPendingUpload(std::uint64_t round, const std::string& client_id);
+  // Clients with an upload persisted for `round`, sorted.
+  Result<std::vector<std::string>> PendingClients(std::uint64_t round) const;
+  // `client_id`'s persisted upload for `round`. kDataLoss naming the file when it is unreadable
+  // or its metadata is damaged or belongs to another round or client.
+  Result<PendingUpload> LoadPendingUpload(std::uint64_t round, const std::string& client_id) const;
   // Uploads persisted for `round`, sorted by client id. Unreadable files are skipped with a
-  // warning (their clients simply are asked again).
+  // warning (their clients simply are asked again). Holds them all: for tools and tests; the
+  // coordinator reads them one at a time.
   Result<std::vector<PendingUpload>> LoadPending(std::uint64_t round) const;
 
   // Appends `json_line` for `round` to metrics.jsonl unless a record for that round is there.

@@ -167,8 +167,9 @@ Status Coordinator::Impl::Start() {
     }
     FEDLORA_RETURN_IF_ERROR(store_->DropPendingThrough(latest->round));
     layout_ = latest->layout;
-    FEDLORA_RETURN_IF_ERROR(strategy_->SetLayout(*layout_).WithContext(where));
-    state_ = latest->state;
+    Result<GlobalState> restored = strategy_->Initialize(*layout_, latest->state);
+    if (!restored.ok()) return restored.status().WithContext(where);
+    state_ = std::move(restored).value();
     committed_ = latest->round;
     Count([&](CoordinatorCounters& c) {
       c.committed_round = latest->round;
@@ -594,11 +595,16 @@ void Coordinator::Impl::HandleHello(const std::string& route, const std::string&
   }
   if (!layout_) {
     const ModelLayout layout{hello.base_model_sha256, hello.modules};
-    if (Status s = strategy_->SetLayout(layout); !s.ok()) {
-      reject(ErrorCode::kBaseModelMismatch, s.message());
+    Result<GlobalState> initial = strategy_->Initialize(layout, std::nullopt);
+    if (!initial.ok()) {
+      reject(ErrorCode::kBaseModelMismatch, initial.status().message());
       return;
     }
     layout_ = layout;
+    state_ = std::move(initial).value();
+    state_->round = 0;
+    LogInfo("initialised global state: ", state_->adapter.size(), " adapter tensors, ",
+            PayloadBytes(state_->adapter), " bytes");
     LogInfo("federation base model pinned to ", hello.base_model_sha256, " (",
             hello.modules.size(), " adaptable modules) by client ", hello.client_name);
   }
@@ -635,7 +641,7 @@ void Coordinator::Impl::HandleHello(const std::string& route, const std::string&
   // A selected client that was dropped (e.g. restarted, slow to load its model) and came back
   // before the round gave up on it gets its task again rather than idling to the deadline.
   if (phase_ == Phase::kFit && !run_.awaiting_retry && run_.tasks.contains(client.id) &&
-      !run_.updates.contains(client.id) && run_.failed.erase(client.id) > 0) {
+      !run_.accepted.contains(client.id) && run_.failed.erase(client.id) > 0) {
     run_.outstanding.insert(client.id);
   }
   if ((phase_ == Phase::kFit || phase_ == Phase::kInit) && run_.outstanding.contains(client.id)) {
@@ -663,7 +669,7 @@ void Coordinator::Impl::HandleUpdate(ClientConnection& client, std::uint64_t seq
   }
   const auto ticket = run_.tickets.find(client.id);
   const bool ticket_ok = ticket != run_.tickets.end() && ticket->second == update.ticket;
-  if (run_.updates.contains(client.id) && (ticket_ok || ticket == run_.tickets.end())) {
+  if (run_.accepted.contains(client.id) && (ticket_ok || ticket == run_.tickets.end())) {
     // A resend after a lost Ack (or, after a restart, of an upload restored from disk, whose
     // ticket died with the old process): acknowledge again.
     Send(client, wire::Ack{update.round, sequence});
@@ -712,7 +718,7 @@ void Coordinator::Impl::HandleUpdate(ClientConnection& client, std::uint64_t seq
     return;
   }
   if (phase_ == Phase::kInit) {
-    if (Status s = strategy_->AcceptInit(*state_, accepted); !s.ok()) {
+    if (Status s = strategy_->client_initialization()->AcceptInit(*state_, accepted); !s.ok()) {
       init_failed_.insert(client.id);
       reject(s.code() == StatusCode::kInvalidArgument && s.detail() != 0
                  ? s
@@ -728,8 +734,14 @@ void Coordinator::Impl::HandleUpdate(ClientConnection& client, std::uint64_t seq
     phase_ = Phase::kWaiting;
     return;
   }
+  Result<ClientTask> full_task = DeriveTask(client.id);  // With the tensors it was sent.
+  if (!full_task.ok()) {
+    SendError(client.route, sequence, ErrorCode::kInternal, "coordinator could not check it");
+    Fatal(full_task.status().WithContext(StrCat("deriving the task of client ", client.id)));
+    return;
+  }
   // Norm bounding: how far this upload moves the model is capped, whatever it claims.
-  const double norm = UpdateNorm(accepted, task->second);
+  const double norm = UpdateNorm(accepted, *full_task);
   if (const double bound = config_.robust.norm_bound; bound > 0 && norm > bound) {
     if (config_.robust.norm_action == "reject") {
       LogWarn("round ", run_.round, ": refusing the upload of client ", client.id,
@@ -743,8 +755,20 @@ void Coordinator::Impl::HandleUpdate(ClientConnection& client, std::uint64_t seq
     }
     LogWarn("round ", run_.round, ": clipping the upload of client ", client.id,
             ": its change has L2 norm ", norm, ", scaled down to robust.norm_bound ", bound);
-    ScaleChange(accepted, task->second, bound / norm);
+    ScaleChange(accepted, *full_task, bound / norm);
     run_.norm_clipped[client.id] = norm;
+  }
+  // Folded before it is persisted and acknowledged: an upload the accumulator cannot take (a
+  // value beyond its range, tensors unlike the round's others) is refused, and nothing of it
+  // stays. A crash after the fold loses only memory; the restart folds the persisted files.
+  if (Status s = run_.accumulator->Fold(accepted, *full_task); !s.ok()) {
+    LogWarn("round ", run_.round, ": refusing the upload of client ", client.id, ": ",
+            s.message());
+    reject(s.code() == StatusCode::kInvalidArgument && s.detail() != 0
+               ? s
+               : Status(StatusCode::kInvalidArgument, s.message(),
+                        static_cast<std::uint32_t>(ErrorCode::kInvalidField)));
+    return;
   }
   run_.update_norms[client.id] = norm;
   if (Status s = store_->PersistUpdate(
@@ -756,13 +780,14 @@ void Coordinator::Impl::HandleUpdate(ClientConnection& client, std::uint64_t seq
   }
   client.cached.insert(task->second.caches.begin(), task->second.caches.end());
   for (const auto& [name, t] : accepted.tensors) run_.params_up += static_cast<std::uint64_t>(t.numel());
-  run_.updates.emplace(client.id, std::move(accepted));
+  accepted.tensors.clear();  // Folded and persisted: the round keeps only the counts.
+  run_.accepted.emplace(client.id, std::move(accepted));
   run_.outstanding.erase(client.id);
   run_.failed.erase(client.id);
   run_.bytes_up += bytes;
   Count([](CoordinatorCounters& c) { ++c.updates_accepted; });
   Send(client, wire::Ack{run_.round, sequence});
-  LogDebug("round ", run_.round, ": update from ", client.id, " accepted (", run_.updates.size(),
+  LogDebug("round ", run_.round, ": update from ", client.id, " accepted (", run_.accepted.size(),
            "/", run_.want, ")");
 }
 

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -75,10 +76,16 @@ class Coordinator::Impl {
     Clock::TimePoint retry_not_before{};
     Clock::TimePoint started{};
     Clock::TimePoint deadline{};
-    std::map<std::string, ClientTask, std::less<>> tasks;    // Every client tasked this round.
+    // Every client tasked this round: its task without tensors (DeriveTask gives them again),
+    // and the ClientInfo it was configured from.
+    std::map<std::string, ClientTask, std::less<>> tasks;
+    std::map<std::string, ClientInfo, std::less<>> infos;
     std::set<std::string, std::less<>> outstanding;          // Tasked this attempt, no answer yet.
     std::set<std::string, std::less<>> failed;
-    std::map<std::string, ClientUpdate, std::less<>> updates;
+    // Accepted uploads: counts and metrics only. Their tensors are folded into `accumulator` on
+    // arrival and persisted in the store's pending files, never kept here.
+    std::map<std::string, ClientUpdate, std::less<>> accepted;
+    std::unique_ptr<RoundAccumulator> accumulator;
     // Clients whose declared example count exceeded strategy.max_examples_per_client: declared.
     std::map<std::string, std::uint64_t, std::less<>> examples_capped;
     // The L2 norm of each accepted upload's change (before clipping), and of those clipped to
@@ -157,6 +164,12 @@ class Coordinator::Impl {
   void StartAttempt();
   void CheckFit();
   void Aggregate();
+  // The full task of `id` this round (with its tensors), derived again from the state and the
+  // ClientInfo it was configured from: Configure is a pure function of them.
+  Result<ClientTask> DeriveTask(const std::string& id) const;
+  // A fresh accumulator with every accepted upload of the round folded again from the pending
+  // files (after a restart, or once an upload was taken out). Fatal on error.
+  bool RebuildAccumulator();
   void StartEval(const std::vector<std::string>& clients);
   void CheckEval();
   void Commit();

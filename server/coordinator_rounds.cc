@@ -129,24 +129,14 @@ void Coordinator::Impl::Advance() {
     case Phase::kDone: break;
   }
   // Waiting: initialise, evaluate the initial adapter, or start the next round.
-  if (!state_) {
-    if (!layout_) return;  // The first client's Hello tells us the model.
-    Result<GlobalState> initial = strategy_->Initialize(*layout_);
-    if (!initial.ok()) {
-      Fatal(initial.status().WithContext("initialising the global adapter"));
-      return;
-    }
-    state_ = std::move(initial).value();
-    state_->round = 0;
-    LogInfo("initialised global state: ", state_->adapter.size(), " adapter tensors, ",
-            PayloadBytes(state_->adapter), " bytes");
-  }
+  if (!state_) return;  // The first client's Hello tells us the model (HandleHello).
   const std::uint64_t next = committed_ ? *committed_ + 1 : 0;
   if (next > config_.rounds) {
     Finish();
     return;
   }
-  if (!committed_ && strategy_->NeedsClientInit(*state_)) {
+  if (ClientInitialization* init = strategy_->client_initialization();
+      !committed_ && init != nullptr && init->NeedsClientInit(*state_)) {
     StartInit();
     return;
   }
@@ -204,7 +194,8 @@ void Coordinator::Impl::StartInit() {
     }
     return;
   }
-  Result<ClientTask> task = strategy_->ConfigureInit(*state_, InfoOf(*chosen));
+  Result<ClientTask> task =
+      strategy_->client_initialization()->ConfigureInit(*state_, InfoOf(*chosen));
   if (!task.ok()) {
     Fatal(task.status().WithContext("configuring initialisation"));
     return;
@@ -213,7 +204,9 @@ void Coordinator::Impl::StartInit() {
   run_.round = 0;
   run_.started = clock_.Now();
   run_.deadline = run_.started + milliseconds(config_.round.timeout_ms);
+  task->tensors.clear();  // DeriveTask gives them again.
   run_.tasks[chosen->id] = std::move(task).value();
+  run_.infos[chosen->id] = InfoOf(*chosen);
   run_.tickets[chosen->id] = NewTicket(0);
   run_.outstanding.insert(chosen->id);
   phase_ = Phase::kInit;
@@ -239,16 +232,30 @@ void Coordinator::Impl::StartFit(std::uint64_t round) {
   phase_ = Phase::kFit;
   run_.want = WantedClients(clients_.size());
 
-  // Uploads accepted before a restart count: their clients are not asked again. Their tasks are
-  // re-derived (Configure is a pure function of the state, the round and the client).
-  Result<std::vector<PendingUpload>> restored = store_->LoadPending(round);
-  if (!restored.ok()) {
-    Fatal(restored.status());
+  Result<std::unique_ptr<RoundAccumulator>> accumulator = strategy_->Begin(*state_, round);
+  if (!accumulator.ok()) {
+    Fatal(accumulator.status().WithContext(StrCat("starting round ", round)));
     return;
   }
-  for (PendingUpload& p : *restored) {
-    ClientUpdate& u = p.update;
-    const ClientInfo info{u.client_id, p.capabilities, p.plan, {}};
+  run_.accumulator = std::move(accumulator).value();
+
+  // Uploads accepted before a restart count: their clients are not asked again. Their tasks are
+  // re-derived (Configure is a pure function of the state, the round and the client) and they
+  // are folded again, one file at a time; the exact accumulator makes the order irrelevant.
+  Result<std::vector<std::string>> pending = store_->PendingClients(round);
+  if (!pending.ok()) {
+    Fatal(pending.status());
+    return;
+  }
+  for (const std::string& id : *pending) {
+    Result<PendingUpload> p = store_->LoadPendingUpload(round, id);
+    if (!p.ok()) {
+      LogWarn("round ", round, ": ignoring a restored upload (its client is asked again): ",
+              p.status().message());
+      continue;
+    }
+    ClientUpdate& u = p->update;
+    const ClientInfo info{u.client_id, p->capabilities, p->plan, {}};
     Result<std::vector<ClientTask>> tasks =
         strategy_->Configure(*state_, round, std::span<const ClientInfo>(&info, 1));
     if (!tasks.ok()) {
@@ -264,6 +271,7 @@ void Coordinator::Impl::StartFit(std::uint64_t round) {
     Status valid =
         ValidateUpload(as_wire, tasks->front(), config_.strategy.max_examples_per_client);
     if (valid.ok()) valid = strategy_->ValidateUpdate(tasks->front(), u);
+    if (valid.ok()) valid = run_.accumulator->Fold(u, tasks->front());
     if (!valid.ok()) {
       LogWarn("round ", round, ": dropping restored upload of ", u.client_id, ": ",
               valid.message());
@@ -271,11 +279,14 @@ void Coordinator::Impl::StartFit(std::uint64_t round) {
     }
     // Clipped (if at all) before it was persisted; its norm is recorded for the metrics.
     run_.update_norms[u.client_id] = UpdateNorm(u, tasks->front());
+    tasks->front().tensors.clear();
     run_.tasks[u.client_id] = std::move(tasks->front());
-    run_.updates.emplace(u.client_id, std::move(u));
+    run_.infos[u.client_id] = info;
+    u.tensors.clear();
+    run_.accepted.emplace(u.client_id, std::move(u));
   }
-  if (!run_.updates.empty()) {
-    LogInfo("round ", round, ": restored ", run_.updates.size(),
+  if (!run_.accepted.empty()) {
+    LogInfo("round ", round, ": restored ", run_.accepted.size(),
             " accepted upload(s) persisted before the restart");
   }
   StartAttempt();
@@ -286,11 +297,11 @@ void Coordinator::Impl::StartAttempt() {
   run_.awaiting_retry = false;
   std::vector<std::string> fresh, retried;
   for (const std::string& id : clients_.Ids()) {
-    if (run_.updates.contains(id) || !Eligible(*clients_.FindById(id))) continue;
+    if (run_.accepted.contains(id) || !Eligible(*clients_.FindById(id))) continue;
     (run_.failed.contains(id) ? retried : fresh).push_back(id);
   }
   const std::size_t need =
-      run_.want > run_.updates.size() ? run_.want - run_.updates.size() : 0;
+      run_.want > run_.accepted.size() ? run_.want - run_.accepted.size() : 0;
   std::vector<std::string> chosen = Select(fresh, need, run_.round, run_.attempt);
   if (chosen.size() < need) {  // Give clients that failed earlier in this round another chance.
     std::vector<std::string> more =
@@ -306,9 +317,12 @@ void Coordinator::Impl::StartAttempt() {
   }
   run_.attempt_started = clock_.Now();
   run_.deadline = run_.attempt_started + milliseconds(config_.round.timeout_ms);
-  for (ClientTask& task : *tasks) {
+  for (std::size_t i = 0; i < tasks->size(); ++i) {
+    ClientTask& task = (*tasks)[i];
     const std::string id = task.client_id;
+    task.tensors.clear();  // N copies of the global adapter would grow with N; DeriveTask.
     run_.tasks[id] = std::move(task);
+    run_.infos[id] = std::move(infos[i]);
     run_.tickets[id] = NewTicket(run_.attempt);  // A retried client's old upload is refused.
     run_.failed.erase(id);
     run_.outstanding.insert(id);
@@ -322,14 +336,19 @@ void Coordinator::Impl::StartAttempt() {
 void Coordinator::Impl::SendTask(const std::string& id) {
   ClientConnection* client = clients_.FindById(id);
   if (client == nullptr) return;
-  const ClientTask& task = run_.tasks.at(id);
+  Result<ClientTask> derived = DeriveTask(id);
+  if (!derived.ok()) {
+    Fatal(derived.status().WithContext(StrCat("deriving the task of client ", id)));
+    return;
+  }
+  ClientTask& task = *derived;
   wire::RoundTask message;
   message.round = run_.round;
   message.deadline_ms = static_cast<std::uint64_t>(MillisUntil(clock_.Now(), run_.deadline));
   message.lora = task.lora;
   message.train = task.train;
   message.plan = task.plan;
-  message.tensors = task.tensors;
+  message.tensors = std::move(task.tensors);
   message.ticket = run_.tickets.at(id);
   message.base = state_->corrections.UpdateFor(client->base_version, &message.tensors);
   client->base_version = message.base.to_version;  // Tasks are applied in order.
@@ -357,7 +376,7 @@ std::uint64_t Coordinator::Impl::CountDown(const TensorMap& tensors, bool count_
 std::size_t Coordinator::Impl::RetryCandidates() const {
   std::size_t n = 0;
   for (const auto& [id, client] : clients_.all()) {
-    if (!run_.updates.contains(id) && Eligible(client)) ++n;
+    if (!run_.accepted.contains(id) && Eligible(client)) ++n;
   }
   return n;
 }
@@ -366,7 +385,7 @@ std::uint32_t Coordinator::Impl::Quorum() const {
   // Clients that can still answer: accepted uploads, and live eligible clients without one
   // (working on their task, or available to a retry). Clients that left (sybils that said Hello
   // and vanished) no longer inflate the share a retry must reach.
-  const std::size_t reachable = run_.updates.size() + RetryCandidates();
+  const std::size_t reachable = run_.accepted.size() + RetryCandidates();
   const double base = static_cast<double>(std::min<std::size_t>(run_.want, reachable));
   return std::max<std::uint32_t>(
       config_.round.quorum,
@@ -378,7 +397,7 @@ void Coordinator::Impl::CheckFit() {
   const std::uint32_t quorum = Quorum();
   if (run_.awaiting_retry) {
     // Late uploads, or clients that left, may have met the quorum meanwhile.
-    if (run_.updates.size() >= quorum) {
+    if (run_.accepted.size() >= quorum) {
       Aggregate();
       return;
     }
@@ -386,9 +405,9 @@ void Coordinator::Impl::CheckFit() {
     // Another attempt only when it could reach the quorum; otherwise wait for clients to
     // connect, as the first round does, instead of spinning through attempts.
     const std::size_t candidates = RetryCandidates();
-    if (candidates == 0 || run_.updates.size() + candidates < quorum) {
+    if (candidates == 0 || run_.accepted.size() + candidates < quorum) {
       if (now - last_wait_log_ > std::chrono::seconds(10)) {
-        LogInfo("round ", run_.round, ": ", run_.updates.size(), " of ", quorum,
+        LogInfo("round ", run_.round, ": ", run_.accepted.size(), " of ", quorum,
                 " required updates and ", candidates,
                 " other live client(s): waiting for clients before the next attempt");
         last_wait_log_ = now;
@@ -404,12 +423,12 @@ void Coordinator::Impl::CheckFit() {
     run_.failed.insert(id);
   }
   run_.outstanding.clear();
-  if (run_.updates.size() >= Quorum()) {
+  if (run_.accepted.size() >= Quorum()) {
     Aggregate();
     return;
   }
   if (config_.round.max_attempts > 0 && run_.attempt >= config_.round.max_attempts) {
-    Fatal(Aborted("round ", run_.round, " reached only ", run_.updates.size(), " of ", Quorum(),
+    Fatal(Aborted("round ", run_.round, " reached only ", run_.accepted.size(), " of ", Quorum(),
                   " required updates in ", run_.attempt, " attempt(s)"));
     return;
   }
@@ -418,22 +437,82 @@ void Coordinator::Impl::CheckFit() {
   run_.awaiting_retry = true;
   run_.retry_not_before =
       std::max(now, run_.attempt_started + milliseconds(config_.round.retry_delay_ms));
-  LogWarn("round ", run_.round, ": ", run_.updates.size(), " of ", Quorum(),
+  LogWarn("round ", run_.round, ": ", run_.accepted.size(), " of ", Quorum(),
           " required updates; selecting more clients",
           run_.retry_not_before > now
               ? StrCat(" in ", MillisUntil(now, run_.retry_not_before), " ms")
               : std::string());
 }
 
-void Coordinator::Impl::Aggregate() {
-  std::vector<ClientUpdate> updates;  // Sorted by client id: std::map order.
-  std::vector<ClientTask> tasks;
-  for (auto& [id, u] : run_.updates) {
-    updates.push_back(u);
-    tasks.push_back(run_.tasks.at(id));
+Result<ClientTask> Coordinator::Impl::DeriveTask(const std::string& id) const {
+  const ClientInfo& info = run_.infos.at(id);
+  if (phase_ == Phase::kInit) {
+    return strategy_->client_initialization()->ConfigureInit(*state_, info);
   }
+  FEDLORA_ASSIGN_OR_RETURN(std::vector<ClientTask> tasks,
+                           strategy_->Configure(*state_, run_.round,
+                                                std::span<const ClientInfo>(&info, 1)));
+  if (tasks.size() != 1) return Internal(strategy_->name(), ": Configure gave no task for ", id);
+  return std::move(tasks.front());
+}
+
+namespace {
+
+// The round's accepted uploads as the strategy sees them again at Finish: read back from the
+// pending files one at a time, each with its re-derived task.
+class PendingUploads final : public UploadSource {
+ public:
+  using Derive = std::function<Result<ClientTask>(const std::string&)>;
+  PendingUploads(const CheckpointStore& store, std::uint64_t round,
+                 std::vector<std::string> clients, Derive derive)
+      : store_(store), round_(round), clients_(std::move(clients)), derive_(std::move(derive)) {}
+  std::size_t size() const override { return clients_.size(); }
+  Status ForEach(
+      const std::function<Status(const ClientUpdate&, const ClientTask&)>& fn) const override {
+    for (const std::string& id : clients_) {
+      FEDLORA_ASSIGN_OR_RETURN(PendingUpload p, store_.LoadPendingUpload(round_, id));
+      FEDLORA_ASSIGN_OR_RETURN(ClientTask task, derive_(id));
+      FEDLORA_RETURN_IF_ERROR(fn(p.update, task));
+    }
+    return OkStatus();
+  }
+
+ private:
+  const CheckpointStore& store_;
+  std::uint64_t round_;
+  std::vector<std::string> clients_;
+  Derive derive_;
+};
+
+}  // namespace
+
+bool Coordinator::Impl::RebuildAccumulator() {
+  Result<std::unique_ptr<RoundAccumulator>> fresh = strategy_->Begin(*state_, run_.round);
+  Status s = fresh.status();
+  for (const auto& [id, counts] : run_.accepted) {
+    if (!s.ok()) break;
+    Result<PendingUpload> p = store_->LoadPendingUpload(run_.round, id);
+    Result<ClientTask> task = DeriveTask(id);
+    s = !p.ok() ? p.status() : !task.ok() ? task.status() : (*fresh)->Fold(p->update, *task);
+  }
+  if (!s.ok()) {
+    Fatal(s.WithContext(StrCat("folding the accepted uploads of round ", run_.round, " again")));
+    return false;
+  }
+  run_.accumulator = std::move(fresh).value();
+  return true;
+}
+
+void Coordinator::Impl::Aggregate() {
+  std::vector<std::string> clients;  // Sorted by client id: std::map order.
+  for (const auto& [id, u] : run_.accepted) clients.push_back(id);
+  const PendingUploads uploads(*store_, run_.round, clients,
+                               [this](const std::string& id) { return DeriveTask(id); });
+  if (!run_.accumulator && !RebuildAccumulator()) return;
   GlobalState candidate = *state_;
-  Result<AggregateReport> report = strategy_->Aggregate(candidate, run_.round, updates, tasks);
+  // Finish consumes the accumulator; a later re-aggregation (a revoked upload) rebuilds it.
+  Result<AggregateReport> report = run_.accumulator->Finish(candidate, uploads);
+  run_.accumulator.reset();
   if (!report.ok()) {
     Fatal(report.status().WithContext(StrCat("aggregating round ", run_.round)));
     return;
@@ -448,7 +527,7 @@ void Coordinator::Impl::Aggregate() {
     }
   }
   std::vector<std::string> evaluators;
-  for (const auto& [id, u] : run_.updates) {
+  for (const auto& [id, u] : run_.accepted) {
     if (clients_.FindById(id) != nullptr) evaluators.push_back(id);
   }
   if (config_.eval.enabled && !evaluators.empty()) {
@@ -505,11 +584,11 @@ void Coordinator::Impl::Commit() {
   m.strategy = std::string(strategy_->name());
   m.weighting = config_.strategy.weighting;
   m.clients_selected = static_cast<std::uint32_t>(run_.tasks.size());
-  m.clients_reported = static_cast<std::uint32_t>(run_.updates.size());
+  m.clients_reported = static_cast<std::uint32_t>(run_.accepted.size());
   m.clients_failed = static_cast<std::uint32_t>(run_.failed.size());
   m.attempts = run_.attempt;
   double loss_sum = 0, samples = 0;
-  for (const auto& [id, u] : run_.updates) {
+  for (const auto& [id, u] : run_.accepted) {
     if (const auto it = u.metrics.find("train_loss"); it != u.metrics.end()) {
       loss_sum += it->second * static_cast<double>(u.num_samples);
       samples += static_cast<double>(u.num_samples);
@@ -564,7 +643,7 @@ void Coordinator::Impl::Commit() {
   m.examples_capped = run_.examples_capped;
   std::vector<double> norms;
   for (const auto& [id, n] : run_.update_norms) {
-    if (run_.updates.contains(id)) norms.push_back(n);  // Not those of revoked clients.
+    if (run_.accepted.contains(id)) norms.push_back(n);  // Not those of revoked clients.
   }
   if (!norms.empty()) {
     std::sort(norms.begin(), norms.end());
@@ -576,10 +655,10 @@ void Coordinator::Impl::Commit() {
   m.norm_clipped = run_.norm_clipped;
   m.norm_rejected = run_.norm_rejected;
   if (const std::size_t bounded = m.norm_clipped.size() + m.norm_rejected.size();
-      bounded > 1 && 2 * bounded > run_.updates.size() + m.norm_rejected.size()) {
+      bounded > 1 && 2 * bounded > run_.accepted.size() + m.norm_rejected.size()) {
     // Most uploads hit the bound: it is cutting honest learning, not just outliers.
     LogWarn("round ", run_.round, ": ", bounded, " of ",
-            run_.updates.size() + m.norm_rejected.size(), " uploads exceeded robust.norm_bound ",
+            run_.accepted.size() + m.norm_rejected.size(), " uploads exceeded robust.norm_bound ",
             config_.robust.norm_bound, " (median change ", m.update_norm_median.value_or(0),
             "): the bound looks too small for this model and training; see update_norm_max in "
             "metrics.jsonl");

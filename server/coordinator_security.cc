@@ -85,7 +85,7 @@ void Coordinator::Impl::Revoke(const std::string& id, const std::string& why) {
   OnClientGone(id, StrCat("revoked: ", why));
 
   const bool open = phase_ == Phase::kFit || phase_ == Phase::kEval;
-  if (!open || run_.updates.erase(id) == 0) return;
+  if (!open || run_.accepted.erase(id) == 0) return;
   if (Status s = store_->DropPendingUpload(run_.round, id); !s.ok()) {
     // A restart would restore the upload of a revoked key: stop rather than risk it.
     Fatal(s.WithContext(StrCat("dropping the upload of revoked client ", id)));
@@ -106,8 +106,10 @@ void Coordinator::Impl::Revoke(const std::string& id, const std::string& why) {
     run_.awaiting_retry = true;
     run_.retry_not_before = clock_.Now();
     LogWarn("round ", run_.round, ": discarding the aggregate that included ", id,
-            "; aggregating the remaining ", run_.updates.size(), " upload(s) again");
+            "; aggregating the remaining ", run_.accepted.size(), " upload(s) again");
   }
+  // Take it out of the running sums: fold the remaining uploads again from their files.
+  RebuildAccumulator();
 }
 
 }  // namespace fedlora::server

@@ -268,7 +268,8 @@ Status RunOfflineAggregation(const OfflineOptions& options) {
   context.state_dtype = options.fp64 ? DType::kF64 : DType::kF32;
   FEDLORA_ASSIGN_OR_RETURN(std::unique_ptr<Strategy> strategy,
                            MakeStrategy(strategy_config, context));
-  FEDLORA_RETURN_IF_ERROR(strategy->SetLayout(layout));
+  // Binds the strategy to the layout; the state is built below from the files.
+  FEDLORA_RETURN_IF_ERROR(strategy->Initialize(layout, GlobalState{}).status());
 
   // The state the uploads are aggregated into.
   GlobalState state;
@@ -367,7 +368,7 @@ Status RunOfflineAggregation(const OfflineOptions& options) {
     tasks.push_back(std::move(task));
   }
 
-  FEDLORA_ASSIGN_OR_RETURN(AggregateReport report, strategy->Aggregate(state, 1, updates, tasks));
+  FEDLORA_ASSIGN_OR_RETURN(AggregateReport report, AggregateAll(*strategy, state, 1, updates, tasks));
   std::optional<GlobalPeft> peft;
   if (!options.peft_out.empty()) {
     FEDLORA_ASSIGN_OR_RETURN(peft, GlobalPeftOf(*strategy, state, peft_base));

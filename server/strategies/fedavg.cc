@@ -1,8 +1,10 @@
 #include "server/strategies/fedavg.h"
 
 #include <algorithm>
+#include <map>
 
 #include "common/lora/adapter_layout.h"
+#include "server/strategies/weighted_sums.h"
 
 namespace fedlora::server {
 
@@ -10,24 +12,13 @@ Result<TensorMap> WeightedMean(std::span<const ClientUpdate> updates,
                                std::span<const double> weights, DType dtype) {
   FEDLORA_CHECK(!updates.empty() && updates.size() == weights.size());
   FEDLORA_RETURN_IF_ERROR(CheckUpdatesAlign(updates));
-  // Accumulate in client-id order, so the floating-point result does not depend on the order
-  // the updates arrived in.
-  std::vector<std::size_t> order(updates.size());
-  for (std::size_t k = 0; k < order.size(); ++k) order[k] = k;
-  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
-    return updates[a].client_id < updates[b].client_id;
-  });
-  TensorMap out;
-  for (const auto& [name, reference] : updates.front().tensors) {
-    std::vector<double> acc(static_cast<std::size_t>(reference.numel()), 0.0);
-    for (std::size_t k : order) {
-      const std::vector<double> values = ToDoubles(updates[k].tensors.at(name));
-      const double p = weights[k];
-      for (std::size_t i = 0; i < acc.size(); ++i) acc[i] += p * values[i];
-    }
-    out.emplace(name, FromDoubles(dtype, reference.shape, acc));
+  WeightedSums sums;
+  for (std::size_t k = 0; k < updates.size(); ++k) {
+    std::vector<WeightedSums::Term> terms;
+    for (const auto& [name, t] : updates[k].tensors) terms.push_back({name, &t, weights[k]});
+    FEDLORA_RETURN_IF_ERROR(sums.Fold(terms, updates[k].client_id));
   }
-  return out;
+  return sums.Means(dtype);
 }
 
 Result<std::vector<double>> ClientWeights(std::span<const ClientUpdate> updates,
@@ -35,26 +26,141 @@ Result<std::vector<double>> ClientWeights(std::span<const ClientUpdate> updates,
   return ComputeWeights(updates, config.weighting, config.max_weight_share);
 }
 
-Result<TensorMap> CombineUpdates(std::span<const ClientUpdate> updates, const FedAvgConfig& config,
-                                 AggregateReport* report) {
-  FEDLORA_ASSIGN_OR_RETURN(std::vector<double> weights, ClientWeights(updates, config));
-  RuleOutcome outcome;
-  if (config.rule == nullptr) {
-    FEDLORA_ASSIGN_OR_RETURN(outcome.combined, WeightedMean(updates, weights, config.state_dtype));
-    outcome.shares = std::move(weights);
-  } else {
-    FEDLORA_ASSIGN_OR_RETURN(outcome, config.rule->Combine(updates, weights, config.state_dtype));
+double RawWeight(const ClientUpdate& update, Weighting weighting) {
+  switch (weighting) {
+    case Weighting::kExamples: return static_cast<double>(update.num_examples);
+    case Weighting::kSamples: return static_cast<double>(update.num_samples);
+    case Weighting::kUniform: return 1.0;
   }
-  for (std::size_t k = 0; k < updates.size(); ++k) {
-    report->weights[updates[k].client_id] = outcome.shares[k];
-  }
-  for (auto& [key, value] : outcome.metrics) report->metrics[key] = value;
-  return std::move(outcome.combined);
+  return 1.0;
 }
 
-Result<GlobalState> FedAvg::Initialize(const ModelLayout& layout) {
+bool MeanIsLinear(const FedAvgConfig& config) {
+  return config.rule == nullptr && !(config.max_weight_share < 1.0);
+}
+
+namespace {
+
+// A copy of an upload's counts without its tensors (for the cap's weights and the robust rules).
+ClientUpdate Counts(const ClientUpdate& u) {
+  return ClientUpdate{u.client_id, u.num_samples, u.num_examples, u.metrics, {}};
+}
+
+class MeanAccumulator final : public RoundAccumulator {
+ public:
+  MeanAccumulator(const FedAvgConfig& config, bool merge) : config_(config), merge_(merge) {}
+
+  Status Fold(const ClientUpdate& update, const ClientTask& task) override {
+    if (!counts_.empty()) {
+      FEDLORA_RETURN_IF_ERROR(CheckSameNames(update));
+    }
+    if (MeanIsLinear(config_)) {
+      const double w = RawWeight(update, config_.weighting);
+      std::vector<WeightedSums::Term> terms;
+      for (const auto& [name, t] : update.tensors) terms.push_back({name, &t, w});
+      FEDLORA_RETURN_IF_ERROR(sums_.Fold(terms, update.client_id));
+    }
+    counts_.insert_or_assign(update.client_id, Counts(update));
+    if (names_.empty()) {
+      for (const auto& [name, t] : update.tensors) names_.push_back({name, t.shape});
+    }
+    return OkStatus();
+  }
+
+  Result<AggregateReport> Finish(GlobalState& state, const UploadSource& uploads) override {
+    std::vector<ClientUpdate> counts;  // Client-id order (std::map).
+    for (const auto& [id, c] : counts_) counts.push_back(c);
+    AggregateReport report;
+    TensorMap combined;
+    if (MeanIsLinear(config_)) {
+      double total = 0;
+      for (const ClientUpdate& c : counts) total += RawWeight(c, config_.weighting);
+      if (!(total > 0)) {
+        return InvalidArgument("weighting '", WeightingName(config_.weighting), "': the ",
+                               counts.size(), " update(s) report a total count of 0");
+      }
+      FEDLORA_ASSIGN_OR_RETURN(combined, sums_.Means(config_.state_dtype));
+      for (const ClientUpdate& c : counts) {
+        report.weights[c.client_id] = RawWeight(c, config_.weighting) / total;
+      }
+    } else if (config_.rule == nullptr) {
+      // Share cap: the weights need every count, so a second pass folds with the capped shares.
+      FEDLORA_ASSIGN_OR_RETURN(std::vector<double> shares, ClientWeights(counts, config_));
+      std::map<std::string, double, std::less<>> share_of;
+      for (std::size_t k = 0; k < counts.size(); ++k) share_of[counts[k].client_id] = shares[k];
+      WeightedSums sums;
+      FEDLORA_RETURN_IF_ERROR(uploads.ForEach([&](const ClientUpdate& u, const ClientTask&) {
+        std::vector<WeightedSums::Term> terms;
+        for (const auto& [name, t] : u.tensors) terms.push_back({name, &t, share_of.at(u.client_id)});
+        return sums.Fold(terms, u.client_id);
+      }));
+      combined = sums.Scaled(config_.state_dtype, 1.0);
+      report.weights = std::move(share_of);
+    } else {
+      // A robust rule looks at every upload at once.
+      std::vector<ClientUpdate> all;
+      FEDLORA_RETURN_IF_ERROR(uploads.ForEach([&](const ClientUpdate& u, const ClientTask&) {
+        all.push_back(u);
+        return OkStatus();
+      }));
+      FEDLORA_ASSIGN_OR_RETURN(std::vector<double> weights, ClientWeights(all, config_));
+      FEDLORA_ASSIGN_OR_RETURN(RuleOutcome outcome,
+                               config_.rule->Combine(all, weights, config_.state_dtype));
+      for (std::size_t k = 0; k < all.size(); ++k) {
+        report.weights[all[k].client_id] = outcome.shares[k];
+      }
+      for (auto& [key, value] : outcome.metrics) report.metrics[key] = value;
+      combined = std::move(outcome.combined);
+    }
+    if (merge_) {
+      for (auto& [name, t] : combined) state.adapter[name] = std::move(t);
+    } else {
+      state.adapter = std::move(combined);
+    }
+    return report;
+  }
+
+ private:
+  // Every upload of a round carries the same tensor names and shapes (as CheckUpdatesAlign).
+  Status CheckSameNames(const ClientUpdate& update) const {
+    std::size_t i = 0;
+    for (const auto& [name, t] : update.tensors) {
+      if (i >= names_.size() || names_[i].first != name) {
+        return InvalidArgument("client ", update.client_id, " uploaded tensor '", name,
+                               "', which the round's other uploads do not have");
+      }
+      if (names_[i].second != t.shape) {
+        return InvalidArgument("client ", update.client_id, " uploaded tensor '", name,
+                               "' with shape ", ShapeString(t.shape), ", others have ",
+                               ShapeString(names_[i].second));
+      }
+      ++i;
+    }
+    if (i != names_.size()) {
+      return InvalidArgument("client ", update.client_id, " did not upload tensor '",
+                             names_[i].first, "'");
+    }
+    return OkStatus();
+  }
+
+  FedAvgConfig config_;
+  bool merge_;
+  WeightedSums sums_;
+  std::map<std::string, ClientUpdate, std::less<>> counts_;
+  std::vector<std::pair<std::string, std::vector<std::int64_t>>> names_;
+};
+
+}  // namespace
+
+std::unique_ptr<RoundAccumulator> MakeMeanAccumulator(const FedAvgConfig& config, bool merge) {
+  return std::make_unique<MeanAccumulator>(config, merge);
+}
+
+Result<GlobalState> FedAvg::Initialize(const ModelLayout& layout,
+                                       std::optional<GlobalState> restored) {
   FEDLORA_ASSIGN_OR_RETURN(std::vector<wire::ModuleInfo> targets,
                            lora::SelectTargets(layout.modules, config_.lora));
+  if (restored) return std::move(*restored);
   GlobalState state;
   state.adapter = lora::InitAdapter(targets, config_.lora.rank, config_.seed);
   return state;
@@ -83,12 +189,9 @@ Result<std::vector<ClientTask>> FedAvg::Configure(const GlobalState& state, std:
   return tasks;
 }
 
-Result<AggregateReport> FedAvg::Aggregate(GlobalState& state, std::uint64_t round,
-                                          std::span<const ClientUpdate> updates,
-                                          std::span<const ClientTask> tasks) {
-  AggregateReport report;
-  FEDLORA_ASSIGN_OR_RETURN(state.adapter, CombineUpdates(updates, config_, &report));
-  return report;
+Result<std::unique_ptr<RoundAccumulator>> FedAvg::Begin(const GlobalState& state,
+                                                        std::uint64_t round) {
+  return MakeMeanAccumulator(config_, /*merge=*/false);
 }
 
 EvalSpec FedAvg::Evaluation(const GlobalState& state, const ClientInfo& client) const {

@@ -1,13 +1,15 @@
 // fedavg.h — Federated Averaging of LoRA factors (McMahan et al. 2017; FedIT baseline).
 //
-// A_g <- sum_k p_k A_k and B_g <- sum_k p_k B_k, each tensor averaged on its own, accumulated
-// in double in client-id order so the result is bit-identical whatever order uploads arrived in.
+// A_g <- sum_k p_k A_k and B_g <- sum_k p_k B_k, each tensor averaged on its own. Uploads are
+// folded as they arrive into exact fixed-point sums (exact_sum.h), so the result is bit-identical
+// whatever order they arrived in and the round holds one sum per tensor, whatever N.
 // Not exact for LoRA: the global product differs from sum_k p_k B_k A_k by the weighted
 // cross-covariance of the factors (ALGORITHMS.md §1f). No server-side optimiser state.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "server/robust/aggregation_rule.h"
 #include "server/strategies/strategy.h"
@@ -27,17 +29,22 @@ struct FedAvgConfig {
   DType state_dtype = DType::kF32;
 };
 
+// True when the weighted-average family's aggregate is a plain weighted sum: the mean rule and
+// no share cap (a cap or a robust rule needs every upload at once).
+bool MeanIsLinear(const FedAvgConfig& config);
+
 class FedAvg final : public Strategy {
  public:
   explicit FedAvg(FedAvgConfig config) : config_(std::move(config)) {}
   std::string_view name() const override { return "fedavg"; }
 
-  Result<GlobalState> Initialize(const ModelLayout& layout) override;
+  Result<GlobalState> Initialize(const ModelLayout& layout,
+                                 std::optional<GlobalState> restored) override;
+  bool linear() const override { return MeanIsLinear(config_); }
   Result<std::vector<ClientTask>> Configure(const GlobalState& state, std::uint64_t round,
                                             std::span<const ClientInfo> selected) override;
-  Result<AggregateReport> Aggregate(GlobalState& state, std::uint64_t round,
-                                    std::span<const ClientUpdate> updates,
-                                    std::span<const ClientTask> tasks) override;
+  Result<std::unique_ptr<RoundAccumulator>> Begin(const GlobalState& state,
+                                                  std::uint64_t round) override;
   EvalSpec Evaluation(const GlobalState& state, const ClientInfo& client) const override;
 
  private:
@@ -45,8 +52,8 @@ class FedAvg final : public Strategy {
 };
 
 // Weighted mean of the same-named tensors of `updates` (weights in update order, summing to 1),
-// accumulated in double in client-id order and stored as `dtype`. kInvalidArgument naming the
-// client and tensor when the updates disagree on names or shapes.
+// through the exact accumulator and stored as `dtype`. kInvalidArgument naming the client and
+// tensor when the updates disagree on names or shapes.
 Result<TensorMap> WeightedMean(std::span<const ClientUpdate> updates,
                                std::span<const double> weights, DType dtype = DType::kF32);
 
@@ -54,11 +61,16 @@ Result<TensorMap> WeightedMean(std::span<const ClientUpdate> updates,
 Result<std::vector<double>> ClientWeights(std::span<const ClientUpdate> updates,
                                           const FedAvgConfig& config);
 
-// The weighted-average family's aggregation: `updates` combined by config.rule (the weighted
-// mean by default) into tensors of config.state_dtype; records in `report` the share each client
-// actually carried and the rule's metrics.
-Result<TensorMap> CombineUpdates(std::span<const ClientUpdate> updates, const FedAvgConfig& config,
-                                 AggregateReport* report);
+// The weight one upload carries before normalisation (its example or sample count, or 1).
+double RawWeight(const ClientUpdate& update, Weighting weighting);
+
+// The weighted-average family's accumulator (fedavg, ffa, fedsa, fedsb). With the mean and no
+// cap each upload is folded into exact sums as it arrives; with a share cap the uploads are read
+// again at Finish with their capped weights (two streaming passes, one upload in memory); with a
+// robust rule they are gathered at Finish (the rule needs them all). Finish writes the combined
+// tensors into state.adapter: replacing it, or, with `merge`, only the tensors uploaded (FFA).
+// report.weights holds the share each client actually carried, plus the rule's metrics.
+std::unique_ptr<RoundAccumulator> MakeMeanAccumulator(const FedAvgConfig& config, bool merge);
 
 // The standard task every client of a homogeneous strategy gets: `tensors` to start from, and
 // an upload of exactly the tensors named in `upload` in the upload dtype, shaped as in `shapes`.

@@ -10,8 +10,9 @@
 
 namespace fedlora::server {
 
-Result<GlobalState> FedExLora::Initialize(const ModelLayout& layout) {
-  return FedAvg(config_).Initialize(layout);
+Result<GlobalState> FedExLora::Initialize(const ModelLayout& layout,
+                                          std::optional<GlobalState> restored) {
+  return FedAvg(config_).Initialize(layout, std::move(restored));
 }
 
 Result<std::vector<ClientTask>> FedExLora::Configure(const GlobalState& state, std::uint64_t round,
@@ -19,7 +20,14 @@ Result<std::vector<ClientTask>> FedExLora::Configure(const GlobalState& state, s
   return FedAvg(config_).Configure(state, round, selected);
 }
 
-Result<AggregateReport> FedExLora::Aggregate(GlobalState& state, std::uint64_t round,
+Result<std::unique_ptr<RoundAccumulator>> FedExLora::Begin(const GlobalState& state,
+                                                   std::uint64_t round) {
+  return MakeGatheringAccumulator(
+      [this, round](GlobalState& s, std::span<const ClientUpdate> updates,
+                    std::span<const ClientTask> tasks) { return Combine(s, round, updates, tasks); });
+}
+
+Result<AggregateReport> FedExLora::Combine(GlobalState& state, std::uint64_t round,
                                              std::span<const ClientUpdate> updates,
                                              std::span<const ClientTask> tasks) try {
   FEDLORA_ASSIGN_OR_RETURN(std::vector<double> weights, ClientWeights(updates, config_));

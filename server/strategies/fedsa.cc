@@ -2,9 +2,11 @@
 
 namespace fedlora::server {
 
-Result<GlobalState> FedSaLora::Initialize(const ModelLayout& layout) {
-  FedAvg fedavg(config_);
-  FEDLORA_ASSIGN_OR_RETURN(GlobalState state, fedavg.Initialize(layout));
+Result<GlobalState> FedSaLora::Initialize(const ModelLayout& layout,
+                                          std::optional<GlobalState> restored) {
+  const bool fresh = !restored;
+  FEDLORA_ASSIGN_OR_RETURN(GlobalState state, FedAvg(config_).Initialize(layout, std::move(restored)));
+  if (!fresh) return state;
   std::erase_if(state.adapter, [](const auto& kv) {  // B is never global: each client has its own.
     return std::string_view(kv.first).ends_with(".lora_B.weight");
   });
@@ -23,12 +25,9 @@ Result<std::vector<ClientTask>> FedSaLora::Configure(const GlobalState& state, s
   return tasks;
 }
 
-Result<AggregateReport> FedSaLora::Aggregate(GlobalState& state, std::uint64_t round,
-                                             std::span<const ClientUpdate> updates,
-                                             std::span<const ClientTask> tasks) {
-  AggregateReport report;
-  FEDLORA_ASSIGN_OR_RETURN(state.adapter, CombineUpdates(updates, config_, &report));
-  return report;
+Result<std::unique_ptr<RoundAccumulator>> FedSaLora::Begin(const GlobalState& state,
+                                                           std::uint64_t round) {
+  return MakeMeanAccumulator(config_, /*merge=*/false);
 }
 
 EvalSpec FedSaLora::Evaluation(const GlobalState& state, const ClientInfo& client) const {

@@ -14,12 +14,13 @@ class FedSaLora final : public Strategy {
  public:
   explicit FedSaLora(FedAvgConfig config) : config_(std::move(config)) {}
   std::string_view name() const override { return "fedsa"; }
-  Result<GlobalState> Initialize(const ModelLayout& layout) override;
+  Result<GlobalState> Initialize(const ModelLayout& layout,
+                                 std::optional<GlobalState> restored) override;
   Result<std::vector<ClientTask>> Configure(const GlobalState& state, std::uint64_t round,
                                             std::span<const ClientInfo> selected) override;
-  Result<AggregateReport> Aggregate(GlobalState& state, std::uint64_t round,
-                                    std::span<const ClientUpdate> updates,
-                                    std::span<const ClientTask> tasks) override;
+  bool linear() const override { return MeanIsLinear(config_); }
+  Result<std::unique_ptr<RoundAccumulator>> Begin(const GlobalState& state,
+                                                  std::uint64_t round) override;
   EvalSpec Evaluation(const GlobalState& state, const ClientInfo& client) const override;
 
  private:

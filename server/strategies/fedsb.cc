@@ -9,13 +9,10 @@ std::string RName(std::string_view module) { return StrCat(module, ".lora_R.weig
 
 }  // namespace
 
-Status FedSb::SetLayout(const ModelLayout& layout) {
+Result<GlobalState> FedSb::Initialize(const ModelLayout& layout,
+                                      std::optional<GlobalState> restored) {
   FEDLORA_ASSIGN_OR_RETURN(targets_, lora::SelectTargets(layout.modules, config_.lora));
-  return OkStatus();
-}
-
-Result<GlobalState> FedSb::Initialize(const ModelLayout& layout) {
-  FEDLORA_RETURN_IF_ERROR(SetLayout(layout));
+  if (restored) return std::move(*restored);
   return GlobalState{};  // Empty until a client computed the initialisation.
 }
 
@@ -85,12 +82,9 @@ Result<std::vector<ClientTask>> FedSb::Configure(const GlobalState& state, std::
   return tasks;
 }
 
-Result<AggregateReport> FedSb::Aggregate(GlobalState& state, std::uint64_t round,
-                                         std::span<const ClientUpdate> updates,
-                                         std::span<const ClientTask> tasks) {
-  AggregateReport report;
-  FEDLORA_ASSIGN_OR_RETURN(state.adapter, CombineUpdates(updates, config_, &report));
-  return report;
+Result<std::unique_ptr<RoundAccumulator>> FedSb::Begin(const GlobalState& state,
+                                                       std::uint64_t round) {
+  return MakeMeanAccumulator(config_, /*merge=*/false);
 }
 
 EvalSpec FedSb::Evaluation(const GlobalState& state, const ClientInfo& client) const {

@@ -24,20 +24,21 @@ struct FedSbConfig {
   double init_learning_rate = 0;  // eta of -eta*sign(G); 0 = train.learning_rate / warmup.
 };
 
-class FedSb final : public Strategy {
+class FedSb final : public Strategy, public ClientInitialization {
  public:
   FedSb(FedAvgConfig config, FedSbConfig sb) : config_(std::move(config)), sb_(std::move(sb)) {}
   std::string_view name() const override { return "fedsb"; }
-  Status SetLayout(const ModelLayout& layout) override;
-  Result<GlobalState> Initialize(const ModelLayout& layout) override;
+  Result<GlobalState> Initialize(const ModelLayout& layout,
+                                 std::optional<GlobalState> restored) override;
+  ClientInitialization* client_initialization() override { return this; }
+  bool linear() const override { return MeanIsLinear(config_); }
   bool NeedsClientInit(const GlobalState& state) const override { return state.adapter.empty(); }
   Result<ClientTask> ConfigureInit(const GlobalState& state, const ClientInfo& client) override;
   Status AcceptInit(GlobalState& state, const ClientUpdate& update) override;
   Result<std::vector<ClientTask>> Configure(const GlobalState& state, std::uint64_t round,
                                             std::span<const ClientInfo> selected) override;
-  Result<AggregateReport> Aggregate(GlobalState& state, std::uint64_t round,
-                                    std::span<const ClientUpdate> updates,
-                                    std::span<const ClientTask> tasks) override;
+  Result<std::unique_ptr<RoundAccumulator>> Begin(const GlobalState& state,
+                                                  std::uint64_t round) override;
   EvalSpec Evaluation(const GlobalState& state, const ClientInfo& client) const override;
 
   static constexpr std::string_view kFrozenCacheKey = "fedsb.frozen_factors";

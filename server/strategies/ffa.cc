@@ -10,9 +10,9 @@ bool IsB(const std::string& name) { return std::string_view(name).ends_with(".lo
 
 }  // namespace
 
-Result<GlobalState> FfaLora::Initialize(const ModelLayout& layout) {
-  FedAvg fedavg(config_);
-  return fedavg.Initialize(layout);
+Result<GlobalState> FfaLora::Initialize(const ModelLayout& layout,
+                                        std::optional<GlobalState> restored) {
+  return FedAvg(config_).Initialize(layout, std::move(restored));
 }
 
 Result<std::vector<ClientTask>> FfaLora::Configure(const GlobalState& state, std::uint64_t round,
@@ -31,13 +31,9 @@ Result<std::vector<ClientTask>> FfaLora::Configure(const GlobalState& state, std
   return tasks;
 }
 
-Result<AggregateReport> FfaLora::Aggregate(GlobalState& state, std::uint64_t round,
-                                           std::span<const ClientUpdate> updates,
-                                           std::span<const ClientTask> tasks) {
-  AggregateReport report;
-  FEDLORA_ASSIGN_OR_RETURN(TensorMap b_mean, CombineUpdates(updates, config_, &report));
-  for (auto& [name, t] : b_mean) state.adapter[name] = std::move(t);
-  return report;
+Result<std::unique_ptr<RoundAccumulator>> FfaLora::Begin(const GlobalState& state,
+                                                         std::uint64_t round) {
+  return MakeMeanAccumulator(config_, /*merge=*/true);  // Only B is uploaded; A stays.
 }
 
 EvalSpec FfaLora::Evaluation(const GlobalState& state, const ClientInfo& client) const {

@@ -10,13 +10,10 @@
 
 namespace fedlora::server {
 
-Status Flora::SetLayout(const ModelLayout& layout) {
+Result<GlobalState> Flora::Initialize(const ModelLayout& layout,
+                                      std::optional<GlobalState> restored) {
   FEDLORA_ASSIGN_OR_RETURN(targets_, lora::SelectTargets(layout.modules, config_.lora));
-  return OkStatus();
-}
-
-Result<GlobalState> Flora::Initialize(const ModelLayout& layout) {
-  FEDLORA_RETURN_IF_ERROR(SetLayout(layout));
+  if (restored) return std::move(*restored);
   return GlobalState{};  // No global adapter: everything lives in the base corrections.
 }
 
@@ -51,7 +48,14 @@ Status Flora::ValidateUpdate(const ClientTask& task, const ClientUpdate& update)
   return OkStatus();  // Shapes are fixed per client and checked by the coordinator.
 }
 
-Result<AggregateReport> Flora::Aggregate(GlobalState& state, std::uint64_t round,
+Result<std::unique_ptr<RoundAccumulator>> Flora::Begin(const GlobalState& state,
+                                                   std::uint64_t round) {
+  return MakeGatheringAccumulator(
+      [this, round](GlobalState& s, std::span<const ClientUpdate> updates,
+                    std::span<const ClientTask> tasks) { return Combine(s, round, updates, tasks); });
+}
+
+Result<AggregateReport> Flora::Combine(GlobalState& state, std::uint64_t round,
                                          std::span<const ClientUpdate> updates,
                                          std::span<const ClientTask> tasks) try {
   FEDLORA_ASSIGN_OR_RETURN(std::vector<double> weights, ClientWeights(updates, config_));

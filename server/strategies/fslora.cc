@@ -10,6 +10,7 @@
 #include "common/lora/factor_math.h"
 #include "server/rank_policy.h"
 #include "server/strategies/strategy_util.h"
+#include "server/strategies/weighted_sums.h"
 
 namespace fedlora::server {
 namespace {
@@ -20,8 +21,9 @@ std::string MomentName(const std::string& param, const char* which) {
 
 }  // namespace
 
-Result<GlobalState> FsLora::Initialize(const ModelLayout& layout) {
-  return FedAvg(config_).Initialize(layout);
+Result<GlobalState> FsLora::Initialize(const ModelLayout& layout,
+                                       std::optional<GlobalState> restored) {
+  return FedAvg(config_).Initialize(layout, std::move(restored));
 }
 
 Result<std::vector<ClientTask>> FsLora::Configure(const GlobalState& state, std::uint64_t round,
@@ -64,38 +66,115 @@ Result<std::vector<ClientTask>> FsLora::Configure(const GlobalState& state, std:
   return Internal("fslora configure: ", e.what_without_backtrace());
 }
 
-Result<AggregateReport> FsLora::Aggregate(GlobalState& state, std::uint64_t round,
-                                          std::span<const ClientUpdate> updates,
-                                          std::span<const ClientTask> tasks) try {
+namespace {
+
+// Client i's delta (sent − trained) scattered back to full rank, per tensor name, in f64: a
+// pseudo-gradient, the direction its training moved the global factors.
+Result<TensorMap> ScatteredDeltas(const ClientUpdate& update, const ClientTask& task,
+                                  const std::vector<std::string>& modules, std::int64_t r) try {
+  TensorMap out;
+  for (const std::string& module : modules) {
+    const wire::ModulePlan* plan = nullptr;
+    for (const auto& mp : task.plan.modules) {
+      if (mp.module == module) plan = &mp;
+    }
+    if (plan == nullptr) return Internal("fslora: no sketch of '", module, "' in the task");
+    const std::vector<std::int64_t> idx(plan->sketch.begin(), plan->sketch.end());
+    for (const bool is_a : {true, false}) {
+      const std::string name = is_a ? lora::LoraAName(module) : lora::LoraBName(module);
+      FEDLORA_ASSIGN_OR_RETURN(at::Tensor sent, Load64(task.tensors, name));
+      FEDLORA_ASSIGN_OR_RETURN(at::Tensor trained, Load64(update.tensors, name));
+      const at::Tensor delta = sent - trained;
+      FEDLORA_ASSIGN_OR_RETURN(at::Tensor full, is_a ? lora::ScatterRows(idx, delta, r)
+                                                     : lora::ScatterCols(idx, delta, r));
+      FEDLORA_ASSIGN_OR_RETURN(out[name], Store(full, DType::kF64));
+    }
+  }
+  return out;
+} catch (const c10::Error& e) {
+  return Internal("fslora: ", e.what_without_backtrace());
+}
+
+std::vector<WeightedSums::Term> Terms(const TensorMap& tensors, double weight) {
+  std::vector<WeightedSums::Term> terms;
+  for (const auto& [name, t] : tensors) terms.push_back({name, &t, weight});
+  return terms;
+}
+
+}  // namespace
+
+// Without a share cap every client's weight is its own count: deltas fold as they arrive.
+class FsLora::Accumulator final : public RoundAccumulator {
+ public:
+  Accumulator(const FsLora& owner, const GlobalState& state)
+      : owner_(owner), modules_(AdapterModules(state.adapter)) {}
+  Status Fold(const ClientUpdate& update, const ClientTask& task) override {
+    FEDLORA_ASSIGN_OR_RETURN(TensorMap deltas,
+                             ScatteredDeltas(update, task, modules_,
+                                             static_cast<std::int64_t>(owner_.config_.lora.rank)));
+    const double w = RawWeight(update, owner_.config_.weighting);
+    FEDLORA_RETURN_IF_ERROR(sums_.Fold(Terms(deltas, w), update.client_id));
+    weights_[update.client_id] = w;
+    return OkStatus();
+  }
+  Result<AggregateReport> Finish(GlobalState& state, const UploadSource& uploads) override {
+    double total = 0;
+    for (const auto& [id, w] : weights_) total += w;
+    if (!(total > 0)) {
+      return InvalidArgument("weighting '", WeightingName(owner_.config_.weighting), "': the ",
+                             weights_.size(), " update(s) report a total count of 0");
+    }
+    FEDLORA_ASSIGN_OR_RETURN(TensorMap grads, sums_.Means(DType::kF64));
+    FEDLORA_ASSIGN_OR_RETURN(AggregateReport report, owner_.Step(state, grads));
+    for (const auto& [id, w] : weights_) report.weights[id] = w / total;
+    return report;
+  }
+
+ private:
+  const FsLora& owner_;
+  std::vector<std::string> modules_;
+  WeightedSums sums_;
+  std::map<std::string, double, std::less<>> weights_;
+};
+
+Result<std::unique_ptr<RoundAccumulator>> FsLora::Begin(const GlobalState& state,
+                                                        std::uint64_t round) {
+  if (MeanIsLinear(config_)) return std::unique_ptr<RoundAccumulator>(std::make_unique<Accumulator>(*this, state));
+  return MakeGatheringAccumulator(
+      [this, round](GlobalState& s, std::span<const ClientUpdate> updates,
+                    std::span<const ClientTask> tasks) { return Combine(s, round, updates, tasks); });
+}
+
+Result<AggregateReport> FsLora::Combine(GlobalState& state, std::uint64_t round,
+                                        std::span<const ClientUpdate> updates,
+                                        std::span<const ClientTask> tasks) {
   FEDLORA_ASSIGN_OR_RETURN(std::vector<double> weights, ClientWeights(updates, config_));
+  const std::vector<std::string> modules = AdapterModules(state.adapter);
+  WeightedSums sums;
+  for (std::size_t i = 0; i < updates.size(); ++i) {
+    FEDLORA_ASSIGN_OR_RETURN(TensorMap deltas,
+                             ScatteredDeltas(updates[i], tasks[i], modules,
+                                             static_cast<std::int64_t>(config_.lora.rank)));
+    FEDLORA_RETURN_IF_ERROR(sums.Fold(Terms(deltas, weights[i]), updates[i].client_id));
+  }
+  FEDLORA_ASSIGN_OR_RETURN(AggregateReport report, Step(state, sums.Scaled(DType::kF64, 1.0)));
+  for (std::size_t k = 0; k < updates.size(); ++k) report.weights[updates[k].client_id] = weights[k];
+  return report;
+}
+
+Result<AggregateReport> FsLora::Step(GlobalState& state, const TensorMap& grads) const try {
   nlohmann::json s = state.strategy_json.empty()
                          ? nlohmann::json::object()
                          : nlohmann::json::parse(state.strategy_json, nullptr, false);
   if (!s.is_object()) s = nlohmann::json::object();
   const std::int64_t step = s.value("server_step", std::int64_t{0}) + 1;
-  const auto r = static_cast<std::int64_t>(config_.lora.rank);
   GlobalState next = state;
   double grad_sq = 0;
   for (const std::string& module : AdapterModules(state.adapter)) {
     for (const bool is_a : {true, false}) {
       const std::string name = is_a ? lora::LoraAName(module) : lora::LoraBName(module);
       FEDLORA_ASSIGN_OR_RETURN(at::Tensor theta, Load64(state.adapter, name));
-      at::Tensor grad = at::zeros_like(theta);
-      for (std::size_t i = 0; i < updates.size(); ++i) {
-        const wire::ModulePlan* plan = nullptr;
-        for (const auto& mp : tasks[i].plan.modules) {
-          if (mp.module == module) plan = &mp;
-        }
-        if (plan == nullptr) return Internal("fslora: no sketch of '", module, "' in the task");
-        const std::vector<std::int64_t> idx(plan->sketch.begin(), plan->sketch.end());
-        FEDLORA_ASSIGN_OR_RETURN(at::Tensor sent, Load64(tasks[i].tensors, name));
-        FEDLORA_ASSIGN_OR_RETURN(at::Tensor trained, Load64(updates[i].tensors, name));
-        at::Tensor delta = sent - trained;  // A pseudo-gradient: the direction training moved.
-        Result<at::Tensor> full =
-            is_a ? lora::ScatterRows(idx, delta, r) : lora::ScatterCols(idx, delta, r);
-        if (!full.ok()) return full.status();
-        grad.add_(*full, weights[i]);
-      }
+      FEDLORA_ASSIGN_OR_RETURN(at::Tensor grad, Load64(grads, name));
       grad_sq += grad.pow(2).sum().item<double>();
       at::Tensor updated;
       if (fs_.server_optimizer == "sgd") {
@@ -123,7 +202,6 @@ Result<AggregateReport> FsLora::Aggregate(GlobalState& state, std::uint64_t roun
   next.strategy_json = s.dump();
   state = std::move(next);
   AggregateReport report;
-  for (std::size_t k = 0; k < updates.size(); ++k) report.weights[updates[k].client_id] = weights[k];
   report.metrics["server_grad_norm"] = std::sqrt(grad_sq);
   report.metrics["server_step"] = static_cast<double>(step);
   return report;

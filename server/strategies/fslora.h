@@ -33,15 +33,23 @@ class FsLora final : public Strategy {
  public:
   FsLora(FedAvgConfig config, FsLoraConfig fs) : config_(std::move(config)), fs_(std::move(fs)) {}
   std::string_view name() const override { return "fslora"; }
-  Result<GlobalState> Initialize(const ModelLayout& layout) override;
+  Result<GlobalState> Initialize(const ModelLayout& layout,
+                                 std::optional<GlobalState> restored) override;
   Result<std::vector<ClientTask>> Configure(const GlobalState& state, std::uint64_t round,
                                             std::span<const ClientInfo> selected) override;
-  Result<AggregateReport> Aggregate(GlobalState& state, std::uint64_t round,
-                                    std::span<const ClientUpdate> updates,
-                                    std::span<const ClientTask> tasks) override;
+  bool linear() const override { return MeanIsLinear(config_); }
+  Result<std::unique_ptr<RoundAccumulator>> Begin(const GlobalState& state,
+                                                  std::uint64_t round) override;
   EvalSpec Evaluation(const GlobalState& state, const ClientInfo& client) const override;
 
  private:
+  class Accumulator;  // Folds each client's scattered delta as it arrives.
+  // With a share cap (the weights need every count): all uploads at once, in client-id order.
+  Result<AggregateReport> Combine(GlobalState& state, std::uint64_t round,
+                                  std::span<const ClientUpdate> updates,
+                                  std::span<const ClientTask> tasks);
+  // One server optimiser step on `grads` (the weighted mean of the scattered deltas, per tensor).
+  Result<AggregateReport> Step(GlobalState& state, const TensorMap& grads) const;
   FedAvgConfig config_;
   FsLoraConfig fs_;
 };

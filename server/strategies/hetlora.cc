@@ -9,6 +9,7 @@
 #include "common/lora/factor_math.h"
 #include "server/rank_policy.h"
 #include "server/strategies/strategy_util.h"
+#include "server/strategies/weighted_sums.h"
 
 namespace fedlora::server {
 namespace {
@@ -24,8 +25,9 @@ json ParseState(const std::string& text) {
 
 }  // namespace
 
-Result<GlobalState> HetLora::Initialize(const ModelLayout& layout) {
-  return FedAvg(config_).Initialize(layout);
+Result<GlobalState> HetLora::Initialize(const ModelLayout& layout,
+                                        std::optional<GlobalState> restored) {
+  return FedAvg(config_).Initialize(layout, std::move(restored));
 }
 
 std::uint32_t HetLora::RankOf(const GlobalState& state, const ClientInfo& client,
@@ -85,96 +87,148 @@ Status HetLora::ValidateUpdate(const ClientTask& task, const ClientUpdate& updat
   return OkStatus();
 }
 
-Result<AggregateReport> HetLora::Aggregate(GlobalState& state, std::uint64_t round,
-                                           std::span<const ClientUpdate> updates,
-                                           std::span<const ClientTask> tasks) try {
-  const std::vector<std::string> modules = AdapterModules(state.adapter);
-  const std::size_t n = updates.size();
-  // Per-client, per-module ||B_k A_k||_F (zero where the client has no LoRA).
-  std::vector<std::map<std::string, double>> norms(n);
-  for (std::size_t k = 0; k < n; ++k) {
-    for (const std::string& module : modules) {
-      if (!updates[k].tensors.contains(lora::LoraAName(module))) continue;
-      FEDLORA_ASSIGN_OR_RETURN(at::Tensor a, Load64(updates[k].tensors, lora::LoraAName(module)));
-      FEDLORA_ASSIGN_OR_RETURN(at::Tensor b, Load64(updates[k].tensors, lora::LoraBName(module)));
-      FEDLORA_ASSIGN_OR_RETURN(norms[k][module], lora::ProductFrobeniusNorm(b, a));
+// Folds each upload, zero-padded to the global rank, into per-module running sums with its
+// weight: its update norm (sparsity: over the model, or per module) or its count. With a share
+// cap the counts need every upload first: Combine gives the capped shares as `fixed`.
+class HetLora::Accumulator final : public RoundAccumulator {
+ public:
+  Accumulator(const HetLora& owner, const GlobalState& state,
+              std::map<std::string, double, std::less<>> fixed = {})
+      : owner_(owner), modules_(AdapterModules(state.adapter)), fixed_(std::move(fixed)) {
+    for (const std::string& module : modules_) {
+      ranks_[module] = state.adapter.at(lora::LoraAName(module)).shape.at(0);
     }
-  }
-  std::vector<double> base_weights(n, 1.0);
-  if (het_.weighting == "sparsity") {
-    if (het_.sparsity_scope == "model") {
-      for (std::size_t k = 0; k < n; ++k) {
-        double sq = 0;
-        for (const auto& [m, v] : norms[k]) sq += v * v;
-        base_weights[k] = std::sqrt(sq);
-      }
-    }
-  } else {
-    FEDLORA_ASSIGN_OR_RETURN(Weighting w, ParseWeighting(het_.weighting));
-    FEDLORA_ASSIGN_OR_RETURN(base_weights, ComputeWeights(updates, w, config_.max_weight_share));
   }
 
-  TensorMap next;
-  json s = ParseState(state.strategy_json);
-  if (!s.contains("ranks")) s["ranks"] = json::object();
-  double rank_sum = 0;
-  int rank_count = 0, pruned = 0;
-  for (const std::string& module : modules) {
-    const std::string a_name = lora::LoraAName(module), b_name = lora::LoraBName(module);
-    FEDLORA_ASSIGN_OR_RETURN(at::Tensor a_old, Load64(state.adapter, a_name));
-    FEDLORA_ASSIGN_OR_RETURN(at::Tensor b_old, Load64(state.adapter, b_name));
-    const std::int64_t r = a_old.size(0);
-    std::vector<at::Tensor> as, bs;
-    std::vector<double> w;
-    for (std::size_t k = 0; k < n; ++k) {
-      if (!updates[k].tensors.contains(a_name)) continue;
-      FEDLORA_ASSIGN_OR_RETURN(at::Tensor a, Load64(updates[k].tensors, a_name));
-      FEDLORA_ASSIGN_OR_RETURN(at::Tensor b, Load64(updates[k].tensors, b_name));
+  Status Fold(const ClientUpdate& update, const ClientTask& task) override try {
+    const HetLoraConfig& het = owner_.het_;
+    const bool sparsity = het.weighting == "sparsity";
+    std::map<std::string, double> norms;  // ||B_k A_k||_F of each module it trained.
+    for (const std::string& module : modules_) {
+      if (!update.tensors.contains(lora::LoraAName(module))) continue;
+      FEDLORA_ASSIGN_OR_RETURN(at::Tensor a, Load64(update.tensors, lora::LoraAName(module)));
+      FEDLORA_ASSIGN_OR_RETURN(at::Tensor b, Load64(update.tensors, lora::LoraBName(module)));
+      FEDLORA_ASSIGN_OR_RETURN(norms[module], lora::ProductFrobeniusNorm(b, a));
+    }
+    double base = 1.0;
+    if (sparsity && het.sparsity_scope == "model") {
+      double sq = 0;
+      for (const auto& [m, v] : norms) sq += v * v;
+      base = std::sqrt(sq);
+    } else if (!sparsity) {
+      FEDLORA_ASSIGN_OR_RETURN(Weighting w, ParseWeighting(het.weighting));
+      const auto it = fixed_.find(update.client_id);
+      base = it != fixed_.end() ? it->second : RawWeight(update, w);
+    }
+    TensorMap padded;
+    std::vector<WeightedSums::Term> terms;
+    Contribution c;
+    for (const auto& [module, norm] : norms) {
+      const std::string a_name = lora::LoraAName(module), b_name = lora::LoraBName(module);
+      FEDLORA_ASSIGN_OR_RETURN(at::Tensor a, Load64(update.tensors, a_name));
+      FEDLORA_ASSIGN_OR_RETURN(at::Tensor b, Load64(update.tensors, b_name));
       const std::int64_t rank = a.size(0);
-      rank_sum += static_cast<double>(rank);
-      ++rank_count;
-      const std::uint32_t assigned = [&] {
-        for (const auto& mp : tasks[k].plan.modules) {
-          if (mp.module == module) return mp.rank;
+      c.ranks[module] = rank;
+      std::uint32_t assigned = owner_.config_.lora.rank;
+      for (const auto& mp : task.plan.modules) {
+        if (mp.module == module) assigned = mp.rank;
+      }
+      if (rank < static_cast<std::int64_t>(assigned)) ++c.pruned;
+      FEDLORA_ASSIGN_OR_RETURN(at::Tensor a_pad, lora::PadRows(a, ranks_.at(module)));
+      FEDLORA_ASSIGN_OR_RETURN(at::Tensor b_pad, lora::PadCols(b, ranks_.at(module)));
+      FEDLORA_ASSIGN_OR_RETURN(padded[a_name], Store(a_pad, DType::kF64));
+      FEDLORA_ASSIGN_OR_RETURN(padded[b_name], Store(b_pad, DType::kF64));
+    }
+    for (const auto& [name, t] : padded) {
+      const std::string module(std::string_view(name).substr(0, name.rfind(".lora_")));
+      const double w = sparsity && het.sparsity_scope == "module" ? norms.at(module) : base;
+      terms.push_back({name, &t, w});
+    }
+    FEDLORA_RETURN_IF_ERROR(sums_.Fold(terms, update.client_id));
+    c.base_weight = base;
+    contributions_.insert_or_assign(update.client_id, std::move(c));
+    return OkStatus();
+  } catch (const c10::Error& e) {
+    return Internal("hetlora fold: ", e.what_without_backtrace());
+  }
+
+  Result<AggregateReport> Finish(GlobalState& state, const UploadSource& uploads) override {
+    TensorMap next;
+    json s = ParseState(state.strategy_json);
+    if (!s.contains("ranks")) s["ranks"] = json::object();
+    for (const std::string& module : modules_) {
+      for (const std::string& name : {lora::LoraAName(module), lora::LoraBName(module)}) {
+        // Nobody trained it (or every update was zero): keep it.
+        if (!(sums_.WeightOf(name) > 0)) {
+          next[name] = FromDoubles(owner_.config_.state_dtype, state.adapter.at(name).shape,
+                                   ToDoubles(state.adapter.at(name)));
+          continue;
         }
-        return config_.lora.rank;
-      }();
-      if (rank < assigned) ++pruned;
-      s["ranks"][updates[k].client_id][module] = rank;
-      FEDLORA_ASSIGN_OR_RETURN(at::Tensor a_pad, lora::PadRows(a, r));
-      FEDLORA_ASSIGN_OR_RETURN(at::Tensor b_pad, lora::PadCols(b, r));
-      as.push_back(std::move(a_pad));
-      bs.push_back(std::move(b_pad));
-      w.push_back(het_.weighting == "sparsity" && het_.sparsity_scope == "module"
-                      ? norms[k][module]
-                      : base_weights[k]);
+        FEDLORA_ASSIGN_OR_RETURN(next[name], sums_.Mean(name, owner_.config_.state_dtype));
+      }
     }
-    double total = 0;
-    for (double x : w) total += x;
-    if (as.empty() || !(total > 0)) {  // Nobody trained it (or every update was zero): keep it.
-      FEDLORA_ASSIGN_OR_RETURN(next[a_name], Store(a_old, config_.state_dtype));
-      FEDLORA_ASSIGN_OR_RETURN(next[b_name], Store(b_old, config_.state_dtype));
-      continue;
+    AggregateReport report;
+    double total = 0, rank_sum = 0;
+    int rank_count = 0, pruned = 0;
+    for (const auto& [id, c] : contributions_) total += c.base_weight;
+    for (const auto& [id, c] : contributions_) {
+      report.weights[id] = total > 0 ? c.base_weight / total
+                                     : 1.0 / static_cast<double>(contributions_.size());
+      for (const auto& [module, rank] : c.ranks) {
+        s["ranks"][id][module] = rank;
+        rank_sum += static_cast<double>(rank);
+        ++rank_count;
+      }
+      pruned += c.pruned;
     }
-    for (double& x : w) x /= total;
-    FEDLORA_ASSIGN_OR_RETURN(at::Tensor a_new, lora::WeightedSum(as, w));
-    FEDLORA_ASSIGN_OR_RETURN(at::Tensor b_new, lora::WeightedSum(bs, w));
-    FEDLORA_ASSIGN_OR_RETURN(next[a_name], Store(a_new, config_.state_dtype));
-    FEDLORA_ASSIGN_OR_RETURN(next[b_name], Store(b_new, config_.state_dtype));
+    state.adapter = std::move(next);
+    state.strategy_json = s.dump();
+    report.metrics["uploaded_rank_mean"] = rank_count > 0 ? rank_sum / rank_count : 0;
+    report.metrics["pruned_modules"] = pruned;
+    return report;
   }
-  state.adapter = std::move(next);
-  state.strategy_json = s.dump();
-  AggregateReport report;
-  double total = 0;
-  for (double x : base_weights) total += x;
-  for (std::size_t k = 0; k < n; ++k) {
-    report.weights[updates[k].client_id] = total > 0 ? base_weights[k] / total : 1.0 / n;
+
+ private:
+  struct Contribution {
+    std::map<std::string, std::int64_t> ranks;  // Uploaded rank of each module it trained.
+    int pruned = 0;                             // Modules uploaded below the assigned rank.
+    double base_weight = 0;
+  };
+  const HetLora& owner_;
+  std::vector<std::string> modules_;
+  std::map<std::string, std::int64_t> ranks_;  // Global rank of each module.
+  std::map<std::string, double, std::less<>> fixed_;
+  WeightedSums sums_;
+  std::map<std::string, Contribution, std::less<>> contributions_;
+};
+
+bool HetLora::linear() const {
+  return het_.weighting != "sparsity" && !(config_.max_weight_share < 1.0);
+}
+
+Result<std::unique_ptr<RoundAccumulator>> HetLora::Begin(const GlobalState& state,
+                                                         std::uint64_t round) {
+  if (het_.weighting == "sparsity" || !(config_.max_weight_share < 1.0)) {
+    return std::unique_ptr<RoundAccumulator>(std::make_unique<Accumulator>(*this, state));
   }
-  report.metrics["uploaded_rank_mean"] = rank_count > 0 ? rank_sum / rank_count : 0;
-  report.metrics["pruned_modules"] = pruned;
-  return report;
-} catch (const c10::Error& e) {
-  return Internal("hetlora aggregation: ", e.what_without_backtrace());
+  return MakeGatheringAccumulator(
+      [this, round](GlobalState& s, std::span<const ClientUpdate> updates,
+                    std::span<const ClientTask> tasks) { return Combine(s, round, updates, tasks); });
+}
+
+Result<AggregateReport> HetLora::Combine(GlobalState& state, std::uint64_t round,
+                                         std::span<const ClientUpdate> updates,
+                                         std::span<const ClientTask> tasks) {
+  FEDLORA_ASSIGN_OR_RETURN(Weighting w, ParseWeighting(het_.weighting));
+  FEDLORA_ASSIGN_OR_RETURN(std::vector<double> shares,
+                           ComputeWeights(updates, w, config_.max_weight_share));
+  std::map<std::string, double, std::less<>> fixed;
+  for (std::size_t k = 0; k < updates.size(); ++k) fixed[updates[k].client_id] = shares[k];
+  Accumulator acc(*this, state, std::move(fixed));
+  for (std::size_t k = 0; k < updates.size(); ++k) {
+    FEDLORA_RETURN_IF_ERROR(acc.Fold(updates[k], tasks[k]));
+  }
+  return acc.Finish(state, MemoryUploads(updates, tasks));
 }
 
 EvalSpec HetLora::Evaluation(const GlobalState& state, const ClientInfo& client) const {

@@ -32,16 +32,22 @@ class HetLora final : public Strategy {
  public:
   HetLora(FedAvgConfig config, HetLoraConfig het) : config_(std::move(config)), het_(std::move(het)) {}
   std::string_view name() const override { return "hetlora"; }
-  Result<GlobalState> Initialize(const ModelLayout& layout) override;
+  Result<GlobalState> Initialize(const ModelLayout& layout,
+                                 std::optional<GlobalState> restored) override;
   Result<std::vector<ClientTask>> Configure(const GlobalState& state, std::uint64_t round,
                                             std::span<const ClientInfo> selected) override;
   Status ValidateUpdate(const ClientTask& task, const ClientUpdate& update) const override;
-  Result<AggregateReport> Aggregate(GlobalState& state, std::uint64_t round,
-                                    std::span<const ClientUpdate> updates,
-                                    std::span<const ClientTask> tasks) override;
+  bool linear() const override;
+  Result<std::unique_ptr<RoundAccumulator>> Begin(const GlobalState& state,
+                                                  std::uint64_t round) override;
   EvalSpec Evaluation(const GlobalState& state, const ClientInfo& client) const override;
 
  private:
+  class Accumulator;  // Folds each padded upload as it arrives.
+  // With a share cap on a count weighting (the shares need every count): all uploads at once.
+  Result<AggregateReport> Combine(GlobalState& state, std::uint64_t round,
+                                  std::span<const ClientUpdate> updates,
+                                  std::span<const ClientTask> tasks);
   // The rank client `id` trains `module` with: its last uploaded (possibly pruned) rank, else
   // the rank policy's.
   std::uint32_t RankOf(const GlobalState& state, const ClientInfo& client,

@@ -29,15 +29,20 @@ class LoraFair final : public Strategy {
   LoraFair(FedAvgConfig config, LoraFairConfig fair)
       : config_(std::move(config)), fair_(std::move(fair)) {}
   std::string_view name() const override { return "lorafair"; }
-  Result<GlobalState> Initialize(const ModelLayout& layout) override;
+  Result<GlobalState> Initialize(const ModelLayout& layout,
+                                 std::optional<GlobalState> restored) override;
   Result<std::vector<ClientTask>> Configure(const GlobalState& state, std::uint64_t round,
                                             std::span<const ClientInfo> selected) override;
-  Result<AggregateReport> Aggregate(GlobalState& state, std::uint64_t round,
-                                    std::span<const ClientUpdate> updates,
-                                    std::span<const ClientTask> tasks) override;
+  Result<std::unique_ptr<RoundAccumulator>> Begin(const GlobalState& state,
+                                                  std::uint64_t round) override;
   EvalSpec Evaluation(const GlobalState& state, const ClientInfo& client) const override;
 
  private:
+  // The round's aggregate from all its uploads at once (sorted by client id, tasks[i] answered by
+  // updates[i]); see MakeGatheringAccumulator.
+  Result<AggregateReport> Combine(GlobalState& state, std::uint64_t round,
+                                  std::span<const ClientUpdate> updates,
+                                  std::span<const ClientTask> tasks);
   FedAvgConfig config_;
   LoraFairConfig fair_;
 };

@@ -9,7 +9,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <span>
@@ -98,31 +100,64 @@ struct EvalSpec {
   std::vector<std::string> caches;  // As ClientTask::caches.
 };
 
+// Gives the accepted uploads of a round again, one at a time, in client-id order: the coordinator
+// reads them back from its pending files, so a strategy that needs every upload at once (a robust
+// rule, a weight-share cap, FLoRA's stack) never needs the coordinator to keep them in memory.
+class UploadSource {
+ public:
+  virtual ~UploadSource() = default;
+  virtual std::size_t size() const = 0;
+  // Calls `fn` with each upload and the task it answered; stops at the first error.
+  virtual Status ForEach(
+      const std::function<Status(const ClientUpdate&, const ClientTask&)>& fn) const = 0;
+};
+
+// One round's aggregation in progress: Begin, Fold each accepted upload as it arrives, Finish.
+// The result of Finish must not depend on the order of the folds (a coordinator restarted in the
+// middle of a round folds the persisted uploads again, in another order).
+class RoundAccumulator {
+ public:
+  virtual ~RoundAccumulator() = default;
+  // Folds one accepted upload, already validated against `task` (ValidateUpload and
+  // Strategy::ValidateUpdate). On error nothing of it was folded and the round goes on without
+  // it; the error names the tensor at fault.
+  virtual Status Fold(const ClientUpdate& update, const ClientTask& task) = 0;
+  // Writes the aggregate of the folded uploads into `state` (state.round is the coordinator's).
+  // `uploads` holds exactly the folded uploads, for strategies that must see them again. Called
+  // once, after at least one successful Fold. On error `state` is unchanged.
+  virtual Result<AggregateReport> Finish(GlobalState& state, const UploadSource& uploads) = 0;
+};
+
+// Strategies whose initial state needs one client's data (Fed-SB): the coordinator sends
+// ConfigureInit's task to one eligible client before round 0 and passes its upload to AcceptInit.
+class ClientInitialization {
+ public:
+  virtual ~ClientInitialization() = default;
+  virtual bool NeedsClientInit(const GlobalState& state) const = 0;
+  virtual Result<ClientTask> ConfigureInit(const GlobalState& state, const ClientInfo& client) = 0;
+  virtual Status AcceptInit(GlobalState& state, const ClientUpdate& update) = 0;
+};
+
 // Thread-compatible: the coordinator calls it from its one loop thread.
 class Strategy {
  public:
   virtual ~Strategy() = default;
   virtual std::string_view name() const = 0;
 
-  // Called once the federation's model is known (the first client's Hello, or a restored
-  // checkpoint), before any other method. kInvalidArgument when the configured targets do not
-  // exist in the layout.
-  virtual Status SetLayout(const ModelLayout& layout) { return OkStatus(); }
+  // Binds the strategy to the federation's model (the first client's Hello, or a restored
+  // checkpoint) before any other method, and returns the state to continue from: `restored`
+  // when given (a checkpoint), else the state before round 1. kInvalidArgument when the
+  // configured targets do not exist in the layout.
+  virtual Result<GlobalState> Initialize(const ModelLayout& layout,
+                                         std::optional<GlobalState> restored) = 0;
 
-  // The state before round 1 for a model with `layout`.
-  // kInvalidArgument when the configured targets do not exist in the layout.
-  virtual Result<GlobalState> Initialize(const ModelLayout& layout) = 0;
+  // Non-null for strategies whose initial state needs a client (see ClientInitialization).
+  virtual ClientInitialization* client_initialization() { return nullptr; }
 
-  // Strategies whose initial state needs one client's data (Fed-SB) say so here; the
-  // coordinator then sends ConfigureInit's task to one eligible client before round 0 and
-  // passes its upload to AcceptInit.
-  virtual bool NeedsClientInit(const GlobalState& state) const { return false; }
-  virtual Result<ClientTask> ConfigureInit(const GlobalState& state, const ClientInfo& client) {
-    return Unimplemented(name(), " needs no client initialisation");
-  }
-  virtual Status AcceptInit(GlobalState& state, const ClientUpdate& update) {
-    return Unimplemented(name(), " needs no client initialisation");
-  }
+  // True when the round needs of its uploads only Σ_k w_k·x_k (and Σ_k w_k), with x_k the
+  // uploaded tensors (placed by the client's task, e.g. FSLoRA's sketch, HetLoRA's padding) and
+  // w_k known from the upload's counts alone: then a masked sum (secure aggregation) is enough.
+  virtual bool linear() const { return false; }
 
   // The task for each selected client of `round`, in the order given. Must be a pure function
   // of its arguments: after a restart the coordinator calls it again to re-derive the tasks of
@@ -136,16 +171,40 @@ class Strategy {
     return OkStatus();
   }
 
-  // Folds the accepted uploads of `round` into `state` (state.round itself is set by the
-  // coordinator). `updates` arrive sorted by client id, never empty, each with the task it
-  // answers (`tasks[i]` for `updates[i]`); the result must not depend on arrival order. On error
-  // `state` is unchanged.
-  virtual Result<AggregateReport> Aggregate(GlobalState& state, std::uint64_t round,
-                                            std::span<const ClientUpdate> updates,
-                                            std::span<const ClientTask> tasks) = 0;
+  // Starts aggregating `round` on top of `state`, which stays alive and unchanged until Finish.
+  virtual Result<std::unique_ptr<RoundAccumulator>> Begin(const GlobalState& state,
+                                                          std::uint64_t round) = 0;
 
   // What a client evaluates the current global model with. Default: the global adapter.
   virtual EvalSpec Evaluation(const GlobalState& state, const ClientInfo& client) const = 0;
+};
+
+// Aggregates `updates` (each answering tasks[i]; tasks may be empty for strategies that do not
+// read them) in one go: Begin, Fold in the given order, Finish. For tests, the offline aggregator
+// and benchmarks; the coordinator folds as uploads arrive.
+Result<AggregateReport> AggregateAll(Strategy& strategy, GlobalState& state, std::uint64_t round,
+                                     std::span<const ClientUpdate> updates,
+                                     std::span<const ClientTask> tasks);
+
+// An accumulator for strategies that need every upload at once: Fold only records who was folded;
+// Finish reads the uploads back from the source (client-id order) and hands them all to
+// `combine`. Memory at Finish is N uploads.
+using CombineAll = std::function<Result<AggregateReport>(
+    GlobalState& state, std::span<const ClientUpdate> updates, std::span<const ClientTask> tasks)>;
+std::unique_ptr<RoundAccumulator> MakeGatheringAccumulator(CombineAll combine);
+
+// An UploadSource over uploads held in memory, visited in client-id order.
+class MemoryUploads final : public UploadSource {
+ public:
+  MemoryUploads(std::span<const ClientUpdate> updates, std::span<const ClientTask> tasks);
+  std::size_t size() const override { return order_.size(); }
+  Status ForEach(
+      const std::function<Status(const ClientUpdate&, const ClientTask&)>& fn) const override;
+
+ private:
+  std::span<const ClientUpdate> updates_;
+  std::span<const ClientTask> tasks_;
+  std::vector<std::size_t> order_;
 };
 
 }  // namespace fedlora::server

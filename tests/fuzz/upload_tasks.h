@@ -34,7 +34,7 @@ inline UploadTasks MakeUploadTasks() {
   config.train.batch_size = 2;
   config.seed = 7;
   server::FedAvg fedavg(config);
-  Result<server::GlobalState> state = fedavg.Initialize(layout);
+  Result<server::GlobalState> state = fedavg.Initialize(layout, std::nullopt);
   const server::ClientInfo client{"alice", {}, {}, {}};
   Result<std::vector<server::ClientTask>> tasks =
       state.ok() ? fedavg.Configure(state.value(), 1, std::span(&client, 1))

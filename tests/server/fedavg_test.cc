@@ -8,6 +8,9 @@
 namespace fedlora::server {
 namespace {
 
+// A strategy object for one call (AggregateAll takes a Strategy&).
+Strategy& Stateless(FedAvg&& s) { return s; }
+
 // Random factors for one module with d_out != d_in, to catch transposes.
 constexpr std::int64_t kOut = 5, kIn = 3, kRank = 2;
 
@@ -56,7 +59,7 @@ TEST(FedAvgTest, WeightsEachClientByItsExampleCount) {
   ClientUpdate b{"b", 1, 3, {}, {{"w", MakeF32({2}, std::vector<float>{4, 8})}}};
   GlobalState state;
   const std::vector<ClientUpdate> ups = {a, b};
-  const Result<AggregateReport> report = fedavg.Aggregate(state, 1, ups, {});
+  const Result<AggregateReport> report = AggregateAll(fedavg, state, 1, ups, {});
   ASSERT_TRUE(report.ok()) << report.status().ToString();
   EXPECT_EQ(state.adapter.at("w"), MakeF32({2}, std::vector<float>{3, 6}));
   EXPECT_DOUBLE_EQ(report->weights.at("a"), 0.25);
@@ -68,8 +71,8 @@ TEST(FedAvgTest, SamplesAndUniformWeightingsAreHonoured) {
   ClientUpdate b{"b", 10, 9, {}, {{"w", MakeF32({1}, std::vector<float>{8})}}};
   const std::vector<ClientUpdate> ups = {a, b};
   GlobalState s1, s2;
-  ASSERT_TRUE(FedAvg({.weighting = Weighting::kSamples}).Aggregate(s1, 1, ups, {}).ok());
-  ASSERT_TRUE(FedAvg({.weighting = Weighting::kUniform}).Aggregate(s2, 1, ups, {}).ok());
+  ASSERT_TRUE(AggregateAll(Stateless(FedAvg({.weighting = Weighting::kSamples})), s1, 1, ups, {}).ok());
+  ASSERT_TRUE(AggregateAll(Stateless(FedAvg({.weighting = Weighting::kUniform})), s2, 1, ups, {}).ok());
   EXPECT_EQ(ToDoubles(s1.adapter.at("w"))[0], 2.0);
   EXPECT_EQ(ToDoubles(s2.adapter.at("w"))[0], 4.0);
 }
@@ -80,9 +83,9 @@ TEST(FedAvgTest, ResultDoesNotDependOnArrivalOrder) {
   for (int k = 0; k < 6; ++k) ups.push_back(Upload("c" + std::to_string(k), 10 + k, 5, rng));
   FedAvg fedavg({.weighting = Weighting::kExamples});
   GlobalState forward, backward;
-  ASSERT_TRUE(fedavg.Aggregate(forward, 1, ups, {}).ok());
+  ASSERT_TRUE(AggregateAll(fedavg, forward, 1, ups, {}).ok());
   std::reverse(ups.begin(), ups.end());
-  ASSERT_TRUE(fedavg.Aggregate(backward, 1, ups, {}).ok());
+  ASSERT_TRUE(AggregateAll(fedavg, backward, 1, ups, {}).ok());
   EXPECT_EQ(forward.adapter, backward.adapter);  // Bit-identical.
 }
 
@@ -93,7 +96,7 @@ TEST(FedAvgTest, RejectsClientsThatTrainedDifferentShapes) {
   state.adapter["w"] = Zeros(DType::kF32, {2, 3});
   const GlobalState before = state;
   const std::vector<ClientUpdate> ups = {a, b};
-  const Result<AggregateReport> r = FedAvg({}).Aggregate(state, 1, ups, {});
+  const Result<AggregateReport> r = AggregateAll(Stateless(FedAvg({})), state, 1, ups, {});
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("client b"), std::string::npos);
   EXPECT_EQ(state, before);  // Unchanged on error.
@@ -103,7 +106,7 @@ TEST(FedAvgTest, ZeroTotalExamplesIsAnErrorNotADivisionByZero) {
   ClientUpdate a{"a", 1, 0, {}, {{"w", Zeros(DType::kF32, {1})}}};
   GlobalState state;
   const std::vector<ClientUpdate> ups = {a};
-  EXPECT_EQ(FedAvg({}).Aggregate(state, 1, ups, {}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(AggregateAll(Stateless(FedAvg({})), state, 1, ups, {}).status().code(), StatusCode::kInvalidArgument);
 }
 
 // ALGORITHMS.md §1f: FedAvg's error E = sum p_k B_k A_k - B̄Ā equals the weighted
@@ -115,7 +118,7 @@ TEST(FedAvgTest, InexactnessEqualsTheWeightedFactorCovariance) {
   for (int k = 0; k < 4; ++k) ups.push_back(Upload("c" + std::to_string(k), 3 + 2 * k, 1, rng));
   const std::vector<double> w = ComputeWeights(ups, Weighting::kExamples).value();
   GlobalState state;
-  ASSERT_TRUE(FedAvg({.weighting = Weighting::kExamples}).Aggregate(state, 1, ups, {}).ok());
+  ASSERT_TRUE(AggregateAll(Stateless(FedAvg({.weighting = Weighting::kExamples})), state, 1, ups, {}).ok());
   // Ideal update vs FedAvg's (computed from the f32 global would lose precision: use means).
   std::vector<double> ideal(kOut * kIn, 0.0);
   for (std::size_t k = 0; k < ups.size(); ++k) {
@@ -170,7 +173,7 @@ TEST(FedAvgTest, SharedAMakesTheAverageExact) {
 TEST(FedAvgTest, InitializeRejectsTargetsTheModelLacks) {
   FedAvg fedavg({.lora = {.rank = 4, .alpha = 8, .targets = {"q_proj"}}});
   const ModelLayout layout{"x", {{"model.layers.0.mlp.up_proj", 8, 4}}};
-  EXPECT_EQ(fedavg.Initialize(layout).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(fedavg.Initialize(layout, std::nullopt).status().code(), StatusCode::kInvalidArgument);
 }
 
 TEST(FedAvgTest, ConfigureAsksEveryClientForTheGlobalShapesInTheUploadDtype) {
@@ -178,7 +181,7 @@ TEST(FedAvgTest, ConfigureAsksEveryClientForTheGlobalShapesInTheUploadDtype) {
   train.upload_dtype = DType::kBF16;
   FedAvg fedavg({.lora = {.rank = 2, .alpha = 4, .targets = {"q_proj"}}, .train = train});
   const ModelLayout layout{"x", {{"model.layers.0.self_attn.q_proj", 6, 4}}};
-  const GlobalState state = fedavg.Initialize(layout).value();
+  const GlobalState state = fedavg.Initialize(layout, std::nullopt).value();
   const std::vector<ClientInfo> clients = {{"a", {}, {}, {}}, {"b", {}, {}, {}}};
   const std::vector<ClientTask> tasks = fedavg.Configure(state, 1, clients).value();
   ASSERT_EQ(tasks.size(), 2u);

@@ -20,7 +20,7 @@ std::vector<ClientUpdate> Round(Strategy& strategy, GlobalState& state, std::uin
   for (std::size_t k = 0; k < tasks.size(); ++k) {
     updates.push_back(RandomUpdate(tasks[k], 10 + 7 * k, rng));
   }
-  const Result<AggregateReport> report = strategy.Aggregate(state, round, updates, tasks);
+  const Result<AggregateReport> report = AggregateAll(strategy, state, round, updates, tasks);
   EXPECT_TRUE(report.ok()) << report.status().ToString();
   state.round = round;
   if (tasks_out != nullptr) *tasks_out = std::move(tasks);
@@ -48,7 +48,7 @@ Dense IdealUpdate(const std::vector<ClientUpdate>& updates, const wire::ModuleIn
 
 TEST(FedExStrategyTest, GlobalProductPlusCorrectionEqualsTheIdealUpdate) {
   auto fedex = Make("fedex");
-  GlobalState state = fedex->Initialize(kLayout).value();
+  GlobalState state = fedex->Initialize(kLayout, std::nullopt).value();
   const GlobalState before = state;
   std::mt19937_64 rng(1);
   const auto updates = Round(*fedex, state, 1, Clients({"a", "b", "c"}), rng);
@@ -66,7 +66,7 @@ TEST(FedExStrategyTest, GlobalProductPlusCorrectionEqualsTheIdealUpdate) {
 
 TEST(FedExStrategyTest, ReplayAfterTwoRoundsReproducesTheBase) {
   auto fedex = Make("fedex");
-  GlobalState state = fedex->Initialize(kLayout).value();
+  GlobalState state = fedex->Initialize(kLayout, std::nullopt).value();
   std::mt19937_64 rng(2);
   const double s = 2.0;
   std::map<std::string, Dense> expected;  // sum over rounds of s*sum p B A - s*B_g A_g
@@ -89,7 +89,7 @@ TEST(FedExStrategyTest, ReplayAfterTwoRoundsReproducesTheBase) {
 TEST(FloraStrategyTest, StackedCorrectionEqualsTheWeightedUpdatesWithHeterogeneousRanks) {
   StrategyConfig config;
   auto flora = Make("flora", config, Context(/*rank=*/4, /*alpha=*/8));
-  GlobalState state = flora->Initialize(kLayout).value();
+  GlobalState state = flora->Initialize(kLayout, std::nullopt).value();
   EXPECT_TRUE(state.adapter.empty());
   std::vector<ClientInfo> clients = Clients({"a", "b", "c"});
   // Ranks 4, 2 and (LEGEND-style depth) no LoRA on up_proj for c.
@@ -116,7 +116,7 @@ TEST(FloraStrategyTest, StackedCorrectionEqualsTheWeightedUpdatesWithHeterogeneo
 
 TEST(FfaStrategyTest, OnlyBIsTrainedAndTheAverageIsExact) {
   auto ffa = Make("ffa");
-  GlobalState state = ffa->Initialize(kLayout).value();
+  GlobalState state = ffa->Initialize(kLayout, std::nullopt).value();
   const TensorMap initial = state.adapter;
   std::mt19937_64 rng(4);
   std::vector<ClientTask> tasks;
@@ -142,7 +142,7 @@ TEST(FfaStrategyTest, OnlyBIsTrainedAndTheAverageIsExact) {
 
 TEST(FedSaStrategyTest, OnlyAIsSharedAndEachClientKeepsItsB) {
   auto fedsa = Make("fedsa");
-  GlobalState state = fedsa->Initialize(kLayout).value();
+  GlobalState state = fedsa->Initialize(kLayout, std::nullopt).value();
   for (const auto& [name, t] : state.adapter) {
     EXPECT_TRUE(std::string_view(name).ends_with(".lora_A.weight")) << name;
   }
@@ -164,14 +164,14 @@ TEST(FedSaStrategyTest, OnlyAIsSharedAndEachClientKeepsItsB) {
 
 TEST(FedSbStrategyTest, ClientInitialisesThenOnlyRTravelsAndItsAverageIsExact) {
   auto fedsb = Make("fedsb");
-  GlobalState state = fedsb->Initialize(kLayout).value();
-  ASSERT_TRUE(fedsb->NeedsClientInit(state));
+  GlobalState state = fedsb->Initialize(kLayout, std::nullopt).value();
+  ASSERT_TRUE(fedsb->client_initialization()->NeedsClientInit(state));
   std::vector<ClientInfo> clients = Clients({"a", "b"});
-  const ClientTask init = fedsb->ConfigureInit(state, clients[0]).value();
+  const ClientTask init = fedsb->client_initialization()->ConfigureInit(state, clients[0]).value();
   EXPECT_EQ(init.plan.mode, wire::AdapterMode::kLoraSbInit);
   std::mt19937_64 rng(6);
-  ASSERT_TRUE(fedsb->AcceptInit(state, RandomUpdate(init, 1, rng)).ok());
-  EXPECT_FALSE(fedsb->NeedsClientInit(state));
+  ASSERT_TRUE(fedsb->client_initialization()->AcceptInit(state, RandomUpdate(init, 1, rng)).ok());
+  EXPECT_FALSE(fedsb->client_initialization()->NeedsClientInit(state));
 
   std::vector<ClientTask> tasks = fedsb->Configure(state, 1, clients).value();
   const std::string b = lora::LoraBName(kModules[0].name);
@@ -185,7 +185,7 @@ TEST(FedSbStrategyTest, ClientInitialisesThenOnlyRTravelsAndItsAverageIsExact) {
   }
   std::vector<ClientUpdate> updates = {RandomUpdate(tasks[0], 3, rng),
                                        RandomUpdate(tasks[1], 9, rng)};
-  ASSERT_TRUE(fedsb->Aggregate(state, 1, updates, tasks).ok());
+  ASSERT_TRUE(AggregateAll(*fedsb, state, 1, updates, tasks).ok());
   const std::vector<double> w = ExampleWeights(updates);
   for (const auto& m : kModules) {
     const Dense bm = FromTensor(state.extra.at(lora::LoraBName(m.name)));

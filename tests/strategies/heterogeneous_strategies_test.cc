@@ -12,7 +12,7 @@ using namespace testing;
 
 TEST(HetLoraStrategyTest, ClientsGetPrefixesOfTheGlobalAtTheirRank) {
   auto het = Make("hetlora", {}, Context(/*rank=*/4, 8));
-  GlobalState state = het->Initialize(kLayout).value();
+  GlobalState state = het->Initialize(kLayout, std::nullopt).value();
   std::vector<ClientInfo> clients = Clients({"big", "small"});
   clients[1].plan.modules = {{kModules[0].name, 2, {}}, {kModules[1].name, 1, {}}};
   const std::vector<ClientTask> tasks = het->Configure(state, 1, clients).value();
@@ -30,7 +30,7 @@ TEST(HetLoraStrategyTest, ZeroPaddedAverageWeightsByUpdateNormAndRemembersPruned
   StrategyConfig config;
   config.hetlora.weighting = "sparsity";
   auto het = Make("hetlora", config, Context(/*rank=*/4, 8));
-  GlobalState state = het->Initialize(kLayout).value();
+  GlobalState state = het->Initialize(kLayout, std::nullopt).value();
   std::vector<ClientInfo> clients = Clients({"a", "b"});
   clients[1].plan.modules = {{kModules[0].name, 2, {}}, {kModules[1].name, 2, {}}};
   std::vector<ClientTask> tasks = het->Configure(state, 1, clients).value();
@@ -42,7 +42,7 @@ TEST(HetLoraStrategyTest, ZeroPaddedAverageWeightsByUpdateNormAndRemembersPruned
   updates[1].tensors[qa] = Random(1, kModules[0].d_in, rng);
   updates[1].tensors[qb] = Random(kModules[0].d_out, 1, rng);
   ASSERT_TRUE(het->ValidateUpdate(tasks[1], updates[1]).ok());
-  const Result<AggregateReport> report = het->Aggregate(state, 1, updates, tasks);
+  const Result<AggregateReport> report = AggregateAll(*het, state, 1, updates, tasks);
   ASSERT_TRUE(report.ok()) << report.status().ToString();
   double sum = 0;
   for (const auto& [id, w] : report->weights) sum += w;
@@ -60,7 +60,7 @@ TEST(HetLoraStrategyTest, ZeroPaddedAverageWeightsByUpdateNormAndRemembersPruned
 
 TEST(HetLoraStrategyTest, MismatchedPrunedRanksOfAAndBAreRejected) {
   auto het = Make("hetlora", {}, Context(4, 8));
-  GlobalState state = het->Initialize(kLayout).value();
+  GlobalState state = het->Initialize(kLayout, std::nullopt).value();
   const std::vector<ClientTask> tasks = het->Configure(state, 1, Clients({"a"})).value();
   std::mt19937_64 rng(8);
   ClientUpdate u = RandomUpdate(tasks[0], 1, rng);
@@ -74,7 +74,7 @@ TEST(FsLoraStrategyTest, SketchesAreDeterministicPerRoundAndClientAndFreshEachRo
   StrategyConfig config;
   config.fslora.sketch_ratio = 0.5;
   auto fs = Make("fslora", config, Context(/*rank=*/8, 8));
-  GlobalState state = fs->Initialize(kLayout).value();
+  GlobalState state = fs->Initialize(kLayout, std::nullopt).value();
   const auto clients = Clients({"a", "b"});
   const auto t1 = fs->Configure(state, 1, clients).value();
   const auto t1_again = fs->Configure(state, 1, clients).value();
@@ -94,13 +94,13 @@ TEST(FsLoraStrategyTest, SgdWithLearningRateOneIsAMaskedAverageOfDeltas) {
   config.fslora.server_optimizer = "sgd";
   config.fslora.server_learning_rate = 1.0;
   auto fs = Make("fslora", config, Context(/*rank=*/4, 8));
-  GlobalState state = fs->Initialize(kLayout).value();
+  GlobalState state = fs->Initialize(kLayout, std::nullopt).value();
   const GlobalState before = state;
   const auto clients = Clients({"a", "b"});
   const auto tasks = fs->Configure(state, 1, clients).value();
   std::mt19937_64 rng(9);
   std::vector<ClientUpdate> updates = {RandomUpdate(tasks[0], 1, rng), RandomUpdate(tasks[1], 1, rng)};
-  ASSERT_TRUE(fs->Aggregate(state, 1, updates, tasks).ok());
+  ASSERT_TRUE(AggregateAll(*fs, state, 1, updates, tasks).ok());
   // Reference: theta - (1/M) sum_i scatter(I_i, sent_i - trained_i), column by column for B.
   const auto& m = kModules[0];
   const std::string b = lora::LoraBName(m.name);
@@ -127,15 +127,15 @@ TEST(FsLoraStrategyTest, AdamWServerStepKeepsMomentsInTheState) {
   config.fslora.server_optimizer = "adamw";
   config.fslora.server_learning_rate = 0.01;
   auto fs = Make("fslora", config, Context(4, 8));
-  GlobalState state = fs->Initialize(kLayout).value();
+  GlobalState state = fs->Initialize(kLayout, std::nullopt).value();
   const auto tasks = fs->Configure(state, 1, Clients({"a"})).value();
   std::mt19937_64 rng(10);
   std::vector<ClientUpdate> updates = {RandomUpdate(tasks[0], 1, rng)};
-  ASSERT_TRUE(fs->Aggregate(state, 1, updates, tasks).ok());
+  ASSERT_TRUE(AggregateAll(*fs, state, 1, updates, tasks).ok());
   EXPECT_EQ(nlohmann::json::parse(state.strategy_json)["server_step"], 1);
   EXPECT_TRUE(state.extra.contains(lora::LoraAName(kModules[0].name) + ".exp_avg"));
   // Adam's first step moves every touched parameter by about the learning rate.
-  const auto before = ToDoubles(fs->Initialize(kLayout)->adapter.at(lora::LoraBName(kModules[0].name)));
+  const auto before = ToDoubles(fs->Initialize(kLayout, std::nullopt)->adapter.at(lora::LoraBName(kModules[0].name)));
   const auto after = ToDoubles(state.adapter.at(lora::LoraBName(kModules[0].name)));
   double max_step = 0;
   for (std::size_t i = 0; i < after.size(); ++i) max_step = std::max(max_step, std::abs(after[i] - before[i]));
@@ -148,13 +148,13 @@ TEST(LoraFairStrategyTest, RidgeSolverSatisfiesItsNormalEquations) {
   config.lorafair.lambda = 0.1;
   config.weighting = "uniform";
   auto fair = Make("lorafair", config);
-  GlobalState state = fair->Initialize(kLayout).value();
+  GlobalState state = fair->Initialize(kLayout, std::nullopt).value();
   const auto clients = Clients({"a", "b", "c"});
   const auto tasks = fair->Configure(state, 1, clients).value();
   std::mt19937_64 rng(11);
   std::vector<ClientUpdate> updates;
   for (const auto& t : tasks) updates.push_back(RandomUpdate(t, 1, rng));
-  ASSERT_TRUE(fair->Aggregate(state, 1, updates, tasks).ok());
+  ASSERT_TRUE(AggregateAll(*fair, state, 1, updates, tasks).ok());
   for (const auto& m : kModules) {
     const std::string an = lora::LoraAName(m.name), bn = lora::LoraBName(m.name);
     Dense abar = Zero(3, m.d_in), bbar = Zero(m.d_out, 3), dw = Zero(m.d_out, m.d_in);
@@ -182,12 +182,12 @@ TEST(LoraFairStrategyTest, RidgeSolverSatisfiesItsNormalEquations) {
 
 TEST(LoraFairStrategyTest, CosineSolverBringsTheGlobalProductCloserToTheIdealUpdate) {
   auto fair = Make("lorafair");
-  GlobalState state = fair->Initialize(kLayout).value();
+  GlobalState state = fair->Initialize(kLayout, std::nullopt).value();
   const auto tasks = fair->Configure(state, 1, Clients({"a", "b", "c"})).value();
   std::mt19937_64 rng(12);
   std::vector<ClientUpdate> updates;
   for (const auto& t : tasks) updates.push_back(RandomUpdate(t, 1, rng));
-  const Result<AggregateReport> report = fair->Aggregate(state, 1, updates, tasks);
+  const Result<AggregateReport> report = AggregateAll(*fair, state, 1, updates, tasks);
   ASSERT_TRUE(report.ok());
   EXPECT_GT(report->metrics.at("cosine_after_mean"), report->metrics.at("cosine_before_mean"));
 }

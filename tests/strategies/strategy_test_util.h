@@ -107,7 +107,7 @@ inline std::unique_ptr<Strategy> Make(const std::string& name, StrategyConfig co
   config.name = name;
   Result<std::unique_ptr<Strategy>> s = MakeStrategy(config, context);
   EXPECT_TRUE(s.ok()) << s.status().ToString();
-  EXPECT_TRUE((*s)->SetLayout(kLayout).ok());
+  EXPECT_TRUE((*s)->Initialize(kLayout, GlobalState{}).ok());
   return std::move(s).value();
 }
 
