@@ -18,28 +18,14 @@
 
 #include "common/clock.h"
 #include "common/crypto/curve_keys.h"
-#include "common/lora/peft.h"
 #include "common/net/zmq_transport.h"
 #include "common/status.h"
 #include "server/config.h"
+#include "server/peft_export.h"  // GlobalPeft, GlobalPeftOf (also used by fedlora-agg).
 #include "server/round_metrics.h"
 #include "server/strategies/strategy.h"
 
 namespace fedlora::server {
-
-// The global model of `state` as a PEFT adapter, without the base weights: what a fresh client
-// evaluates (Strategy::Evaluation: the global factors; Fed-SB's B, R and A, exported as B R and
-// A), kept in f64, plus the cumulative base corrections of fedex / flora (snapshot and entries of
-// the correction log stacked per module, dense deltas as exact factors), which ExportPeft folds
-// in. Shared by the coordinator (after each commit) and fedlora-agg (--peft-out).
-struct GlobalPeft {
-  lora::PeftAdapter adapter;          // May hold no modules (FLoRA: the corrections are all).
-  lora::PeftCorrections corrections;
-  std::string skip_reason;            // Not empty: there is no single global model to write.
-};
-// kInvalidArgument when the state's tensors or corrections are inconsistent.
-Result<GlobalPeft> GlobalPeftOf(const Strategy& strategy, const GlobalState& state,
-                                const std::string& base_model_name_or_path);
 
 // Counters for observability and tests. A snapshot; thread-safe to read.
 struct CoordinatorCounters {

@@ -1,5 +1,11 @@
-// coordinator_impl.h — private to server/: the coordinator's state, shared by coordinator.cc
-// (start-up, event loop, messaging) and coordinator_rounds.cc (the round engine).
+// coordinator_impl.h — private to server/: the coordinator's parts, shared by coordinator.cc
+// (start-up, the event loop, routing each message to its handler, sessions and Hello),
+// coordinator_uploads.cc (Update and EvalResult: checked, folded, persisted, acknowledged),
+// coordinator_rounds.cc (driving the round state machine: selection, tasks, aggregation,
+// evaluation, commit) and coordinator_security.cc (keys, revocation, tickets).
+//
+// The pure parts live elsewhere: admission.h (checks of Hello, Update, EvalResult), round_state.h
+// (the round's phases and record), round_report.h (its metrics and summary), peft_export.h.
 //
 // Threading: everything here is owned by the thread running Coordinator::Run(), except the
 // atomics and the mutex-guarded counters that Stop(), Wake() and counters() touch.
@@ -20,22 +26,17 @@
 #include "server/checkpoint_store.h"
 #include "server/client_registry.h"
 #include "server/coordinator.h"
+#include "server/round_state.h"
 #include "server/transport_security.h"
 
 namespace fedlora::server {
-
-// OK when `update` has exactly the tensors `task` asked for (names, dtypes, shapes), all finite,
-// and sane counts: examples processed (numSamples) no more than the task could process, given at
-// most `max_examples` held; otherwise kInvalidArgument with the wire::ErrorCode as detail().
-Status ValidateUpload(const wire::Update& update, const ClientTask& task,
-                      std::uint64_t max_examples);
 
 class Coordinator::Impl {
  public:
   Impl(CoordinatorConfig config, std::unique_ptr<Strategy> strategy, net::Context& context,
        const Clock& clock)
       : config_(std::move(config)), strategy_(std::move(strategy)), context_(context),
-        clock_(clock) {
+        clock_(clock), round_(config_.round, std::chrono::milliseconds(config_.eval.timeout_ms)) {
     limits_.max_message_bytes = config_.transport.max_message_bytes;
   }
 
@@ -64,55 +65,7 @@ class Coordinator::Impl {
   }
 
  private:
-  enum class Phase { kWaiting, kInit, kFit, kEval, kDone };
-
-  // Everything about the round in progress. Reset when the round commits.
-  struct RoundRun {
-    std::uint64_t round = 0;
-    std::uint32_t attempt = 0;
-    std::uint32_t want = 0;           // Updates wanted in total (the quorum: Quorum()).
-    bool awaiting_retry = false;
-    Clock::TimePoint attempt_started{};
-    Clock::TimePoint retry_not_before{};
-    Clock::TimePoint started{};
-    Clock::TimePoint deadline{};
-    // Every client tasked this round: its task without tensors (DeriveTask gives them again),
-    // and the ClientInfo it was configured from.
-    std::map<std::string, ClientTask, std::less<>> tasks;
-    std::map<std::string, ClientInfo, std::less<>> infos;
-    std::set<std::string, std::less<>> outstanding;          // Tasked this attempt, no answer yet.
-    std::set<std::string, std::less<>> failed;
-    // Accepted uploads: counts and metrics only. Their tensors are folded into `accumulator` on
-    // arrival and persisted in the store's pending files, never kept here.
-    std::map<std::string, ClientUpdate, std::less<>> accepted;
-    std::unique_ptr<RoundAccumulator> accumulator;
-    // Clients whose declared example count exceeded strategy.max_examples_per_client: declared.
-    std::map<std::string, std::uint64_t, std::less<>> examples_capped;
-    // The L2 norm of each accepted upload's change (before clipping), and of those clipped to
-    // robust.norm_bound or refused for exceeding it.
-    std::map<std::string, double, std::less<>> update_norms;
-    std::map<std::string, double, std::less<>> norm_clipped;
-    std::map<std::string, double, std::less<>> norm_rejected;
-    std::map<std::string, std::uint64_t, std::less<>> sent_base;  // Base version of each task.
-    std::map<std::string, std::uint64_t, std::less<>> task_sequence;  // Envelope sequence of it.
-    // The ticket issued with each client's current task; its Update must carry it.
-    std::map<std::string, wire::TaskTicket, std::less<>> tickets;
-    std::uint64_t bytes_up = 0, bytes_down = 0, eval_bytes_up = 0, eval_bytes_down = 0;
-    std::uint64_t params_up = 0, params_down = 0;
-    std::uint64_t correction_params_down = 0, correction_bytes_down = 0;
-    // Evaluation of the candidate global state.
-    std::optional<GlobalState> candidate;
-    AggregateReport report;
-    std::set<std::string, std::less<>> eval_outstanding;
-    std::map<std::string, wire::EvalResult, std::less<>> eval_results;
-    std::map<std::string, std::uint64_t, std::less<>> eval_sent_base;
-    std::map<std::string, std::uint64_t, std::less<>> eval_sequence;
-    std::map<std::string, std::vector<std::string>, std::less<>> eval_caches;
-    std::map<std::string, wire::TaskTicket, std::less<>> eval_tickets;
-    Clock::TimePoint eval_deadline{};
-  };
-
-  // ---- messaging ----
+  // ---- messaging (coordinator.cc; HandleUpdate, HandleEvalResult: coordinator_uploads.cc) ----
   void HandleMessage(const net::Message& message);
   void HandleHello(const std::string& route, const std::string& user_id,
                    const wire::Envelope& envelope);
@@ -148,7 +101,9 @@ class Coordinator::Impl {
   // Makes a fresh ticket (random nonce) for a task of `attempt`.
   static wire::TaskTicket NewTicket(std::uint32_t attempt);
 
-  // ---- rounds ----
+  // ---- rounds (coordinator_rounds.cc) ----
+  // Steps the round state machine: starts what is due in kWaiting, checks the timers of the
+  // other phases and acts on what the round needs next.
   void Advance();
   std::vector<std::string> Select(std::vector<std::string> candidates, std::size_t want,
                                   std::uint64_t round, std::uint32_t attempt) const;
@@ -156,10 +111,9 @@ class Coordinator::Impl {
   bool Eligible(const ClientConnection& client) const;
   // Live eligible clients without an accepted upload this round.
   std::size_t RetryCandidates() const;
-  // Updates needed to aggregate, from the clients that can still answer (see CheckFit).
+  // Updates needed to aggregate, from the clients that can still answer (RoundState::Quorum).
   std::uint32_t Quorum() const;
   void StartInit();
-  void CheckInit();
   void StartFit(std::uint64_t round);
   void StartAttempt();
   void CheckFit();
@@ -167,22 +121,21 @@ class Coordinator::Impl {
   // The full task of `id` this round (with its tensors), derived again from the state and the
   // ClientInfo it was configured from: Configure is a pure function of them.
   Result<ClientTask> DeriveTask(const std::string& id) const;
-  // A fresh accumulator with every accepted upload of the round folded again from the pending
-  // files (after a restart, or once an upload was taken out). Fatal on error.
-  bool RebuildAccumulator();
   void StartEval(const std::vector<std::string>& clients);
-  void CheckEval();
+  // The round's metrics line, checkpoint, metrics.jsonl append and PEFT export; -> kWaiting.
   void Commit();
-  // Writes `state` as a PEFT adapter to export.peft_dir when this round is due (export section).
-  // Failures are logged; training goes on and the next commit tries again.
-  void ExportPeftAdapter(const GlobalState& state, std::uint64_t round);
   void Finish();
   void SendTask(const std::string& id);
   void SendEvalTask(const std::string& id);
   ClientInfo InfoOf(const ClientConnection& client) const;
-  // Counts the tensors of an outgoing task (adapter scalars for round tasks; correction scalars
-  // and bytes for any) and returns the correction payload bytes.
-  std::uint64_t CountDown(const TensorMap& tensors, bool count_adapter);
+
+  // ---- uploads and evaluation results (coordinator_uploads.cc) ----
+  // Folds again the uploads of the round just begun that were accepted before a restart (the
+  // pending files). False after a fatal error.
+  bool RestorePendingUploads();
+  // A fresh accumulator with every accepted upload of the round folded again from the pending
+  // files (once an upload was taken out, or after the aggregate was discarded). Fatal on error.
+  bool RebuildAccumulator();
   void Fatal(Status status) {
     if (fatal_.ok()) fatal_ = std::move(status);
   }
@@ -221,10 +174,8 @@ class Coordinator::Impl {
   std::optional<ModelLayout> layout_;
   std::optional<GlobalState> state_;
   std::optional<std::uint64_t> committed_;
-  Phase phase_ = Phase::kWaiting;
-  RoundRun run_;
+  RoundState round_;  // The round in progress: phase, record, accumulator.
   std::uint64_t anonymous_sequence_ = 0;
-  std::set<std::string, std::less<>> init_failed_;  // Clients whose initialisation failed.
   Clock::TimePoint last_wait_log_{};
   // After the last round: until then (wall time), a client still heard from is sent Bye again, in
   // case the first one was lost with the connection; Run returns earlier once every client has

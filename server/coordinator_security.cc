@@ -84,29 +84,23 @@ void Coordinator::Impl::Revoke(const std::string& id, const std::string& why) {
   Count([](CoordinatorCounters& c) { ++c.clients_revoked; });
   OnClientGone(id, StrCat("revoked: ", why));
 
-  const bool open = phase_ == Phase::kFit || phase_ == Phase::kEval;
-  if (!open || run_.accepted.erase(id) == 0) return;
-  if (Status s = store_->DropPendingUpload(run_.round, id); !s.ok()) {
+  if (!round_.DropUpload(id)) return;
+  const std::uint64_t round = round_.run().round;
+  if (Status s = store_->DropPendingUpload(round, id); !s.ok()) {
     // A restart would restore the upload of a revoked key: stop rather than risk it.
     Fatal(s.WithContext(StrCat("dropping the upload of revoked client ", id)));
     return;
   }
   ++dropped_since_commit_;
   Count([](CoordinatorCounters& c) { ++c.uploads_dropped; });
-  LogWarn("round ", run_.round, ": the accepted upload of ", id,
+  LogWarn("round ", round, ": the accepted upload of ", id,
           " is dropped from aggregation (key revoked)");
-  if (phase_ == Phase::kEval) {
+  if (round_.phase() == RoundPhase::kEval) {
     // The candidate under evaluation includes it: aggregate again without it (or, below the
     // quorum, ask more clients), as if the round's uploads had just come in.
-    run_.eval_outstanding.clear();
-    run_.eval_results.clear();
-    run_.eval_tickets.clear();
-    run_.candidate.reset();
-    phase_ = Phase::kFit;
-    run_.awaiting_retry = true;
-    run_.retry_not_before = clock_.Now();
-    LogWarn("round ", run_.round, ": discarding the aggregate that included ", id,
-            "; aggregating the remaining ", run_.accepted.size(), " upload(s) again");
+    round_.ReopenFit(clock_.Now());
+    LogWarn("round ", round, ": discarding the aggregate that included ", id,
+            "; aggregating the remaining ", round_.run().accepted.size(), " upload(s) again");
   }
   // Take it out of the running sums: fold the remaining uploads again from their files.
   RebuildAccumulator();

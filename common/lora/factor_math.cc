@@ -498,6 +498,41 @@ double WeightedProductNormSquared(std::span<const at::Tensor> As, std::span<cons
   return SumOfProduct(at::matmul(b.t(), b), at::matmul(a, a.t()));
 }
 
+// The same setup from a dense ΔW (d_out x d_in): H = ΔW·Āᵀ.
+Result<FairSetup> PrepareFairDense(std::string_view fn, const at::Tensor& delta_w,
+                                   const at::Tensor& B_bar, const at::Tensor& A_bar,
+                                   double lambda) {
+  FEDLORA_RETURN_IF_ERROR(CheckFloatMatrix(fn, delta_w, "delta_w"));
+  const FactorDims dims{delta_w.size(0), delta_w.size(1), A_bar.dim() == 2 ? A_bar.size(0) : 0};
+  FEDLORA_RETURN_IF_ERROR(
+      CheckGlobalPair(fn, dims, B_bar, "B_bar", A_bar, "A_bar", /*same_rank=*/true));
+  if (!std::isfinite(lambda) || lambda < 0) {
+    return InvalidArgument(fn, ": lambda = ", lambda, " must be finite and >= 0");
+  }
+  FairSetup s;
+  s.type = ComputeType({One(delta_w), One(B_bar), One(A_bar)});
+  s.a_bar = To(A_bar, s.type, delta_w);
+  s.b_bar = To(B_bar, s.type, delta_w);
+  s.G = at::matmul(s.a_bar, s.a_bar.t());
+  s.H = at::matmul(To(delta_w, s.type, delta_w), s.a_bar.t());
+  return s;
+}
+
+// ΔB (ĀĀᵀ + λI) = (ΔW − B̄Ā)Āᵀ = H − B̄G.
+Result<at::Tensor> RidgeFromSetup(std::string_view fn, const FairSetup& s, double lambda) {
+  const at::Tensor rhs = s.H - at::matmul(s.b_bar, s.G);
+  const at::Tensor lhs = s.G + at::eye(s.G.size(0), s.G.options()) * lambda;
+  auto [delta_b, info] = at::linalg_solve_ex(lhs, rhs, /*left=*/false, /*check_errors=*/false);
+  if (info.item<std::int64_t>() != 0 || !at::isfinite(delta_b).all().item<bool>()) {
+    return InvalidArgument(fn, ": ĀĀᵀ + λI (", Shape(lhs), ", λ = ", lambda,
+                           ") is singular (hint: use λ > 0, or Ā has dependent rows)");
+  }
+  return delta_b;
+}
+
+Result<FairCosineResult> CosineFromSetup(std::string_view fn, const FairSetup& s, double norm_w,
+                                         double lambda, int iterations, double lr);
+
 }  // namespace factor_math_internal
 
 Result<at::Tensor> FairRidgeDeltaB(std::span<const at::Tensor> As, std::span<const at::Tensor> Bs,
@@ -506,15 +541,7 @@ Result<at::Tensor> FairRidgeDeltaB(std::span<const at::Tensor> As, std::span<con
   constexpr std::string_view kFn = "FairRidgeDeltaB";
   FEDLORA_ASSIGN_OR_RETURN(fmi::FairSetup s,
                            fmi::PrepareFair(kFn, As, Bs, weights, B_bar, A_bar, lambda));
-  // ΔB (ĀĀᵀ + λI) = (ΔW − B̄Ā)Āᵀ = H − B̄G.
-  const at::Tensor rhs = s.H - at::matmul(s.b_bar, s.G);
-  const at::Tensor lhs = s.G + at::eye(s.G.size(0), s.G.options()) * lambda;
-  auto [delta_b, info] = at::linalg_solve_ex(lhs, rhs, /*left=*/false, /*check_errors=*/false);
-  if (info.item<std::int64_t>() != 0 || !at::isfinite(delta_b).all().item<bool>()) {
-    return InvalidArgument(kFn, ": ĀĀᵀ + λI (", fmi::Shape(lhs), ", λ = ", lambda,
-                           ") is singular (hint: use λ > 0, or Ā has dependent rows)");
-  }
-  return delta_b;
+  return fmi::RidgeFromSetup(kFn, s, lambda);
 } catch (const c10::Error& e) {
   return Internal("FairRidgeDeltaB: ", e.what_without_backtrace());
 }
@@ -531,6 +558,38 @@ Result<FairCosineResult> FairCosineDeltaB(std::span<const at::Tensor> As,
                            fmi::PrepareFair(kFn, As, Bs, weights, B_bar, A_bar, lambda));
   const double norm_w = std::sqrt(std::max(0.0, fmi::WeightedProductNormSquared(As, Bs, weights,
                                                                                s.type)));
+  return fmi::CosineFromSetup(kFn, s, norm_w, lambda, iterations, lr);
+} catch (const c10::Error& e) {
+  return Internal("FairCosineDeltaB: ", e.what_without_backtrace());
+}
+
+Result<at::Tensor> FairRidgeDeltaBDense(const at::Tensor& delta_w, const at::Tensor& B_bar,
+                                        const at::Tensor& A_bar, double lambda) try {
+  constexpr std::string_view kFn = "FairRidgeDeltaBDense";
+  FEDLORA_ASSIGN_OR_RETURN(fmi::FairSetup s,
+                           fmi::PrepareFairDense(kFn, delta_w, B_bar, A_bar, lambda));
+  return fmi::RidgeFromSetup(kFn, s, lambda);
+} catch (const c10::Error& e) {
+  return Internal("FairRidgeDeltaBDense: ", e.what_without_backtrace());
+}
+
+Result<FairCosineResult> FairCosineDeltaBDense(const at::Tensor& delta_w, const at::Tensor& B_bar,
+                                               const at::Tensor& A_bar, double lambda,
+                                               int iterations, double lr) try {
+  constexpr std::string_view kFn = "FairCosineDeltaBDense";
+  if (iterations < 0) return InvalidArgument(kFn, ": iterations = ", iterations, " is negative");
+  if (!std::isfinite(lr)) return InvalidArgument(kFn, ": lr = ", lr, " is not finite");
+  FEDLORA_ASSIGN_OR_RETURN(fmi::FairSetup s,
+                           fmi::PrepareFairDense(kFn, delta_w, B_bar, A_bar, lambda));
+  const double norm_w = at::linalg_norm(fmi::To(delta_w, s.type, delta_w)).item<double>();
+  return fmi::CosineFromSetup(kFn, s, norm_w, lambda, iterations, lr);
+} catch (const c10::Error& e) {
+  return Internal("FairCosineDeltaBDense: ", e.what_without_backtrace());
+}
+
+Result<FairCosineResult> fmi::CosineFromSetup(std::string_view kFn, const FairSetup& s,
+                                              double norm_w, double lambda, int iterations,
+                                              double lr) try {
   if (!(norm_w > 0.0)) {
     return InvalidArgument(kFn, ": ‖ΔW‖_F = 0, so the cosine is undefined (hint: every client "
                                 "update B_k·A_k is zero; skip the correction)");

@@ -9,7 +9,7 @@
 // Conventions (ALGORITHMS.md §0). nn.Linear layout: A is r x d_in, B is d_out x r, the update
 // is B·A (d_out x d_in). A FactorPair always has its scales folded in: it stands for exactly B·A.
 // No function materialises a d_out x d_in matrix unless its contract says so (only
-// SbInitFromUpdate takes one as input).
+// SbInitFromUpdate and the *Dense LoRA-FAIR variants take one as input).
 //
 // Dtypes. Inputs may be any floating dtype and are never mutated; results are new tensors (they
 // never alias an input). Work is done in the promoted dtype of all tensor inputs (so one f64
@@ -127,6 +127,15 @@ Result<FairCosineResult> FairCosineDeltaB(std::span<const at::Tensor> As,
                                           std::span<const double> weights, const at::Tensor& B_bar,
                                           const at::Tensor& A_bar, double lambda, int iterations,
                                           double lr);
+
+// The same two corrections for a dense ΔW (d_out x d_in) given directly, e.g. an exact sum of
+// many clients' products (server/strategies/product_sums.h): equal, up to rounding, to the
+// factor forms for ΔW = Σ_k p_k B_k A_k. Cost O(d_out·d_in·r).
+Result<at::Tensor> FairRidgeDeltaBDense(const at::Tensor& delta_w, const at::Tensor& B_bar,
+                                        const at::Tensor& A_bar, double lambda);
+Result<FairCosineResult> FairCosineDeltaBDense(const at::Tensor& delta_w, const at::Tensor& B_bar,
+                                               const at::Tensor& A_bar, double lambda,
+                                               int iterations, double lr);
 
 // ‖B·A‖_F from sqrt(Σ (BᵀB) ⊙ (AAᵀ)) = sqrt(tr(Aᵀ(BᵀB)A)), r x r products only.
 Result<double> ProductFrobeniusNorm(const at::Tensor& B, const at::Tensor& A);

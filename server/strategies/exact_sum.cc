@@ -11,20 +11,22 @@ namespace {
 __extension__ using Int128 = __int128;
 
 // Adds t (|t| < 2^42, finite) truncated toward zero at 2^-64 into the 128-bit (hi, lo). The
-// magnitude is split exactly: a − trunc(a) is a's fractional bits, and scaling by 2^64 is exact.
+// magnitude is split exactly: a − trunc(a) is a's fractional bits, and scaling by powers of two
+// is exact; the fraction goes through two 32-bit steps so every conversion is a signed one (no
+// branchy double→uint64), and the sign is applied as a branch-free two's-complement negation.
 inline void AddTerm(double t, std::uint64_t& lo, std::int64_t& hi) {
   const double a = std::fabs(t);
-  const auto whole = static_cast<std::uint64_t>(a);
-  const auto frac = static_cast<std::uint64_t>((a - static_cast<double>(whole)) * 0x1p64);
-  if (t >= 0) {
-    const std::uint64_t s = lo + frac;
-    hi += static_cast<std::int64_t>(whole + (s < frac ? 1 : 0));
-    lo = s;
-  } else {
-    const std::uint64_t borrow = lo < frac ? 1 : 0;
-    lo -= frac;
-    hi -= static_cast<std::int64_t>(whole + borrow);
-  }
+  const auto whole = static_cast<std::int64_t>(a);
+  const double f = (a - static_cast<double>(whole)) * 0x1p32;
+  const auto f_hi = static_cast<std::int64_t>(f);
+  const auto f_lo = static_cast<std::int64_t>((f - static_cast<double>(f_hi)) * 0x1p32);
+  const std::uint64_t neg = 0 - static_cast<std::uint64_t>(t < 0);
+  std::uint64_t m_lo = ((static_cast<std::uint64_t>(f_hi) << 32) | static_cast<std::uint64_t>(f_lo)) ^ neg;
+  std::uint64_t m_hi = static_cast<std::uint64_t>(whole) ^ neg;
+  m_lo += neg & 1;
+  m_hi += m_lo < (neg & 1) ? 1 : 0;
+  lo += m_lo;
+  hi = static_cast<std::int64_t>(static_cast<std::uint64_t>(hi) + m_hi + (lo < m_lo ? 1 : 0));
 }
 
 template <typename Load>

@@ -10,6 +10,8 @@
 // added in the nn.Linear layout (the reference's transpose bug, §2i.1, is not copied).
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include "server/strategies/fedavg.h"
 #include "server/strategies/corrections.h"
 
@@ -29,8 +31,21 @@ class FedExLora final : public Strategy {
   EvalSpec Evaluation(const GlobalState& state, const ClientInfo& client) const override;
 
  private:
-  // The round's aggregate from all its uploads at once (sorted by client id, tasks[i] answered by
-  // updates[i]); see MakeGatheringAccumulator.
+  class Accumulator;  // Folds each upload as it arrives (no share cap).
+  // What one round adds: the next state (new globals) and its correction entry.
+  struct Residuals {
+    GlobalState next;
+    CorrectionEntry entry;
+    std::int64_t residual_rank = 0;
+  };
+  // The means of one module's client factors (weights p, normalised) as the new globals, and the
+  // tight residual against them in factor form (ALGORITHMS.md §2), into `out`.
+  Status AddResidual(const std::string& module, std::span<const at::Tensor> as,
+                     std::span<const at::Tensor> bs, std::span<const double> weights,
+                     Residuals& out) const;
+  // Appends out.entry to the log (unless empty), moves out.next into state, reports metrics.
+  Result<AggregateReport> Commit(GlobalState& state, Residuals out) const;
+  // With a share cap (the weights need every count): all uploads at once, in client-id order.
   Result<AggregateReport> Combine(GlobalState& state, std::uint64_t round,
                                   std::span<const ClientUpdate> updates,
                                   std::span<const ClientTask> tasks);

@@ -6,6 +6,7 @@
 #include "common/lora/factor_math.h"
 #include "server/rank_policy.h"
 #include "server/strategies/corrections.h"
+#include "server/strategies/product_sums.h"
 #include "server/strategies/strategy_util.h"
 
 namespace fedlora::server {
@@ -48,8 +49,94 @@ Status Flora::ValidateUpdate(const ClientTask& task, const ClientUpdate& update)
   return OkStatus();  // Shapes are fixed per client and checked by the coordinator.
 }
 
+// Folds s·B_k·A_k of each upload as it arrives (ProductSums); Finish stacks a module's blocks
+// in client-id order or, once they outgrew it, takes its exact dense sum.
+class Flora::Accumulator final : public RoundAccumulator {
+ public:
+  Accumulator(const Flora& owner, ProductSums sums, std::uint64_t round)
+      : owner_(owner), sums_(std::move(sums)), round_(round) {}
+  Status Fold(const ClientUpdate& update, const ClientTask& task) override {
+    const double w = RawWeight(update, owner_.config_.weighting);
+    FEDLORA_RETURN_IF_ERROR(sums_.Fold(update.client_id, update.tensors, w));
+    weights_[update.client_id] = w;
+    return OkStatus();
+  }
+  Result<AggregateReport> Finish(GlobalState& state, const UploadSource& uploads) override try {
+    double total = 0;
+    for (const auto& [id, w] : weights_) total += w;
+    if (!(total > 0)) {
+      return InvalidArgument("weighting '", WeightingName(owner_.config_.weighting), "': the ",
+                             weights_.size(), " update(s) report a total count of 0");
+    }
+    const double scale = lora::Scale(owner_.config_.lora);
+    const DType dtype = owner_.config_.state_dtype;
+    GlobalState next = state;
+    CorrectionEntry entry;
+    entry.version = round_;
+    double stacked_rank = 0;
+    for (const wire::ModuleInfo& m : owner_.targets_) {
+      ModuleCorrection c;
+      if (sums_.dense(m.name)) {
+        FEDLORA_ASSIGN_OR_RETURN(c.dense, Store(sums_.Dense(m.name, scale / total), dtype));
+        stacked_rank += static_cast<double>(std::min(m.d_out, m.d_in));
+      } else {
+        const auto& blocks = sums_.blocks(m.name);
+        if (blocks.empty()) continue;
+        std::vector<at::Tensor> as, bs;
+        std::vector<double> w;
+        for (const auto& [id, block] : blocks) {  // Client-id order.
+          FEDLORA_ASSIGN_OR_RETURN(at::Tensor a, Load64({{"A", block.A}}, "A"));
+          FEDLORA_ASSIGN_OR_RETURN(at::Tensor b, Load64({{"B", block.B}}, "B"));
+          as.push_back(std::move(a));
+          bs.push_back(std::move(b));
+          w.push_back(block.weight / total);
+        }
+        const std::vector<double> scales(as.size(), scale);
+        // global_scale 1: the pair is exactly sum_k p_k s B_k A_k, scale folded into A's blocks.
+        FEDLORA_ASSIGN_OR_RETURN(lora::FactorPair stacked, lora::Stack(as, bs, w, scales, 1.0));
+        stacked_rank += static_cast<double>(stacked.B.size(1));
+        FEDLORA_ASSIGN_OR_RETURN(c.u, Store(stacked.B, dtype));
+        FEDLORA_ASSIGN_OR_RETURN(c.v, Store(stacked.A, dtype));
+      }
+      entry.modules.emplace(m.name, std::move(c));
+    }
+    return owner_.Commit(state, std::move(next), std::move(entry), stacked_rank,
+                         sums_.dense_modules(), weights_, total);
+  } catch (const c10::Error& e) {
+    return Internal("flora aggregation: ", e.what_without_backtrace());
+  }
+
+ private:
+  const Flora& owner_;
+  ProductSums sums_;
+  std::uint64_t round_;
+  std::map<std::string, double, std::less<>> weights_;
+};
+
+Result<AggregateReport> Flora::Commit(GlobalState& state, GlobalState next, CorrectionEntry entry,
+                                      double stacked_rank, std::size_t dense_modules,
+                                      const std::map<std::string, double, std::less<>>& weights,
+                                      double total) const {
+  const std::size_t entry_bytes = entry.bytes();
+  FEDLORA_RETURN_IF_ERROR(
+      AppendCorrection(next.corrections, std::move(entry), corrections_, config_.state_dtype));
+  state = std::move(next);
+  AggregateReport report;
+  for (const auto& [id, w] : weights) report.weights[id] = w / total;
+  report.metrics["stacked_rank_mean"] = targets_.empty() ? 0 : stacked_rank / targets_.size();
+  report.metrics["correction_bytes"] = static_cast<double>(entry_bytes);
+  report.metrics["dense_modules"] = static_cast<double>(dense_modules);
+  return report;
+}
+
 Result<std::unique_ptr<RoundAccumulator>> Flora::Begin(const GlobalState& state,
-                                                   std::uint64_t round) {
+                                                       std::uint64_t round) {
+  if (MeanIsLinear(config_)) {
+    std::map<std::string, ProductSums::Dims, std::less<>> dims;
+    for (const wire::ModuleInfo& m : targets_) dims[m.name] = {m.d_out, m.d_in};
+    return std::unique_ptr<RoundAccumulator>(
+        std::make_unique<Accumulator>(*this, ProductSums(std::move(dims)), round));
+  }
   return MakeGatheringAccumulator(
       [this, round](GlobalState& s, std::span<const ClientUpdate> updates,
                     std::span<const ClientTask> tasks) { return Combine(s, round, updates, tasks); });

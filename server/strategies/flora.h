@@ -31,8 +31,13 @@ class Flora final : public Strategy {
   EvalSpec Evaluation(const GlobalState& state, const ClientInfo& client) const override;
 
  private:
-  // The round's aggregate from all its uploads at once (sorted by client id, tasks[i] answered by
-  // updates[i]); see MakeGatheringAccumulator.
+  class Accumulator;  // Folds each upload's products as it arrives (no share cap).
+  // Appends the round's correction entry to next's log, moves next into state, reports.
+  Result<AggregateReport> Commit(GlobalState& state, GlobalState next, CorrectionEntry entry,
+                                 double stacked_rank, std::size_t dense_modules,
+                                 const std::map<std::string, double, std::less<>>& weights,
+                                 double total) const;
+  // With a share cap (the weights need every count): all uploads at once, in client-id order.
   Result<AggregateReport> Combine(GlobalState& state, std::uint64_t round,
                                   std::span<const ClientUpdate> updates,
                                   std::span<const ClientTask> tasks);

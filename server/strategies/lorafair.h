@@ -38,8 +38,8 @@ class LoraFair final : public Strategy {
   EvalSpec Evaluation(const GlobalState& state, const ClientInfo& client) const override;
 
  private:
-  // The round's aggregate from all its uploads at once (sorted by client id, tasks[i] answered by
-  // updates[i]); see MakeGatheringAccumulator.
+  class Accumulator;  // Folds each upload as it arrives (no share cap).
+  // With a share cap (the weights need every count): all uploads at once, in client-id order.
   Result<AggregateReport> Combine(GlobalState& state, std::uint64_t round,
                                   std::span<const ClientUpdate> updates,
                                   std::span<const ClientTask> tasks);

@@ -1,6 +1,6 @@
 // upload_validation_fuzz.cc — fuzzes the coordinator's check of an uploaded Update against the
-// task it answers: the wire decoder, then ValidateUpload (server/coordinator_impl.h, the
-// function coordinator.cc and coordinator_rounds.cc call before a strategy sees an upload).
+// task it answers: the wire decoder, then ValidateUpload (server/admission.h, the function
+// coordinator_uploads.cc calls before a strategy sees an upload, fresh or restored).
 //
 // Input: one flags byte, then the message frames in fuzz_input.h's layout (as
 // wire_decode_fuzz.cc). Flags: bit 0 = require digests; bits 1-2 pick
@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "common/wire/codec.h"
-#include "server/coordinator_impl.h"
+#include "server/admission.h"
 #include "server/robust/update_norm.h"
 #include "tests/fuzz/fuzz_input.h"
 #include "tests/fuzz/upload_tasks.h"

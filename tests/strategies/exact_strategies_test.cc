@@ -64,6 +64,50 @@ TEST(FedExStrategyTest, GlobalProductPlusCorrectionEqualsTheIdealUpdate) {
   EXPECT_NE(state.adapter, before.adapter);
 }
 
+TEST(FedExStrategyTest, ManyClientsFoldIntoADenseSumAndTheCorrectionStaysExact) {
+  auto fedex = Make("fedex");
+  GlobalState state = fedex->Initialize(kLayout, std::nullopt).value();
+  std::mt19937_64 rng(21);
+  std::vector<ClientInfo> clients;
+  for (int k = 0; k < 9; ++k) clients.push_back(ClientInfo{"c" + std::to_string(k), {}, {}, {}});
+  const std::vector<ClientTask> tasks = fedex->Configure(state, 1, clients).value();
+  std::vector<ClientUpdate> updates;
+  for (std::size_t k = 0; k < tasks.size(); ++k) {
+    updates.push_back(RandomUpdate(tasks[k], 10 + 7 * k, rng));
+  }
+  const Result<AggregateReport> report = AggregateAll(*fedex, state, 1, updates, tasks);
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_EQ(report->metrics.at("dense_modules"), 2);  // 9 x rank 3 outgrew both modules.
+  const double s = 6.0 / 3;
+  for (const auto& m : kModules) {
+    Dense lhs = CorrectionSum(state.corrections, m);
+    AddProduct(lhs, FromTensor(state.adapter.at(lora::LoraBName(m.name))),
+               FromTensor(state.adapter.at(lora::LoraAName(m.name))), s);
+    EXPECT_LT(MaxAbsDiff(lhs, IdealUpdate(updates, m, s)), 1e-10) << m.name;
+  }
+}
+
+TEST(FloraStrategyTest, ManyClientsFoldIntoADenseSumAndTheCorrectionStaysExact) {
+  auto flora = Make("flora");
+  GlobalState state = flora->Initialize(kLayout, std::nullopt).value();
+  std::mt19937_64 rng(22);
+  std::vector<ClientInfo> clients;
+  for (int k = 0; k < 9; ++k) clients.push_back(ClientInfo{"c" + std::to_string(k), {}, {}, {}});
+  const std::vector<ClientTask> tasks = flora->Configure(state, 1, clients).value();
+  std::vector<ClientUpdate> updates;
+  for (std::size_t k = 0; k < tasks.size(); ++k) {
+    updates.push_back(RandomUpdate(tasks[k], 10 + 7 * k, rng));
+  }
+  const Result<AggregateReport> report = AggregateAll(*flora, state, 1, updates, tasks);
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_EQ(report->metrics.at("dense_modules"), 2);
+  for (const auto& m : kModules) {
+    EXPECT_LT(MaxAbsDiff(CorrectionSum(state.corrections, m), IdealUpdate(updates, m, 6.0 / 3)),
+              1e-10)
+        << m.name;
+  }
+}
+
 TEST(FedExStrategyTest, ReplayAfterTwoRoundsReproducesTheBase) {
   auto fedex = Make("fedex");
   GlobalState state = fedex->Initialize(kLayout, std::nullopt).value();

@@ -142,27 +142,32 @@ TEST(FsLoraStrategyTest, AdamWServerStepKeepsMomentsInTheState) {
   EXPECT_NEAR(max_step, 0.01, 1e-6);
 }
 
-TEST(LoraFairStrategyTest, RidgeSolverSatisfiesItsNormalEquations) {
+// Runs LoRA-FAIR's ridge solver over `n` uniform clients and checks its normal equations against
+// dense references; returns how many modules went through a dense sum.
+double CheckRidgeNormalEquations(int n) {
   StrategyConfig config;
   config.lorafair.solver = "ridge";
   config.lorafair.lambda = 0.1;
   config.weighting = "uniform";
   auto fair = Make("lorafair", config);
   GlobalState state = fair->Initialize(kLayout, std::nullopt).value();
-  const auto clients = Clients({"a", "b", "c"});
+  std::vector<ClientInfo> clients;
+  for (int k = 0; k < n; ++k) clients.push_back(ClientInfo{"c" + std::to_string(k), {}, {}, {}});
   const auto tasks = fair->Configure(state, 1, clients).value();
   std::mt19937_64 rng(11);
   std::vector<ClientUpdate> updates;
   for (const auto& t : tasks) updates.push_back(RandomUpdate(t, 1, rng));
-  ASSERT_TRUE(AggregateAll(*fair, state, 1, updates, tasks).ok());
+  const Result<AggregateReport> report = AggregateAll(*fair, state, 1, updates, tasks);
+  EXPECT_TRUE(report.ok()) << report.status().ToString();
+  if (!report.ok()) return -1;
   for (const auto& m : kModules) {
     const std::string an = lora::LoraAName(m.name), bn = lora::LoraBName(m.name);
     Dense abar = Zero(3, m.d_in), bbar = Zero(m.d_out, 3), dw = Zero(m.d_out, m.d_in);
     for (const auto& u : updates) {
       const Dense a = FromTensor(u.tensors.at(an)), b = FromTensor(u.tensors.at(bn));
-      for (std::size_t i = 0; i < abar.v.size(); ++i) abar.v[i] += a.v[i] / 3;
-      for (std::size_t i = 0; i < bbar.v.size(); ++i) bbar.v[i] += b.v[i] / 3;
-      AddProduct(dw, b, a, 1.0 / 3);
+      for (std::size_t i = 0; i < abar.v.size(); ++i) abar.v[i] += a.v[i] / n;
+      for (std::size_t i = 0; i < bbar.v.size(); ++i) bbar.v[i] += b.v[i] / n;
+      AddProduct(dw, b, a, 1.0 / n);
     }
     EXPECT_LT(MaxAbsDiff(FromTensor(state.adapter.at(an)), abar), 1e-12);
     // (dW - B_g A_bar) A_bar^T == lambda (B_g - B_bar).
@@ -178,6 +183,15 @@ TEST(LoraFairStrategyTest, RidgeSolverSatisfiesItsNormalEquations) {
     for (std::size_t i = 0; i < rhs.v.size(); ++i) rhs.v[i] = 0.1 * (bg.v[i] - bbar.v[i]);
     EXPECT_LT(MaxAbsDiff(lhs, rhs), 1e-10) << m.name;
   }
+  return report->metrics.at("dense_modules");
+}
+
+TEST(LoraFairStrategyTest, RidgeSolverSatisfiesItsNormalEquations) {
+  EXPECT_EQ(CheckRidgeNormalEquations(3), 0);  // Few clients: stacked factors.
+}
+
+TEST(LoraFairStrategyTest, RidgeSolverStaysExactWhenManyClientsFoldIntoADenseSum) {
+  EXPECT_EQ(CheckRidgeNormalEquations(9), 2);  // 9 x rank 3 outgrows both dense modules.
 }
 
 TEST(LoraFairStrategyTest, CosineSolverBringsTheGlobalProductCloserToTheIdealUpdate) {
@@ -190,6 +204,31 @@ TEST(LoraFairStrategyTest, CosineSolverBringsTheGlobalProductCloserToTheIdealUpd
   const Result<AggregateReport> report = AggregateAll(*fair, state, 1, updates, tasks);
   ASSERT_TRUE(report.ok());
   EXPECT_GT(report->metrics.at("cosine_after_mean"), report->metrics.at("cosine_before_mean"));
+}
+
+TEST(LoraFairStrategyTest, CosineSolverOnADenseSumMatchesItOnTheClientFactors) {
+  // The same 9 uploads: once folded (dense sums), once with a share cap of 1 / 9, which gathers
+  // them and runs the factor form; uniform weights make both averages identical.
+  StrategyConfig folded, gathered;
+  folded.weighting = gathered.weighting = "uniform";
+  gathered.max_weight_share = 1.0 / 9 + 1e-12;
+  auto fair_folded = Make("lorafair", folded);
+  auto fair_gathered = Make("lorafair", gathered);
+  GlobalState start = fair_folded->Initialize(kLayout, std::nullopt).value();
+  std::vector<ClientInfo> clients;
+  for (int k = 0; k < 9; ++k) clients.push_back(ClientInfo{"c" + std::to_string(k), {}, {}, {}});
+  const auto tasks = fair_folded->Configure(start, 1, clients).value();
+  std::mt19937_64 rng(13);
+  std::vector<ClientUpdate> updates;
+  for (const auto& t : tasks) updates.push_back(RandomUpdate(t, 1, rng));
+  GlobalState a = start, b = start;
+  const Result<AggregateReport> ra = AggregateAll(*fair_folded, a, 1, updates, tasks);
+  const Result<AggregateReport> rb = AggregateAll(*fair_gathered, b, 1, updates, tasks);
+  ASSERT_TRUE(ra.ok() && rb.ok());
+  EXPECT_EQ(ra->metrics.at("dense_modules"), 2);
+  for (const auto& [name, t] : a.adapter) {
+    EXPECT_LT(MaxAbsDiff(FromTensor(t), FromTensor(b.adapter.at(name))), 1e-10) << name;
+  }
 }
 
 }  // namespace
