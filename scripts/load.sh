@@ -5,10 +5,13 @@
 # coordinator's exit status. Not part of CI.
 #
 #   scripts/load.sh [--clients 1000] [--rounds 10] [--threads 4] [--out DIR] [--keep]
+#                   [--layers 2] [--dim 64] [--rank 4]   (the declared model and adapter)
 #                   [--set key=value ...]        (coordinator config overrides)
 #
 # Every round selects all N sessions and waits for all of them (round.min_clients = quorum = N);
-# each upload is a rank-4 adapter of 2 layers x {q_proj, v_proj} at 64 x 64 (8 KiB). Keys: the
+# each upload is a rank-4 adapter of 2 layers x {q_proj, v_proj} at 64 x 64 (8 KiB) unless
+# --layers/--dim/--rank say otherwise (32 x 2048 at rank 16: 16.8 MB per upload, the ingest
+# measurement of docs/benchmarks.md). Keys: the
 # coordinator's from `fedlora-coordinator keygen`, the N clients' from `fedlora-load-driver
 # enroll`, which also writes the authorized_clients file. Heartbeats default to the coordinator's
 # defaults (1000 ms x 5); the coordinator measures silence only up to when it last caught up with
@@ -19,7 +22,7 @@
 # missing), or 1 when the coordinator failed.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-clients=1000 rounds=10 threads=4 out="" keep=0 sets=()
+clients=1000 rounds=10 threads=4 out="" keep=0 sets=() layers=2 dim=64 rank=4
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --clients) clients="$2"; shift 2 ;;
@@ -27,8 +30,11 @@ while [[ $# -gt 0 ]]; do
     --threads) threads="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
+    --layers) layers="$2"; shift 2 ;;
+    --dim) dim="$2"; shift 2 ;;
+    --rank) rank="$2"; shift 2 ;;
     --set) sets+=(--set "$2"); shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "load.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -75,7 +81,7 @@ security: {mode: curve, secret_key_file: keys/coordinator.key_secret,
            authorized_clients: keys/authorized_clients}
 round: {min_clients: $clients, quorum: $clients, timeout_ms: 300000}
 eval: {enabled: true, initial: true, max_batches: 1, timeout_ms: 300000}
-lora: {rank: 4, alpha: 8, targets: [q_proj, v_proj]}
+lora: {rank: $rank, alpha: $((2 * rank)), targets: [q_proj, v_proj]}
 train: {local_steps: 1, batch_size: 4, seq_len: 32}
 EOF
 
@@ -95,7 +101,7 @@ echo "load.sh: coordinator $coordinator_pid on $endpoint; $clients sessions, $ro
 driver_status=0
 "$driver_bin" run --coordinator "$endpoint" --server-key "$out/keys/coordinator.key" \
   --keys "$out/keys" --clients "$clients" --threads "$threads" --pid "$coordinator_pid" \
-  --state-dir "$out/state" --digest "$digest" || driver_status=$?
+  --state-dir "$out/state" --digest "$digest" --layers "$layers" --dim "$dim" || driver_status=$?
 
 coordinator_status=0
 for (( t = 0; t < 300; t++ )); do kill -0 "$coordinator_pid" 2>/dev/null || break; sleep 0.1; done
