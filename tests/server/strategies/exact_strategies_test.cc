@@ -4,7 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "server/strategies/fedsb.h"
-#include "tests/strategies/strategy_test_util.h"
+#include "tests/server/strategies/strategy_test_util.h"
 
 namespace fedlora::server {
 namespace {

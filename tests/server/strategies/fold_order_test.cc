@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <random>
 
-#include "tests/strategies/strategy_test_util.h"
+#include "tests/server/strategies/strategy_test_util.h"
 
 namespace fedlora::server::testing {
 namespace {

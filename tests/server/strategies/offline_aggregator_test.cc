@@ -10,7 +10,7 @@
 
 #include "common/lora/peft.h"
 #include "common/safetensors.h"
-#include "tests/strategies/strategy_test_util.h"
+#include "tests/server/strategies/strategy_test_util.h"
 
 namespace fedlora::server {
 namespace {

@@ -11,7 +11,7 @@
 #include "server/coordinator.h"
 #include "server/strategies/make_strategy.h"
 #include "tests/server/test_peer.h"
-#include "tests/strategies/strategy_test_util.h"
+#include "tests/server/strategies/strategy_test_util.h"
 
 namespace fedlora::server {
 namespace {

@@ -3,7 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "tests/strategies/strategy_test_util.h"
+#include "tests/server/strategies/strategy_test_util.h"
 
 namespace fedlora::server {
 namespace {
