@@ -143,6 +143,15 @@ class ReplayedUploads final : public UploadSource {
     }
     return OkStatus();
   }
+  Status ReadSlices(std::string_view name, std::int64_t begin, std::int64_t count,
+                    std::vector<std::vector<double>>& out) const override {
+    out.resize(n_);
+    for (std::size_t k = 0; k < n_; ++k) {
+      const Tensor& t = base_[k % base_.size()].tensors.at(std::string(name));
+      FEDLORA_ASSIGN_OR_RETURN(out[k], SliceAsDoubles(t.dtype, t.data, begin, count, name));
+    }
+    return OkStatus();
+  }
 
  private:
   std::vector<ClientUpdate>& base_;

@@ -386,9 +386,13 @@ Result<std::vector<std::string>> CheckpointStore::PendingClients(std::uint64_t r
   return out;
 }
 
+std::string CheckpointStore::PendingPath(std::uint64_t round, const std::string& client_id) const {
+  return dir_ + "/pending/" + RoundName(round) + "/" + client_id + ".safetensors";
+}
+
 Result<PendingUpload> CheckpointStore::LoadPendingUpload(std::uint64_t round,
                                                          const std::string& client_id) const {
-  const std::string path = dir_ + "/pending/" + RoundName(round) + "/" + client_id + ".safetensors";
+  const std::string path = PendingPath(round, client_id);
   Result<safetensors::File> file = safetensors::Read(path);
   if (!file.ok()) return DataLoss("pending upload ", path, ": ", file.status().message());
   try {

@@ -87,6 +87,8 @@ class CheckpointStore {
   // Removes `client_id`'s persisted upload for `round` (its key was revoked), durably: a restart
   // must not restore it. OK when there is none.
   Status DropPendingUpload(std::uint64_t round, const std::string& client_id);
+  // The file `client_id`'s upload for `round` is persisted in (it may not exist).
+  std::string PendingPath(std::uint64_t round, const std::string& client_id) const;
   // Clients with an upload persisted for `round`, sorted.
   Result<std::vector<std::string>> PendingClients(std::uint64_t round) const;
   // `client_id`'s persisted upload for `round`. kDataLoss naming the file when it is unreadable

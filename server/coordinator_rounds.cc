@@ -9,6 +9,7 @@
 #include <random>
 
 #include "common/log.h"
+#include "common/safetensors.h"
 #include "server/coordinator_impl.h"
 #include "server/peft_export.h"
 #include "server/rank_policy.h"
@@ -37,12 +38,36 @@ class PendingUploads final : public UploadSource {
     }
     return OkStatus();
   }
+  // Slices straight from the pending files, mapped once (read-only) and kept for the next slice.
+  Status ReadSlices(std::string_view name, std::int64_t begin, std::int64_t count,
+                    std::vector<std::vector<double>>& out) const override {
+    if (mapped_.empty()) {
+      for (const std::string& id : clients_) {
+        FEDLORA_ASSIGN_OR_RETURN(std::shared_ptr<const safetensors::MappedFile> file,
+                                 safetensors::MappedFile::Open(store_.PendingPath(round_, id)));
+        mapped_.push_back(std::move(file));
+      }
+    }
+    out.resize(clients_.size());
+    for (std::size_t k = 0; k < clients_.size(); ++k) {
+      const safetensors::TensorView* view = mapped_[k]->Find(name);
+      if (view == nullptr) {
+        return InvalidArgument("client ", clients_[k], "'s pending upload has no tensor '", name,
+                               "'");
+      }
+      FEDLORA_ASSIGN_OR_RETURN(out[k], SliceAsDoubles(view->dtype, view->data, begin, count,
+                                                      StrCat("client ", clients_[k], "'s '",
+                                                             name, "'")));
+    }
+    return OkStatus();
+  }
 
  private:
   const CheckpointStore& store_;
   std::uint64_t round_;
   std::vector<std::string> clients_;
   Derive derive_;
+  mutable std::vector<std::shared_ptr<const safetensors::MappedFile>> mapped_;
 };
 
 }  // namespace

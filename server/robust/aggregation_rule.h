@@ -47,6 +47,9 @@ class AggregationRule {
  public:
   virtual ~AggregationRule() = default;
   virtual std::string_view name() const = 0;
+  // True when each coordinate of the result depends only on that coordinate of the uploads
+  // (median, trimmed mean): the strategy may then combine slice by slice.
+  virtual bool coordinate_wise() const { return false; }
 
   // Combines the same-named tensors of `updates` (sorted by client id, never empty) into tensors
   // of `dtype`; `weights` are the strategy's (update order, summing to 1). The result must not

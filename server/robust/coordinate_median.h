@@ -14,6 +14,7 @@ namespace fedlora::server {
 class CoordinateMedian final : public AggregationRule {
  public:
   std::string_view name() const override { return "median"; }
+  bool coordinate_wise() const override { return true; }
   Result<RuleOutcome> Combine(std::span<const ClientUpdate> updates,
                               std::span<const double> weights, DType dtype) const override;
 };

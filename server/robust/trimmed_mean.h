@@ -15,6 +15,7 @@ class TrimmedMean final : public AggregationRule {
   // 0 <= trim_fraction < 0.5 (ValidateAggregationRule).
   explicit TrimmedMean(double trim_fraction) : trim_fraction_(trim_fraction) {}
   std::string_view name() const override { return "trimmed_mean"; }
+  bool coordinate_wise() const override { return true; }
   Result<RuleOutcome> Combine(std::span<const ClientUpdate> updates,
                               std::span<const double> weights, DType dtype) const override;
 

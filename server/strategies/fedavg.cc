@@ -96,8 +96,12 @@ class MeanAccumulator final : public RoundAccumulator {
       }));
       combined = sums.Scaled(config_.state_dtype, 1.0);
       report.weights = std::move(share_of);
+    } else if (config_.rule->coordinate_wise()) {
+      // Median, trimmed mean: slice by slice of every tensor, N x slice values at a time.
+      FEDLORA_ASSIGN_OR_RETURN(std::vector<double> weights, ClientWeights(counts, config_));
+      FEDLORA_ASSIGN_OR_RETURN(combined, CombineBySlices(counts, weights, uploads, &report));
     } else {
-      // A robust rule looks at every upload at once.
+      // Multi-Krum compares whole uploads: it looks at every upload at once.
       std::vector<ClientUpdate> all;
       FEDLORA_RETURN_IF_ERROR(uploads.ForEach([&](const ClientUpdate& u, const ClientTask&) {
         all.push_back(u);
@@ -141,6 +145,44 @@ class MeanAccumulator final : public RoundAccumulator {
                              names_[i].first, "'");
     }
     return OkStatus();
+  }
+
+  // The rule applied to slices of at most slice_values / N elements of each tensor in turn.
+  Result<TensorMap> CombineBySlices(const std::vector<ClientUpdate>& counts,
+                                    const std::vector<double>& weights,
+                                    const UploadSource& uploads, AggregateReport* report) const {
+    const auto n = static_cast<std::int64_t>(counts.size());
+    const std::int64_t slice =
+        std::max<std::int64_t>(1, config_.slice_values / std::max<std::int64_t>(n, 1));
+    std::int64_t total = 0;
+    for (const auto& [name, shape] : names_) total += NumElements(shape).value();
+    std::vector<double> shares(counts.size(), 0.0);
+    TensorMap out;
+    std::vector<std::vector<double>> values;
+    for (const auto& [name, shape] : names_) {
+      const std::int64_t numel = NumElements(shape).value();
+      std::vector<double> result(static_cast<std::size_t>(numel));
+      for (std::int64_t begin = 0; begin < numel; begin += slice) {
+        const std::int64_t count = std::min(slice, numel - begin);
+        FEDLORA_RETURN_IF_ERROR(uploads.ReadSlices(name, begin, count, values));
+        std::vector<ClientUpdate> pieces(counts.size());
+        for (std::size_t k = 0; k < counts.size(); ++k) {
+          pieces[k].client_id = counts[k].client_id;
+          pieces[k].tensors.emplace(name, MakeF64({count}, values[k]));
+        }
+        FEDLORA_ASSIGN_OR_RETURN(RuleOutcome o,
+                                 config_.rule->Combine(pieces, weights, DType::kF64));
+        const std::vector<double> part = ToDoubles(o.combined.at(name));
+        std::copy(part.begin(), part.end(), result.begin() + begin);
+        for (std::size_t k = 0; k < shares.size(); ++k) {
+          shares[k] += o.shares[k] * static_cast<double>(count) / static_cast<double>(total);
+        }
+        for (auto& [key, value] : o.metrics) report->metrics[key] = value;
+      }
+      out.emplace(name, FromDoubles(config_.state_dtype, shape, result));
+    }
+    for (std::size_t k = 0; k < counts.size(); ++k) report->weights[counts[k].client_id] = shares[k];
+    return out;
   }
 
   FedAvgConfig config_;

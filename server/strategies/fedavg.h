@@ -26,6 +26,9 @@ struct FedAvgConfig {
   // weighted mean. Others accept only null (MakeStrategy).
   std::shared_ptr<const AggregationRule> rule;
   std::uint64_t seed = 0;        // Seeds the initial adapter.
+  // Coordinate-wise robust rules (median, trimmed mean) read the uploads slice by slice, at most
+  // this many values of all uploads together per slice.
+  std::int64_t slice_values = std::int64_t{1} << 22;
   DType state_dtype = DType::kF32;
 };
 

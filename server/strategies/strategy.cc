@@ -52,6 +52,34 @@ std::unique_ptr<RoundAccumulator> MakeGatheringAccumulator(CombineAll combine) {
   return std::make_unique<GatheringAccumulator>(std::move(combine));
 }
 
+Result<std::vector<double>> SliceAsDoubles(DType dtype, std::span<const std::byte> data,
+                                           std::int64_t begin, std::int64_t count,
+                                           std::string_view what) {
+  const auto width = static_cast<std::int64_t>(ByteWidth(dtype));
+  if (begin < 0 || count < 0 || (begin + count) * width > static_cast<std::int64_t>(data.size())) {
+    return InvalidArgument(what, ": elements [", begin, ", ", begin + count, ") are beyond its ",
+                           static_cast<std::int64_t>(data.size()) / width, " elements");
+  }
+  Tensor slice{dtype, {count}, {}};
+  slice.data.assign(data.begin() + begin * width, data.begin() + (begin + count) * width);
+  return ToDoubles(slice);
+}
+
+Status MemoryUploads::ReadSlices(std::string_view name, std::int64_t begin, std::int64_t count,
+                                 std::vector<std::vector<double>>& out) const {
+  out.resize(order_.size());
+  for (std::size_t i = 0; i < order_.size(); ++i) {
+    const ClientUpdate& u = updates_[order_[i]];
+    const auto it = u.tensors.find(name);
+    if (it == u.tensors.end()) {
+      return InvalidArgument("client ", u.client_id, " uploaded no tensor '", name, "'");
+    }
+    FEDLORA_ASSIGN_OR_RETURN(out[i], SliceAsDoubles(it->second.dtype, it->second.data, begin, count,
+                                                    StrCat("client ", u.client_id, "'s '", name, "'")));
+  }
+  return OkStatus();
+}
+
 Result<AggregateReport> AggregateAll(Strategy& strategy, GlobalState& state, std::uint64_t round,
                                      std::span<const ClientUpdate> updates,
                                      std::span<const ClientTask> tasks) {

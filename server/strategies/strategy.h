@@ -110,7 +110,19 @@ class UploadSource {
   // Calls `fn` with each upload and the task it answered; stops at the first error.
   virtual Status ForEach(
       const std::function<Status(const ClientUpdate&, const ClientTask&)>& fn) const = 0;
+  // Elements [begin, begin + count) of tensor `name` of every upload (row-major, as doubles), in
+  // client-id order, into out[k]: for rules that decide coordinate by coordinate, so a round
+  // holds N x count values, never N uploads. kInvalidArgument naming the client when an upload
+  // lacks the tensor or the range exceeds it.
+  virtual Status ReadSlices(std::string_view name, std::int64_t begin, std::int64_t count,
+                            std::vector<std::vector<double>>& out) const = 0;
 };
+
+// Elements [begin, begin + count) of `t` as doubles; kInvalidArgument naming `what` when the
+// range exceeds it.
+Result<std::vector<double>> SliceAsDoubles(DType dtype, std::span<const std::byte> data,
+                                           std::int64_t begin, std::int64_t count,
+                                           std::string_view what);
 
 // One round's aggregation in progress: Begin, Fold each accepted upload as it arrives, Finish.
 // The result of Finish must not depend on the order of the folds (a coordinator restarted in the
@@ -200,6 +212,8 @@ class MemoryUploads final : public UploadSource {
   std::size_t size() const override { return order_.size(); }
   Status ForEach(
       const std::function<Status(const ClientUpdate&, const ClientTask&)>& fn) const override;
+  Status ReadSlices(std::string_view name, std::int64_t begin, std::int64_t count,
+                    std::vector<std::vector<double>>& out) const override;
 
  private:
   std::span<const ClientUpdate> updates_;

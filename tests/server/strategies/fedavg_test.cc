@@ -4,6 +4,8 @@
 
 #include <random>
 
+#include "server/robust/aggregation_rule.h"
+
 
 namespace fedlora::server {
 namespace {
@@ -189,6 +191,63 @@ TEST(FedAvgTest, ConfigureAsksEveryClientForTheGlobalShapesInTheUploadDtype) {
   EXPECT_EQ(tasks[0].tensors, state.adapter);
   EXPECT_EQ(tasks[0].expected_upload.at("model.layers.0.self_attn.q_proj.lora_B.weight").spec,
             (TensorSpec{DType::kBF16, {6, 2}}));
+}
+
+// Gives the uploads only slice by slice: a whole-upload read fails the round.
+class SlicesOnly final : public UploadSource {
+ public:
+  explicit SlicesOnly(const MemoryUploads& inner) : inner_(inner) {}
+  std::size_t size() const override { return inner_.size(); }
+  Status ForEach(
+      const std::function<Status(const ClientUpdate&, const ClientTask&)>&) const override {
+    return FailedPrecondition("whole uploads were read");
+  }
+  Status ReadSlices(std::string_view name, std::int64_t begin, std::int64_t count,
+                    std::vector<std::vector<double>>& out) const override {
+    ++slices;
+    largest = std::max(largest, count * static_cast<std::int64_t>(inner_.size()));
+    return inner_.ReadSlices(name, begin, count, out);
+  }
+  mutable int slices = 0;
+  mutable std::int64_t largest = 0;
+
+ private:
+  const MemoryUploads& inner_;
+};
+
+TEST(FedAvgTest, ACoordinateWiseRuleCombinesSliceBySliceWithoutHoldingTheUploads) {
+  for (const char* rule_name : {"median", "trimmed_mean"}) {
+    AggregationRuleConfig rule_config;
+    rule_config.name = rule_name;
+    rule_config.trim_fraction = 0.25;
+    const std::shared_ptr<const AggregationRule> rule = MakeAggregationRule(rule_config).value();
+    FedAvgConfig config{.weighting = Weighting::kExamples, .rule = rule,
+                        .state_dtype = DType::kF64};
+    config.slice_values = 8;  // 4 uploads: 2 values of each per slice.
+    FedAvg fedavg(config);
+    std::mt19937_64 rng(9);
+    const std::vector<ClientUpdate> ups = {Upload("d", 3, 1, rng), Upload("a", 5, 1, rng),
+                                           Upload("c", 7, 1, rng), Upload("b", 9, 1, rng)};
+    GlobalState state;
+    std::unique_ptr<RoundAccumulator> acc = fedavg.Begin(state, 1).value();
+    for (const ClientUpdate& u : ups) ASSERT_TRUE(acc->Fold(u, ClientTask{}).ok());
+    const MemoryUploads memory(ups, {});
+    const SlicesOnly slices(memory);
+    const Result<AggregateReport> report = acc->Finish(state, slices);
+    ASSERT_TRUE(report.ok()) << report.status().ToString();
+    EXPECT_EQ(slices.largest, 8) << rule_name;
+    EXPECT_EQ(slices.slices, 3 + 5) << rule_name;  // A: 6 values, B: 10 values, 2 at a time.
+    // The same as the rule over whole uploads (sorted by client id, as the round sees them).
+    std::vector<ClientUpdate> sorted = ups;
+    std::sort(sorted.begin(), sorted.end(),
+              [](const ClientUpdate& x, const ClientUpdate& y) { return x.client_id < y.client_id; });
+    const std::vector<double> w = ComputeWeights(sorted, Weighting::kExamples).value();
+    const RuleOutcome whole = rule->Combine(sorted, w, DType::kF64).value();
+    EXPECT_EQ(state.adapter, whole.combined) << rule_name;
+    for (std::size_t k = 0; k < sorted.size(); ++k) {
+      EXPECT_NEAR(report->weights.at(sorted[k].client_id), whole.shares[k], 1e-12) << rule_name;
+    }
+  }
 }
 
 }  // namespace
