@@ -87,9 +87,10 @@ Shape MakeShape(const std::string& name) {
             {"model.layers." + std::to_string(layer) + "." + kind, d_out, d_in});
       }
     }
-    s.lora = {.rank = 16, .alpha = 32,
-              .targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                          "down_proj"}};
+    s.lora = {
+        .rank = 16,
+        .alpha = 32,
+        .targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}};
   } else if (name == "adapter16mb") {
     // 64 square 2048-wide projections at rank 16: 64 x 2 x 16 x 2048 f32 = 16 MiB.
     for (int layer = 0; layer < 32; ++layer) {
@@ -177,7 +178,8 @@ int RunOne(const std::string& strategy_name, std::size_t n, const std::string& s
   GlobalState state = OrDie(strategy->Initialize(shape.layout, std::nullopt), "initialize");
   std::mt19937_64 rng(7);
   if (ClientInitialization* init = strategy->client_initialization()) {
-    const ClientTask task = OrDie(init->ConfigureInit(state, ClientInfo{"init", {}, {}, {}}), "init");
+    const ClientTask task =
+        OrDie(init->ConfigureInit(state, ClientInfo{"init", {}, {}, {}}), "init");
     ClientUpdate u = RandomUpload(task, rng);
     if (Status s = init->AcceptInit(state, u); !s.ok()) {
       std::fprintf(stderr, "init: %s\n", s.ToString().c_str());
@@ -228,10 +230,11 @@ int RunOne(const std::string& strategy_name, std::size_t n, const std::string& s
   const double bytes = upload_bytes * static_cast<double>(n);
   const double total_s = Seconds(t0, t2);
   const double gbps = bytes / total_s / 1e9, memcpy_gbps = bytes / memcpy_s / 1e9;
-  std::printf("aggregate strategy=%s n=%zu shape=%s upload_mb=%.1f fold_s=%.3f finish_s=%.3f "
-              "gbps=%.2f memcpy_gbps=%.2f ratio=%.2f peak_rss_mb=%.0f\n",
-              strategy_name.c_str(), n, shape_name.c_str(), upload_bytes / 1e6, Seconds(t0, t1),
-              Seconds(t1, t2), gbps, memcpy_gbps, gbps / memcpy_gbps, PeakRssMb());
+  std::printf(
+      "aggregate strategy=%s n=%zu shape=%s upload_mb=%.1f fold_s=%.3f finish_s=%.3f "
+      "gbps=%.2f memcpy_gbps=%.2f ratio=%.2f peak_rss_mb=%.0f\n",
+      strategy_name.c_str(), n, shape_name.c_str(), upload_bytes / 1e6, Seconds(t0, t1),
+      Seconds(t1, t2), gbps, memcpy_gbps, gbps / memcpy_gbps, PeakRssMb());
   return 0;
 }
 

@@ -21,7 +21,8 @@ inline void AddTerm(double t, std::uint64_t& lo, std::int64_t& hi) {
   const auto f_hi = static_cast<std::int64_t>(f);
   const auto f_lo = static_cast<std::int64_t>((f - static_cast<double>(f_hi)) * 0x1p32);
   const std::uint64_t neg = 0 - static_cast<std::uint64_t>(t < 0);
-  std::uint64_t m_lo = ((static_cast<std::uint64_t>(f_hi) << 32) | static_cast<std::uint64_t>(f_lo)) ^ neg;
+  std::uint64_t m_lo =
+      ((static_cast<std::uint64_t>(f_hi) << 32) | static_cast<std::uint64_t>(f_lo)) ^ neg;
   std::uint64_t m_hi = static_cast<std::uint64_t>(whole) ^ neg;
   m_lo += neg & 1;
   m_hi += m_lo < (neg & 1) ? 1 : 0;
@@ -30,8 +31,8 @@ inline void AddTerm(double t, std::uint64_t& lo, std::int64_t& hi) {
 }
 
 template <typename Load>
-std::int64_t FoldRange(Load load, double w, std::uint64_t* lo, std::int64_t* hi,
-                       std::int64_t begin, std::int64_t end, bool check) {
+std::int64_t FoldRange(Load load, double w, std::uint64_t* lo, std::int64_t* hi, std::int64_t begin,
+                       std::int64_t end, bool check) {
   for (std::int64_t i = begin; i < end; ++i) {
     const double t = w * load(i);
     if (check && !(std::fabs(t) < ExactSum::kMaxTerm)) return i;  // Also catches NaN.
@@ -47,38 +48,47 @@ std::int64_t Fold(const Tensor& x, double w, std::uint64_t* lo, std::int64_t* hi
   const std::byte* p = x.data.data();
   switch (x.dtype) {
     case DType::kF32:
-      return FoldRange([p](std::int64_t i) {
-        float v;
-        std::memcpy(&v, p + 4 * i, 4);
-        return static_cast<double>(v);
-      }, w, lo, hi, begin, end, check);
+      return FoldRange(
+          [p](std::int64_t i) {
+            float v;
+            std::memcpy(&v, p + 4 * i, 4);
+            return static_cast<double>(v);
+          },
+          w, lo, hi, begin, end, check);
     case DType::kF64:
-      return FoldRange([p](std::int64_t i) {
-        double v;
-        std::memcpy(&v, p + 8 * i, 8);
-        return v;
-      }, w, lo, hi, begin, end, check);
+      return FoldRange(
+          [p](std::int64_t i) {
+            double v;
+            std::memcpy(&v, p + 8 * i, 8);
+            return v;
+          },
+          w, lo, hi, begin, end, check);
     case DType::kBF16:
-      return FoldRange([p](std::int64_t i) {
-        std::uint16_t v;
-        std::memcpy(&v, p + 2 * i, 2);
-        return static_cast<double>(BF16ToFloat(v));
-      }, w, lo, hi, begin, end, check);
+      return FoldRange(
+          [p](std::int64_t i) {
+            std::uint16_t v;
+            std::memcpy(&v, p + 2 * i, 2);
+            return static_cast<double>(BF16ToFloat(v));
+          },
+          w, lo, hi, begin, end, check);
     case DType::kF16:
-      return FoldRange([p](std::int64_t i) {
-        std::uint16_t v;
-        std::memcpy(&v, p + 2 * i, 2);
-        return static_cast<double>(F16ToFloat(v));
-      }, w, lo, hi, begin, end, check);
+      return FoldRange(
+          [p](std::int64_t i) {
+            std::uint16_t v;
+            std::memcpy(&v, p + 2 * i, 2);
+            return static_cast<double>(F16ToFloat(v));
+          },
+          w, lo, hi, begin, end, check);
   }
   return begin;
 }
 
 double ValueAt(const Tensor& x, std::int64_t i) {
-  return ToDoubles(Tensor{x.dtype, {1}, {x.data.begin() + static_cast<std::ptrdiff_t>(
-                                                                 i * ByteWidth(x.dtype)),
-                                         x.data.begin() + static_cast<std::ptrdiff_t>(
-                                                                 (i + 1) * ByteWidth(x.dtype))}})
+  return ToDoubles(
+             Tensor{x.dtype,
+                    {1},
+                    {x.data.begin() + static_cast<std::ptrdiff_t>(i * ByteWidth(x.dtype)),
+                     x.data.begin() + static_cast<std::ptrdiff_t>((i + 1) * ByteWidth(x.dtype))}})
       .front();
 }
 
@@ -144,7 +154,8 @@ Status ExactSum::AddEach(std::span<const Job> jobs, double weight, int threads) 
     run(plan[0]);
   } else {
     std::vector<std::thread> pool;
-    for (int w = 1; w < workers; ++w) pool.emplace_back(run, std::ref(plan[static_cast<std::size_t>(w)]));
+    for (int w = 1; w < workers; ++w)
+      pool.emplace_back(run, std::ref(plan[static_cast<std::size_t>(w)]));
     run(plan[0]);
     for (std::thread& t : pool) t.join();
   }
@@ -152,8 +163,8 @@ Status ExactSum::AddEach(std::span<const Job> jobs, double weight, int threads) 
   const Piece* bad = nullptr;
   for (const auto& pieces : plan) {
     for (const Piece& p : pieces) {
-      if (p.stop != p.end && (bad == nullptr || p.job < bad->job ||
-                              (p.job == bad->job && p.stop < bad->stop))) {
+      if (p.stop != p.end &&
+          (bad == nullptr || p.job < bad->job || (p.job == bad->job && p.stop < bad->stop))) {
         bad = &p;
       }
     }

@@ -31,8 +31,9 @@ namespace fedlora::server {
 class ExactSum {
  public:
   static constexpr int kFractionBits = 64;
-  static constexpr double kMaxTerm = 0x1p42;     // |w·x_i| must stay below this.
-  static constexpr std::uint64_t kMaxTerms = 1u << 20;  // Terms per element before overflow is possible.
+  static constexpr double kMaxTerm = 0x1p42;  // |w·x_i| must stay below this.
+  static constexpr std::uint64_t kMaxTerms =
+      1u << 20;  // Terms per element before overflow is possible.
 
   ExactSum() = default;
   explicit ExactSum(std::vector<std::int64_t> shape);

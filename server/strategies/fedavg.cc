@@ -73,16 +73,11 @@ class MeanAccumulator final : public RoundAccumulator {
     AggregateReport report;
     TensorMap combined;
     if (MeanIsLinear(config_)) {
-      double total = 0;
-      for (const ClientUpdate& c : counts) total += RawWeight(c, config_.weighting);
-      if (!(total > 0)) {
-        return InvalidArgument("weighting '", WeightingName(config_.weighting), "': the ",
-                               counts.size(), " update(s) report a total count of 0");
-      }
+      RawWeights raw;
+      for (const ClientUpdate& c : counts) raw[c.client_id] = RawWeight(c, config_.weighting);
+      FEDLORA_ASSIGN_OR_RETURN(const double total, WeightTotal(raw, config_.weighting));
       FEDLORA_ASSIGN_OR_RETURN(combined, sums_.Means(config_.state_dtype));
-      for (const ClientUpdate& c : counts) {
-        report.weights[c.client_id] = RawWeight(c, config_.weighting) / total;
-      }
+      for (const auto& [id, w] : raw) report.weights[id] = w / total;
     } else if (config_.rule == nullptr) {
       // Share cap: the weights need every count, so a second pass folds with the capped shares.
       FEDLORA_ASSIGN_OR_RETURN(std::vector<double> shares, ClientWeights(counts, config_));

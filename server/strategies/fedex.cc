@@ -8,7 +8,6 @@
 #include "server/strategies/corrections.h"
 #include "server/strategies/product_sums.h"
 #include "server/strategies/strategy_util.h"
-#include "server/strategies/weighted_sums.h"
 
 namespace fedlora::server {
 
@@ -31,33 +30,16 @@ class FedExLora::Accumulator final : public RoundAccumulator {
   Accumulator(const FedExLora& owner, ProductSums products, std::uint64_t round)
       : owner_(owner), products_(std::move(products)), round_(round) {}
   Status Fold(const ClientUpdate& update, const ClientTask& task) override {
-    const double w = RawWeight(update, owner_.config_.weighting);
-    std::vector<WeightedSums::Term> terms;
-    for (const auto& [name, t] : update.tensors) terms.push_back({name, &t, w});
-    FEDLORA_RETURN_IF_ERROR(factors_.Fold(terms, update.client_id));
-    if (Status s = products_.Fold(update.client_id, update.tensors, w); !s.ok()) {
-      (void)factors_.Unfold(terms, update.client_id);
-      return s;
-    }
-    weights_[update.client_id] = w;
-    return OkStatus();
+    return products_.Fold(update.client_id, update.tensors,
+                          RawWeight(update, owner_.config_.weighting));
   }
 
   Result<AggregateReport> Finish(GlobalState& state, const UploadSource& uploads) override try {
-    double total = 0;
-    for (const auto& [id, w] : weights_) total += w;
-    if (!(total > 0)) {
-      return InvalidArgument("weighting '", WeightingName(owner_.config_.weighting), "': the ",
-                             weights_.size(), " update(s) report a total count of 0");
-    }
     const FedAvgConfig& config = owner_.config_;
+    FEDLORA_ASSIGN_OR_RETURN(const double total, WeightTotal(products_.weights(), config.weighting));
     const double scale = lora::Scale(config.lora);
-    std::vector<std::string> clients;
     std::vector<double> p;
-    for (const auto& [id, w] : weights_) {
-      clients.push_back(id);
-      p.push_back(w / total);
-    }
+    for (const auto& [id, w] : products_.weights()) p.push_back(w / total);
     Residuals out;
     out.next = state;
     out.entry.version = round_;
@@ -65,17 +47,12 @@ class FedExLora::Accumulator final : public RoundAccumulator {
       const std::string a_name = lora::LoraAName(module), b_name = lora::LoraBName(module);
       if (!products_.dense(module)) {
         std::vector<at::Tensor> as, bs;
-        for (const auto& [id, block] : products_.blocks(module)) {  // Client-id order.
-          FEDLORA_ASSIGN_OR_RETURN(at::Tensor a, Load64({{"A", block.A}}, "A"));
-          FEDLORA_ASSIGN_OR_RETURN(at::Tensor b, Load64({{"B", block.B}}, "B"));
-          as.push_back(std::move(a));
-          bs.push_back(std::move(b));
-        }
+        FEDLORA_RETURN_IF_ERROR(products_.BlockFactors(module, &as, &bs));
         FEDLORA_RETURN_IF_ERROR(owner_.AddResidual(module, as, bs, p, out));
         continue;
       }
-      FEDLORA_ASSIGN_OR_RETURN(Tensor a_global, factors_.Mean(a_name, config.state_dtype));
-      FEDLORA_ASSIGN_OR_RETURN(Tensor b_global, factors_.Mean(b_name, config.state_dtype));
+      FEDLORA_ASSIGN_OR_RETURN(Tensor a_global, products_.Mean(a_name, config.state_dtype));
+      FEDLORA_ASSIGN_OR_RETURN(Tensor b_global, products_.Mean(b_name, config.state_dtype));
       FEDLORA_ASSIGN_OR_RETURN(at::Tensor a_sent, lora::FromWireAs(a_global, at::kDouble));
       FEDLORA_ASSIGN_OR_RETURN(at::Tensor b_sent, lora::FromWireAs(b_global, at::kDouble));
       // The residual s·(Σ p_k B_k A_k − B_g A_g) against the globals exactly as sent.
@@ -90,7 +67,7 @@ class FedExLora::Accumulator final : public RoundAccumulator {
       out.entry.modules.emplace(module, std::move(c));
     }
     FEDLORA_ASSIGN_OR_RETURN(AggregateReport report, owner_.Commit(state, std::move(out)));
-    for (std::size_t k = 0; k < clients.size(); ++k) report.weights[clients[k]] = p[k];
+    for (const auto& [id, w] : products_.weights()) report.weights[id] = w / total;
     report.metrics["dense_modules"] = static_cast<double>(products_.dense_modules());
     return report;
   } catch (const c10::Error& e) {
@@ -101,20 +78,13 @@ class FedExLora::Accumulator final : public RoundAccumulator {
   const FedExLora& owner_;
   ProductSums products_;
   std::uint64_t round_;
-  WeightedSums factors_;
-  std::map<std::string, double, std::less<>> weights_;
 };
 
 Result<std::unique_ptr<RoundAccumulator>> FedExLora::Begin(const GlobalState& state,
                                                            std::uint64_t round) {
   if (MeanIsLinear(config_)) {
-    std::map<std::string, ProductSums::Dims, std::less<>> dims;
-    for (const std::string& module : AdapterModules(state.adapter)) {
-      dims[module] = {state.adapter.at(lora::LoraBName(module)).shape.at(0),
-                      state.adapter.at(lora::LoraAName(module)).shape.at(1)};
-    }
-    return std::unique_ptr<RoundAccumulator>(
-        std::make_unique<Accumulator>(*this, ProductSums(std::move(dims)), round));
+    return std::unique_ptr<RoundAccumulator>(std::make_unique<Accumulator>(
+        *this, ProductSums(ProductSums::DimsOf(state.adapter), /*factor_means=*/true), round));
   }
   return MakeGatheringAccumulator(
       [this, round](GlobalState& s, std::span<const ClientUpdate> updates,

@@ -56,18 +56,11 @@ class Flora::Accumulator final : public RoundAccumulator {
   Accumulator(const Flora& owner, ProductSums sums, std::uint64_t round)
       : owner_(owner), sums_(std::move(sums)), round_(round) {}
   Status Fold(const ClientUpdate& update, const ClientTask& task) override {
-    const double w = RawWeight(update, owner_.config_.weighting);
-    FEDLORA_RETURN_IF_ERROR(sums_.Fold(update.client_id, update.tensors, w));
-    weights_[update.client_id] = w;
-    return OkStatus();
+    return sums_.Fold(update.client_id, update.tensors, RawWeight(update, owner_.config_.weighting));
   }
   Result<AggregateReport> Finish(GlobalState& state, const UploadSource& uploads) override try {
-    double total = 0;
-    for (const auto& [id, w] : weights_) total += w;
-    if (!(total > 0)) {
-      return InvalidArgument("weighting '", WeightingName(owner_.config_.weighting), "': the ",
-                             weights_.size(), " update(s) report a total count of 0");
-    }
+    FEDLORA_ASSIGN_OR_RETURN(const double total,
+                             WeightTotal(sums_.weights(), owner_.config_.weighting));
     const double scale = lora::Scale(owner_.config_.lora);
     const DType dtype = owner_.config_.state_dtype;
     GlobalState next = state;
@@ -84,13 +77,8 @@ class Flora::Accumulator final : public RoundAccumulator {
         if (blocks.empty()) continue;
         std::vector<at::Tensor> as, bs;
         std::vector<double> w;
-        for (const auto& [id, block] : blocks) {  // Client-id order.
-          FEDLORA_ASSIGN_OR_RETURN(at::Tensor a, Load64({{"A", block.A}}, "A"));
-          FEDLORA_ASSIGN_OR_RETURN(at::Tensor b, Load64({{"B", block.B}}, "B"));
-          as.push_back(std::move(a));
-          bs.push_back(std::move(b));
-          w.push_back(block.weight / total);
-        }
+        FEDLORA_RETURN_IF_ERROR(sums_.BlockFactors(m.name, &as, &bs));
+        for (const auto& [id, block] : blocks) w.push_back(block.weight / total);
         const std::vector<double> scales(as.size(), scale);
         // global_scale 1: the pair is exactly sum_k p_k s B_k A_k, scale folded into A's blocks.
         FEDLORA_ASSIGN_OR_RETURN(lora::FactorPair stacked, lora::Stack(as, bs, w, scales, 1.0));
@@ -101,7 +89,7 @@ class Flora::Accumulator final : public RoundAccumulator {
       entry.modules.emplace(m.name, std::move(c));
     }
     return owner_.Commit(state, std::move(next), std::move(entry), stacked_rank,
-                         sums_.dense_modules(), weights_, total);
+                         sums_.dense_modules(), sums_.weights(), total);
   } catch (const c10::Error& e) {
     return Internal("flora aggregation: ", e.what_without_backtrace());
   }
@@ -110,7 +98,6 @@ class Flora::Accumulator final : public RoundAccumulator {
   const Flora& owner_;
   ProductSums sums_;
   std::uint64_t round_;
-  std::map<std::string, double, std::less<>> weights_;
 };
 
 Result<AggregateReport> Flora::Commit(GlobalState& state, GlobalState next, CorrectionEntry entry,
@@ -134,8 +121,8 @@ Result<std::unique_ptr<RoundAccumulator>> Flora::Begin(const GlobalState& state,
   if (MeanIsLinear(config_)) {
     std::map<std::string, ProductSums::Dims, std::less<>> dims;
     for (const wire::ModuleInfo& m : targets_) dims[m.name] = {m.d_out, m.d_in};
-    return std::unique_ptr<RoundAccumulator>(
-        std::make_unique<Accumulator>(*this, ProductSums(std::move(dims)), round));
+    return std::unique_ptr<RoundAccumulator>(std::make_unique<Accumulator>(
+        *this, ProductSums(std::move(dims), /*factor_means=*/false), round));
   }
   return MakeGatheringAccumulator(
       [this, round](GlobalState& s, std::span<const ClientUpdate> updates,

@@ -118,12 +118,8 @@ class FsLora::Accumulator final : public RoundAccumulator {
     return OkStatus();
   }
   Result<AggregateReport> Finish(GlobalState& state, const UploadSource& uploads) override {
-    double total = 0;
-    for (const auto& [id, w] : weights_) total += w;
-    if (!(total > 0)) {
-      return InvalidArgument("weighting '", WeightingName(owner_.config_.weighting), "': the ",
-                             weights_.size(), " update(s) report a total count of 0");
-    }
+    FEDLORA_ASSIGN_OR_RETURN(const double total,
+                             WeightTotal(weights_, owner_.config_.weighting));
     FEDLORA_ASSIGN_OR_RETURN(TensorMap grads, sums_.Means(DType::kF64));
     FEDLORA_ASSIGN_OR_RETURN(AggregateReport report, owner_.Step(state, grads));
     for (const auto& [id, w] : weights_) report.weights[id] = w / total;
@@ -134,7 +130,7 @@ class FsLora::Accumulator final : public RoundAccumulator {
   const FsLora& owner_;
   std::vector<std::string> modules_;
   WeightedSums sums_;
-  std::map<std::string, double, std::less<>> weights_;
+  RawWeights weights_;
 };
 
 Result<std::unique_ptr<RoundAccumulator>> FsLora::Begin(const GlobalState& state,

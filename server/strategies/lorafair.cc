@@ -4,9 +4,9 @@
 
 #include "common/lora/adapter_layout.h"
 #include "common/lora/factor_math.h"
+#include "common/lora/tensor_bridge.h"
 #include "server/strategies/product_sums.h"
 #include "server/strategies/strategy_util.h"
-#include "server/strategies/weighted_sums.h"
 
 namespace fedlora::server {
 
@@ -97,27 +97,15 @@ class LoraFair::Accumulator final : public RoundAccumulator {
   Accumulator(const LoraFair& owner, ProductSums products)
       : owner_(owner), products_(std::move(products)) {}
   Status Fold(const ClientUpdate& update, const ClientTask& task) override {
-    const double w = RawWeight(update, owner_.config_.weighting);
-    std::vector<WeightedSums::Term> terms;
-    for (const auto& [name, t] : update.tensors) terms.push_back({name, &t, w});
-    FEDLORA_RETURN_IF_ERROR(factors_.Fold(terms, update.client_id));
-    if (Status s = products_.Fold(update.client_id, update.tensors, w); !s.ok()) {
-      (void)factors_.Unfold(terms, update.client_id);
-      return s;
-    }
-    weights_[update.client_id] = w;
-    return OkStatus();
+    return products_.Fold(update.client_id, update.tensors,
+                          RawWeight(update, owner_.config_.weighting));
   }
 
   Result<AggregateReport> Finish(GlobalState& state, const UploadSource& uploads) override try {
-    double total = 0;
-    for (const auto& [id, w] : weights_) total += w;
-    if (!(total > 0)) {
-      return InvalidArgument("weighting '", WeightingName(owner_.config_.weighting), "': the ",
-                             weights_.size(), " update(s) report a total count of 0");
-    }
+    FEDLORA_ASSIGN_OR_RETURN(const double total,
+                             WeightTotal(products_.weights(), owner_.config_.weighting));
     std::vector<double> p;
-    for (const auto& [id, w] : weights_) p.push_back(w / total);
+    for (const auto& [id, w] : products_.weights()) p.push_back(w / total);
     Corrected out;
     for (const std::string& module : AdapterModules(state.adapter)) {
       const std::string a_name = lora::LoraAName(module), b_name = lora::LoraBName(module);
@@ -126,17 +114,12 @@ class LoraFair::Accumulator final : public RoundAccumulator {
       std::vector<at::Tensor> as, bs;
       if (products_.dense(module)) {
         ideal.dense = products_.Dense(module, 1.0 / total);
-        FEDLORA_ASSIGN_OR_RETURN(Tensor a, factors_.Mean(a_name, DType::kF64));
-        FEDLORA_ASSIGN_OR_RETURN(Tensor b, factors_.Mean(b_name, DType::kF64));
-        FEDLORA_ASSIGN_OR_RETURN(a_bar, Load64({{"A", a}}, "A"));
-        FEDLORA_ASSIGN_OR_RETURN(b_bar, Load64({{"B", b}}, "B"));
+        FEDLORA_ASSIGN_OR_RETURN(Tensor a, products_.Mean(a_name, DType::kF64));
+        FEDLORA_ASSIGN_OR_RETURN(Tensor b, products_.Mean(b_name, DType::kF64));
+        FEDLORA_ASSIGN_OR_RETURN(a_bar, lora::FromWireAs(a, at::kDouble));
+        FEDLORA_ASSIGN_OR_RETURN(b_bar, lora::FromWireAs(b, at::kDouble));
       } else {
-        for (const auto& [id, block] : products_.blocks(module)) {  // Client-id order.
-          FEDLORA_ASSIGN_OR_RETURN(at::Tensor a, Load64({{"A", block.A}}, "A"));
-          FEDLORA_ASSIGN_OR_RETURN(at::Tensor b, Load64({{"B", block.B}}, "B"));
-          as.push_back(std::move(a));
-          bs.push_back(std::move(b));
-        }
+        FEDLORA_RETURN_IF_ERROR(products_.BlockFactors(module, &as, &bs));
         FEDLORA_ASSIGN_OR_RETURN(a_bar, lora::WeightedSum(as, p));
         FEDLORA_ASSIGN_OR_RETURN(b_bar, lora::WeightedSum(bs, p));
         ideal = IdealUpdate{as, bs, p, {}};
@@ -145,7 +128,7 @@ class LoraFair::Accumulator final : public RoundAccumulator {
                                             ideal, a_bar, b_bar, out));
     }
     AggregateReport report = Report(owner_.fair_, state, std::move(out));
-    for (const auto& [id, w] : weights_) report.weights[id] = w / total;
+    for (const auto& [id, w] : products_.weights()) report.weights[id] = w / total;
     report.metrics["dense_modules"] = static_cast<double>(products_.dense_modules());
     return report;
   } catch (const c10::Error& e) {
@@ -155,20 +138,13 @@ class LoraFair::Accumulator final : public RoundAccumulator {
  private:
   const LoraFair& owner_;
   ProductSums products_;
-  WeightedSums factors_;
-  std::map<std::string, double, std::less<>> weights_;
 };
 
 Result<std::unique_ptr<RoundAccumulator>> LoraFair::Begin(const GlobalState& state,
                                                           std::uint64_t round) {
   if (MeanIsLinear(config_)) {
-    std::map<std::string, ProductSums::Dims, std::less<>> dims;
-    for (const std::string& module : AdapterModules(state.adapter)) {
-      dims[module] = {state.adapter.at(lora::LoraBName(module)).shape.at(0),
-                      state.adapter.at(lora::LoraAName(module)).shape.at(1)};
-    }
-    return std::unique_ptr<RoundAccumulator>(
-        std::make_unique<Accumulator>(*this, ProductSums(std::move(dims))));
+    return std::unique_ptr<RoundAccumulator>(std::make_unique<Accumulator>(
+        *this, ProductSums(ProductSums::DimsOf(state.adapter), /*factor_means=*/true)));
   }
   return MakeGatheringAccumulator(
       [this, round](GlobalState& s, std::span<const ClientUpdate> updates,

@@ -3,12 +3,49 @@
 #include <ATen/ATen.h>
 
 #include "common/lora/adapter_layout.h"
+#include "common/lora/tensor_bridge.h"
 #include "server/strategies/strategy_util.h"
 
 namespace fedlora::server {
 
-ProductSums::ProductSums(std::map<std::string, Dims, std::less<>> modules) {
+ProductSums::ProductSums(std::map<std::string, Dims, std::less<>> modules, bool factor_means)
+    : factor_means_(factor_means) {
   for (auto& [name, dims] : modules) modules_[name].dims = dims;
+}
+
+std::map<std::string, ProductSums::Dims, std::less<>> ProductSums::DimsOf(
+    const TensorMap& adapter) {
+  std::map<std::string, Dims, std::less<>> dims;
+  for (const std::string& module : AdapterModules(adapter)) {
+    dims[module] = {adapter.at(lora::LoraBName(module)).shape.at(0),
+                    adapter.at(lora::LoraAName(module)).shape.at(1)};
+  }
+  return dims;
+}
+
+Status ProductSums::BlockFactors(std::string_view module, std::vector<at::Tensor>* as,
+                                 std::vector<at::Tensor>* bs) const {
+  for (const auto& [id, block] : blocks(module)) {  // Client-id order.
+    FEDLORA_ASSIGN_OR_RETURN(at::Tensor a, lora::FromWireAs(block.A, at::kDouble));
+    FEDLORA_ASSIGN_OR_RETURN(at::Tensor b, lora::FromWireAs(block.B, at::kDouble));
+    as->push_back(std::move(a));
+    bs->push_back(std::move(b));
+  }
+  return OkStatus();
+}
+
+Status ProductSums::Fold(const std::string& client, const TensorMap& tensors, double weight) {
+  std::vector<WeightedSums::Term> terms;
+  if (factor_means_) {
+    for (const auto& [name, t] : tensors) terms.push_back({name, &t, weight});
+    FEDLORA_RETURN_IF_ERROR(factors_.Fold(terms, client));
+  }
+  if (Status s = FoldProducts(client, tensors, weight); !s.ok()) {
+    if (factor_means_) (void)factors_.Unfold(terms, client);
+    return s;
+  }
+  weights_[client] = weight;
+  return OkStatus();
 }
 
 bool ProductSums::dense(std::string_view module) const {
@@ -30,15 +67,16 @@ std::size_t ProductSums::dense_modules() const {
 }
 
 Status ProductSums::AddDense(Module& m, const Block& block, std::string_view what) const try {
-  FEDLORA_ASSIGN_OR_RETURN(at::Tensor b, Load64({{"B", block.B}}, "B"));
-  FEDLORA_ASSIGN_OR_RETURN(at::Tensor a, Load64({{"A", block.A}}, "A"));
+  FEDLORA_ASSIGN_OR_RETURN(at::Tensor b, lora::FromWireAs(block.B, at::kDouble));
+  FEDLORA_ASSIGN_OR_RETURN(at::Tensor a, lora::FromWireAs(block.A, at::kDouble));
   FEDLORA_ASSIGN_OR_RETURN(Tensor product, Store(at::matmul(b, a), DType::kF64));
   return m.dense->Add(product, block.weight, what);
 } catch (const c10::Error& e) {
   return Internal("product of ", what, ": ", e.what_without_backtrace());
 }
 
-Status ProductSums::Fold(const std::string& client, const TensorMap& tensors, double weight) {
+Status ProductSums::FoldProducts(const std::string& client, const TensorMap& tensors,
+                                 double weight) {
   // Validate everything first, so a bad tensor leaves no trace.
   std::vector<std::pair<Module*, Block>> adds;
   for (auto& [name, m] : modules_) {
@@ -49,8 +87,7 @@ Status ProductSums::Fold(const std::string& client, const TensorMap& tensors, do
         b->second.shape.size() != 2 || a->second.shape[1] != m.dims.d_in ||
         b->second.shape[0] != m.dims.d_out || a->second.shape[0] != b->second.shape[1]) {
       return InvalidArgument("client ", client, ": the LoRA factors of '", name,
-                             "' are missing or do not chain to ", m.dims.d_out, " x ",
-                             m.dims.d_in);
+                             "' are missing or do not chain to ", m.dims.d_out, " x ", m.dims.d_in);
     }
     if (m.blocks.contains(client)) {
       return InvalidArgument("client ", client, " was already folded into '", name, "'");

@@ -22,6 +22,8 @@
 #include "common/status.h"
 #include "common/tensor.h"
 #include "server/strategies/exact_sum.h"
+#include "server/strategies/weighted_sums.h"
+#include "server/strategies/weighting.h"
 
 namespace fedlora::server {
 
@@ -30,12 +32,26 @@ class ProductSums {
   struct Dims {
     std::int64_t d_out = 0, d_in = 0;
   };
-  // The modules folded, with their shapes. A module a client did not train is skipped.
-  explicit ProductSums(std::map<std::string, Dims, std::less<>> modules);
+  // The modules folded, with their shapes. A module a client did not train is skipped. With
+  // `factor_means`, the factors themselves are also folded into exact sums (Mean), for the
+  // strategies whose new globals are the means of A and B (FedEx-LoRA, LoRA-FAIR).
+  ProductSums(std::map<std::string, Dims, std::less<>> modules, bool factor_means);
+  // The modules of `adapter` ("<module>.lora_{A,B}.weight"), with their shapes.
+  static std::map<std::string, Dims, std::less<>> DimsOf(const TensorMap& adapter);
 
-  // Adds weight·B·A of every module `update` carries ("<module>.lora_{A,B}.weight"). All or
-  // nothing; the error names the client and tensor.
+  // Adds weight·B·A of every module `tensors` carries ("<module>.lora_{A,B}.weight"), and
+  // records the client's weight. All or nothing; the error names the client and tensor.
   Status Fold(const std::string& client, const TensorMap& tensors, double weight);
+
+  // Each folded client's weight (client-id order).
+  const RawWeights& weights() const { return weights_; }
+  // The weighted mean of a folded factor tensor (needs factor_means).
+  Result<Tensor> Mean(std::string_view name, DType dtype) const {
+    return factors_.Mean(name, dtype);
+  }
+  // A stacked module's factors in client-id order, as f64 tensors.
+  Status BlockFactors(std::string_view module, std::vector<at::Tensor>* as,
+                      std::vector<at::Tensor>* bs) const;
 
   struct Block {
     Tensor B, A;  // As uploaded.
@@ -56,7 +72,11 @@ class ProductSums {
     std::optional<ExactSum> dense;
   };
   Status AddDense(Module& m, const Block& block, std::string_view what) const;
+  Status FoldProducts(const std::string& client, const TensorMap& tensors, double weight);
   std::map<std::string, Module, std::less<>> modules_;
+  bool factor_means_;
+  WeightedSums factors_;
+  RawWeights weights_;
 };
 
 }  // namespace fedlora::server

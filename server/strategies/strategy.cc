@@ -74,8 +74,9 @@ Status MemoryUploads::ReadSlices(std::string_view name, std::int64_t begin, std:
     if (it == u.tensors.end()) {
       return InvalidArgument("client ", u.client_id, " uploaded no tensor '", name, "'");
     }
-    FEDLORA_ASSIGN_OR_RETURN(out[i], SliceAsDoubles(it->second.dtype, it->second.data, begin, count,
-                                                    StrCat("client ", u.client_id, "'s '", name, "'")));
+    FEDLORA_ASSIGN_OR_RETURN(out[i],
+                             SliceAsDoubles(it->second.dtype, it->second.data, begin, count,
+                                            StrCat("client ", u.client_id, "'s '", name, "'")));
   }
   return OkStatus();
 }

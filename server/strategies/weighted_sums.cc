@@ -44,7 +44,8 @@ Status WeightedSums::Apply(std::span<const Term> terms, std::string_view client,
   if (status.ok()) {
     std::vector<ExactSum::Job> weight_jobs;
     for (std::size_t i = 0; i < terms.size(); ++i) {
-      weight_jobs.push_back({&sums_.find(terms[i].name)->second.weight, &weights[i], terms[i].name});
+      weight_jobs.push_back(
+          {&sums_.find(terms[i].name)->second.weight, &weights[i], terms[i].name});
     }
     status = ExactSum::AddEach(weight_jobs, sign, 1);
   }
@@ -72,8 +73,8 @@ Result<Tensor> WeightedSums::Mean(std::string_view name, DType dtype) const {
   if (it == sums_.end()) return NotFound("no upload carried tensor '", name, "'");
   const double total = it->second.weight.Scaled(1.0).front();
   if (!(total > 0)) {
-    return InvalidArgument("tensor '", name, "': the uploads folded into it carry a total weight of ",
-                           total);
+    return InvalidArgument("tensor '", name,
+                           "': the uploads folded into it carry a total weight of ", total);
   }
   return it->second.sum.ToTensor(dtype, 1.0 / total);
 }

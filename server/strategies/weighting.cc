@@ -61,6 +61,16 @@ std::size_t CapShares(std::vector<double>& weights, double max_share) {
   return capped;
 }
 
+Result<double> WeightTotal(const RawWeights& weights, Weighting w) {
+  double total = 0;
+  for (const auto& [id, x] : weights) total += x;
+  if (!(total > 0)) {
+    return InvalidArgument("weighting '", WeightingName(w), "': the ", weights.size(),
+                           " update(s) report a total count of 0");
+  }
+  return total;
+}
+
 Result<std::vector<double>> ComputeWeights(std::span<const ClientUpdate> updates, Weighting w,
                                            double max_share) {
   std::vector<double> raw;

@@ -32,6 +32,11 @@ std::string_view WeightingName(Weighting w);
 Result<std::vector<double>> ComputeWeights(std::span<const ClientUpdate> updates, Weighting w,
                                            double max_share = 1.0);
 
+// The sum of the raw (unnormalised) per-client weights of a round; kInvalidArgument naming the
+// policy when it is not positive, so a round never silently divides by zero.
+using RawWeights = std::map<std::string, double, std::less<>>;
+Result<double> WeightTotal(const RawWeights& weights, Weighting w);
+
 // Caps each of `weights` (non-negative, summing to 1) at `max_share` and hands the excess to the
 // others in proportion to their weights, repeating until none is above the cap (water-filling),
 // so one client's declared count cannot buy it more than `max_share` of the average. When the

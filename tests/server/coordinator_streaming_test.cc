@@ -52,10 +52,10 @@ class CoordinatorStreamingTest : public testing::CoordinatorHarness {
   }
 
   void Start() {
-    config_.transport.bind = "inproc://coordinator-streaming-" +
-                             std::string(::testing::UnitTest::GetInstance()
-                                             ->current_test_info()->name()) +
-                             "-" + std::to_string(++starts_);
+    config_.transport.bind =
+        "inproc://coordinator-streaming-" +
+        std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "-" +
+        std::to_string(++starts_);
     const Status started = LaunchCoordinator(system_clock_);
     ASSERT_TRUE(started.ok()) << started.ToString();
   }

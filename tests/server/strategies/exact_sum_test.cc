@@ -17,7 +17,8 @@ std::vector<float> RandomValues(std::size_t n, std::mt19937_64& rng) {
   // Magnitudes spread over 12 decades, so floating-point sums are order-sensitive.
   std::uniform_real_distribution<double> exponent(-6, 6), sign(-1, 1);
   std::vector<float> v(n);
-  for (float& x : v) x = static_cast<float>(std::copysign(std::pow(10.0, exponent(rng)), sign(rng)));
+  for (float& x : v)
+    x = static_cast<float>(std::copysign(std::pow(10.0, exponent(rng)), sign(rng)));
   return v;
 }
 
@@ -134,8 +135,10 @@ TEST(ExactSumTest, ThreadedAndSingleThreadedFoldsAgreeBitForBit) {
   const Tensor x = MakeF32({n}, RandomValues(static_cast<std::size_t>(n), rng));
   const Tensor y = MakeF32({n}, RandomValues(static_cast<std::size_t>(n), rng));
   ExactSum a1({n}), b1({n}), a4({n}), b4({n});
-  ASSERT_TRUE(ExactSum::AddEach(std::vector<ExactSum::Job>{{&a1, &x, "x"}, {&b1, &y, "y"}}, 0.25, 1).ok());
-  ASSERT_TRUE(ExactSum::AddEach(std::vector<ExactSum::Job>{{&a4, &x, "x"}, {&b4, &y, "y"}}, 0.25, 4).ok());
+  ASSERT_TRUE(
+      ExactSum::AddEach(std::vector<ExactSum::Job>{{&a1, &x, "x"}, {&b1, &y, "y"}}, 0.25, 1).ok());
+  ASSERT_TRUE(
+      ExactSum::AddEach(std::vector<ExactSum::Job>{{&a4, &x, "x"}, {&b4, &y, "y"}}, 0.25, 4).ok());
   EXPECT_EQ(Bits(a1.Scaled(1.0)), Bits(a4.Scaled(1.0)));
   EXPECT_EQ(Bits(b1.Scaled(1.0)), Bits(b4.Scaled(1.0)));
 }
@@ -144,10 +147,12 @@ TEST(WeightedSumsTest, MeansDivideEachTensorByTheWeightThatReachedIt) {
   WeightedSums sums;
   const Tensor one = MakeF32({2}, std::vector<float>{1, 2});
   const Tensor three = MakeF32({2}, std::vector<float>{3, 6});
-  ASSERT_TRUE(sums.Fold(std::vector<WeightedSums::Term>{{"p", &one, 1.0}, {"q", &one, 1.0}}, "a").ok());
+  ASSERT_TRUE(
+      sums.Fold(std::vector<WeightedSums::Term>{{"p", &one, 1.0}, {"q", &one, 1.0}}, "a").ok());
   ASSERT_TRUE(sums.Fold(std::vector<WeightedSums::Term>{{"p", &three, 3.0}}, "b").ok());
   const TensorMap means = sums.Means(DType::kF64).value();
-  EXPECT_EQ(ToDoubles(means.at("p")), (std::vector<double>{2.5, 5.0}));  // (1 + 9) / 4, (2 + 18) / 4
+  EXPECT_EQ(ToDoubles(means.at("p")),
+            (std::vector<double>{2.5, 5.0}));  // (1 + 9) / 4, (2 + 18) / 4
   EXPECT_EQ(ToDoubles(means.at("q")), (std::vector<double>{1.0, 2.0}));
   EXPECT_EQ(sums.WeightOf("p"), 4.0);
 }
@@ -157,7 +162,8 @@ TEST(WeightedSumsTest, AFailedFoldLeavesNoTraceOfTheUpload) {
   const Tensor ok = MakeF32({2}, std::vector<float>{1, 2});
   const Tensor bad = MakeF32({2}, std::vector<float>{1, std::nanf("")});
   ASSERT_TRUE(sums.Fold(std::vector<WeightedSums::Term>{{"p", &ok, 1.0}}, "a").ok());
-  const Status s = sums.Fold(std::vector<WeightedSums::Term>{{"p", &ok, 2.0}, {"q", &bad, 2.0}}, "b");
+  const Status s =
+      sums.Fold(std::vector<WeightedSums::Term>{{"p", &ok, 2.0}, {"q", &bad, 2.0}}, "b");
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("client b"), std::string::npos) << s.message();
   EXPECT_EQ(sums.WeightOf("p"), 1.0);
