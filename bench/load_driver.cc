@@ -44,6 +44,7 @@
 #include "common/crypto/curve_keys.h"
 #include "common/fs.h"
 #include "common/net/zmq_transport.h"
+#include "common/wire/chunk_assembler.h"
 #include "common/wire/codec.h"
 
 namespace {
@@ -135,6 +136,7 @@ struct Options {
   std::string digest;
   std::vector<wire::ModuleInfo> modules;
   milliseconds hello_retry{30000};
+  std::uint64_t chunk_bytes = 8ull << 20;  // Uploads with more tensor bytes go out in chunks.
 };
 
 class Peer {
@@ -158,6 +160,8 @@ class Peer {
     hello.modules = options.modules;
     session_ = 0;
     hello_sent_ = SteadyClock::now();
+    chunk_bytes_ = options.chunk_bytes;
+    inbound_.reset();
     Send(std::move(hello), stats);
   }
 
@@ -174,6 +178,28 @@ class Peer {
       if (!env.ok()) {
         ++stats.undecodable;
         continue;
+      }
+      // A chunked task is put together first (proto/fedlora.capnp, "Chunked transfer").
+      if (env->chunked) {
+        Result<wire::ChunkAssembler> opened = wire::ChunkAssembler::InMemory(std::move(env).value());
+        if (opened.ok()) inbound_.emplace(std::move(opened).value());
+        if (!opened.ok()) ++stats.undecodable;
+        continue;
+      }
+      if (const auto* chunk = std::get_if<wire::Chunk>(&env->body)) {
+        if (!inbound_ || !inbound_->Accept(*chunk).ok()) {
+          ++stats.undecodable;
+          inbound_.reset();
+          continue;
+        }
+        if (!inbound_->complete()) continue;
+        Result<wire::Envelope> whole = inbound_->Finish();
+        inbound_.reset();
+        if (!whole.ok()) {
+          ++stats.undecodable;
+          continue;
+        }
+        env = std::move(whole);
       }
       Handle(std::move(env).value(), stats);
     }
@@ -201,17 +227,36 @@ class Peer {
   net::Socket& socket() { return socket_; }
 
  private:
-  void Send(wire::Body body, ThreadStats& stats) {
-    const wire::Envelope env{wire::kProtocolVersion, session_, ++sequence_, std::move(body)};
+  // Sends `body` (as a head and chunks when its tensors exceed chunk_bytes); returns the
+  // sequence number of the message (the head's).
+  std::uint64_t Send(wire::Body body, ThreadStats& stats) {
+    wire::Envelope env{wire::kProtocolVersion, session_, ++sequence_, std::move(body)};
+    const TensorMap* tensors = wire::TensorsOf(env.body);
+    if (tensors != nullptr && PayloadBytes(*tensors) > chunk_bytes_) {
+      env.chunked = wire::ChunkedHead{.chunk_bytes = chunk_bytes_};
+    }
     const wire::EncodedMessage encoded = wire::Encode(env, {.tensor_digests = false});
-    const std::vector<std::span<const std::byte>> frames = encoded.frames();
-    if (socket_.Send(frames).ok()) {
+    std::vector<wire::EncodedMessage> messages;
+    for (std::uint32_t i = 0; encoded.chunked && i < encoded.chunked->chunk_count; ++i) {
+      messages.push_back(wire::EncodeChunk(
+          session_, ++sequence_,
+          wire::Chunk{env.sequence, i, std::uint64_t{i} * encoded.chunked->chunk_bytes, {}},
+          wire::ChunkPieces(encoded, i)));
+    }
+    bool ok = socket_.Send(encoded.frames()).ok();
+    std::uint64_t bytes = encoded.total_bytes();
+    for (const wire::EncodedMessage& m : messages) {
+      ok = ok && socket_.Send(m.frames()).ok();
+      bytes += m.total_bytes();
+    }
+    if (ok) {
       ++stats.sent;
-      stats.bytes_sent += encoded.total_bytes();
+      stats.bytes_sent += bytes;
     } else {
       ++stats.send_failures;
     }
     last_sent_ = SteadyClock::now();
+    return env.sequence;
   }
 
   void Handle(wire::Envelope env, ThreadStats& stats) {
@@ -237,8 +282,7 @@ class Peer {
       t.first_task = std::min(t.first_task, now);
       t.last_task = std::max(t.last_task, now);
       ++t.tasks;
-      Send(Answer(*task), stats);
-      update_sequence_ = sequence_;
+      update_sequence_ = Send(Answer(*task), stats);
       update_round_ = task->round;
     } else if (auto* ack = std::get_if<wire::Ack>(&env.body)) {
       if (ack->acked_sequence == update_sequence_ && ack->round == update_round_) {
@@ -303,6 +347,8 @@ class Peer {
   net::Socket socket_;
   std::uint64_t session_ = 0, sequence_ = 0;
   std::uint64_t update_sequence_ = 0, update_round_ = 0;
+  std::uint64_t chunk_bytes_ = 8ull << 20;
+  std::optional<wire::ChunkAssembler> inbound_;  // A chunked task arriving.
   bool welcomed_ = false, ever_welcomed_ = false, done_ = false;
   milliseconds heartbeat_{1000};
   std::uint32_t liveness_ = 5;
@@ -609,6 +655,9 @@ int Main(int argc, char** argv) {
   run->add_option("--layers", layers, "Layers of the declared model (q_proj, v_proj each)")
       ->capture_default_str();
   run->add_option("--dim", dim, "Hidden size of the declared model")->capture_default_str();
+  std::uint64_t chunk_bytes = 8ull << 20;
+  run->add_option("--chunk-bytes", chunk_bytes, "Uploads with more tensor bytes go in chunks")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   if (clients < 1 || threads < 1 || layers < 1 || dim < 1) {
@@ -619,6 +668,7 @@ int Main(int argc, char** argv) {
   Options options;
   options.endpoint = endpoint;
   options.digest = digest;
+  options.chunk_bytes = chunk_bytes;
   Result<crypto::CurvePublicKey> key = crypto::LoadPublicKeyFile(server_key_file);
   if (!key.ok()) {
     std::cerr << "fedlora-load-driver: " << key.status().ToString() << "\n";

@@ -10,6 +10,7 @@
 #include "common/config/yaml_config.h"
 #include "common/crypto/curve_keys.h"
 #include "common/log.h"
+#include "common/wire/codec.h"
 
 namespace fedlora::client {
 namespace {
@@ -132,6 +133,7 @@ Status ParseClientConfig(const config::ConfigSection& root, ClientConfig* c) {
   FEDLORA_RETURN_IF_ERROR(transport.Read("reconnect_max_ms", &t.reconnect_max_ms));
   FEDLORA_RETURN_IF_ERROR(transport.Read("hello_timeout_ms", &t.hello_timeout_ms));
   FEDLORA_RETURN_IF_ERROR(transport.Read("max_message_bytes", &t.max_message_bytes));
+  FEDLORA_RETURN_IF_ERROR(transport.Read("chunk_bytes", &t.chunk_bytes));
   FEDLORA_RETURN_IF_ERROR(transport.Read("max_connect_attempts", &t.max_connect_attempts));
   FEDLORA_RETURN_IF_ERROR(transport.Finish());
 
@@ -168,6 +170,7 @@ Status ParseClientConfig(const config::ConfigSection& root, ClientConfig* c) {
 
   const config::ConfigSection faults = root.Section("faults");
   FEDLORA_RETURN_IF_ERROR(faults.Read("hold_update", &c->faults.hold_update));
+  FEDLORA_RETURN_IF_ERROR(faults.Read("swap_upload_chunks", &c->faults.swap_upload_chunks));
   FEDLORA_RETURN_IF_ERROR(faults.Finish());
   FEDLORA_RETURN_IF_ERROR(root.Finish());
 
@@ -193,6 +196,7 @@ Status ParseClientConfig(const config::ConfigSection& root, ClientConfig* c) {
     return InvalidArgument("transport: intervals must be >= 1 and reconnect_max_ms >= "
                            "reconnect_min_ms");
   }
+  FEDLORA_RETURN_IF_ERROR(wire::CheckChunkBytes(t.chunk_bytes, t.max_message_bytes));
   if (!(c->capabilities.relative_speed > 0)) {
     return InvalidArgument("capabilities.relative_speed must be > 0");
   }

@@ -90,7 +90,10 @@ struct ClientTransportConfig {
   std::uint32_t reconnect_min_ms = 100;        // Backoff doubles from here...
   std::uint32_t reconnect_max_ms = 5000;       // ...up to here.
   std::uint32_t hello_timeout_ms = 5000;       // No Welcome by then: reconnect.
-  std::uint64_t max_message_bytes = 256ull << 20;
+  std::uint64_t max_message_bytes = 256ull << 20;  // Larger messages are refused or dropped.
+  // Uploads with more tensor bytes travel in chunks of this size (docs/protocol.md). Must leave
+  // room for a chunk's envelope below max_message_bytes, here and at the coordinator.
+  std::uint64_t chunk_bytes = 8ull << 20;
   std::uint32_t max_connect_attempts = 0;      // 0 = retry forever.
 };
 
@@ -118,6 +121,9 @@ struct CapabilityConfig {
 // Deliberate faults, for tests of the coordinator's failure handling. Never set in production.
 struct FaultConfig {
   bool hold_update = false;  // Train, then never upload (simulates a client that hangs).
+  // The first N chunked uploads go out with chunks 0 and 1 swapped (a reordering network): the
+  // coordinator must refuse each and this client must send it again.
+  std::uint32_t swap_upload_chunks = 0;
 };
 
 struct ClientConfig {

@@ -12,6 +12,7 @@
 
 #include "client/transport_security.h"
 #include "common/log.h"
+#include "common/wire/chunk_assembler.h"
 #include "common/wire/codec.h"
 
 namespace fedlora::client {
@@ -47,6 +48,18 @@ struct QueuedJob {
 
 // Why one connection ended.
 enum class Outcome { kBye, kReconnect, kStop, kFatal };
+
+// How often one upload is sent again after the coordinator found its chunks out of order or
+// corrupted, before it is given up (the round then goes on without it).
+constexpr std::uint32_t kMaxUploadResends = 3;
+
+// A chunked message on its way out: the envelope owns the tensors its chunks borrow.
+struct Outbound {
+  std::unique_ptr<wire::Envelope> envelope;
+  wire::EncodedMessage head;
+  std::uint32_t next = 0;       // Chunks sent so far.
+  bool swap_first_two = false;  // faults.swap_upload_chunks.
+};
 
 }  // namespace
 
@@ -95,10 +108,17 @@ class ClientSession::Impl {
   Outcome Serve();
   // Handles one message; returns how the connection ends, if this message ends it.
   std::optional<Outcome> HandleEnvelope(wire::Envelope envelope);
+  // A chunked task's head or chunk; the whole task is dispatched once its last chunk arrived.
+  std::optional<Outcome> HandleChunked(wire::Envelope envelope);
+  // Acts on one complete message of this session.
+  std::optional<Outcome> Dispatch(wire::Envelope envelope);
   // Reads the socket monitor's pending events; kFatal when a handshake failure is final.
   std::optional<Outcome> ReadMonitor();
   void HandleDone(JobDone done);
   void Send(wire::Body body);
+  void SendChunked(wire::Body body);
+  void PumpOutbound();  // Sends the outbound transfer's chunks while the socket takes them.
+  void ResendPendingUpload();
   bool WaitBackoff(milliseconds delay);  // False if stopped meanwhile.
 
   ClientConfig config_;
@@ -124,6 +144,10 @@ class ClientSession::Impl {
   // The last Update, kept until the coordinator acknowledges or refuses it.
   std::optional<wire::Update> pending_update_;
   std::uint64_t pending_sequence_ = 0;
+  std::uint32_t pending_resends_ = 0;       // Times the pending upload was sent again.
+  std::optional<Outbound> outbound_;        // A chunked upload still being sent.
+  std::optional<wire::ChunkAssembler> inbound_;  // A chunked task still arriving.
+  std::uint32_t chunk_swaps_left_ = 0;      // faults.swap_upload_chunks still to inject.
   std::deque<JobDone> unsent_;  // Completions waiting for a Welcome.
 
   // Shared with the job thread.
@@ -238,6 +262,7 @@ Status ClientSession::Impl::Connect() {
 
 Status ClientSession::Impl::Run() {
   FEDLORA_ASSIGN_OR_RETURN(security_, ResolveClientSecurity(config_));
+  chunk_swaps_left_ = config_.faults.swap_upload_chunks;
   handshakes_.emplace(security_, config_.coordinator);
   milliseconds backoff(config_.transport.reconnect_min_ms);
   std::uint32_t failures = 0;
@@ -248,6 +273,8 @@ Status ClientSession::Impl::Run() {
     }
     FEDLORA_RETURN_IF_ERROR(Connect());
     welcomed_ = false;
+    outbound_.reset();  // Transfers die with their connection; the pending upload is resent.
+    inbound_.reset();
     session_id_ = 0;
     sequence_out_ = 0;
     last_sequence_in_ = 0;
@@ -315,6 +342,7 @@ Outcome ClientSession::Impl::Serve() {
     if (!welcomed_) next = std::min(next, hello_deadline_);
     net::PollItem items[3];
     items[0].socket = &socket_;
+    items[0].want_writable = outbound_.has_value();
     items[1].fd = wake_.read_fd();
     items[2].socket = socket_.monitor();
     const std::size_t polled = items[2].socket != nullptr ? 3 : 2;
@@ -325,6 +353,7 @@ Outcome ClientSession::Impl::Serve() {
     }
     if (items[1].readable) wake_.Drain();
     if (stop_.load(std::memory_order_acquire)) return Outcome::kStop;
+    if (items[0].writable) PumpOutbound();
     if (polled == 3 && items[2].readable) {
       if (std::optional<Outcome> end = ReadMonitor()) return *end;
     }
@@ -409,7 +438,61 @@ std::optional<Outcome> ClientSession::Impl::HandleEnvelope(wire::Envelope envelo
   }
   last_sequence_in_ = envelope.sequence;
   last_heard_ = clock_.Now();
+  if (envelope.chunked || std::holds_alternative<wire::Chunk>(envelope.body)) {
+    return HandleChunked(std::move(envelope));
+  }
+  return Dispatch(std::move(envelope));
+}
 
+std::optional<Outcome> ClientSession::Impl::HandleChunked(wire::Envelope envelope) {
+  if (!welcomed_) {
+    LogWarn("ignoring a chunked ", wire::BodyName(envelope.body), " before Welcome");
+    return std::nullopt;
+  }
+  const auto refuse = [&](std::uint64_t transfer, const Status& why) {
+    LogWarn("chunked message ", transfer, " from the coordinator: ", why.message());
+    Send(wire::Error{wire::DecodeErrorCode(why), why.message(), transfer});
+  };
+  if (envelope.chunked) {  // A new head voids any transfer still open (its chunks were lost).
+    if (inbound_) {
+      LogWarn("chunked message ", inbound_->transfer(), " from the coordinator never completed (",
+              inbound_->received_bytes(), " of ", inbound_->total_bytes(),
+              " bytes); a newer one replaces it");
+    }
+    inbound_.reset();
+    const std::uint64_t transfer = envelope.sequence;
+    Result<wire::ChunkAssembler> opened = wire::ChunkAssembler::InMemory(std::move(envelope));
+    if (!opened.ok()) {
+      refuse(transfer, opened.status());
+      return std::nullopt;
+    }
+    inbound_.emplace(std::move(opened).value());
+    return std::nullopt;
+  }
+  const wire::Chunk& chunk = std::get<wire::Chunk>(envelope.body);
+  if (!inbound_) {
+    refuse(chunk.transfer, Status(StatusCode::kDataLoss,
+                                  StrCat("chunk ", chunk.index, " of transfer ", chunk.transfer,
+                                         ", which is not open here"),
+                                  static_cast<std::uint32_t>(ErrorCode::kChunkMismatch)));
+    return std::nullopt;
+  }
+  if (Status s = inbound_->Accept(chunk); !s.ok()) {
+    refuse(inbound_->transfer(), s);
+    inbound_.reset();
+    return std::nullopt;
+  }
+  if (!inbound_->complete()) return std::nullopt;
+  Result<wire::Envelope> whole = inbound_->Finish();
+  inbound_.reset();
+  if (!whole.ok()) {
+    LogWarn("chunked message from the coordinator: ", whole.status().message());
+    return std::nullopt;
+  }
+  return Dispatch(std::move(whole).value());
+}
+
+std::optional<Outcome> ClientSession::Impl::Dispatch(wire::Envelope envelope) {
   if (auto* welcome = std::get_if<wire::Welcome>(&envelope.body)) {
     welcomed_ = true;
     session_id_ = envelope.session_id;
@@ -421,9 +504,7 @@ std::optional<Outcome> ClientSession::Impl::HandleEnvelope(wire::Envelope envelo
       if (pending_update_->round < welcome->current_round) {
         pending_update_.reset();  // Its round is over.
       } else {
-        wire::Update resend = *pending_update_;
-        pending_sequence_ = sequence_out_ + 1;
-        Send(std::move(resend));
+        ResendPendingUpload();
       }
     }
     return std::nullopt;
@@ -436,9 +517,7 @@ std::optional<Outcome> ClientSession::Impl::HandleEnvelope(wire::Envelope envelo
   if (auto* task = std::get_if<wire::RoundTask>(&envelope.body)) {
     if (pending_update_ && pending_update_->round == task->round &&
         pending_update_->ticket == task->ticket) {
-      wire::Update resend = *pending_update_;  // Trained already; the coordinator lost it.
-      pending_sequence_ = sequence_out_ + 1;
-      Send(std::move(resend));
+      ResendPendingUpload();  // Trained already; the coordinator lost it.
       return std::nullopt;
     }
     // A new task for this round (a retry with a new ticket) makes an unacknowledged upload moot.
@@ -488,8 +567,20 @@ std::optional<Outcome> ClientSession::Impl::HandleEnvelope(wire::Envelope envelo
         return Outcome::kReconnect;
       default: break;
     }
-    // Any refusal of our pending upload is final for that upload.
-    if (pending_update_ && error->ref_sequence == pending_sequence_) pending_update_.reset();
+    if (pending_update_ && error->ref_sequence == pending_sequence_) {
+      // Chunks lost, reordered or corrupted on the way: the upload itself is fine, send it again
+      // (a few times). Any other refusal of it is final.
+      const bool transit = error->code == ErrorCode::kChunkMismatch ||
+                           error->code == ErrorCode::kDigestMismatch;
+      if (transit && pending_resends_ < kMaxUploadResends) {
+        ++pending_resends_;
+        LogWarn("round ", pending_update_->round, ": sending the update again (", pending_resends_,
+                " of ", kMaxUploadResends, ")");
+        ResendPendingUpload();
+      } else {
+        pending_update_.reset();
+      }
+    }
     return std::nullopt;
   }
   if (const auto* bye = std::get_if<wire::Bye>(&envelope.body)) {
@@ -530,12 +621,63 @@ void ClientSession::Impl::HandleDone(JobDone done) {
     }
     pending_update_ = *update;
     pending_sequence_ = sequence_out_ + 1;
+    pending_resends_ = 0;
     Progress("round ", update->round, ": uploading update");
   }
   Send(std::move(body));
 }
 
+void ClientSession::Impl::ResendPendingUpload() {
+  wire::Update resend = *pending_update_;
+  pending_sequence_ = sequence_out_ + 1;
+  Send(std::move(resend));
+}
+
+void ClientSession::Impl::SendChunked(wire::Body body) {
+  Outbound out;
+  out.envelope = std::make_unique<wire::Envelope>(
+      wire::Envelope{wire::kProtocolVersion, session_id_, ++sequence_out_, std::move(body),
+                     wire::ChunkedHead{.chunk_bytes = config_.transport.chunk_bytes}});
+  out.head = wire::Encode(*out.envelope, {.tensor_digests = !security_.curve()});
+  if (chunk_swaps_left_ > 0 && out.head.chunked->chunk_count >= 2) {
+    --chunk_swaps_left_;
+    out.swap_first_two = true;
+    LogWarn("fault injection: sending chunks 0 and 1 of ", wire::BodyName(out.envelope->body),
+            " ", out.envelope->sequence, " swapped");
+  }
+  last_sent_ = clock_.Now();
+  if (Status s = socket_.Send(out.head.frames()); !s.ok()) {
+    LogWarn("send ", wire::BodyName(out.envelope->body), " failed: ", s.message());
+    return;
+  }
+  Progress("sending ", wire::BodyName(out.envelope->body), " in ", out.head.chunked->chunk_count,
+           " chunks (", out.head.chunked->total_bytes, " bytes)");
+  outbound_ = std::move(out);  // Replaces (voids) a transfer still going out.
+  PumpOutbound();
+}
+
+void ClientSession::Impl::PumpOutbound() {
+  while (outbound_ && outbound_->next < outbound_->head.chunked->chunk_count) {
+    std::uint32_t index = outbound_->next;
+    if (outbound_->swap_first_two && index < 2) index = 1 - index;
+    const wire::Chunk header{outbound_->envelope->sequence, index,
+                             std::uint64_t{index} * outbound_->head.chunked->chunk_bytes, {}};
+    const std::vector<std::span<const std::byte>> pieces = wire::ChunkPieces(outbound_->head, index);
+    const wire::EncodedMessage chunk = wire::EncodeChunk(session_id_, sequence_out_ + 1, header, pieces);
+    if (!socket_.Send(chunk.frames()).ok()) return;  // Queue full: Serve waits until writable.
+    ++sequence_out_;
+    last_sent_ = clock_.Now();
+    ++outbound_->next;
+  }
+  outbound_.reset();
+}
+
 void ClientSession::Impl::Send(wire::Body body) {
+  if (const TensorMap* tensors = wire::TensorsOf(body);
+      tensors != nullptr && PayloadBytes(*tensors) > config_.transport.chunk_bytes) {
+    SendChunked(std::move(body));
+    return;
+  }
   const wire::Envelope envelope{wire::kProtocolVersion, session_id_, ++sequence_out_,
                                 std::move(body)};
   const wire::EncodedMessage encoded =

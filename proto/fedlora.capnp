@@ -14,6 +14,15 @@
 # its frame: length (TENSOR_FRAME_MISMATCH), SHA-256 (DIGEST_MISMATCH), one ref per frame
 # (FRAME_COUNT_MISMATCH). Zero-valued enums ("unspecified") are always rejected, never guessed.
 #
+# Chunked transfer. A message whose tensor bytes exceed the sender's transport.chunk_bytes travels
+# in pieces: first its head, the Envelope with `chunked` set, every TensorRef (frame = the tensor's
+# position, 1..n, in the order its bytes follow) and no tensor frames; then chunkCount Chunk
+# messages, in order. Chunk i carries bytes [i * chunkBytes, min((i + 1) * chunkBytes, totalBytes))
+# of the tensors' bytes laid end to end in frame order, in one or more frames. The receiver checks
+# each chunk's index, offset and length (CHUNK_MISMATCH, naming the tensor and offset) and every
+# tensor's SHA-256 once its last byte arrived; a failed transfer is void and is sent again whole.
+# max_message_bytes bounds each message, so a chunk, not the transfer.
+#
 # Compatibility. protocolVersion is checked first; a peer with another version gets
 # VERSION_MISMATCH. A union member this build does not know gets UNKNOWN_MESSAGE_KIND, so an old
 # peer degrades with a clear error instead of hanging. Field ordinals are never reused.
@@ -62,6 +71,8 @@ enum ErrorCode {
                             # this client was sent (replayed, or forged with another's nonce).
   updateNormExceeded @25;   # The upload's change to its task's tensors has an L2 norm above the
                             # coordinator's robust.norm_bound (with norm_action: reject).
+  chunkMismatch @26;        # A chunk out of order, missing, of the wrong length, or for no open
+                            # transfer. The transfer is void: the sender sends the message again.
 }
 
 # Binds a result to the task it answers. The coordinator issues a fresh random nonce with every
@@ -267,6 +278,20 @@ struct Bye {
   reason @0 :Text;
 }
 
+# Set in the head of a chunked message (see "Chunked transfer" above).
+struct ChunkedHead {
+  totalBytes @0 :UInt64;    # Sum of the tensors' byteLength.
+  chunkBytes @1 :UInt64;    # Bytes per chunk (the last may hold fewer).
+  chunkCount @2 :UInt32;    # ceil(totalBytes / chunkBytes).
+}
+
+# One piece of a chunked message; its frames 1..n hold the bytes.
+struct Chunk {
+  transfer @0 :UInt64;      # The head's sequence number.
+  index @1 :UInt32;         # 0, 1, ..., chunkCount - 1.
+  offset @2 :UInt64;        # index * chunkBytes.
+}
+
 struct Envelope {
   protocolVersion @0 :UInt16;
   sessionId @1 :UInt64;
@@ -282,5 +307,7 @@ struct Envelope {
     evalResult @10 :EvalResult;
     error @11 :Error;
     bye @12 :Bye;
+    chunk @14 :Chunk;
   }
+  chunked @13 :ChunkedHead; # Set: this is the head of a chunked message.
 }

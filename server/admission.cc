@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <set>
 
 #include "common/lora/adapter_layout.h"
@@ -82,15 +83,6 @@ Status CheckHelloModel(const wire::Hello& hello, const CoordinatorConfig& config
   // The federation's LoRA must fit this model before the model may define the federation.
   Result<std::vector<wire::ModuleInfo>> targets = lora::SelectTargets(hello.modules, config.lora);
   if (!targets.ok()) return Refusal(ErrorCode::kBaseModelMismatch, targets.status().message());
-  std::uint64_t adapter_bytes = 0;
-  for (const wire::ModuleInfo& m : *targets) {
-    adapter_bytes += 4ull * config.lora.rank * static_cast<std::uint64_t>(m.d_in + m.d_out);
-  }
-  if (adapter_bytes >= config.transport.max_message_bytes) {
-    return Refusal(ErrorCode::kInvalidField, "a rank-", config.lora.rank,
-                   " adapter of this model takes ", adapter_bytes,
-                   " bytes, more than transport.max_message_bytes");
-  }
   if (layout && layout->modules != hello.modules) {
     return Refusal(ErrorCode::kBaseModelMismatch,
                    "module layout differs from the federation's although the digest matches");
@@ -105,11 +97,14 @@ Result<wire::AdapterPlan> PlanForHello(const wire::Hello& hello, const Coordinat
   return plan;
 }
 
-Status ValidateUpload(const wire::Update& update, const ClientTask& task,
-                      std::uint64_t max_examples) {
+namespace {
+
+// The tensors an upload holds or announces (name -> dtype and shape) against its task's.
+Status CheckUploadSpecs(const std::map<std::string, TensorSpec, std::less<>>& specs,
+                        const ClientTask& task) {
   for (const auto& [name, expected] : task.expected_upload) {
-    const auto it = update.tensors.find(name);
-    if (it == update.tensors.end()) {
+    const auto it = specs.find(name);
+    if (it == specs.end()) {
       return Refusal(ErrorCode::kTensorShapeMismatch, "missing tensor '", name, "'");
     }
     const TensorSpec& spec = expected.spec;
@@ -129,15 +124,46 @@ Status ValidateUpload(const wire::Update& update, const ClientTask& task,
                      ShapeString(shape), ", expected ", ShapeString(spec.shape),
                      expected.shrinkable_dim >= 0 ? " (or smaller along the rank)" : "");
     }
-    if (!AllFinite(it->second)) {
-      return Refusal(ErrorCode::kNonFiniteTensor, "tensor '", name, "' contains NaN or infinity");
-    }
   }
-  for (const auto& [name, t] : update.tensors) {
+  for (const auto& [name, spec] : specs) {
     if (!task.expected_upload.contains(name)) {
       return Refusal(ErrorCode::kTensorShapeMismatch, "unexpected tensor '", name, "'");
     }
   }
+  return OkStatus();
+}
+
+// An upload's counts and metrics.
+Status CheckUploadFields(const wire::Update& update, const ClientTask& task,
+                         std::uint64_t max_examples);
+
+}  // namespace
+
+Status ValidateUpload(const wire::Update& update, const ClientTask& task,
+                      std::uint64_t max_examples) {
+  std::map<std::string, TensorSpec, std::less<>> specs;
+  for (const auto& [name, t] : update.tensors) specs.emplace(name, t.spec());
+  FEDLORA_RETURN_IF_ERROR(CheckUploadSpecs(specs, task));
+  for (const auto& [name, t] : update.tensors) {
+    if (!AllFinite(t)) {
+      return Refusal(ErrorCode::kNonFiniteTensor, "tensor '", name, "' contains NaN or infinity");
+    }
+  }
+  return CheckUploadFields(update, task, max_examples);
+}
+
+Status ValidateUploadHead(const wire::Update& update, std::span<const wire::TensorRef> tensors,
+                          const ClientTask& task, std::uint64_t max_examples) {
+  std::map<std::string, TensorSpec, std::less<>> specs;
+  for (const wire::TensorRef& ref : tensors) specs.emplace(ref.name, TensorSpec{ref.dtype, ref.shape});
+  FEDLORA_RETURN_IF_ERROR(CheckUploadSpecs(specs, task));
+  return CheckUploadFields(update, task, max_examples);
+}
+
+namespace {
+
+Status CheckUploadFields(const wire::Update& update, const ClientTask& task,
+                         std::uint64_t max_examples) {
   if (update.num_samples == 0 || update.num_examples == 0) {
     return Refusal(ErrorCode::kInvalidField, "num_samples and num_examples must be > 0");
   }
@@ -170,6 +196,8 @@ Status ValidateUpload(const wire::Update& update, const ClientTask& task,
   }
   return OkStatus();
 }
+
+}  // namespace
 
 Status CheckEvalResult(const wire::EvalResult& result) {
   if (!std::isfinite(result.loss) || result.loss < 0 || result.num_tokens == 0) {

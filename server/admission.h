@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -44,9 +45,9 @@ Status CheckHelloName(const wire::Hello& hello);
 // base_model_sha256, else that of `layout` (the federation's, once the first client pinned it),
 // else any (BASE_MODEL_MISMATCH), and 64 lowercase hex digits (INVALID_FIELD). The modules: 1 to
 // kMaxHelloModules, names of [A-Za-z0-9._-], dimensions 1 to kMaxModuleDim, no duplicates
-// (INVALID_FIELD). The configured LoRA targets must exist among them (BASE_MODEL_MISMATCH), and a
-// full-rank adapter on them fit in transport.max_message_bytes (INVALID_FIELD). Once pinned, the
-// module layout must equal `layout`'s (BASE_MODEL_MISMATCH).
+// (INVALID_FIELD). The configured LoRA targets must exist among them (BASE_MODEL_MISMATCH); their
+// adapter may be of any size (it travels in chunks). Once pinned, the module layout must equal
+// `layout`'s (BASE_MODEL_MISMATCH).
 Status CheckHelloModel(const wire::Hello& hello, const CoordinatorConfig& config,
                        const std::optional<ModelLayout>& layout);
 
@@ -61,6 +62,11 @@ Result<wire::AdapterPlan> PlanForHello(const wire::Hello& hello, const Coordinat
 // TENSOR_DTYPE_MISMATCH, NON_FINITE_TENSOR or INVALID_FIELD.
 Status ValidateUpload(const wire::Update& update, const ClientTask& task,
                       std::uint64_t max_examples);
+// The head of a chunked upload, before a byte of it is stored: `update`'s counts and metrics and
+// the tensors it announces (names, dtypes, shapes), as ValidateUpload checks them; the values
+// (finite) are checked by ValidateUpload once every chunk arrived.
+Status ValidateUploadHead(const wire::Update& update, std::span<const wire::TensorRef> tensors,
+                          const ClientTask& task, std::uint64_t max_examples);
 
 // INVALID_FIELD unless the loss is finite and >= 0 over num_tokens > 0 tokens, every
 // "class_<c>_examples" metric lies in [0, num_examples] and "accuracy" and "exact_match" (when

@@ -219,7 +219,27 @@ Result<CheckpointStore> CheckpointStore::Open(const std::string& state_dir) {
     }
   }
   if (ec) return DataLoss("listing ", state_dir, "/checkpoints: ", ec.message());
+  // Chunked uploads that were arriving when the coordinator stopped: never acknowledged, so
+  // their clients send them again; nothing of them may count.
+  const std::string incoming = state_dir + "/incoming";
+  std::error_code exists_ec;
+  if (stdfs::exists(incoming, exists_ec)) {
+    std::size_t partial = 0;
+    for (const auto& entry : stdfs::directory_iterator(incoming, ec)) {
+      (void)entry;
+      ++partial;
+    }
+    if (ec) return DataLoss("listing ", incoming, ": ", ec.message());
+    if (partial > 0) LogInfo("removing ", partial, " partial chunked upload(s) from ", incoming);
+    FEDLORA_RETURN_IF_ERROR(fs::RemoveAll(incoming));
+  }
+  FEDLORA_RETURN_IF_ERROR(fs::MakeDirectories(incoming));
   return store;
+}
+
+std::string CheckpointStore::IncomingPath(const std::string& client_id,
+                                          std::uint64_t transfer) const {
+  return StrCat(dir_, "/incoming/", client_id, ".", transfer, ".part");
 }
 
 std::string CheckpointStore::CheckpointDir(std::uint64_t round) const {

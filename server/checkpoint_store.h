@@ -10,6 +10,8 @@
 //       metrics.json                   the round's metrics.jsonl record
 //       manifest.json                  SHA-256 of every file above; verified on load
 //   pending/<round:06d>/<client>.safetensors   accepted uploads of the open round
+//   incoming/<client>.<transfer>.part  chunked uploads still arriving (removed when they complete,
+//                                      fail or their client leaves; cleared at every start)
 //   metrics.jsonl                      one JSON object per committed round
 //
 // A checkpoint is staged in checkpoints/.staging-<round>, fsynced and renamed into place, so a
@@ -56,7 +58,7 @@ struct Checkpoint {
 class CheckpointStore {
  public:
   // Creates the directory tree if needed, takes the lock (kFailedPrecondition if another process
-  // holds it) and removes leftovers of interrupted commits.
+  // holds it) and removes leftovers of interrupted commits and partial chunked uploads.
   static Result<CheckpointStore> Open(const std::string& state_dir);
 
   CheckpointStore(CheckpointStore&&) noexcept;
@@ -98,6 +100,9 @@ class CheckpointStore {
   // warning (their clients simply are asked again). Holds them all: for tools and tests; the
   // coordinator reads them one at a time.
   Result<std::vector<PendingUpload>> LoadPending(std::uint64_t round) const;
+
+  // Where the chunks of `client_id`'s chunked upload `transfer` are spooled while they arrive.
+  std::string IncomingPath(const std::string& client_id, std::uint64_t transfer) const;
 
   // Appends `json_line` for `round` to metrics.jsonl unless a record for that round is there.
   Status AppendMetrics(std::uint64_t round, const std::string& json_line);

@@ -6,6 +6,7 @@
 #include "common/crypto/sha256.h"
 #include "common/lora/adapter_layout.h"
 #include "common/log.h"
+#include "common/wire/codec.h"
 #include "server/strategies/weighting.h"
 
 namespace fedlora::server {
@@ -205,6 +206,7 @@ Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
       transport.Read("heartbeat_interval_ms", &c->transport.heartbeat_interval_ms));
   FEDLORA_RETURN_IF_ERROR(transport.Read("heartbeat_liveness", &c->transport.heartbeat_liveness));
   FEDLORA_RETURN_IF_ERROR(transport.Read("max_message_bytes", &c->transport.max_message_bytes));
+  FEDLORA_RETURN_IF_ERROR(transport.Read("chunk_bytes", &c->transport.chunk_bytes));
   FEDLORA_RETURN_IF_ERROR(transport.Finish());
 
   const ConfigSection security = root.Section("security");
@@ -296,6 +298,8 @@ Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
   if (c->transport.max_message_bytes < 4096) {
     return InvalidArgument("transport.max_message_bytes must be >= 4096");
   }
+  FEDLORA_RETURN_IF_ERROR(
+      wire::CheckChunkBytes(c->transport.chunk_bytes, c->transport.max_message_bytes));
   if (!(c->round.fraction > 0 && c->round.fraction <= 1)) {
     return InvalidArgument("round.fraction must be in (0, 1]");
   }

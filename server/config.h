@@ -22,6 +22,9 @@ struct CoordinatorTransportConfig {
   std::uint32_t heartbeat_interval_ms = 1000;    // Sent to clients in the Welcome.
   std::uint32_t heartbeat_liveness = 5;          // Silent intervals before a client is dropped.
   std::uint64_t max_message_bytes = 256ull << 20;  // Larger messages get MESSAGE_TOO_LARGE.
+  // Tasks with more tensor bytes travel in chunks of this size, and uploads may (docs/protocol.md).
+  // Must leave room for a chunk's envelope below max_message_bytes, here and at every client.
+  std::uint64_t chunk_bytes = 8ull << 20;
 };
 
 // Transport security (docs/security.md). CURVE encrypts and authenticates every connection and

@@ -42,6 +42,8 @@ Status Coordinator::Impl::Start() {
   // Security first: a configuration that would expose the federation fails before anything else.
   FEDLORA_ASSIGN_OR_RETURN(security_,
                            TransportSecurity::Create(config_.security, config_.transport.bind));
+  FEDLORA_RETURN_IF_ERROR(
+      wire::CheckChunkBytes(config_.transport.chunk_bytes, config_.transport.max_message_bytes));
   FEDLORA_ASSIGN_OR_RETURN(CheckpointStore store, CheckpointStore::Open(config_.state_dir));
   store_.emplace(std::move(store));
   FEDLORA_ASSIGN_OR_RETURN(std::optional<Checkpoint> latest, store_->LoadLatest());
@@ -217,6 +219,8 @@ void Coordinator::Impl::OnTick() {
 
 void Coordinator::Impl::OnClientGone(const std::string& id, std::string_view why) {
   LogWarn("client ", id, " is gone: ", why);
+  DropInbound(id, "its connection ended");  // A partial upload leaves nothing in the round.
+  void_transfers_.erase(id);
   round_.OnClientGone(id);
   // Until round 0 is committed the model layout is only what the first client claimed: when
   // every client has left, forget it, so one bogus (but well-formed) Hello cannot lock the
@@ -234,6 +238,10 @@ void Coordinator::Impl::OnClientGone(const std::string& id, std::string_view why
 std::size_t Coordinator::Impl::Send(ClientConnection& client, wire::Body body) {
   wire::Envelope envelope{wire::kProtocolVersion, client.session_id, client.next_sequence_out++,
                           std::move(body)};
+  if (const TensorMap* tensors = wire::TensorsOf(envelope.body);
+      tensors != nullptr && PayloadBytes(*tensors) > config_.transport.chunk_bytes) {
+    return SendChunked(client, std::move(envelope));
+  }
   const wire::EncodedMessage encoded = wire::Encode(envelope, encode_);
   const std::vector<std::span<const std::byte>> frames = encoded.frames();
   const Status s = router_.Send(frames, std::as_bytes(std::span<const char>(client.route)));
@@ -355,6 +363,10 @@ void Coordinator::Impl::HandleMessage(const net::Message& message) {
   client->last_heard = clock_.Now();
 
   if (std::holds_alternative<wire::Heartbeat>(envelope.body)) return;
+  if (envelope.chunked || std::holds_alternative<wire::Chunk>(envelope.body)) {
+    HandleChunked(*client, std::move(envelope), bytes);
+    return;
+  }
   if (auto* update = std::get_if<wire::Update>(&envelope.body)) {
     HandleUpdate(*client, envelope.sequence, std::move(*update), bytes);
   } else if (auto* result = std::get_if<wire::EvalResult>(&envelope.body)) {
@@ -366,7 +378,11 @@ void Coordinator::Impl::HandleMessage(const net::Message& message) {
       LogWarn(who, " reports ", wire::ErrorCodeName(error->code), ": ", error->message);
     }
     // The client's base is not what we believed: the next task rebuilds it from scratch.
-    if (error->code == ErrorCode::kBaseVersionMismatch) client->base_version = kUnknownVersion;
+    // So is a task whose chunks did not arrive whole (its base update was never applied).
+    if (error->code == ErrorCode::kBaseVersionMismatch ||
+        error->code == ErrorCode::kChunkMismatch) {
+      client->base_version = kUnknownVersion;
+    }
     // The error names the task it refuses by that message's sequence number.
     round_.OnTaskRefused(client->id, error->ref_sequence);
   } else if (const auto* bye = std::get_if<wire::Bye>(&envelope.body)) {
@@ -450,6 +466,9 @@ void Coordinator::Impl::HandleHello(const std::string& route, const std::string&
     clients_.Remove(old_id);
     OnClientGone(old_id, StrCat("reconnected as '", hello.client_name, "'"));
   }
+  // A reconnect: whatever its previous connection was uploading is void.
+  DropInbound(hello.client_name, "the client connected again");
+  void_transfers_.erase(hello.client_name);
   ClientConnection connection;
   connection.id = hello.client_name;
   connection.route = route;

@@ -42,6 +42,9 @@ struct CoordinatorCounters {
   std::uint64_t updates_rejected = 0;
   std::uint64_t clients_admitted = 0;
   std::uint64_t clients_expired = 0;
+  std::uint64_t chunks_in = 0;         // Chunks of chunked uploads received.
+  std::uint64_t transfers_voided = 0;  // Chunked uploads given up part-way (bad chunk, client gone).
+  std::uint64_t chunks_discarded = 0;  // Late chunks of a refused or voided transfer, dropped.
   std::uint64_t committed_round = 0;
   bool has_committed = false;
 };

@@ -1,6 +1,7 @@
 // coordinator_impl.h — private to server/: the coordinator's parts, shared by coordinator.cc
 // (start-up, the event loop, routing each message to its handler, sessions and Hello),
 // coordinator_uploads.cc (Update and EvalResult: checked, folded, persisted, acknowledged),
+// coordinator_chunks.cc (chunked transfer: uploads arriving in chunks, tasks sent in chunks),
 // coordinator_rounds.cc (driving the round state machine: selection, tasks, aggregation,
 // evaluation, commit) and coordinator_security.cc (keys, revocation, tickets).
 //
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "common/net/zmq_transport.h"
+#include "common/wire/chunk_assembler.h"
 #include "common/wire/codec.h"
 #include "server/checkpoint_store.h"
 #include "server/client_registry.h"
@@ -74,6 +76,18 @@ class Coordinator::Impl {
   void HandleEvalResult(ClientConnection& client, std::uint64_t sequence, wire::EvalResult result,
                         std::size_t bytes);
   std::size_t Send(ClientConnection& client, wire::Body body);
+
+  // ---- chunked transfer (coordinator_chunks.cc) ----
+  // The head or a chunk of a client's chunked upload: the head is checked (the round's gate, the
+  // tensors against the task) before a byte is stored, chunks are spooled to the state
+  // directory, and the whole upload goes to HandleUpdate once its last chunk arrived. Any chunk
+  // out of place voids the transfer (CHUNK_MISMATCH naming the tensor and offset; the client
+  // sends the upload again) and leaves nothing behind.
+  void HandleChunked(ClientConnection& client, wire::Envelope envelope, std::size_t bytes);
+  // Discards `id`'s partial upload, if any (its connection ended, or a newer one replaced it).
+  void DropInbound(const std::string& id, std::string_view why);
+  // Sends a message whose tensors exceed transport.chunk_bytes as a head and its chunks.
+  std::size_t SendChunked(ClientConnection& client, wire::Envelope envelope);
   void SendError(const std::string& route, std::uint64_t ref_sequence, wire::ErrorCode code,
                  const std::string& message);
   // To a peer without a session (session id 0).
@@ -175,6 +189,17 @@ class Coordinator::Impl {
   std::optional<GlobalState> state_;
   std::optional<std::uint64_t> committed_;
   RoundState round_;  // The round in progress: phase, record, accumulator.
+  // Chunked uploads arriving, by client id (at most one each), and the last transfer of each
+  // client that was refused or voided, whose chunks still in flight are dropped without reply.
+  struct InboundUpload {
+    wire::ChunkAssembler assembler;
+    std::size_t bytes = 0;  // Received so far, head included.
+  };
+  std::map<std::string, InboundUpload, std::less<>> inbound_;
+  std::map<std::string, std::uint64_t, std::less<>> void_transfers_;
+  // The bytes of the last chunked task's tensors, by name, shared by every client's chunks that
+  // carry the same bytes (SendChunked); ZeroMQ holds references while chunks are queued.
+  std::map<std::string, std::shared_ptr<const std::vector<std::byte>>, std::less<>> task_tensors_;
   std::uint64_t anonymous_sequence_ = 0;
   Clock::TimePoint last_wait_log_{};
   // After the last round: until then (wall time), a client still heard from is sent Bye again, in

@@ -225,18 +225,19 @@ void Coordinator::Impl::StartAttempt() {
         Select(retried, need - chosen.size(), run.round, attempt + 1000);
     chosen.insert(chosen.end(), more.begin(), more.end());
   }
-  std::vector<ClientInfo> infos;
-  for (const std::string& id : chosen) infos.push_back(InfoOf(*clients_.FindById(id)));
-  Result<std::vector<ClientTask>> tasks = strategy_->Configure(*state_, run.round, infos);
-  if (!tasks.ok()) {
-    Fatal(tasks.status().WithContext("configuring round tasks"));
-    return;
-  }
+  // One client at a time (Configure is a pure function of the state, the round and the client;
+  // DeriveTask relies on it too): N tasks at once would hold N copies of the adapter.
   round_.BeginAttempt(clock_.Now());
-  for (std::size_t i = 0; i < tasks->size(); ++i) {
-    ClientTask& task = (*tasks)[i];
-    const std::string id = task.client_id;
-    round_.AddTask(id, std::move(task), std::move(infos[i]), NewTicket(attempt));
+  for (const std::string& id : chosen) {
+    ClientInfo info = InfoOf(*clients_.FindById(id));
+    Result<std::vector<ClientTask>> tasks =
+        strategy_->Configure(*state_, run.round, std::span<const ClientInfo>(&info, 1));
+    if (!tasks.ok() || tasks->size() != 1) {
+      Fatal(tasks.ok() ? Internal(strategy_->name(), ": Configure gave no task for ", id)
+                       : tasks.status().WithContext("configuring round tasks"));
+      return;
+    }
+    round_.AddTask(id, std::move(tasks->front()), std::move(info), NewTicket(attempt));
     SendTask(id);
   }
   LogInfo("round ", run.round, "/", config_.rounds, (attempt > 1 ? " (retry)" : ""),

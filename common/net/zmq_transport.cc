@@ -135,6 +135,8 @@ Socket& Socket::operator=(Socket&&) noexcept = default;
 Result<Socket> Socket::Open(Context& context, SocketKind kind, const SocketOptions& options) try {
   const zmq::socket_type type = kind == SocketKind::kRouter   ? zmq::socket_type::router
                                 : kind == SocketKind::kDealer ? zmq::socket_type::dealer
+                                : kind == SocketKind::kPush   ? zmq::socket_type::push
+                                : kind == SocketKind::kPull   ? zmq::socket_type::pull
                                                               : zmq::socket_type::pair;
   Socket s;
   s.impl_ = std::make_unique<Impl>();
@@ -193,7 +195,13 @@ Result<std::string> Socket::LastEndpoint() const try {
 }
 
 Status Socket::Send(std::span<const std::span<const std::byte>> frames,
-                    std::span<const std::byte> prefix) try {
+                    std::span<const std::byte> prefix) {
+  return SendShared(frames, frames.size(), nullptr, prefix);
+}
+
+Status Socket::SendShared(std::span<const std::span<const std::byte>> frames,
+                          std::size_t first_shared, std::shared_ptr<const void> owner,
+                          std::span<const std::byte> prefix) try {
   FEDLORA_CHECK(!frames.empty());
   zmq::socket_t& sock = impl_->socket;
   // The first part decides whether the peer is reachable: with dontwait nothing is queued when
@@ -206,7 +214,17 @@ Status Socket::Send(std::span<const std::span<const std::byte>> frames,
   }
   for (std::size_t i = 0; i < frames.size(); ++i) {
     const bool last = i + 1 == frames.size();
-    zmq::message_t part(frames[i].data(), frames[i].size());  // The one copy of the bytes.
+    zmq::message_t part;
+    if (i >= first_shared) {
+      // In place: ZeroMQ calls the deleter (dropping its reference to `owner`) once the frame is
+      // sent or discarded, whichever comes first.
+      auto* hold = new std::shared_ptr<const void>(owner);
+      part.rebuild(const_cast<std::byte*>(frames[i].data()), frames[i].size(),
+                   [](void*, void* hint) { delete static_cast<std::shared_ptr<const void>*>(hint); },
+                   hold);
+    } else {
+      part.rebuild(frames[i].data(), frames[i].size());  // The one copy of the bytes.
+    }
     if (!sock.send(part, last ? zmq::send_flags::dontwait : more)) {
       return Unavailable("send would block (peer queue full)");
     }
@@ -378,9 +396,10 @@ Status Poll(std::span<PollItem> items, std::chrono::milliseconds timeout) {
   for (std::size_t i = 0; i < items.size(); ++i) {
     raw[i].socket = items[i].socket != nullptr ? items[i].socket->raw() : nullptr;
     raw[i].fd = items[i].fd;
-    raw[i].events = ZMQ_POLLIN;
+    raw[i].events = static_cast<short>(ZMQ_POLLIN | (items[i].want_writable ? ZMQ_POLLOUT : 0));
     raw[i].revents = 0;
     items[i].readable = false;
+    items[i].writable = false;
   }
   const int rc = zmq_poll(raw.data(), static_cast<int>(raw.size()),
                           timeout.count() < 0 ? -1 : static_cast<long>(timeout.count()));
@@ -391,6 +410,7 @@ Status Poll(std::span<PollItem> items, std::chrono::milliseconds timeout) {
   }
   for (std::size_t i = 0; i < items.size(); ++i) {
     items[i].readable = (raw[i].revents & ZMQ_POLLIN) != 0;
+    items[i].writable = (raw[i].revents & ZMQ_POLLOUT) != 0;
   }
   return OkStatus();
 }

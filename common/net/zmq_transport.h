@@ -80,7 +80,7 @@ class Context {
   std::unique_ptr<Impl> impl_;
 };
 
-enum class SocketKind { kRouter, kDealer, kPair };
+enum class SocketKind { kRouter, kDealer, kPair, kPush, kPull };  // Push/Pull: benchmarks.
 
 // CURVE for one socket. A server holds its key pair and a ZAP domain; a client additionally pins
 // the server's public key (the handshake fails unless the server proves it holds that key).
@@ -169,6 +169,12 @@ class Socket {
   Status Send(std::span<const std::span<const std::byte>> frames,
               std::span<const std::byte> prefix = {});
 
+  // As Send, but frames [first_shared, end) are handed to ZeroMQ without a copy: it reads them
+  // in place until they are sent and holds `owner`, which must keep their bytes alive and
+  // unchanged, until then. For bytes many messages share (one task sent to many clients).
+  Status SendShared(std::span<const std::span<const std::byte>> frames, std::size_t first_shared,
+                    std::shared_ptr<const void> owner, std::span<const std::byte> prefix = {});
+
   // Waits up to `timeout` (0 = poll) for a message. nullopt on timeout.
   Result<std::optional<Message>> Receive(std::chrono::milliseconds timeout);
 
@@ -213,12 +219,14 @@ class WakePipe {
 };
 
 struct PollItem {
-  Socket* socket = nullptr;  // Either a socket...
-  int fd = -1;               // ...or a file descriptor.
-  bool readable = false;     // Set by Poll.
+  Socket* socket = nullptr;    // Either a socket...
+  int fd = -1;                 // ...or a file descriptor.
+  bool want_writable = false;  // Also wake when a message can be sent (a DEALER's queue has room).
+  bool readable = false;       // Set by Poll.
+  bool writable = false;       // Set by Poll (want_writable only).
 };
 
-// Waits until an item is readable or `timeout` passes (negative = forever). Interrupted system
+// Waits until an item is readable (or writable, where asked) or `timeout` passes (negative = forever). Interrupted system
 // calls (EINTR) return OK with nothing readable, so callers can check their stop flag.
 Status Poll(std::span<PollItem> items, std::chrono::milliseconds timeout);
 

@@ -1,3 +1,4 @@
+// codec.cc — encoding: Envelope -> frames, chunked heads and chunks (decoding: codec_decode.cc).
 #include "common/wire/codec.h"
 
 #include <capnp/message.h>
@@ -6,43 +7,16 @@
 
 #include <algorithm>
 #include <cstring>
-#include <set>
+#include <limits>
 #include <string>
 
 #include "common/crypto/sha256.h"
-#include "proto/fedlora.capnp.h"
+#include "common/wire/codec_proto.h"
 
 namespace fedlora::wire {
 namespace {
 
-// ---- helpers -------------------------------------------------------------------------------
-
-Status DecodeError(ErrorCode code, StatusCode status_code, std::string message) {
-  return Status(status_code, std::move(message), static_cast<std::uint32_t>(code));
-}
-
-kj::StringPtr Text(const std::string& s) { return kj::StringPtr(s.c_str(), s.size()); }
-std::string Str(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
-
-proto::DType ToProto(DType d) {
-  switch (d) {
-    case DType::kF32: return proto::DType::F32;
-    case DType::kBF16: return proto::DType::BF16;
-    case DType::kF16: return proto::DType::F16;
-    case DType::kF64: return proto::DType::F64;
-  }
-  return proto::DType::UNSPECIFIED;
-}
-
-std::optional<DType> FromProto(proto::DType d) {
-  switch (d) {
-    case proto::DType::F32: return DType::kF32;
-    case proto::DType::BF16: return DType::kBF16;
-    case proto::DType::F16: return DType::kF16;
-    case proto::DType::F64: return DType::kF64;
-    default: return std::nullopt;  // unspecified, or a value from a newer schema.
-  }
-}
+using namespace codec_internal;
 
 // ---- encoding ------------------------------------------------------------------------------
 
@@ -65,6 +39,23 @@ void EncodeTensors(const TensorMap& tensors, capnp::List<proto::TensorRef>::Buil
       ref.setSha256(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(digest.data()), digest.size()));
     }
     frames->push_back(std::span<const std::byte>(t.data));
+  }
+}
+
+// A decoded head's refs, as they were (re-encoding a head whose bytes this process never held).
+void EncodeRefs(const std::vector<TensorRef>& refs, capnp::List<proto::TensorRef>::Builder out) {
+  for (unsigned i = 0; i < refs.size(); ++i) {
+    proto::TensorRef::Builder ref = out[i];
+    ref.setName(Text(refs[i].name));
+    ref.setDtype(ToProto(refs[i].dtype));
+    auto shape = ref.initShape(static_cast<unsigned>(refs[i].shape.size()));
+    for (unsigned d = 0; d < refs[i].shape.size(); ++d) shape.set(d, refs[i].shape[d]);
+    ref.setFrame(i + 1);
+    ref.setByteLength(refs[i].byte_length);
+    if (!refs[i].sha256.empty()) {
+      ref.setSha256(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(refs[i].sha256.data()),
+                                 refs[i].sha256.size()));
+    }
   }
 }
 
@@ -148,7 +139,20 @@ struct BodyEncoder {
   proto::Envelope::Builder env;
   std::vector<std::span<const std::byte>>* frames;
   bool digests = true;
+  const std::vector<TensorRef>* head_refs = nullptr;  // A decoded head being encoded again.
   std::uint32_t next_frame = 1;
+
+  void Tensors(const TensorMap& tensors, capnp::List<proto::TensorRef>::Builder refs) {
+    if (head_refs != nullptr && tensors.empty()) {
+      EncodeRefs(*head_refs, refs);
+    } else {
+      EncodeTensors(tensors, refs, &next_frame, frames, digests);
+    }
+  }
+  unsigned Count(const TensorMap& tensors) const {
+    return static_cast<unsigned>(head_refs != nullptr && tensors.empty() ? head_refs->size()
+                                                                         : tensors.size());
+  }
 
   void operator()(const Hello& m) {
     auto b = env.initHello();
@@ -188,8 +192,7 @@ struct BodyEncoder {
     EncodePlan(m.plan, b.initPlan());
     EncodeBase(m.base, b.initBase());
     EncodeTicket(m.ticket, b.initTicket());
-    EncodeTensors(m.tensors, b.initTensors(static_cast<unsigned>(m.tensors.size())), &next_frame,
-                  frames, digests);
+    Tensors(m.tensors, b.initTensors(Count(m.tensors)));
   }
   void operator()(const Update& m) {
     auto b = env.initUpdate();
@@ -199,8 +202,7 @@ struct BodyEncoder {
     b.setBaseVersion(m.base_version);
     EncodeTicket(m.ticket, b.initTicket());
     EncodeMetrics(m.metrics, b.initMetrics(static_cast<unsigned>(m.metrics.size())));
-    EncodeTensors(m.tensors, b.initTensors(static_cast<unsigned>(m.tensors.size())), &next_frame,
-                  frames, digests);
+    Tensors(m.tensors, b.initTensors(Count(m.tensors)));
   }
   void operator()(const Ack& m) {
     auto b = env.initAck();
@@ -218,8 +220,7 @@ struct BodyEncoder {
     EncodePlan(m.plan, b.initPlan());
     EncodeBase(m.base, b.initBase());
     EncodeTicket(m.ticket, b.initTicket());
-    EncodeTensors(m.tensors, b.initTensors(static_cast<unsigned>(m.tensors.size())), &next_frame,
-                  frames, digests);
+    Tensors(m.tensors, b.initTensors(Count(m.tensors)));
   }
   void operator()(const EvalResult& m) {
     auto b = env.initEvalResult();
@@ -238,6 +239,13 @@ struct BodyEncoder {
     b.setRefSequence(m.ref_sequence);
   }
   void operator()(const Bye& m) { env.initBye().setReason(Text(m.reason)); }
+  void operator()(const Chunk& m) {
+    auto b = env.initChunk();
+    b.setTransfer(m.transfer);
+    b.setIndex(m.index);
+    b.setOffset(m.offset);
+    frames->push_back(std::span<const std::byte>(m.data));
+  }
 };
 
 std::vector<std::byte> Flatten(capnp::MessageBuilder& builder) {
@@ -248,318 +256,11 @@ std::vector<std::byte> Flatten(capnp::MessageBuilder& builder) {
   return out;
 }
 
-// ---- decoding ------------------------------------------------------------------------------
-
-// Decodes tensor refs against the frames; `claimed` collects frame indices already used.
-Status DecodeTensors(capnp::List<proto::TensorRef>::Reader refs,
-                     std::span<const std::span<const std::byte>> frames,
-                     std::set<std::uint32_t>* claimed, TensorMap* out,
-                     const DecodeLimits& limits) {
-  for (proto::TensorRef::Reader ref : refs) {
-    std::string name = Str(ref.getName());
-    if (name.empty()) {
-      return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
-                         "tensor ref with an empty name");
-    }
-    if (out->contains(name)) {
-      return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
-                         StrCat("tensor '", name, "' appears twice"));
-    }
-    const std::optional<DType> dtype = FromProto(ref.getDtype());
-    if (!dtype) {
-      return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
-                         StrCat("tensor '", name, "': unknown dtype value ",
-                                static_cast<unsigned>(ref.getDtype())));
-    }
-    std::vector<std::int64_t> shape;
-    for (std::int64_t d : ref.getShape()) shape.push_back(d);
-    Result<std::int64_t> numel = NumElements(shape);
-    if (!numel.ok()) {
-      return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
-                         StrCat("tensor '", name, "': ", numel.status().message()));
-    }
-    const std::uint32_t index = ref.getFrame();
-    if (index == 0 || index >= frames.size()) {
-      return DecodeError(ErrorCode::kFrameCountMismatch, StatusCode::kDataLoss,
-                         StrCat("tensor '", name, "' refers to frame ", index, " but the message has ",
-                                frames.size(), " frames"));
-    }
-    if (!claimed->insert(index).second) {
-      return DecodeError(ErrorCode::kFrameCountMismatch, StatusCode::kDataLoss,
-                         StrCat("tensor '", name, "' refers to frame ", index,
-                                ", which another tensor already uses"));
-    }
-    const std::span<const std::byte> frame = frames[index];
-    const std::uint64_t expected =
-        static_cast<std::uint64_t>(*numel) * static_cast<std::uint64_t>(ByteWidth(*dtype));
-    if (ref.getByteLength() != frame.size() || expected != frame.size()) {
-      return DecodeError(ErrorCode::kTensorFrameMismatch, StatusCode::kDataLoss,
-                         StrCat("tensor '", name, "': frame ", index, " holds ", frame.size(),
-                                " bytes, ref says ", ref.getByteLength(), ", ", DTypeName(*dtype),
-                                " ", ShapeString(shape), " needs ", expected));
-    }
-    capnp::Data::Reader digest = ref.getSha256();
-    if (digest.size() == 0 && !limits.require_digests) {
-      // The transport authenticated every byte (CURVE's Poly1305): a digest would add nothing.
-    } else if (const crypto::Digest actual = crypto::Sha256(frame);
-               digest.size() != actual.size() ||
-               std::memcmp(digest.begin(), actual.data(), actual.size()) != 0) {
-      return DecodeError(ErrorCode::kDigestMismatch, StatusCode::kDataLoss,
-                         StrCat("tensor '", name, "': SHA-256 of frame ", index,
-                                " does not match its ref (corrupted in transit?)"));
-    }
-    Tensor t{*dtype, std::move(shape), std::vector<std::byte>(frame.begin(), frame.end())};
-    out->emplace(std::move(name), std::move(t));
-  }
-  return OkStatus();
-}
-
-Metrics DecodeMetrics(capnp::List<proto::Metric>::Reader list) {
-  Metrics out;
-  for (proto::Metric::Reader m : list) out[Str(m.getName())] = m.getValue();
-  return out;
-}
-
-LoraSpec DecodeLora(proto::LoraSpec::Reader r) {
-  LoraSpec s;
-  s.rank = r.getRank();
-  s.alpha = r.getAlpha();
-  s.dropout = r.getDropout();
-  s.rslora = r.getRslora();
-  for (capnp::Text::Reader t : r.getTargets()) s.targets.push_back(Str(t));
-  return s;
-}
-
-Result<TrainSpec> DecodeTrain(proto::TrainSpec::Reader r) {
-  TrainSpec s;
-  s.learning_rate = r.getLearningRate();
-  s.warmup_steps = r.getWarmupSteps();
-  s.local_steps = r.getLocalSteps();
-  s.local_epochs = r.getLocalEpochs();
-  s.batch_size = r.getBatchSize();
-  s.seq_len = r.getSeqLen();
-  s.grad_clip = r.getGradClip();
-  s.weight_decay = r.getWeightDecay();
-  s.beta1 = r.getBeta1();
-  s.beta2 = r.getBeta2();
-  s.eps = r.getEps();
-  s.seed = r.getSeed();
-  const std::optional<DType> upload = FromProto(r.getUploadDtype());
-  if (!upload) {
-    return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
-                       "train.uploadDtype is unspecified or unknown");
-  }
-  s.upload_dtype = *upload;
-  return s;
-}
-
-Result<AdapterPlan> DecodePlan(proto::AdapterPlan::Reader r) {
-  AdapterPlan p;
-  const auto mode = static_cast<std::uint16_t>(r.getMode());
-  const auto init = static_cast<std::uint16_t>(r.getInit());
-  if (mode > static_cast<std::uint16_t>(AdapterMode::kLoraSbInit) ||
-      init > static_cast<std::uint16_t>(AdapterInit::kLocalB)) {
-    return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
-                       StrCat("adapter plan: unknown mode ", mode, " or init ", init));
-  }
-  p.mode = static_cast<AdapterMode>(mode);
-  p.init = static_cast<AdapterInit>(init);
-  p.train_a = r.getTrainA();
-  p.train_b = r.getTrainB();
-  p.upload_a = r.getUploadA();
-  p.upload_b = r.getUploadB();
-  p.global_rank = r.getGlobalRank();
-  for (proto::ModulePlan::Reader m : r.getModules()) {
-    ModulePlan mp{Str(m.getModule()), m.getRank(), {}};
-    for (std::uint32_t i : m.getSketch()) mp.sketch.push_back(i);
-    p.modules.push_back(std::move(mp));
-  }
-  p.pruning = RankPruning{r.getPruning().getGamma(), r.getPruning().getLambda(),
-                          r.getPruning().getMinRank()};
-  p.init_samples = r.getInitSamples();
-  p.init_learning_rate = r.getInitLearningRate();
-  return p;
-}
-
-// Every tensor a correction names must travel in the same message.
-// An absent ticket (an empty nonce) decodes as all zeros, which the coordinator never issues.
-Result<TaskTicket> DecodeTicket(proto::TaskTicket::Reader r) {
-  TaskTicket t;
-  t.attempt = r.getAttempt();
-  const capnp::Data::Reader nonce = r.getNonce();
-  if (nonce.size() != 0 && nonce.size() != t.nonce.size()) {
-    return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
-                       StrCat("ticket nonce has ", nonce.size(), " bytes (expected ",
-                              t.nonce.size(), ")"));
-  }
-  std::copy(nonce.begin(), nonce.end(), t.nonce.begin());
-  return t;
-}
-
-Result<BaseUpdate> DecodeBase(proto::BaseUpdate::Reader r, const TensorMap& tensors) {
-  BaseUpdate u;
-  u.rebase = r.getRebase();
-  u.from_version = r.getFromVersion();
-  u.to_version = r.getToVersion();
-  for (proto::CorrectionRef::Reader e : r.getEntries()) {
-    CorrectionRef c{e.getVersion(), Str(e.getModule()), Str(e.getU()), Str(e.getV()),
-                    Str(e.getDense())};
-    const bool low_rank = !c.u.empty() && !c.v.empty() && c.dense.empty();
-    const bool dense = c.u.empty() && c.v.empty() && !c.dense.empty();
-    if (c.module.empty() || !(low_rank || dense)) {
-      return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
-                         StrCat("correction for '", c.module,
-                                "' must name either tensors u and v or a dense tensor"));
-    }
-    for (const std::string* name : {&c.u, &c.v, &c.dense}) {
-      if (!name->empty() && !tensors.contains(*name)) {
-        return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
-                           StrCat("correction for '", c.module, "' names tensor '", *name,
-                                  "', which the message does not carry"));
-      }
-    }
-    u.entries.push_back(std::move(c));
-  }
-  return u;
-}
-
-Result<Body> DecodeBody(proto::Envelope::Reader env,
-                        std::span<const std::span<const std::byte>> frames,
-                        std::set<std::uint32_t>* claimed, const DecodeLimits& limits) {
-  switch (env.which()) {
-    case proto::Envelope::HELLO: {
-      auto r = env.getHello();
-      Hello m;
-      m.client_name = Str(r.getClientName());
-      m.software_version = Str(r.getSoftwareVersion());
-      m.base_model_sha256 = Str(r.getBaseModelSha256());
-      auto caps = r.getCapabilities();
-      m.capabilities.device = Str(caps.getDevice());
-      m.capabilities.memory_bytes = caps.getMemoryBytes();
-      m.capabilities.max_rank = caps.getMaxRank();
-      m.capabilities.num_examples = caps.getNumExamples();
-      m.capabilities.relative_speed = caps.getRelativeSpeed();
-      m.capabilities.can_initialize = caps.getCanInitialize();
-      m.base_version = r.getBaseVersion();
-      for (proto::ModuleInfo::Reader mod : r.getModules()) {
-        m.modules.push_back({Str(mod.getName()), mod.getDOut(), mod.getDIn()});
-      }
-      return Body(std::move(m));
-    }
-    case proto::Envelope::WELCOME: {
-      auto r = env.getWelcome();
-      FEDLORA_ASSIGN_OR_RETURN(AdapterPlan plan, DecodePlan(r.getPlan()));
-      return Body(Welcome{Str(r.getClientId()), r.getHeartbeatIntervalMs(),
-                          r.getHeartbeatLiveness(), r.getCurrentRound(), Str(r.getStrategy()),
-                          std::move(plan)});
-    }
-    case proto::Envelope::ROUND_TASK: {
-      auto r = env.getRoundTask();
-      RoundTask m;
-      m.round = r.getRound();
-      m.deadline_ms = r.getDeadlineMs();
-      m.lora = DecodeLora(r.getLora());
-      FEDLORA_ASSIGN_OR_RETURN(m.train, DecodeTrain(r.getTrain()));
-      FEDLORA_ASSIGN_OR_RETURN(m.plan, DecodePlan(r.getPlan()));
-      FEDLORA_RETURN_IF_ERROR(DecodeTensors(r.getTensors(), frames, claimed, &m.tensors, limits));
-      FEDLORA_ASSIGN_OR_RETURN(m.base, DecodeBase(r.getBase(), m.tensors));
-      FEDLORA_ASSIGN_OR_RETURN(m.ticket, DecodeTicket(r.getTicket()));
-      return Body(std::move(m));
-    }
-    case proto::Envelope::UPDATE: {
-      auto r = env.getUpdate();
-      Update m;
-      m.round = r.getRound();
-      m.num_samples = r.getNumSamples();
-      m.num_examples = r.getNumExamples();
-      m.metrics = DecodeMetrics(r.getMetrics());
-      m.base_version = r.getBaseVersion();
-      FEDLORA_ASSIGN_OR_RETURN(m.ticket, DecodeTicket(r.getTicket()));
-      FEDLORA_RETURN_IF_ERROR(DecodeTensors(r.getTensors(), frames, claimed, &m.tensors, limits));
-      return Body(std::move(m));
-    }
-    case proto::Envelope::ACK: {
-      auto r = env.getAck();
-      return Body(Ack{r.getRound(), r.getAckedSequence()});
-    }
-    case proto::Envelope::HEARTBEAT: return Body(Heartbeat{});
-    case proto::Envelope::EVAL_TASK: {
-      auto r = env.getEvalTask();
-      EvalTask m;
-      m.round = r.getRound();
-      m.deadline_ms = r.getDeadlineMs();
-      m.max_batches = r.getMaxBatches();
-      m.lora = DecodeLora(r.getLora());
-      FEDLORA_ASSIGN_OR_RETURN(m.train, DecodeTrain(r.getTrain()));
-      FEDLORA_ASSIGN_OR_RETURN(m.plan, DecodePlan(r.getPlan()));
-      FEDLORA_RETURN_IF_ERROR(DecodeTensors(r.getTensors(), frames, claimed, &m.tensors, limits));
-      FEDLORA_ASSIGN_OR_RETURN(m.base, DecodeBase(r.getBase(), m.tensors));
-      FEDLORA_ASSIGN_OR_RETURN(m.ticket, DecodeTicket(r.getTicket()));
-      return Body(std::move(m));
-    }
-    case proto::Envelope::EVAL_RESULT: {
-      auto r = env.getEvalResult();
-      EvalResult m;
-      m.round = r.getRound();
-      m.loss = r.getLoss();
-      m.num_tokens = r.getNumTokens();
-      m.num_examples = r.getNumExamples();
-      m.metrics = DecodeMetrics(r.getMetrics());
-      m.base_version = r.getBaseVersion();
-      FEDLORA_ASSIGN_OR_RETURN(m.ticket, DecodeTicket(r.getTicket()));
-      return Body(std::move(m));
-    }
-    case proto::Envelope::ERROR: {
-      auto r = env.getError();
-      const auto raw = static_cast<std::uint16_t>(r.getCode());
-      // Codes from a newer peer are kept as "unspecified" with the message intact.
-      const ErrorCode code = raw <= static_cast<std::uint16_t>(kLastErrorCode)
-                                 ? static_cast<ErrorCode>(raw)
-                                 : ErrorCode::kUnspecified;
-      return Body(Error{code, Str(r.getMessage()), r.getRefSequence()});
-    }
-    case proto::Envelope::BYE: return Body(Bye{Str(env.getBye().getReason())});
-  }
-  return DecodeError(ErrorCode::kUnknownMessageKind, StatusCode::kInvalidArgument,
-                     StrCat("unknown message kind ", static_cast<unsigned>(env.which()),
-                            " (peer built from a newer protocol schema?)"));
-}
-
-// Copies frame 0 into 8-byte aligned words (ZeroMQ does not promise alignment; Cap'n Proto 0.9
-// requires it).
-Result<std::vector<capnp::word>> AlignedWords(std::span<const std::byte> frame) {
-  if (frame.empty() || frame.size() % sizeof(capnp::word) != 0) {
-    return DecodeError(ErrorCode::kMalformedEnvelope, StatusCode::kDataLoss,
-                       StrCat("envelope frame of ", frame.size(),
-                              " bytes is not a whole, non-zero number of 8-byte words"));
-  }
-  std::vector<capnp::word> words(frame.size() / sizeof(capnp::word));
-  std::memcpy(words.data(), frame.data(), frame.size());
-  return words;
-}
-
-// Cap'n Proto's traversal limit bounds the work, and so the memory, that reading frame 0 can
-// cause: it counts every word read (re-reads of a field included) and one word per element of a
-// list of zero-sized structs, which costs the sender nothing. Bounded by max_message_bytes alone,
-// a 461-byte envelope could declare 32 million empty module plans and make Decode allocate
-// gigabytes (found by fuzzing; tests/fuzz/corpus/wire_decode/crash-plan-list-amplification), so
-// it is also bounded by the frame's own size, with room for the few re-reads decoding makes.
-constexpr std::uint64_t kTraversalWordsPerFrameWord = 4;
-
-capnp::ReaderOptions Options(const DecodeLimits& limits, std::size_t frame_words) {
-  capnp::ReaderOptions options;
-  options.traversalLimitInWords =
-      std::max<std::uint64_t>(std::min<std::uint64_t>(limits.max_message_bytes / 8,
-                                                       kTraversalWordsPerFrameWord * frame_words),
-                              64);
-  options.nestingLimit = 16;
-  return options;
-}
-
 }  // namespace
 
 std::size_t EncodedMessage::total_bytes() const {
   std::size_t total = envelope.size();
+  if (chunked) return total;  // The tensors travel in chunks, counted as they are sent.
   for (const auto& f : tensor_frames) total += f.size();
   return total;
 }
@@ -568,7 +269,44 @@ std::vector<std::span<const std::byte>> EncodedMessage::frames() const {
   std::vector<std::span<const std::byte>> out;
   out.reserve(1 + tensor_frames.size());
   out.emplace_back(envelope);
-  out.insert(out.end(), tensor_frames.begin(), tensor_frames.end());
+  if (!chunked) out.insert(out.end(), tensor_frames.begin(), tensor_frames.end());
+  return out;
+}
+
+std::vector<std::span<const std::byte>> ChunkPieces(const EncodedMessage& head,
+                                                    std::uint32_t index) {
+  FEDLORA_CHECK_MSG(head.chunked.has_value() && index < head.chunked->chunk_count,
+                    "ChunkPieces: not a chunked head, or no such chunk");
+  const std::uint64_t begin = std::uint64_t{index} * head.chunked->chunk_bytes;
+  const std::uint64_t end = std::min(begin + head.chunked->chunk_bytes, head.chunked->total_bytes);
+  std::vector<std::span<const std::byte>> pieces;
+  std::uint64_t at = 0;  // Offset of the current frame's first byte.
+  for (const std::span<const std::byte> frame : head.tensor_frames) {
+    const std::uint64_t lo = std::max(begin, at);
+    const std::uint64_t hi = std::min(end, at + frame.size());
+    if (lo < hi) pieces.push_back(frame.subspan(lo - at, hi - lo));
+    at += frame.size();
+    if (at >= end) break;
+  }
+  return pieces;
+}
+
+Status CheckChunkBytes(std::uint64_t chunk_bytes, std::uint64_t max_message_bytes) {
+  if (chunk_bytes < kChunkEnvelopeBytes || chunk_bytes > max_message_bytes - kChunkEnvelopeBytes ||
+      max_message_bytes < kChunkEnvelopeBytes) {
+    return InvalidArgument("transport.chunk_bytes (", chunk_bytes, ") must be at least ",
+                           kChunkEnvelopeBytes, " and leave ", kChunkEnvelopeBytes,
+                           " bytes for the chunk's envelope below transport.max_message_bytes (",
+                           max_message_bytes, ")");
+  }
+  return OkStatus();
+}
+
+EncodedMessage EncodeChunk(std::uint64_t session_id, std::uint64_t sequence,
+                           const Chunk& header, std::span<const std::span<const std::byte>> pieces) {
+  FEDLORA_CHECK_MSG(header.data.empty(), "EncodeChunk: the data travels as `pieces`");
+  EncodedMessage out = Encode(Envelope{kProtocolVersion, session_id, sequence, header, {}});
+  out.tensor_frames.assign(pieces.begin(), pieces.end());
   return out;
 }
 
@@ -579,80 +317,35 @@ EncodedMessage Encode(const Envelope& envelope, const EncodeOptions& options) {
   env.setProtocolVersion(envelope.protocol_version);
   env.setSessionId(envelope.session_id);
   env.setSequence(envelope.sequence);
-  std::visit(BodyEncoder{env, &out.tensor_frames, options.tensor_digests}, envelope.body);
+  const std::vector<TensorRef>* head_refs =
+      envelope.chunked && !envelope.chunked->tensors.empty() ? &envelope.chunked->tensors : nullptr;
+  std::visit(BodyEncoder{env, &out.tensor_frames, options.tensor_digests, head_refs},
+             envelope.body);
+  if (envelope.chunked) {
+    const TensorMap* tensors = TensorsOf(envelope.body);
+    const bool refs_only = tensors != nullptr && tensors->empty() && head_refs != nullptr;
+    FEDLORA_CHECK_MSG(tensors != nullptr && (!tensors->empty() || refs_only) &&
+                          envelope.chunked->chunk_bytes > 0,
+                      "Encode: only a message with tensors can be chunked, in chunks of >= 1 byte");
+    std::uint64_t total = 0;
+    if (refs_only) {
+      for (const TensorRef& ref : *head_refs) total += ref.byte_length;
+    } else {
+      total = PayloadBytes(*tensors);
+    }
+    ChunkedHead head{total, envelope.chunked->chunk_bytes, 0, {}};
+    const std::uint64_t count = (head.total_bytes + head.chunk_bytes - 1) / head.chunk_bytes;
+    FEDLORA_CHECK_MSG(count <= std::numeric_limits<std::uint32_t>::max(),
+                      "Encode: more than 2^32 chunks");
+    head.chunk_count = static_cast<std::uint32_t>(count);
+    auto b = env.initChunked();
+    b.setTotalBytes(head.total_bytes);
+    b.setChunkBytes(head.chunk_bytes);
+    b.setChunkCount(head.chunk_count);
+    out.chunked = std::move(head);
+  }
   out.envelope = Flatten(builder);
   return out;
-}
-
-Result<Envelope> Decode(std::span<const std::span<const std::byte>> frames,
-                        const DecodeLimits& limits) {
-  if (frames.empty()) {
-    return DecodeError(ErrorCode::kMalformedEnvelope, StatusCode::kDataLoss, "empty message");
-  }
-  if (frames.size() > limits.max_frames) {
-    return DecodeError(ErrorCode::kMessageTooLarge, StatusCode::kResourceExhausted,
-                       StrCat("message has ", frames.size(), " frames; the limit is ",
-                              limits.max_frames));
-  }
-  std::size_t total = 0;
-  for (const auto& f : frames) total += f.size();
-  if (total > limits.max_message_bytes) {
-    return DecodeError(ErrorCode::kMessageTooLarge, StatusCode::kResourceExhausted,
-                       StrCat("message of ", total, " bytes exceeds max_message_bytes = ",
-                              limits.max_message_bytes));
-  }
-  FEDLORA_ASSIGN_OR_RETURN(std::vector<capnp::word> words, AlignedWords(frames[0]));
-  try {
-    capnp::FlatArrayMessageReader reader(kj::arrayPtr(words.data(), words.size()),
-                                         Options(limits, words.size()));
-    if (reader.getEnd() != words.data() + words.size()) {
-      return DecodeError(ErrorCode::kMalformedEnvelope, StatusCode::kDataLoss,
-                         "envelope frame has trailing bytes after the message");
-    }
-    proto::Envelope::Reader env = reader.getRoot<proto::Envelope>();
-    Envelope out;
-    out.protocol_version = env.getProtocolVersion();
-    out.session_id = env.getSessionId();
-    out.sequence = env.getSequence();
-    if (out.protocol_version != kProtocolVersion) {
-      return DecodeError(ErrorCode::kVersionMismatch, StatusCode::kFailedPrecondition,
-                         StrCat("protocol version ", out.protocol_version, "; this build speaks ",
-                                kProtocolVersion));
-    }
-    std::set<std::uint32_t> claimed;
-    FEDLORA_ASSIGN_OR_RETURN(out.body, DecodeBody(env, frames, &claimed, limits));
-    if (claimed.size() != frames.size() - 1) {
-      return DecodeError(ErrorCode::kFrameCountMismatch, StatusCode::kDataLoss,
-                         StrCat(BodyName(out.body), " message has ", frames.size() - 1,
-                                " tensor frame(s) but ", claimed.size(), " tensor ref(s)"));
-    }
-    return out;
-  } catch (const kj::Exception& e) {
-    // Malformed bytes from a peer are bad input, not a bug in this process.
-    return DecodeError(ErrorCode::kMalformedEnvelope, StatusCode::kDataLoss,
-                       StrCat("undecodable envelope: ", e.getDescription().cStr()));
-  }
-}
-
-ErrorCode DecodeErrorCode(const Status& status) {
-  const std::uint32_t d = status.detail();
-  if (d == 0 || d > static_cast<std::uint32_t>(kLastErrorCode)) return ErrorCode::kInternal;
-  return static_cast<ErrorCode>(d);
-}
-
-std::optional<EnvelopeHeader> PeekHeader(std::span<const std::byte> frame0,
-                                         const DecodeLimits& limits) {
-  Result<std::vector<capnp::word>> words = AlignedWords(frame0);
-  if (!words.ok()) return std::nullopt;
-  try {
-    capnp::FlatArrayMessageReader reader(kj::arrayPtr(words->data(), words->size()),
-                                         Options(limits, words->size()));
-    proto::Envelope::Reader env = reader.getRoot<proto::Envelope>();
-    return EnvelopeHeader{env.getProtocolVersion(), env.getSessionId(), env.getSequence(),
-                          env.which() == proto::Envelope::HELLO};
-  } catch (const kj::Exception&) {
-    return std::nullopt;
-  }
 }
 
 EncodedMessage EncodeWithUnknownKindForTesting(const Envelope& envelope, std::uint16_t raw_kind) {

@@ -39,17 +39,40 @@ struct EncodeOptions {
 struct EncodedMessage {
   std::vector<std::byte> envelope;
   std::vector<std::span<const std::byte>> tensor_frames;
+  // Set for the head of a chunked message (total, chunk size and count; no refs): frames() is
+  // then the envelope alone, and the tensor bytes go out as chunks (ChunkPieces, EncodeChunk).
+  std::optional<ChunkedHead> chunked;
 
-  std::size_t total_bytes() const;
+  std::size_t total_bytes() const;  // Of frames().
   // Frame 0 followed by the tensor frames, as views.
   std::vector<std::span<const std::byte>> frames() const;
 };
 
 // Serialises `envelope`. Tensors are emitted in TensorMap (name) order, frames 1..n. Tensors must
-// be valid (see Validate in tensor.h); that is a precondition, checked.
+// be valid (see Validate in tensor.h); that is a precondition, checked. With `envelope.chunked`
+// set (only its chunk_bytes is read) the result is the head of a chunked message.
 EncodedMessage Encode(const Envelope& envelope, const EncodeOptions& options = {});
 
-// Parses and validates one received message. On failure the Status code says what to do
+// Chunked transfer (proto/fedlora.capnp, "Chunked transfer"). The frames of chunk `index` of a
+// chunked head: views of its tensor frames covering bytes [index * chunk_bytes, + chunk_bytes)
+// of the tensors laid end to end (a chunk may span tensors, a tensor several chunks).
+std::vector<std::span<const std::byte>> ChunkPieces(const EncodedMessage& head,
+                                                    std::uint32_t index);
+// Room a Chunk message's envelope needs beyond its data (a few dozen bytes; generously).
+inline constexpr std::uint64_t kChunkEnvelopeBytes = 4096;
+// transport.chunk_bytes: at least kChunkEnvelopeBytes, and a chunk with its envelope fits in
+// max_message_bytes. kInvalidArgument naming both keys otherwise.
+Status CheckChunkBytes(std::uint64_t chunk_bytes, std::uint64_t max_message_bytes);
+
+// A Chunk message (header.data empty) whose data frames are `pieces`, borrowed, not copied.
+EncodedMessage EncodeChunk(std::uint64_t session_id, std::uint64_t sequence, const Chunk& header,
+                           std::span<const std::span<const std::byte>> pieces);
+
+// Parses and validates one received message. The head of a chunked message decodes with its
+// body's TensorMap empty and `chunked` listing the tensors its chunks will carry (checked: names,
+// dtypes, shapes, sizes, positions 1..n, total and chunk count); a Chunk's data frames decode as
+// its `data`. Assembling the chunks is chunk_assembler.h's job.
+// On failure the Status code says what to do
 // (kDataLoss: corrupted bytes; kInvalidArgument: well-formed but unacceptable;
 // kResourceExhausted: over a limit) and detail() holds the wire::ErrorCode for the peer.
 Result<Envelope> Decode(std::span<const std::span<const std::byte>> frames,

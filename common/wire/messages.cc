@@ -40,6 +40,7 @@ std::string_view ErrorCodeName(ErrorCode code) {
     case ErrorCode::kNotAuthorized: return "NOT_AUTHORIZED";
     case ErrorCode::kTaskMismatch: return "TASK_MISMATCH";
     case ErrorCode::kUpdateNormExceeded: return "UPDATE_NORM_EXCEEDED";
+    case ErrorCode::kChunkMismatch: return "CHUNK_MISMATCH";
   }
   return "UNKNOWN";
 }
@@ -66,6 +67,7 @@ std::string_view BodyName(const Body& body) {
     std::string_view operator()(const EvalResult&) const { return "evalResult"; }
     std::string_view operator()(const Error&) const { return "error"; }
     std::string_view operator()(const Bye&) const { return "bye"; }
+    std::string_view operator()(const Chunk&) const { return "chunk"; }
   };
   return std::visit(Namer{}, body);
 }
@@ -75,6 +77,10 @@ const TensorMap* TensorsOf(const Body& body) {
   if (const auto* m = std::get_if<Update>(&body)) return &m->tensors;
   if (const auto* m = std::get_if<EvalTask>(&body)) return &m->tensors;
   return nullptr;
+}
+
+TensorMap* TensorsOf(Body& body) {
+  return const_cast<TensorMap*>(TensorsOf(static_cast<const Body&>(body)));
 }
 
 }  // namespace fedlora::wire

@@ -10,6 +10,7 @@
 #include <array>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <variant>
@@ -21,7 +22,8 @@ namespace fedlora::wire {
 
 // Bumped on any incompatible change to proto/fedlora.capnp. Peers with another version are
 // answered with kVersionMismatch and not served. Version 2: results carry their task's ticket.
-inline constexpr std::uint16_t kProtocolVersion = 2;
+// Version 3: chunked transfer (ChunkedHead, Chunk, CHUNK_MISMATCH).
+inline constexpr std::uint16_t kProtocolVersion = 3;
 
 // Protocol error codes, mirrored one-to-one by proto/fedlora.capnp's ErrorCode enum. Each
 // malformed-input case has its own code so a peer (and a test) can tell exactly what was wrong.
@@ -52,8 +54,9 @@ enum class ErrorCode : std::uint16_t {
   kNotAuthorized = 23,         // The CURVE key is not enrolled for this client name, or was revoked.
   kTaskMismatch = 24,          // A result's round, attempt or task nonce is not its task's.
   kUpdateNormExceeded = 25,    // The upload moves the model further than robust.norm_bound.
+  kChunkMismatch = 26,         // A chunk out of order, missing or misfit: resend the message.
 };
-inline constexpr ErrorCode kLastErrorCode = ErrorCode::kUpdateNormExceeded;
+inline constexpr ErrorCode kLastErrorCode = ErrorCode::kChunkMismatch;
 std::string_view ErrorCodeName(ErrorCode code);  // "DIGEST_MISMATCH"
 
 // Client names travel in Hello, become file names in the state directory and keys of the
@@ -282,8 +285,39 @@ struct Bye {
   friend bool operator==(const Bye&, const Bye&) = default;
 };
 
+// ---- Chunked transfer (proto/fedlora.capnp, "Chunked transfer") ----------------------------
+
+// A tensor as a message's head describes it, before its bytes arrived.
+struct TensorRef {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<std::int64_t> shape;
+  std::uint64_t byte_length = 0;   // elements x dtype width (checked by Decode).
+  std::vector<std::byte> sha256;   // 32 bytes, or empty where the transport authenticates.
+  friend bool operator==(const TensorRef&, const TensorRef&) = default;
+};
+
+// Set in the Envelope of a chunked message's head. The body's TensorMap is then empty and
+// `tensors` lists what the chunks will carry, in the order their bytes follow.
+struct ChunkedHead {
+  std::uint64_t total_bytes = 0;
+  std::uint64_t chunk_bytes = 0;
+  std::uint32_t chunk_count = 0;
+  std::vector<TensorRef> tensors;  // Filled by Decode; Encode takes them from the body.
+  friend bool operator==(const ChunkedHead&, const ChunkedHead&) = default;
+};
+
+// One piece of a chunked message: bytes [offset, offset + data.size()) of its tensors' bytes.
+struct Chunk {
+  std::uint64_t transfer = 0;  // The head's sequence number.
+  std::uint32_t index = 0;
+  std::uint64_t offset = 0;
+  std::vector<std::byte> data;  // Decoded: the chunk's frames, concatenated.
+  friend bool operator==(const Chunk&, const Chunk&) = default;
+};
+
 using Body = std::variant<Hello, Welcome, RoundTask, Update, Ack, Heartbeat, EvalTask, EvalResult,
-                          Error, Bye>;
+                          Error, Bye, Chunk>;
 std::string_view BodyName(const Body& body);  // "hello", "roundTask", ...
 
 struct Envelope {
@@ -291,10 +325,12 @@ struct Envelope {
   std::uint64_t session_id = 0;  // 0 in Hello; the Welcome's value afterwards, both ways.
   std::uint64_t sequence = 0;    // Per sender, strictly increasing within a session.
   Body body;
+  std::optional<ChunkedHead> chunked;  // Set: the head of a chunked message (tensors follow).
   friend bool operator==(const Envelope&, const Envelope&) = default;
 };
 
 // The tensors a message carries, or nullptr for kinds without tensors.
 const TensorMap* TensorsOf(const Body& body);
+TensorMap* TensorsOf(Body& body);
 
 }  // namespace fedlora::wire

@@ -14,11 +14,12 @@ namespace fedlora::testing {
 
 class FakeWorker final : public client::Worker {
  public:
-  FakeWorker(std::string name, std::string digest) {
+  FakeWorker(std::string name, std::string digest,
+             std::vector<wire::ModuleInfo> modules = kModules) {
     hello_.client_name = std::move(name);
     hello_.base_model_sha256 = std::move(digest);
     hello_.capabilities = {"cpu", 1 << 20, 0, 10, 1.0};
-    hello_.modules = kModules;
+    hello_.modules = std::move(modules);
   }
   wire::Hello Describe() const override { return hello_; }
   Result<wire::Update> Train(const wire::RoundTask& task, std::stop_token) override {

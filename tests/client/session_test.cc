@@ -63,6 +63,34 @@ TEST_F(ClientSessionTest, TrainsAndEvaluatesEveryRoundThenEndsOnBye) {
   EXPECT_EQ(coordinator_->counters().updates_accepted, 4u);
 }
 
+// The upload (rank 4 on 64 x 512 and 32 x 512: 17920 bytes) goes out in 4096-byte chunks, the
+// first time with two chunks swapped as a reordering network would: the coordinator refuses that
+// transfer (CHUNK_MISMATCH), the client sends the upload again, and the round commits with it.
+TEST_F(ClientSessionTest, AnUploadWhoseChunksArriveOutOfOrderIsSentAgainAndAccepted) {
+  config_.rounds = 1;
+  config_.round.min_clients = 1;
+  config_.eval.enabled = false;
+  config_.lora.rank = 4;
+  config_.transport.chunk_bytes = 4096;
+  StartCoordinator();
+  FakeWorker alice("alice", kDigest,
+                   {{"model.layers.0.self_attn.q_proj", 64, 512},
+                    {"model.layers.0.self_attn.v_proj", 32, 512}});
+  ClientConfig a = client_config_;
+  a.name = "alice";
+  a.transport.chunk_bytes = 4096;
+  a.faults.swap_upload_chunks = 1;
+  ClientSession session(a, alice, context_, system_clock_);
+  const Status run = session.Run();
+  ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+  EXPECT_TRUE(run.ok()) << run.ToString();
+  const server::CoordinatorCounters c = coordinator_->counters();
+  EXPECT_EQ(c.transfers_voided, 1u);
+  EXPECT_EQ(c.updates_accepted, 1u);
+  EXPECT_EQ(c.chunks_in, 10u);  // Five of the refused transfer, five of the one accepted.
+  EXPECT_EQ(alice.trains.load(), 1) << "sent again, not trained again";
+}
+
 TEST_F(ClientSessionTest, RefusalForAnotherBaseModelEndsTheSessionWithFailedPrecondition) {
   StartCoordinator();
   FakeWorker stranger("stranger", std::string(64, 'e'));

@@ -206,6 +206,14 @@ TEST(CodecTest, AnEnvelopeCannotMakeDecodingReadFarMoreThanItsOwnSize) {
   }
   ASSERT_FALSE(frames.empty());
   ASSERT_LT(frames[0].size(), 1024u);
+  // The input was found under an older protocol version: give it today's, so decoding gets past
+  // the version check to the lists (protocolVersion is the first field of the root struct's data
+  // section: after the 8-byte segment table, the root pointer's offset in words).
+  std::uint32_t pointer_lo = 0;
+  std::memcpy(&pointer_lo, frames[0].data() + 8, 4);
+  const std::size_t data_start = 8 + 8 * (1 + (static_cast<std::int32_t>(pointer_lo) >> 2));
+  ASSERT_LT(data_start + 2, frames[0].size());
+  std::memcpy(frames[0].data() + data_start, &kProtocolVersion, 2);
   std::vector<std::span<const std::byte>> views(frames.begin(), frames.end());
   // A receiver allowing large messages: the bound must come from the frame, not from this.
   DecodeLimits limits;

@@ -106,7 +106,8 @@ void WireSeeds() {
       {"eval_task", eval},
       {"eval_result", wire::EvalResult{3, 2.5, 1000, 12, {{"perplexity", 12.18}}, 0, eval.ticket}},
       {"error", wire::Error{wire::ErrorCode::kDigestMismatch, "bad bytes", 9}},
-      {"bye", wire::Bye{"done"}}};
+      {"bye", wire::Bye{"done"}},
+      {"chunk", wire::Chunk{41, 1, 16, std::vector<std::byte>(24, std::byte{7})}}};
   for (const auto& [name, body] : bodies) {
     const wire::Envelope envelope{wire::kProtocolVersion, 1234567890123ull, 42, body};
     Write("wire_decode", name + "-digests", MessageInput(1, envelope, true));
@@ -114,6 +115,10 @@ void WireSeeds() {
   }
   const wire::Envelope up{wire::kProtocolVersion, 7, 8, update};
   Write("wire_decode", "update-tight-limits", MessageInput(3, up, true));
+  // The head of a chunked update (refs, no tensor frames).
+  const wire::Envelope head{wire::kProtocolVersion, 7, 9, update, wire::ChunkedHead{.chunk_bytes = 16}};
+  Write("wire_decode", "update-chunked-head-digests", MessageInput(1, head, true));
+  Write("wire_decode", "update-chunked-head-curve", MessageInput(0, head, false));
   // Edge cases: nothing at all, an empty envelope frame, an update missing its tensor frames,
   // a newer peer's message kind, a newer protocol version.
   Write("wire_decode", "edge-empty", {});

@@ -34,6 +34,7 @@ class CoordinatorHarness : public ::testing::Test {
     config_.transport.heartbeat_interval_ms = 100;
     config_.transport.heartbeat_liveness = 1000;
     config_.transport.max_message_bytes = 64 << 10;
+    config_.transport.chunk_bytes = 32 << 10;
     config_.round.min_clients = 2;
     config_.round.quorum = 1;
     config_.round.timeout_ms = 60000;
@@ -60,6 +61,15 @@ class CoordinatorHarness : public ::testing::Test {
     const Status started = coordinator_->Start();
     if (started.ok()) thread_ = std::thread([this] { result_ = coordinator_->Run(); });
     return started;
+  }
+  // Launches on a fresh inproc endpoint named after `prefix`, the test and the launch count
+  // (a restarted coordinator binds anew).
+  Status LaunchOnInproc(const std::string& prefix) {
+    config_.transport.bind =
+        "inproc://coordinator-" + prefix + "-" +
+        std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "-" +
+        std::to_string(++launches_);
+    return LaunchCoordinator(system_clock_);
   }
   // Waits for Run() to return and gives its status.
   Status FinishCoordinator() {
@@ -108,6 +118,7 @@ class CoordinatorHarness : public ::testing::Test {
   std::unique_ptr<server::Coordinator> coordinator_;
   std::thread thread_;
   Status result_;
+  int launches_ = 0;
 };
 
 }  // namespace fedlora::testing

@@ -52,11 +52,7 @@ class CoordinatorStreamingTest : public testing::CoordinatorHarness {
   }
 
   void Start() {
-    config_.transport.bind =
-        "inproc://coordinator-streaming-" +
-        std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "-" +
-        std::to_string(++starts_);
-    const Status started = LaunchCoordinator(system_clock_);
+    const Status started = LaunchOnInproc("streaming");
     ASSERT_TRUE(started.ok()) << started.ToString();
   }
 
@@ -84,7 +80,6 @@ class CoordinatorStreamingTest : public testing::CoordinatorHarness {
   }
   void Forget() { std::filesystem::remove_all(dir_); }
 
-  int starts_ = 0;
 };
 
 TEST_F(CoordinatorStreamingTest, TheCommittedAdapterIsBitIdenticalWhateverOrderUploadsArriveIn) {

@@ -5,10 +5,13 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <numeric>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/net/zmq_transport.h"
+#include "common/wire/chunk_assembler.h"
 #include "common/wire/codec.h"
 
 namespace fedlora::testing {
@@ -29,7 +32,9 @@ class TestPeer {
   // `options` may carry CURVE keys (a client pinning the coordinator's key).
   TestPeer(net::Context& context, const std::string& endpoint, net::SocketOptions options = {}) {
     socket_ = std::move(net::Socket::Open(context, net::SocketKind::kDealer, options).value());
-    if (options.curve) EXPECT_TRUE(socket_.EnableMonitor(context).ok());
+    if (options.curve) {
+      EXPECT_TRUE(socket_.EnableMonitor(context).ok());
+    }
     limits_.require_digests = !options.curve;  // A CURVE coordinator leaves them out.
     EXPECT_TRUE(socket_.Connect(endpoint).ok());
   }
@@ -53,6 +58,35 @@ class TestPeer {
     const wire::Envelope env{version, session_, ++sequence_, std::move(body)};
     const wire::EncodedMessage m = wire::Encode(env);
     EXPECT_TRUE(socket_.Send(m.frames()).ok());
+    return env.sequence;
+  }
+  // Sends `body` as a chunked message in chunks of `chunk_bytes`: the head, then the chunks in
+  // the order of `order` (indices; all of them in order when empty; a missing index is a lost
+  // chunk). `corrupt`: flips one byte of that chunk. Returns the head's sequence number.
+  std::uint64_t SendChunked(wire::Body body, std::uint64_t chunk_bytes,
+                            std::vector<std::uint32_t> order = {},
+                            std::optional<std::uint32_t> corrupt = std::nullopt) {
+    const wire::Envelope env{wire::kProtocolVersion, session_, ++sequence_, std::move(body),
+                             wire::ChunkedHead{.chunk_bytes = chunk_bytes}};
+    const wire::EncodedMessage head = wire::Encode(env);
+    EXPECT_TRUE(socket_.Send(head.frames()).ok());
+    if (order.empty()) {
+      order.resize(head.chunked->chunk_count);
+      std::iota(order.begin(), order.end(), 0u);
+    }
+    for (std::uint32_t i : order) {
+      std::vector<std::span<const std::byte>> pieces = wire::ChunkPieces(head, i);
+      std::vector<std::byte> flipped;
+      if (corrupt == i) {
+        for (auto p : pieces) flipped.insert(flipped.end(), p.begin(), p.end());
+        flipped[flipped.size() / 2] ^= std::byte{0x5a};
+        pieces = {std::span<const std::byte>(flipped)};
+      }
+      const wire::EncodedMessage chunk = wire::EncodeChunk(
+          session_, ++sequence_, wire::Chunk{env.sequence, i, std::uint64_t{i} * chunk_bytes, {}},
+          pieces);
+      EXPECT_TRUE(socket_.Send(chunk.frames()).ok());
+    }
     return env.sequence;
   }
   std::uint64_t SendEnvelope(const wire::Envelope& env) {
@@ -89,6 +123,24 @@ class TestPeer {
       EXPECT_TRUE(env.ok()) << env.status().ToString();
       if (!env.ok()) continue;
       if (std::holds_alternative<wire::Heartbeat>(env->body)) continue;
+      // A chunked message is put back together and returned whole.
+      if (env->chunked) {
+        inbound_.emplace(wire::ChunkAssembler::InMemory(std::move(env).value()).value());
+        ++chunked_received_;
+        continue;
+      }
+      if (const auto* chunk = std::get_if<wire::Chunk>(&env->body)) {
+        EXPECT_TRUE(inbound_.has_value()) << "a chunk outside a transfer";
+        if (!inbound_) continue;
+        const Status s = inbound_->Accept(*chunk);
+        EXPECT_TRUE(s.ok()) << s.ToString();
+        if (!inbound_->complete()) continue;
+        Result<wire::Envelope> whole = inbound_->Finish();
+        inbound_.reset();
+        EXPECT_TRUE(whole.ok()) << whole.status().ToString();
+        if (!whole.ok()) continue;
+        return std::move(whole).value();
+      }
       return std::move(env).value();
     }
     ADD_FAILURE() << "no message within 30 s";
@@ -118,6 +170,7 @@ class TestPeer {
   }
 
   std::uint64_t session() const { return session_; }
+  int chunked_received() const { return chunked_received_; }  // Chunked messages received.
   std::uint64_t sequence() const { return sequence_; }
   void set_session(std::uint64_t s) { session_ = s; }
 
@@ -126,6 +179,8 @@ class TestPeer {
   wire::DecodeLimits limits_;
   std::uint64_t session_ = 0;
   std::uint64_t sequence_ = 0;
+  std::optional<wire::ChunkAssembler> inbound_;
+  int chunked_received_ = 0;
 };
 
 }  // namespace fedlora::testing
