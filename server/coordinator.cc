@@ -204,6 +204,7 @@ milliseconds Coordinator::Impl::NextWait() const {
 
 void Coordinator::Impl::OnTick() {
   ReloadKeys();
+  DropStaleInbound();
   const Clock::TimePoint now = clock_.Now();
   const milliseconds interval(config_.transport.heartbeat_interval_ms);
   const std::vector<std::string> expired = clients_.ExpireSilentSince(

@@ -6,6 +6,8 @@
 // (HandleUpdate: checked, folded, persisted, acknowledged). Tasks larger than the coordinator's
 // chunk_bytes go out the same way. Runs on the coordinator's loop thread (coordinator_impl.h).
 #include <cstring>
+#include <utility>
+#include <vector>
 
 #include "common/log.h"
 #include "server/admission.h"
@@ -114,6 +116,25 @@ void Coordinator::Impl::HandleChunked(ClientConnection& client, wire::Envelope e
     return;
   }
   HandleUpdate(client, transfer, std::move(std::get<wire::Update>(whole->body)), total_bytes);
+}
+
+void Coordinator::Impl::DropStaleInbound() {
+  std::vector<std::pair<std::string, Status>> stale;
+  for (const auto& [id, in] : inbound_) {
+    const auto& update = std::get<wire::Update>(in.assembler.head().body);
+    if (Result<UploadGate> gate = round_.AdmitUpload(id, update.round, update.ticket); !gate.ok()) {
+      stale.emplace_back(id, gate.status());
+    }
+  }
+  for (const auto& [id, why] : stale) {
+    const std::uint64_t transfer = inbound_.at(id).assembler.transfer();
+    DropInbound(id, why.message());
+    if (ClientConnection* client = clients_.FindById(id)) {
+      ProtocolError(StrCat("chunked upload from ", id), client->route, transfer,
+                    wire::DecodeErrorCode(why),
+                    StrCat("upload discarded part-way: ", why.message()));
+    }
+  }
 }
 
 void Coordinator::Impl::DropInbound(const std::string& id, std::string_view why) {

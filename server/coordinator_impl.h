@@ -84,6 +84,9 @@ class Coordinator::Impl {
   // out of place voids the transfer (CHUNK_MISMATCH naming the tensor and offset; the client
   // sends the upload again) and leaves nothing behind.
   void HandleChunked(ClientConnection& client, wire::Envelope envelope, std::size_t bytes);
+  // Discards the partial uploads whose round or task is no longer open (the round moved on
+  // while they were arriving), telling their clients why: no spool outlives its round.
+  void DropStaleInbound();
   // Discards `id`'s partial upload, if any (its connection ended, or a newer one replaced it).
   void DropInbound(const std::string& id, std::string_view why);
   // Sends a message whose tensors exceed transport.chunk_bytes as a head and its chunks.

@@ -38,8 +38,8 @@ class CoordinatorChunksTest : public testing::CoordinatorHarness {
     config_.round.min_clients = 1;
     config_.transport.chunk_bytes = kChunk;
   }
-  void Start() {
-    const Status started = LaunchOnInproc("chunks");
+  void Start(const Clock* clock = nullptr) {
+    const Status started = LaunchOnInproc("chunks", clock);
     ASSERT_TRUE(started.ok()) << started.ToString();
   }
   std::unique_ptr<TestPeer> Join(const std::string& name) {
@@ -68,7 +68,6 @@ class CoordinatorChunksTest : public testing::CoordinatorHarness {
     }
     return true;
   }
-
 };
 
 TEST_F(CoordinatorChunksTest, AnUploadInChunksCommitsTheSameAdapterAsTheSameUploadInOneMessage) {
@@ -219,6 +218,46 @@ TEST_F(CoordinatorChunksTest, AClientThatLeavesMidUploadLeavesNoSpoolAndTheRound
   const std::string round1 = MetricsLines().at(1);
   EXPECT_NE(round1.find("\"clients_reported\":1"), std::string::npos) << round1;
   EXPECT_NE(round1.find("\"weights\":{\"bob\":1.0}"), std::string::npos) << round1;
+}
+
+// A client that keeps a transfer open past the deadline, while another client's upload meets the
+// quorum: the partial upload is discarded with its round, its spool removed, the client told.
+TEST_F(CoordinatorChunksTest, APartialUploadIsDiscardedWhenItsRoundMovesOn) {
+  config_.rounds = 2;
+  config_.round.min_clients = 2;
+  config_.round.quorum = 1;
+  FakeClock clock;
+  Start(&clock);
+  auto alice = Join("alice");
+  auto bob = Join("bob");
+  const wire::RoundTask alice_task = alice->Expect<wire::RoundTask>();
+  const wire::RoundTask bob_task = bob->Expect<wire::RoundTask>();
+  const std::uint64_t transfer =
+      alice->SendChunked(Answer(alice_task, 0.25f, false), kChunk, {0, 1});
+  ASSERT_TRUE(WaitForCounters([](const CoordinatorCounters& c) { return c.chunks_in == 2; }));
+  EXPECT_EQ(IncomingFiles(), 1u);
+  bob->Send(Answer(bob_task, 0.5f, false));
+  bob->Expect<wire::Ack>();
+  // The deadline passes with alice's upload incomplete: round 1 commits with bob's; round 2 begins.
+  clock.Advance(std::chrono::milliseconds(config_.round.timeout_ms + 1));
+  coordinator_->Wake();
+  bool told = false, tasked = false;
+  while (!told || !tasked) {
+    wire::Envelope env = alice->Next();
+    if (const auto* error = std::get_if<wire::Error>(&env.body)) {
+      EXPECT_EQ(error->code, wire::ErrorCode::kStaleRound) << error->message;
+      EXPECT_EQ(error->ref_sequence, transfer);
+      told = true;
+    } else if (const auto* task = std::get_if<wire::RoundTask>(&env.body)) {
+      EXPECT_EQ(task->round, 2u);
+      tasked = true;
+    } else {
+      ADD_FAILURE() << "unexpected " << wire::BodyName(env.body);
+      break;
+    }
+  }
+  EXPECT_EQ(IncomingFiles(), 0u);
+  EXPECT_EQ(coordinator_->counters().transfers_voided, 1u);
 }
 
 }  // namespace

@@ -64,12 +64,12 @@ class CoordinatorHarness : public ::testing::Test {
   }
   // Launches on a fresh inproc endpoint named after `prefix`, the test and the launch count
   // (a restarted coordinator binds anew).
-  Status LaunchOnInproc(const std::string& prefix) {
+  Status LaunchOnInproc(const std::string& prefix, const Clock* clock = nullptr) {
     config_.transport.bind =
         "inproc://coordinator-" + prefix + "-" +
         std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()) + "-" +
         std::to_string(++launches_);
-    return LaunchCoordinator(system_clock_);
+    return LaunchCoordinator(clock != nullptr ? *clock : system_clock_);
   }
   // Waits for Run() to return and gives its status.
   Status FinishCoordinator() {
