@@ -1,4 +1,5 @@
 // bench/load_driver — many real client sessions against one real fedlora-coordinator process.
+// (Near 700 lines: a self-contained benchmark program, peer protocol, sampling and report.)
 //
 // Each session is a lightweight protocol peer: its own DEALER socket over TCP with its own CURVE
 // key pair (pinning the coordinator's key), speaking the wire protocol through the project's codec

@@ -1,7 +1,9 @@
 // local_worker.cc — the door between the torch-free Worker interface and the LibTorch stack:
 // model + tokenizer (ModelAssets), the client's tokenized data, LoRA training and evaluation in
 // every adapter mode of the protocol (task_adapter.h), base corrections (base_overlay.h),
-// FedSA-LoRA's private B (local_factor_store.h) and the LoRA-SB initialisation.
+// FedSA-LoRA's private B (local_factor_store.h) and the LoRA-SB initialisation. (~600 lines: the
+// worker's training and evaluation paths share its private state; each part with its own job is
+// already in its own file.)
 #include "client/local_worker.h"
 
 #include <ATen/ATen.h>

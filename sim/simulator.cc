@@ -1,3 +1,7 @@
+// simulator.cc — fedlora-sim's run (simulator.h): assets once, the real coordinator, virtual
+// clients with the real session code (one process, or worker shards over TCP), progress and the
+// summary. Longer than ~600 lines: the orchestration of a run reads top to bottom here; the parts
+// with their own job have their own files (fleet_model, adversary, shard_keys, the batcher).
 #include "sim/simulator.h"
 
 #include <unistd.h>

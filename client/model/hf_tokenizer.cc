@@ -1,3 +1,8 @@
+// hf_tokenizer.cc — a Hugging Face tokenizer.json interpreter: normalizers, pre-tokenizers, the
+// BPE / WordPiece / Unigram models, post-processors and decoders, over one set of private UTF-8,
+// regex (PCRE2) and byte-level helpers. Longer than ~600 lines because those stages share the
+// helpers and the parsed pipeline's private types; splitting it by stage would move them into
+// headers for no reader's benefit. Tests: tests/client_data/hf_tokenizer_test.cc (golden tokens).
 #include "client/model/hf_tokenizer.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8

@@ -1,3 +1,6 @@
+// llama.cc — the Llama model in LibTorch: the llama.c and Hugging Face checkpoint loaders (exact
+// layouts, sizes checked), the canonical digest of the base weights, and the forward pass.
+// Longer than ~600 lines because the loaders and the digest share the expected-shape tables.
 #include "client/model/llama.h"
 
 #include <ATen/ATen.h>

@@ -1,3 +1,8 @@
+// factor_math.cc — the strategies' fp64 LoRA algebra (stacking, padding, FedEx residuals,
+// lossless compaction, LoRA-FAIR, sketches, Fed-SB init) behind one LibTorch exception boundary.
+// Longer than ~600 lines because every operation shares the same argument checks (shapes,
+// finiteness, weights) and dtype rules, which are private to this file; ALGORITHMS.md is its
+// specification, tests/lora/ its tests.
 #include "common/lora/factor_math.h"
 
 #include <ATen/ATen.h>

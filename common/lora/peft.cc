@@ -1,3 +1,8 @@
+// peft.cc — PEFT adapters on disk, both directions: adapter_config.json (the subset we can
+// honour, every other feature refused by name) and adapter_model.safetensors, import with
+// validation, export with an atomic directory replace. Longer than ~600 lines because reading
+// and writing share the config schema, the name mapping and the checks; one file keeps the two
+// directions from drifting apart.
 #include "common/lora/peft.h"
 
 #include <fcntl.h>
