@@ -384,6 +384,10 @@ void Coordinator::Impl::HandleMessage(const net::Message& message) {
         error->code == ErrorCode::kChunkMismatch) {
       client->base_version = kUnknownVersion;
     }
+    // A task whose chunks did not arrive whole is sent again (a few times), base and all.
+    if (error->code == ErrorCode::kChunkMismatch && ResendTask(*client, error->ref_sequence)) {
+      return;
+    }
     // The error names the task it refuses by that message's sequence number.
     round_.OnTaskRefused(client->id, error->ref_sequence);
   } else if (const auto* bye = std::get_if<wire::Bye>(&envelope.body)) {

@@ -18,6 +18,8 @@ namespace {
 
 using wire::ErrorCode;
 
+constexpr std::uint32_t kMaxTaskResends = 2;
+
 }  // namespace
 
 void Coordinator::Impl::HandleChunked(ClientConnection& client, wire::Envelope envelope,
@@ -146,6 +148,29 @@ void Coordinator::Impl::DropInbound(const std::string& id, std::string_view why)
   void_transfers_[id] = it->second.assembler.transfer();
   inbound_.erase(it);  // Removes its spool file: nothing of it stays in the round.
   Count([](CoordinatorCounters& c) { ++c.transfers_voided; });
+}
+
+bool Coordinator::Impl::ResendTask(ClientConnection& client, std::uint64_t ref_sequence) {
+  const RoundRun& run = round_.run();
+  const auto is = [&](const auto& sequences, const auto& outstanding) {
+    const auto it = sequences.find(client.id);
+    return it != sequences.end() && it->second == ref_sequence && outstanding.contains(client.id);
+  };
+  const bool fit = is(run.task_sequence, run.outstanding);
+  const bool eval = !fit && is(run.eval_sequence, run.eval_outstanding);
+  if (!fit && !eval) return false;
+  auto& [round, count] = task_resends_[client.id];
+  if (round != run.round) round = run.round, count = 0;
+  if (count >= kMaxTaskResends) return false;
+  ++count;
+  LogWarn("round ", run.round, ": sending the ", fit ? "task" : "evaluation task", " of ",
+          client.id, " again (", count, " of ", kMaxTaskResends, ")");
+  if (fit) {
+    SendTask(client.id);
+  } else {
+    SendEvalTask(client.id);
+  }
+  return true;
 }
 
 std::size_t Coordinator::Impl::SendChunked(ClientConnection& client, wire::Envelope envelope) {

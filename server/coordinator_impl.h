@@ -89,6 +89,10 @@ class Coordinator::Impl {
   void DropStaleInbound();
   // Discards `id`'s partial upload, if any (its connection ended, or a newer one replaced it).
   void DropInbound(const std::string& id, std::string_view why);
+  // The client could not assemble the task (or evaluation task) it was sent as message
+  // `ref_sequence`: sends it again, at most kMaxTaskResends times per client and round. False
+  // when that is not the open task, or the resends are spent (it then counts as refused).
+  bool ResendTask(ClientConnection& client, std::uint64_t ref_sequence);
   // Sends a message whose tensors exceed transport.chunk_bytes as a head and its chunks.
   std::size_t SendChunked(ClientConnection& client, wire::Envelope envelope);
   void SendError(const std::string& route, std::uint64_t ref_sequence, wire::ErrorCode code,
@@ -200,6 +204,8 @@ class Coordinator::Impl {
   };
   std::map<std::string, InboundUpload, std::less<>> inbound_;
   std::map<std::string, std::uint64_t, std::less<>> void_transfers_;
+  // Tasks sent again after CHUNK_MISMATCH: client id -> (round, count).
+  std::map<std::string, std::pair<std::uint64_t, std::uint32_t>, std::less<>> task_resends_;
   // The bytes of the last chunked task's tensors, by name, shared by every client's chunks that
   // carry the same bytes (SendChunked); ZeroMQ holds references while chunks are queued.
   std::map<std::string, std::shared_ptr<const std::vector<std::byte>>, std::less<>> task_tensors_;

@@ -260,5 +260,25 @@ TEST_F(CoordinatorChunksTest, APartialUploadIsDiscardedWhenItsRoundMovesOn) {
   EXPECT_EQ(coordinator_->counters().transfers_voided, 1u);
 }
 
+// A client that could not put its task together (a chunk went missing on the way) says so, and
+// gets the same task again, rather than failing the round.
+TEST_F(CoordinatorChunksTest, ATaskWhoseChunksTheClientCouldNotAssembleIsSentAgain) {
+  Start();
+  auto peer = Join("alice");
+  const wire::Envelope first = peer->Next();
+  ASSERT_TRUE(std::holds_alternative<wire::RoundTask>(first.body));
+  const wire::RoundTask& task = std::get<wire::RoundTask>(first.body);
+  peer->Send(wire::Error{wire::ErrorCode::kChunkMismatch, "chunk 2 never arrived", first.sequence});
+  const wire::RoundTask again = peer->Expect<wire::RoundTask>();
+  EXPECT_EQ(peer->chunked_received(), 2);
+  EXPECT_EQ(again.round, task.round);
+  EXPECT_EQ(again.ticket, task.ticket) << "the same task, not a new attempt";
+  EXPECT_EQ(again.tensors, task.tensors);
+  peer->SendChunked(Answer(again, 0.25f, false), kChunk);
+  peer->Expect<wire::Ack>();
+  peer->Expect<wire::Bye>();
+  ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+}
+
 }  // namespace
 }  // namespace fedlora::server
