@@ -7,16 +7,12 @@
 #include <string>
 #include <vector>
 
+#include "tests/testing/hex.h"
+
 namespace fedlora::crypto {
 namespace {
 
-std::vector<std::uint8_t> Hex(const std::string& hex) {
-  std::vector<std::uint8_t> out;
-  for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
-    out.push_back(static_cast<std::uint8_t>(std::stoi(hex.substr(i, 2), nullptr, 16)));
-  }
-  return out;
-}
+std::vector<std::uint8_t> Hex(const std::string& hex) { return testing::HexBytes(hex); }
 X25519Key Key(const std::string& hex) {
   X25519Key k{};
   const std::vector<std::uint8_t> b = Hex(hex);
