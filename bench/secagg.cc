@@ -84,7 +84,7 @@ int main() {
     (void)crypto::ShamirSplit(own.secret_key, k / 2 + 1, k);
     (void)crypto::ShamirSplit(own.secret_key, k / 2 + 1, k);
   });
-  std::printf("what=client_keys n=%u degree=%u agree_seconds=%.6f shamir_split_seconds=%.6f\n", n, k,
-              agree_s, shamir_s);
+  std::printf("what=client_keys n=%u degree=%u agree_seconds=%.6f shamir_split_seconds=%.6f\n", n,
+              k, agree_s, shamir_s);
   return 0;
 }

@@ -33,7 +33,7 @@ void ClientSession::Impl::JobLoop() {
     Result<wire::Body> result = Status(StatusCode::kInternal, "unset");
     if (auto* task = std::get_if<wire::RoundTask>(&job)) {
       Progress("round ", task->round, ": training (", task->train.local_steps, " steps, lr ",
-              task->train.learning_rate, ")");
+               task->train.learning_rate, ")");
       Result<wire::Update> update = worker_.Train(*task, token);
       if (update.ok()) update->ticket = task->ticket;  // Binds the upload to this very task.
       result = update.ok() ? Result<wire::Body>(wire::Body(std::move(update).value()))
@@ -146,10 +146,17 @@ Status ClientSession::Impl::Run() {
     }
     socket_ = net::Socket();  // Stops and closes its monitor too.
     switch (outcome) {
-      case Outcome::kBye: CancelJobs(); return OkStatus();
-      case Outcome::kStop: CancelJobs(); return Status(StatusCode::kCancelled, "stopped on request");
-      case Outcome::kFatal: CancelJobs(); return fatal_;
-      case Outcome::kReconnect: break;
+      case Outcome::kBye:
+        CancelJobs();
+        return OkStatus();
+      case Outcome::kStop:
+        CancelJobs();
+        return Status(StatusCode::kCancelled, "stopped on request");
+      case Outcome::kFatal:
+        CancelJobs();
+        return fatal_;
+      case Outcome::kReconnect:
+        break;
     }
     if (welcomed_) {  // The connection worked for a while: start the backoff over.
       backoff = milliseconds(config_.transport.reconnect_min_ms);
@@ -176,7 +183,8 @@ bool ClientSession::Impl::WaitBackoff(milliseconds delay) {
     if (now >= until) return true;
     net::PollItem item;
     item.fd = wake_.read_fd();
-    if (!net::Poll(std::span<net::PollItem>(&item, 1), milliseconds(MillisUntil(now, until))).ok()) {
+    if (!net::Poll(std::span<net::PollItem>(&item, 1), milliseconds(MillisUntil(now, until)))
+             .ok()) {
       return true;
     }
     // Job completions also wake us; they wait in done_ until the next connection's Welcome.
@@ -271,7 +279,6 @@ std::optional<Outcome> ClientSession::Impl::ReadMonitor() {
   return std::nullopt;
 }
 
-
 void ClientSession::Impl::HandleDone(JobDone done) {
   if (!done.result.ok()) {
     if (done.result.status().code() == StatusCode::kCancelled) return;
@@ -304,7 +311,6 @@ void ClientSession::Impl::HandleDone(JobDone done) {
   }
   Send(std::move(body));
 }
-
 
 // ---- ClientSession -------------------------------------------------------------------------
 

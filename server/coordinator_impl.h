@@ -37,8 +37,11 @@ class Coordinator::Impl {
  public:
   Impl(CoordinatorConfig config, std::unique_ptr<Strategy> strategy, net::Context& context,
        const Clock& clock)
-      : config_(std::move(config)), strategy_(std::move(strategy)), context_(context),
-        clock_(clock), round_(config_.round, std::chrono::milliseconds(config_.eval.timeout_ms)) {
+      : config_(std::move(config)),
+        strategy_(std::move(strategy)),
+        context_(context),
+        clock_(clock),
+        round_(config_.round, std::chrono::milliseconds(config_.eval.timeout_ms)) {
     limits_.max_message_bytes = config_.transport.max_message_bytes;
   }
 

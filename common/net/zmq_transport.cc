@@ -219,9 +219,9 @@ Status Socket::SendShared(std::span<const std::span<const std::byte>> frames,
       // In place: ZeroMQ calls the deleter (dropping its reference to `owner`) once the frame is
       // sent or discarded, whichever comes first.
       auto* hold = new std::shared_ptr<const void>(owner);
-      part.rebuild(const_cast<std::byte*>(frames[i].data()), frames[i].size(),
-                   [](void*, void* hint) { delete static_cast<std::shared_ptr<const void>*>(hint); },
-                   hold);
+      part.rebuild(
+          const_cast<std::byte*>(frames[i].data()), frames[i].size(),
+          [](void*, void* hint) { delete static_cast<std::shared_ptr<const void>*>(hint); }, hold);
     } else {
       part.rebuild(frames[i].data(), frames[i].size());  // The one copy of the bytes.
     }
@@ -286,17 +286,27 @@ std::optional<MonitorEvent> ParseMonitorEvent(const Message& message) {
   out.endpoint.assign(reinterpret_cast<const char*>(ep.data()), ep.size());
   switch (event) {
     case ZMQ_EVENT_CONNECTED:
-    case ZMQ_EVENT_ACCEPTED: out.kind = MonitorEventKind::kConnected; break;
-    case ZMQ_EVENT_DISCONNECTED: out.kind = MonitorEventKind::kDisconnected; break;
-    case ZMQ_EVENT_HANDSHAKE_SUCCEEDED: out.kind = MonitorEventKind::kHandshakeSucceeded; break;
+    case ZMQ_EVENT_ACCEPTED:
+      out.kind = MonitorEventKind::kConnected;
+      break;
+    case ZMQ_EVENT_DISCONNECTED:
+      out.kind = MonitorEventKind::kDisconnected;
+      break;
+    case ZMQ_EVENT_HANDSHAKE_SUCCEEDED:
+      out.kind = MonitorEventKind::kHandshakeSucceeded;
+      break;
     case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
       out.kind = MonitorEventKind::kHandshakeFailedNoDetail;
       break;
     case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
       out.kind = MonitorEventKind::kHandshakeFailedProtocol;
       break;
-    case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH: out.kind = MonitorEventKind::kHandshakeFailedAuth; break;
-    default: out.kind = MonitorEventKind::kOther; break;
+    case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+      out.kind = MonitorEventKind::kHandshakeFailedAuth;
+      break;
+    default:
+      out.kind = MonitorEventKind::kOther;
+      break;
   }
   return out;
 }
@@ -345,13 +355,20 @@ bool MonitorEvent::cryptographic() const {
 
 std::string_view MonitorEventName(MonitorEventKind kind) {
   switch (kind) {
-    case MonitorEventKind::kConnected: return "connected";
-    case MonitorEventKind::kDisconnected: return "disconnected";
-    case MonitorEventKind::kHandshakeSucceeded: return "handshake succeeded";
-    case MonitorEventKind::kHandshakeFailedNoDetail: return "handshake failed (connection closed)";
-    case MonitorEventKind::kHandshakeFailedProtocol: return "handshake failed (protocol)";
-    case MonitorEventKind::kHandshakeFailedAuth: return "handshake failed (authentication)";
-    case MonitorEventKind::kOther: break;
+    case MonitorEventKind::kConnected:
+      return "connected";
+    case MonitorEventKind::kDisconnected:
+      return "disconnected";
+    case MonitorEventKind::kHandshakeSucceeded:
+      return "handshake succeeded";
+    case MonitorEventKind::kHandshakeFailedNoDetail:
+      return "handshake failed (connection closed)";
+    case MonitorEventKind::kHandshakeFailedProtocol:
+      return "handshake failed (protocol)";
+    case MonitorEventKind::kHandshakeFailedAuth:
+      return "handshake failed (authentication)";
+    case MonitorEventKind::kOther:
+      break;
   }
   return "other";
 }

@@ -95,7 +95,7 @@ struct SocketOptions {
   std::int64_t max_frame_bytes = -1;
   // Identity a DEALER presents to a ROUTER (ZMQ_ROUTING_ID); empty = chosen by ZeroMQ.
   std::string routing_id;
-  int send_hwm = 1000;     // Messages queued per peer before sends fail with kUnavailable.
+  int send_hwm = 1000;  // Messages queued per peer before sends fail with kUnavailable.
   int receive_hwm = 1000;
   std::optional<CurveOptions> curve;  // Unset: plaintext (ZeroMQ's NULL mechanism).
 };
@@ -110,7 +110,7 @@ class Message {
   Message(const Message&) = delete;
   Message& operator=(const Message&) = delete;
 
-  std::size_t size() const;                          // Number of frames.
+  std::size_t size() const;  // Number of frames.
   std::span<const std::byte> frame(std::size_t i) const;
   std::size_t total_bytes() const;
   // Views of frames [first, size()).
@@ -159,7 +159,7 @@ class Socket {
   Socket(const Socket&) = delete;
   Socket& operator=(const Socket&) = delete;
 
-  Status Bind(const std::string& endpoint);     // kInvalidArgument / kUnavailable (port in use).
+  Status Bind(const std::string& endpoint);  // kInvalidArgument / kUnavailable (port in use).
   Status Connect(const std::string& endpoint);
   // The endpoint actually bound (resolves "tcp://127.0.0.1:*" to a port).
   Result<std::string> LastEndpoint() const;
@@ -226,8 +226,9 @@ struct PollItem {
   bool writable = false;       // Set by Poll (want_writable only).
 };
 
-// Waits until an item is readable (or writable, where asked) or `timeout` passes (negative = forever). Interrupted system
-// calls (EINTR) return OK with nothing readable, so callers can check their stop flag.
+// Waits until an item is readable (or writable, where asked) or `timeout` passes (negative =
+// forever). Interrupted system calls (EINTR) return OK with nothing readable, so callers can check
+// their stop flag.
 Status Poll(std::span<PollItem> items, std::chrono::milliseconds timeout);
 
 }  // namespace fedlora::net

@@ -36,7 +36,8 @@ void EncodeTensors(const TensorMap& tensors, capnp::List<proto::TensorRef>::Buil
     ref.setByteLength(t.data.size());
     if (digests) {
       const crypto::Digest digest = crypto::Sha256(std::span<const std::byte>(t.data));
-      ref.setSha256(kj::arrayPtr(reinterpret_cast<const capnp::byte*>(digest.data()), digest.size()));
+      ref.setSha256(
+          kj::arrayPtr(reinterpret_cast<const capnp::byte*>(digest.data()), digest.size()));
     }
     frames->push_back(std::span<const std::byte>(t.data));
   }
@@ -302,8 +303,8 @@ Status CheckChunkBytes(std::uint64_t chunk_bytes, std::uint64_t max_message_byte
   return OkStatus();
 }
 
-EncodedMessage EncodeChunk(std::uint64_t session_id, std::uint64_t sequence,
-                           const Chunk& header, std::span<const std::span<const std::byte>> pieces) {
+EncodedMessage EncodeChunk(std::uint64_t session_id, std::uint64_t sequence, const Chunk& header,
+                           std::span<const std::span<const std::byte>> pieces) {
   FEDLORA_CHECK_MSG(header.data.empty(), "EncodeChunk: the data travels as `pieces`");
   EncodedMessage out = Encode(Envelope{kProtocolVersion, session_id, sequence, header, {}});
   out.tensor_frames.assign(pieces.begin(), pieces.end());
@@ -324,9 +325,9 @@ EncodedMessage Encode(const Envelope& envelope, const EncodeOptions& options) {
   if (envelope.chunked) {
     const TensorMap* tensors = TensorsOf(envelope.body);
     const bool refs_only = tensors != nullptr && tensors->empty() && head_refs != nullptr;
-    FEDLORA_CHECK_MSG(tensors != nullptr && (!tensors->empty() || refs_only) &&
-                          envelope.chunked->chunk_bytes > 0,
-                      "Encode: only a message with tensors can be chunked, in chunks of >= 1 byte");
+    FEDLORA_CHECK_MSG(
+        tensors != nullptr && (!tensors->empty() || refs_only) && envelope.chunked->chunk_bytes > 0,
+        "Encode: only a message with tensors can be chunked, in chunks of >= 1 byte");
     std::uint64_t total = 0;
     if (refs_only) {
       for (const TensorRef& ref : *head_refs) total += ref.byte_length;

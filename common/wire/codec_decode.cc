@@ -45,9 +45,8 @@ Result<TensorRef> DecodeRef(proto::TensorRef::Reader ref, std::uint32_t* frame) 
       static_cast<std::uint64_t>(*numel) * static_cast<std::uint64_t>(ByteWidth(*dtype));
   if (ref.getByteLength() != expected) {
     return DecodeError(ErrorCode::kTensorFrameMismatch, StatusCode::kDataLoss,
-                       StrCat("tensor '", out.name, "': ref says ", ref.getByteLength(),
-                              " bytes, ", DTypeName(*dtype), " ", ShapeString(out.shape),
-                              " needs ", expected));
+                       StrCat("tensor '", out.name, "': ref says ", ref.getByteLength(), " bytes, ",
+                              DTypeName(*dtype), " ", ShapeString(out.shape), " needs ", expected));
   }
   out.byte_length = expected;
   const capnp::Data::Reader digest = ref.getSha256();
@@ -90,22 +89,22 @@ Status DecodeTensors(capnp::List<proto::TensorRef>::Reader refs, const TensorSin
                          StrCat("tensor '", name, "' has no SHA-256 in its ref"));
     }
     if (ref.sha256.size() != 0 && ref.sha256.size() != crypto::Digest().size()) {
-      return DecodeError(ErrorCode::kDigestMismatch, StatusCode::kDataLoss,
-                         StrCat("tensor '", name, "': its SHA-256 has ", ref.sha256.size(),
-                                " bytes"));
+      return DecodeError(
+          ErrorCode::kDigestMismatch, StatusCode::kDataLoss,
+          StrCat("tensor '", name, "': its SHA-256 has ", ref.sha256.size(), " bytes"));
     }
     if (sink.head_refs != nullptr) {  // A chunked head: the bytes come later.
       if (index == 0 || !sink.head_refs->emplace(index, std::move(ref)).second) {
-        return DecodeError(ErrorCode::kFrameCountMismatch, StatusCode::kDataLoss,
-                           StrCat("tensor '", name, "' has position ", index,
-                                  ", which is 0 or another tensor's"));
+        return DecodeError(
+            ErrorCode::kFrameCountMismatch, StatusCode::kDataLoss,
+            StrCat("tensor '", name, "' has position ", index, ", which is 0 or another tensor's"));
       }
       continue;
     }
     if (index == 0 || index >= sink.frames.size()) {
       return DecodeError(ErrorCode::kFrameCountMismatch, StatusCode::kDataLoss,
-                         StrCat("tensor '", name, "' refers to frame ", index, " but the message has ",
-                                sink.frames.size(), " frames"));
+                         StrCat("tensor '", name, "' refers to frame ", index,
+                                " but the message has ", sink.frames.size(), " frames"));
     }
     if (!sink.claimed->insert(index).second) {
       return DecodeError(ErrorCode::kFrameCountMismatch, StatusCode::kDataLoss,
@@ -114,10 +113,10 @@ Status DecodeTensors(capnp::List<proto::TensorRef>::Reader refs, const TensorSin
     }
     const std::span<const std::byte> frame = sink.frames[index];
     if (ref.byte_length != frame.size()) {
-      return DecodeError(ErrorCode::kTensorFrameMismatch, StatusCode::kDataLoss,
-                         StrCat("tensor '", name, "': frame ", index, " holds ", frame.size(),
-                                " bytes, ", DTypeName(ref.dtype), " ", ShapeString(ref.shape),
-                                " needs ", ref.byte_length));
+      return DecodeError(
+          ErrorCode::kTensorFrameMismatch, StatusCode::kDataLoss,
+          StrCat("tensor '", name, "': frame ", index, " holds ", frame.size(), " bytes, ",
+                 DTypeName(ref.dtype), " ", ShapeString(ref.shape), " needs ", ref.byte_length));
     }
     if (!ref.sha256.empty()) {  // Absent only where the transport authenticates every byte.
       const crypto::Digest actual = crypto::Sha256(frame);
@@ -207,16 +206,16 @@ Result<TaskTicket> DecodeTicket(proto::TaskTicket::Reader r) {
   t.attempt = r.getAttempt();
   const capnp::Data::Reader nonce = r.getNonce();
   if (nonce.size() != 0 && nonce.size() != t.nonce.size()) {
-    return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
-                       StrCat("ticket nonce has ", nonce.size(), " bytes (expected ",
-                              t.nonce.size(), ")"));
+    return DecodeError(
+        ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
+        StrCat("ticket nonce has ", nonce.size(), " bytes (expected ", t.nonce.size(), ")"));
   }
   std::copy(nonce.begin(), nonce.end(), t.nonce.begin());
   return t;
 }
 
 Result<BaseUpdate> DecodeBase(proto::BaseUpdate::Reader r, const TensorMap& tensors,
-                               const TensorSink& sink) {
+                              const TensorSink& sink) {
   BaseUpdate u;
   u.rebase = r.getRebase();
   u.from_version = r.getFromVersion();
@@ -300,7 +299,8 @@ Result<Body> DecodeBody(proto::Envelope::Reader env, const TensorSink& sink) {
       auto r = env.getAck();
       return Body(Ack{r.getRound(), r.getAckedSequence()});
     }
-    case proto::Envelope::HEARTBEAT: return Body(Heartbeat{});
+    case proto::Envelope::HEARTBEAT:
+      return Body(Heartbeat{});
     case proto::Envelope::EVAL_TASK: {
       auto r = env.getEvalTask();
       EvalTask m;
@@ -336,7 +336,8 @@ Result<Body> DecodeBody(proto::Envelope::Reader env, const TensorSink& sink) {
                                  : ErrorCode::kUnspecified;
       return Body(Error{code, Str(r.getMessage()), r.getRefSequence()});
     }
-    case proto::Envelope::BYE: return Body(Bye{Str(env.getBye().getReason())});
+    case proto::Envelope::BYE:
+      return Body(Bye{Str(env.getBye().getReason())});
     case proto::Envelope::CHUNK: {
       auto r = env.getChunk();
       Chunk m{r.getTransfer(), r.getIndex(), r.getOffset(), {}};
@@ -384,7 +385,7 @@ capnp::ReaderOptions Options(const DecodeLimits& limits, std::size_t frame_words
   capnp::ReaderOptions options;
   options.traversalLimitInWords =
       std::max<std::uint64_t>(std::min<std::uint64_t>(limits.max_message_bytes / 8,
-                                                       kTraversalWordsPerFrameWord * frame_words),
+                                                      kTraversalWordsPerFrameWord * frame_words),
                               64);
   options.nestingLimit = 16;
   return options;
@@ -432,10 +433,10 @@ Result<Envelope> DecodeHead(proto::Envelope::Reader env,
   }
   if (head.total_bytes != total || total == 0 || head.chunk_bytes == 0 ||
       head.chunk_count != (total + head.chunk_bytes - 1) / head.chunk_bytes) {
-    return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
-                       StrCat("chunked head: ", head.total_bytes, " bytes in ", head.chunk_count,
-                              " chunk(s) of ", head.chunk_bytes, " bytes, but its tensors hold ",
-                              total, " bytes"));
+    return DecodeError(
+        ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
+        StrCat("chunked head: ", head.total_bytes, " bytes in ", head.chunk_count, " chunk(s) of ",
+               head.chunk_bytes, " bytes, but its tensors hold ", total, " bytes"));
   }
   out.chunked = std::move(head);
   return out;
@@ -449,16 +450,16 @@ Result<Envelope> Decode(std::span<const std::span<const std::byte>> frames,
     return DecodeError(ErrorCode::kMalformedEnvelope, StatusCode::kDataLoss, "empty message");
   }
   if (frames.size() > limits.max_frames) {
-    return DecodeError(ErrorCode::kMessageTooLarge, StatusCode::kResourceExhausted,
-                       StrCat("message has ", frames.size(), " frames; the limit is ",
-                              limits.max_frames));
+    return DecodeError(
+        ErrorCode::kMessageTooLarge, StatusCode::kResourceExhausted,
+        StrCat("message has ", frames.size(), " frames; the limit is ", limits.max_frames));
   }
   std::size_t total = 0;
   for (const auto& f : frames) total += f.size();
   if (total > limits.max_message_bytes) {
     return DecodeError(ErrorCode::kMessageTooLarge, StatusCode::kResourceExhausted,
-                       StrCat("message of ", total, " bytes exceeds max_message_bytes = ",
-                              limits.max_message_bytes));
+                       StrCat("message of ", total,
+                              " bytes exceeds max_message_bytes = ", limits.max_message_bytes));
   }
   FEDLORA_ASSIGN_OR_RETURN(std::vector<capnp::word> words, AlignedWords(frames[0]));
   try {

@@ -22,21 +22,30 @@ inline std::string Str(capnp::Text::Reader t) { return std::string(t.cStr(), t.s
 
 inline proto::DType ToProto(DType d) {
   switch (d) {
-    case DType::kF32: return proto::DType::F32;
-    case DType::kBF16: return proto::DType::BF16;
-    case DType::kF16: return proto::DType::F16;
-    case DType::kF64: return proto::DType::F64;
+    case DType::kF32:
+      return proto::DType::F32;
+    case DType::kBF16:
+      return proto::DType::BF16;
+    case DType::kF16:
+      return proto::DType::F16;
+    case DType::kF64:
+      return proto::DType::F64;
   }
   return proto::DType::UNSPECIFIED;
 }
 
 inline std::optional<DType> FromProto(proto::DType d) {
   switch (d) {
-    case proto::DType::F32: return DType::kF32;
-    case proto::DType::BF16: return DType::kBF16;
-    case proto::DType::F16: return DType::kF16;
-    case proto::DType::F64: return DType::kF64;
-    default: return std::nullopt;  // unspecified, or a value from a newer schema.
+    case proto::DType::F32:
+      return DType::kF32;
+    case proto::DType::BF16:
+      return DType::kBF16;
+    case proto::DType::F16:
+      return DType::kF16;
+    case proto::DType::F64:
+      return DType::kF64;
+    default:
+      return std::nullopt;  // unspecified, or a value from a newer schema.
   }
 }
 

@@ -7,50 +7,81 @@ namespace fedlora::wire {
 bool ValidClientName(std::string_view name) {
   if (name.empty() || name.size() > 64 || name[0] == '.') return false;
   return std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '_' || c == '.';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_' || c == '.';
   });
 }
 
 std::string_view ErrorCodeName(ErrorCode code) {
   switch (code) {
-    case ErrorCode::kUnspecified: return "UNSPECIFIED";
-    case ErrorCode::kMalformedEnvelope: return "MALFORMED_ENVELOPE";
-    case ErrorCode::kVersionMismatch: return "VERSION_MISMATCH";
-    case ErrorCode::kUnknownMessageKind: return "UNKNOWN_MESSAGE_KIND";
-    case ErrorCode::kFrameCountMismatch: return "FRAME_COUNT_MISMATCH";
-    case ErrorCode::kTensorFrameMismatch: return "TENSOR_FRAME_MISMATCH";
-    case ErrorCode::kDigestMismatch: return "DIGEST_MISMATCH";
-    case ErrorCode::kTensorDtypeMismatch: return "TENSOR_DTYPE_MISMATCH";
-    case ErrorCode::kTensorShapeMismatch: return "TENSOR_SHAPE_MISMATCH";
-    case ErrorCode::kBaseModelMismatch: return "BASE_MODEL_MISMATCH";
-    case ErrorCode::kMessageTooLarge: return "MESSAGE_TOO_LARGE";
-    case ErrorCode::kUnexpectedMessage: return "UNEXPECTED_MESSAGE";
-    case ErrorCode::kSessionMismatch: return "SESSION_MISMATCH";
-    case ErrorCode::kSequenceReplay: return "SEQUENCE_REPLAY";
-    case ErrorCode::kStaleRound: return "STALE_ROUND";
-    case ErrorCode::kNotSelected: return "NOT_SELECTED";
-    case ErrorCode::kNonFiniteTensor: return "NON_FINITE_TENSOR";
-    case ErrorCode::kInvalidField: return "INVALID_FIELD";
-    case ErrorCode::kDuplicateClient: return "DUPLICATE_CLIENT";
-    case ErrorCode::kShuttingDown: return "SHUTTING_DOWN";
-    case ErrorCode::kInternal: return "INTERNAL";
-    case ErrorCode::kBaseVersionMismatch: return "BASE_VERSION_MISMATCH";
-    case ErrorCode::kTaskDeclined: return "TASK_DECLINED";
-    case ErrorCode::kNotAuthorized: return "NOT_AUTHORIZED";
-    case ErrorCode::kTaskMismatch: return "TASK_MISMATCH";
-    case ErrorCode::kUpdateNormExceeded: return "UPDATE_NORM_EXCEEDED";
-    case ErrorCode::kChunkMismatch: return "CHUNK_MISMATCH";
+    case ErrorCode::kUnspecified:
+      return "UNSPECIFIED";
+    case ErrorCode::kMalformedEnvelope:
+      return "MALFORMED_ENVELOPE";
+    case ErrorCode::kVersionMismatch:
+      return "VERSION_MISMATCH";
+    case ErrorCode::kUnknownMessageKind:
+      return "UNKNOWN_MESSAGE_KIND";
+    case ErrorCode::kFrameCountMismatch:
+      return "FRAME_COUNT_MISMATCH";
+    case ErrorCode::kTensorFrameMismatch:
+      return "TENSOR_FRAME_MISMATCH";
+    case ErrorCode::kDigestMismatch:
+      return "DIGEST_MISMATCH";
+    case ErrorCode::kTensorDtypeMismatch:
+      return "TENSOR_DTYPE_MISMATCH";
+    case ErrorCode::kTensorShapeMismatch:
+      return "TENSOR_SHAPE_MISMATCH";
+    case ErrorCode::kBaseModelMismatch:
+      return "BASE_MODEL_MISMATCH";
+    case ErrorCode::kMessageTooLarge:
+      return "MESSAGE_TOO_LARGE";
+    case ErrorCode::kUnexpectedMessage:
+      return "UNEXPECTED_MESSAGE";
+    case ErrorCode::kSessionMismatch:
+      return "SESSION_MISMATCH";
+    case ErrorCode::kSequenceReplay:
+      return "SEQUENCE_REPLAY";
+    case ErrorCode::kStaleRound:
+      return "STALE_ROUND";
+    case ErrorCode::kNotSelected:
+      return "NOT_SELECTED";
+    case ErrorCode::kNonFiniteTensor:
+      return "NON_FINITE_TENSOR";
+    case ErrorCode::kInvalidField:
+      return "INVALID_FIELD";
+    case ErrorCode::kDuplicateClient:
+      return "DUPLICATE_CLIENT";
+    case ErrorCode::kShuttingDown:
+      return "SHUTTING_DOWN";
+    case ErrorCode::kInternal:
+      return "INTERNAL";
+    case ErrorCode::kBaseVersionMismatch:
+      return "BASE_VERSION_MISMATCH";
+    case ErrorCode::kTaskDeclined:
+      return "TASK_DECLINED";
+    case ErrorCode::kNotAuthorized:
+      return "NOT_AUTHORIZED";
+    case ErrorCode::kTaskMismatch:
+      return "TASK_MISMATCH";
+    case ErrorCode::kUpdateNormExceeded:
+      return "UPDATE_NORM_EXCEEDED";
+    case ErrorCode::kChunkMismatch:
+      return "CHUNK_MISMATCH";
   }
   return "UNKNOWN";
 }
 
 std::string_view AdapterModeName(AdapterMode mode) {
   switch (mode) {
-    case AdapterMode::kStandard: return "standard";
-    case AdapterMode::kSketched: return "sketched";
-    case AdapterMode::kLoraSb: return "lora_sb";
-    case AdapterMode::kLoraSbInit: return "lora_sb_init";
+    case AdapterMode::kStandard:
+      return "standard";
+    case AdapterMode::kSketched:
+      return "sketched";
+    case AdapterMode::kLoraSb:
+      return "lora_sb";
+    case AdapterMode::kLoraSbInit:
+      return "lora_sb_init";
   }
   return "unknown";
 }

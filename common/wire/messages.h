@@ -29,32 +29,32 @@ inline constexpr std::uint16_t kProtocolVersion = 3;
 // malformed-input case has its own code so a peer (and a test) can tell exactly what was wrong.
 enum class ErrorCode : std::uint16_t {
   kUnspecified = 0,
-  kMalformedEnvelope = 1,      // Frame 0 is not a readable Cap'n Proto Envelope (truncated...).
-  kVersionMismatch = 2,        // protocolVersion differs from kProtocolVersion.
-  kUnknownMessageKind = 3,     // The union holds a kind this build does not know.
-  kFrameCountMismatch = 4,     // Tensor refs and tensor frames do not pair up one-to-one.
-  kTensorFrameMismatch = 5,    // A frame's length disagrees with its ref or its dtype and shape.
-  kDigestMismatch = 6,         // A tensor frame's SHA-256 differs from its ref.
-  kTensorDtypeMismatch = 7,    // A tensor has a dtype other than the one the task asked for.
-  kTensorShapeMismatch = 8,    // A tensor has another shape, or a name the task did not ask for.
-  kBaseModelMismatch = 9,      // Hello's base-model digest or module layout differs from ours.
-  kMessageTooLarge = 10,       // The whole message exceeds max_message_bytes.
-  kUnexpectedMessage = 11,     // A valid message that makes no sense now (Update before Hello).
-  kSessionMismatch = 12,       // Wrong session id for this connection.
-  kSequenceReplay = 13,        // Sequence number not greater than the last one seen.
-  kStaleRound = 14,            // Update or result for a round that is not open.
-  kNotSelected = 15,           // Update from a client not selected for this round.
-  kNonFiniteTensor = 16,       // NaN or infinity in an uploaded tensor.
-  kInvalidField = 17,          // A field is out of range (zero rank, empty name, ...).
-  kDuplicateClient = 18,       // Another live connection already uses this client name.
-  kShuttingDown = 19,          // The coordinator is stopping; reconnect later.
-  kInternal = 20,              // The peer hit a bug; nothing the sender can fix.
-  kBaseVersionMismatch = 21,   // A BaseUpdate starts at a version the client is not at.
-  kTaskDeclined = 22,          // The client will not do the task (offline, or too slow for the deadline).
-  kNotAuthorized = 23,         // The CURVE key is not enrolled for this client name, or was revoked.
-  kTaskMismatch = 24,          // A result's round, attempt or task nonce is not its task's.
-  kUpdateNormExceeded = 25,    // The upload moves the model further than robust.norm_bound.
-  kChunkMismatch = 26,         // A chunk out of order, missing or misfit: resend the message.
+  kMalformedEnvelope = 1,     // Frame 0 is not a readable Cap'n Proto Envelope (truncated...).
+  kVersionMismatch = 2,       // protocolVersion differs from kProtocolVersion.
+  kUnknownMessageKind = 3,    // The union holds a kind this build does not know.
+  kFrameCountMismatch = 4,    // Tensor refs and tensor frames do not pair up one-to-one.
+  kTensorFrameMismatch = 5,   // A frame's length disagrees with its ref or its dtype and shape.
+  kDigestMismatch = 6,        // A tensor frame's SHA-256 differs from its ref.
+  kTensorDtypeMismatch = 7,   // A tensor has a dtype other than the one the task asked for.
+  kTensorShapeMismatch = 8,   // A tensor has another shape, or a name the task did not ask for.
+  kBaseModelMismatch = 9,     // Hello's base-model digest or module layout differs from ours.
+  kMessageTooLarge = 10,      // The whole message exceeds max_message_bytes.
+  kUnexpectedMessage = 11,    // A valid message that makes no sense now (Update before Hello).
+  kSessionMismatch = 12,      // Wrong session id for this connection.
+  kSequenceReplay = 13,       // Sequence number not greater than the last one seen.
+  kStaleRound = 14,           // Update or result for a round that is not open.
+  kNotSelected = 15,          // Update from a client not selected for this round.
+  kNonFiniteTensor = 16,      // NaN or infinity in an uploaded tensor.
+  kInvalidField = 17,         // A field is out of range (zero rank, empty name, ...).
+  kDuplicateClient = 18,      // Another live connection already uses this client name.
+  kShuttingDown = 19,         // The coordinator is stopping; reconnect later.
+  kInternal = 20,             // The peer hit a bug; nothing the sender can fix.
+  kBaseVersionMismatch = 21,  // A BaseUpdate starts at a version the client is not at.
+  kTaskDeclined = 22,   // The client will not do the task (offline, or too slow for the deadline).
+  kNotAuthorized = 23,  // The CURVE key is not enrolled for this client name, or was revoked.
+  kTaskMismatch = 24,   // A result's round, attempt or task nonce is not its task's.
+  kUpdateNormExceeded = 25,  // The upload moves the model further than robust.norm_bound.
+  kChunkMismatch = 26,       // A chunk out of order, missing or misfit: resend the message.
 };
 inline constexpr ErrorCode kLastErrorCode = ErrorCode::kChunkMismatch;
 std::string_view ErrorCodeName(ErrorCode code);  // "DIGEST_MISMATCH"
@@ -66,7 +66,7 @@ bool ValidClientName(std::string_view name);
 // Binds a result (Update, EvalResult) to the task it answers: the coordinator issues a fresh
 // random nonce with every task, and refuses a result whose ticket is not its task's.
 struct TaskTicket {
-  std::uint32_t attempt = 0;            // The round's selection attempt; 0 for evaluations.
+  std::uint32_t attempt = 0;             // The round's selection attempt; 0 for evaluations.
   std::array<std::uint8_t, 16> nonce{};  // All zero: none (never issued).
   friend bool operator==(const TaskTicket&, const TaskTicket&) = default;
 };
@@ -98,8 +98,8 @@ struct LoraSpec {
   std::uint32_t rank = 8;
   double alpha = 16.0;
   double dropout = 0.0;
-  bool rslora = false;                // Scale alpha/sqrt(r) instead of alpha/r.
-  std::vector<std::string> targets;   // Short module names: "q_proj", "v_proj", ...
+  bool rslora = false;               // Scale alpha/sqrt(r) instead of alpha/r.
+  std::vector<std::string> targets;  // Short module names: "q_proj", "v_proj", ...
   friend bool operator==(const LoraSpec&, const LoraSpec&) = default;
 };
 
@@ -107,16 +107,16 @@ struct LoraSpec {
 struct TrainSpec {
   double learning_rate = 1e-3;
   std::uint32_t warmup_steps = 0;
-  std::uint32_t local_steps = 20;   // Used when local_epochs == 0.
-  std::uint32_t local_epochs = 0;   // When > 0, overrides local_steps.
+  std::uint32_t local_steps = 20;  // Used when local_epochs == 0.
+  std::uint32_t local_epochs = 0;  // When > 0, overrides local_steps.
   std::uint32_t batch_size = 8;
   std::uint32_t seq_len = 128;
-  double grad_clip = 1.0;           // Max global L2 norm of adapter gradients; 0 = off.
+  double grad_clip = 1.0;  // Max global L2 norm of adapter gradients; 0 = off.
   double weight_decay = 0.0;
   double beta1 = 0.9;
   double beta2 = 0.999;
   double eps = 1e-8;
-  std::uint64_t seed = 0;           // Mixed with the client name and round by the client.
+  std::uint64_t seed = 0;  // Mixed with the client name and round by the client.
   DType upload_dtype = DType::kF32;
   friend bool operator==(const TrainSpec&, const TrainSpec&) = default;
 };
@@ -141,9 +141,9 @@ enum class AdapterInit : std::uint8_t {
 
 // Per-module deviations from the task's LoraSpec (heterogeneous ranks, LoRA depth, sketches).
 struct ModulePlan {
-  std::string module;                  // "model.layers.4.self_attn.q_proj".
-  std::uint32_t rank = 0;              // This client's rank here; 0 = no LoRA on this module.
-  std::vector<std::uint32_t> sketch;   // kSketched: indices I into the global rank (sorted).
+  std::string module;                 // "model.layers.4.self_attn.q_proj".
+  std::uint32_t rank = 0;             // This client's rank here; 0 = no LoRA on this module.
+  std::vector<std::uint32_t> sketch;  // kSketched: indices I into the global rank (sorted).
   friend bool operator==(const ModulePlan&, const ModulePlan&) = default;
 };
 
@@ -163,11 +163,11 @@ struct AdapterPlan {
   bool train_b = true;
   bool upload_a = true;
   bool upload_b = true;
-  std::uint32_t global_rank = 0;       // kSketched: rank r of the global adapter.
-  std::vector<ModulePlan> modules;     // Empty: every target module at lora.rank.
+  std::uint32_t global_rank = 0;    // kSketched: rank r of the global adapter.
+  std::vector<ModulePlan> modules;  // Empty: every target module at lora.rank.
   RankPruning pruning;
-  std::uint32_t init_samples = 0;      // kLoraSbInit: examples for the gradient estimate.
-  double init_learning_rate = 0.0;     // kLoraSbInit: eta of the one-step update -eta*sign(G).
+  std::uint32_t init_samples = 0;   // kLoraSbInit: examples for the gradient estimate.
+  double init_learning_rate = 0.0;  // kLoraSbInit: eta of the one-step update -eta*sign(G).
   friend bool operator==(const AdapterPlan&, const AdapterPlan&) = default;
 };
 
@@ -178,9 +178,9 @@ struct AdapterPlan {
 struct CorrectionRef {
   std::uint64_t version = 0;  // Log version (the round that produced it).
   std::string module;
-  std::string u;              // Tensor names (U: d_out x K, V: K x d_in), or...
+  std::string u;  // Tensor names (U: d_out x K, V: K x d_in), or...
   std::string v;
-  std::string dense;          // ...a dense d_out x d_in delta.
+  std::string dense;  // ...a dense d_out x d_in delta.
   friend bool operator==(const CorrectionRef&, const CorrectionRef&) = default;
 };
 
@@ -197,9 +197,9 @@ struct BaseUpdate {
 };
 
 struct Hello {
-  std::string client_name;          // Stable across reconnects; unique among live clients.
+  std::string client_name;  // Stable across reconnects; unique among live clients.
   std::string software_version;
-  std::string base_model_sha256;    // Hex digest of the base weights (see client model digest).
+  std::string base_model_sha256;  // Hex digest of the base weights (see client model digest).
   Capabilities capabilities;
   std::vector<ModuleInfo> modules;  // Every LoRA-adaptable module of the client's model.
   std::uint64_t base_version = 0;   // Base-correction version the client's weights are at.
@@ -207,12 +207,12 @@ struct Hello {
 };
 
 struct Welcome {
-  std::string client_id;                 // The name the coordinator knows this client by.
+  std::string client_id;  // The name the coordinator knows this client by.
   std::uint32_t heartbeat_interval_ms = 1000;
   std::uint32_t heartbeat_liveness = 5;  // Missed intervals before a peer counts as gone.
   std::uint64_t current_round = 0;
   std::string strategy;
-  AdapterPlan plan;                      // This client's LoRA depth and ranks (rank policy).
+  AdapterPlan plan;  // This client's LoRA depth and ranks (rank policy).
   friend bool operator==(const Welcome&, const Welcome&) = default;
 };
 
@@ -222,9 +222,9 @@ struct RoundTask {
   LoraSpec lora;
   TrainSpec train;
   AdapterPlan plan;
-  BaseUpdate base;                // Corrections to apply to the frozen base first.
-  TensorMap tensors;              // Adapter tensors to start from, and correction tensors.
-  TaskTicket ticket;              // To be echoed in the Update.
+  BaseUpdate base;    // Corrections to apply to the frozen base first.
+  TensorMap tensors;  // Adapter tensors to start from, and correction tensors.
+  TaskTicket ticket;  // To be echoed in the Update.
   friend bool operator==(const RoundTask&, const RoundTask&) = default;
 };
 
@@ -254,11 +254,11 @@ struct EvalTask {
   std::uint64_t deadline_ms = 0;
   std::uint32_t max_batches = 0;  // 0 = the whole held-out split.
   LoraSpec lora;
-  TrainSpec train;                // batch_size and seq_len are used.
+  TrainSpec train;  // batch_size and seq_len are used.
   AdapterPlan plan;
-  BaseUpdate base;                // Corrections to apply to the frozen base first.
-  TensorMap tensors;              // The adapter to evaluate, and correction tensors.
-  TaskTicket ticket;              // To be echoed in the EvalResult.
+  BaseUpdate base;    // Corrections to apply to the frozen base first.
+  TensorMap tensors;  // The adapter to evaluate, and correction tensors.
+  TaskTicket ticket;  // To be echoed in the EvalResult.
   friend bool operator==(const EvalTask&, const EvalTask&) = default;
 };
 
@@ -292,8 +292,8 @@ struct TensorRef {
   std::string name;
   DType dtype = DType::kF32;
   std::vector<std::int64_t> shape;
-  std::uint64_t byte_length = 0;   // elements x dtype width (checked by Decode).
-  std::vector<std::byte> sha256;   // 32 bytes, or empty where the transport authenticates.
+  std::uint64_t byte_length = 0;  // elements x dtype width (checked by Decode).
+  std::vector<std::byte> sha256;  // 32 bytes, or empty where the transport authenticates.
   friend bool operator==(const TensorRef&, const TensorRef&) = default;
 };
 

@@ -50,7 +50,8 @@ class CoordinatorHarness : public ::testing::Test {
   // takes config_.strategy's share cap and aggregation rule.
   Status LaunchCoordinator(const Clock& clock) {
     coordinator_.reset();
-    server::FedAvgConfig fedavg{.lora = config_.lora, .train = config_.train,
+    server::FedAvgConfig fedavg{.lora = config_.lora,
+                                .train = config_.train,
                                 .max_weight_share = config_.strategy.max_weight_share,
                                 .seed = config_.seed};
     if (config_.strategy.rule.name != "mean") {

@@ -79,7 +79,6 @@ class CoordinatorStreamingTest : public testing::CoordinatorHarness {
     return CheckpointStore::Open(dir_).value().LoadLatest().value()->state.adapter;
   }
   void Forget() { std::filesystem::remove_all(dir_); }
-
 };
 
 TEST_F(CoordinatorStreamingTest, TheCommittedAdapterIsBitIdenticalWhateverOrderUploadsArriveIn) {
