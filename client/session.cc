@@ -296,12 +296,20 @@ void ClientSession::Impl::HandleDone(JobDone done) {
                " failed: ", status.ToString());
     }
     Send(wire::Error{code, status.message(), done.task_sequence});
+    if (secure_ && done.key.fit && secure_->round == done.key.round &&
+        secure_->ticket == done.key.ticket) {
+      secure_.reset();  // Out of the attempt: nothing more to share or reveal.
+    }
     return;
   }
   wire::Body body = std::move(done.result).value();
   if (auto* update = std::get_if<wire::Update>(&body)) {
     if (config_.faults.hold_update) {
       LogWarn("fault injection: holding update for round ", update->round, " (never sent)");
+      return;
+    }
+    if (secure_ && secure_->round == update->round && secure_->ticket == update->ticket) {
+      UploadSecure(std::move(*update));
       return;
     }
     pending_update_ = *update;

@@ -16,6 +16,7 @@
 #include "client/session.h"
 #include "client/transport_security.h"
 #include "common/log.h"
+#include "common/secagg/client_protocol.h"
 #include "common/wire/chunk_assembler.h"
 #include "common/wire/codec.h"
 
@@ -60,6 +61,18 @@ struct Outbound {
   wire::EncodedMessage head;
   std::uint32_t next = 0;       // Chunks sent so far.
   bool swap_first_two = false;  // faults.swap_upload_chunks.
+};
+
+// The secure-aggregation side of the round task in hand (session_secagg.cc).
+struct SecureRound {
+  std::uint64_t round = 0;
+  wire::TaskTicket ticket;
+  std::uint64_t task_sequence = 0;
+  wire::SecAggParams params;
+  wire::AdapterPlan plan;
+  TensorMap sent;  // The task's tensors, kept only when the sum is of deltas.
+  secagg::ClientProtocol protocol;
+  std::optional<wire::Update> trained;  // Waiting for the neighbours' shares.
 };
 
 }  // namespace session_internal
@@ -128,6 +141,16 @@ class ClientSession::Impl {
   void SendChunked(wire::Body body);
   void PumpOutbound();  // Sends the outbound transfer's chunks while the socket takes them.
   void ResendPendingUpload();
+  // ---- secure aggregation (session_secagg.cc) ----
+  // A round task with secure aggregation: opens its attempt and sends the keys. False when the
+  // task's parameters are unusable (refused with an Error).
+  bool BeginSecureRound(const wire::RoundTask& task, std::uint64_t sequence);
+  // A roster, the routed shares or an unmask for the attempt in hand.
+  void HandleSecAgg(const wire::SecAgg& message, std::uint64_t sequence);
+  // Sends `trained` as a masked vector once the shares are in; until then it waits.
+  void UploadSecure(wire::Update trained);
+  // The masked Update, made and sent (the pending upload, resent like any other).
+  void SendMasked(const wire::Update& trained);
   bool WaitBackoff(milliseconds delay);  // False if stopped meanwhile.
 
   ClientConfig config_;
@@ -158,6 +181,7 @@ class ClientSession::Impl {
   std::optional<wire::ChunkAssembler> inbound_;  // A chunked task still arriving.
   std::uint32_t chunk_swaps_left_ = 0;           // faults.swap_upload_chunks still to inject.
   std::deque<JobDone> unsent_;                   // Completions waiting for a Welcome.
+  std::optional<session_internal::SecureRound> secure_;  // The secure round task in hand.
 
   // Shared with the job thread.
   std::mutex mu_;

@@ -118,10 +118,15 @@ std::optional<Outcome> ClientSession::Impl::Dispatch(wire::Envelope envelope) {
     }
     // A new task for this round (a retry with a new ticket) makes an unacknowledged upload moot.
     if (pending_update_ && pending_update_->round == task->round) pending_update_.reset();
+    if (task->secagg && !BeginSecureRound(*task, envelope.sequence)) return std::nullopt;
     const std::uint64_t round = task->round;
     if (!Enqueue(std::move(*task), envelope.sequence)) {
       LogDebug("round ", round, ": task already in hand");
     }
+    return std::nullopt;
+  }
+  if (const auto* secure = std::get_if<wire::SecAgg>(&envelope.body)) {
+    HandleSecAgg(*secure, envelope.sequence);
     return std::nullopt;
   }
   if (auto* task = std::get_if<wire::EvalTask>(&envelope.body)) {

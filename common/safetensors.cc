@@ -84,6 +84,7 @@ std::string_view DTypeTag(DType dtype) {
     case DType::kBF16: return "BF16";
     case DType::kF16: return "F16";
     case DType::kF64: return "F64";
+    case DType::kU32: return "U32";  // Written only; FromTag reads the float types.
   }
   return "?";
 }

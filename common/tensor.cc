@@ -1,5 +1,6 @@
 #include "common/tensor.h"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -30,6 +31,7 @@ std::size_t ByteWidth(DType dtype) {
     case DType::kBF16: return 2;
     case DType::kF16: return 2;
     case DType::kF64: return 8;
+    case DType::kU32: return 4;
   }
   return 0;
 }
@@ -40,6 +42,7 @@ std::string_view DTypeName(DType dtype) {
     case DType::kBF16: return "bf16";
     case DType::kF16: return "f16";
     case DType::kF64: return "f64";
+    case DType::kU32: return "u32";
   }
   return "invalid";
 }
@@ -162,6 +165,7 @@ std::vector<double> ToDoubles(const Tensor& t) {
       case DType::kF64: out[i] = Load<double>(p + 8 * i); break;
       case DType::kBF16: out[i] = BF16ToFloat(Load<std::uint16_t>(p + 2 * i)); break;
       case DType::kF16: out[i] = F16ToFloat(Load<std::uint16_t>(p + 2 * i)); break;
+      case DType::kU32: out[i] = Load<std::uint32_t>(p + 4 * i); break;
     }
   }
   return out;
@@ -189,6 +193,10 @@ Tensor FromDoubles(DType dtype, std::vector<std::int64_t> shape, std::span<const
         break;
       case DType::kF16:
         Store<std::uint16_t>(p + 2 * i, FloatToF16(static_cast<float>(values[i])));
+        break;
+      case DType::kU32:  // Rounded and saturated (u32 holds integers, never model values).
+        Store<std::uint32_t>(p + 4 * i, static_cast<std::uint32_t>(std::clamp(
+                                            std::nearbyint(values[i]), 0.0, 4294967295.0)));
         break;
     }
   }
@@ -233,6 +241,7 @@ bool AllFinite(const Tensor& t) {
       case DType::kF16:
         if ((Load<std::uint16_t>(p + 2 * i) & 0x7C00) == 0x7C00) return false;
         break;
+      case DType::kU32: return true;  // Integers are always finite.
     }
   }
   return true;

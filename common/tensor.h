@@ -21,11 +21,14 @@ namespace fedlora {
 
 // Element types that travel on the wire and in safetensors files. The numeric values are the
 // wire values (proto/fedlora.capnp DType); 0 is reserved for "unspecified" and always rejected.
-enum class DType : std::uint8_t { kF32 = 1, kBF16 = 2, kF16 = 3, kF64 = 4 };
+// kU32 holds secure aggregation's masked words (integers mod 2^m), never model values: ParseDType
+// does not accept it, so no configuration can ask for it.
+enum class DType : std::uint8_t { kF32 = 1, kBF16 = 2, kF16 = 3, kF64 = 4, kU32 = 5 };
 
 std::size_t ByteWidth(DType dtype);
-std::string_view DTypeName(DType dtype);  // "f32", "bf16", "f16", "f64"
-// Parses "f32"/"F32"/"float32", "bf16"/"BF16"/"bfloat16", "f16"/"F16"/"float16", "f64"/"F64".
+std::string_view DTypeName(DType dtype);  // "f32", "bf16", "f16", "f64", "u32"
+// Parses "f32"/"F32"/"float32", "bf16"/"BF16"/"bfloat16", "f16"/"F16"/"float16", "f64"/"F64"
+// (the floating-point types only).
 std::optional<DType> ParseDType(std::string_view name);
 
 // The dtype and shape of a tensor, without its bytes.

@@ -38,6 +38,7 @@ enum DType {
   bf16 @2;
   f16 @3;
   f64 @4;
+  u32 @5;     # Unsigned 32-bit integers: secure aggregation's masked words.
 }
 
 enum ErrorCode {
@@ -73,6 +74,9 @@ enum ErrorCode {
                             # coordinator's robust.norm_bound (with norm_action: reject).
   chunkMismatch @26;        # A chunk out of order, missing, of the wrong length, or for no open
                             # transfer. The transfer is void: the sender sends the message again.
+  secAggMismatch @27;       # A secure-aggregation message out of stage, of the wrong size, or
+                            # naming a member not in the roster. The sender is excluded from the
+                            # attempt; the others go on.
 }
 
 # Binds a result to the task it answers. The coordinator issues a fresh random nonce with every
@@ -225,6 +229,7 @@ struct RoundTask {
   plan @5 :AdapterPlan;
   base @6 :BaseUpdate;
   ticket @7 :TaskTicket;
+  secAgg @8 :SecAggParams;      # Set: upload a masked vector (see "Secure aggregation").
 }
 
 # Client -> coordinator: the trained adapter. Acknowledged only once persisted.
@@ -292,6 +297,81 @@ struct Chunk {
   offset @2 :UInt64;        # index * chunkBytes.
 }
 
+# ---- Secure aggregation (SecAgg+, Bell et al. CCS 2020; docs/protocol.md) -------------------
+# A round task with secAgg set runs four stages inside the round, all under the task's ticket:
+#   1 keys    client -> coordinator: two X25519 public keys and the SHA-256 of its self-mask seed;
+#             coordinator -> client: the roster (its index, the threshold, its neighbours' keys).
+#   2 shares  client -> coordinator: Shamir shares of its masking key and seed, sealed to each
+#             neighbour (ChaCha20-Poly1305); coordinator -> client: those sealed to it.
+#   3 input   client -> coordinator: an Update whose only tensor is "secagg.masked" (u32), the
+#             quantised weighted upload plus the self mask and the pairwise masks, mod 2^m.
+#   4 unmask  coordinator -> client: survivors and dropped; client -> coordinator: its shares of
+#             the survivors' seeds and of the dropped members' masking keys.
+
+enum SecAggWeighting {
+  unspecified @0;
+  examples @1;
+  samples @2;
+  uniform @3;
+}
+
+struct SecAggSlot {
+  name @0 :Text;
+  shape @1 :List(Int64);
+}
+
+struct SecAggParams {
+  clip @0 :Float64;
+  levelsBits @1 :UInt32;
+  modulusBits @2 :UInt32;
+  weighting @3 :SecAggWeighting;
+  weightScale @4 :Float64;
+  delta @5 :Bool;
+  layout @6 :List(SecAggSlot);
+}
+
+struct SecAggMember {
+  index @0 :UInt32;
+  clientId @1 :Text;
+  cPublic @2 :Data;
+  sPublic @3 :Data;
+}
+
+struct SecAggSealed {
+  from @0 :UInt32;
+  to @1 :UInt32;
+  sealed @2 :Data;
+}
+
+struct SecAggShare {
+  owner @0 :UInt32;
+  x @1 :UInt32;
+  y @2 :Data;
+}
+
+struct SecAgg {
+  round @0 :UInt64;
+  ticket @1 :TaskTicket;
+  union {
+    keys :group {
+      cPublic @2 :Data;
+      sPublic @3 :Data;
+      seedDigest @4 :Data;
+    }
+    roster :group {
+      ownIndex @5 :UInt32;
+      threshold @6 :UInt32;
+      members @7 :List(SecAggMember);
+    }
+    shares @8 :List(SecAggSealed);
+    unmask :group {
+      survivors @9 :List(UInt32);
+      dropped @10 :List(UInt32);
+    }
+    reveal @11 :List(SecAggShare);
+  }
+}
+
 struct Envelope {
   protocolVersion @0 :UInt16;
   sessionId @1 :UInt64;
@@ -308,6 +388,7 @@ struct Envelope {
     error @11 :Error;
     bye @12 :Bye;
     chunk @14 :Chunk;
+    secAgg @15 :SecAgg;
   }
   chunked @13 :ChunkedHead; # Set: this is the head of a chunked message.
 }

@@ -6,6 +6,7 @@
 #include "common/crypto/sha256.h"
 #include "common/lora/adapter_layout.h"
 #include "common/log.h"
+#include "common/secagg/quantize.h"
 #include "common/wire/codec.h"
 #include "server/strategies/weighting.h"
 
@@ -192,6 +193,54 @@ Status ValidateStrategyConfig(const StrategyConfig& c) {
   return OkStatus();
 }
 
+std::uint32_t SecureAggregationConfig::MaxClients(std::uint32_t configured_max) const {
+  const std::uint64_t levels = (std::uint64_t{1} << levels_bits) - 1;
+  const std::uint64_t fits = ((std::uint64_t{1} << modulus_bits) - 1) / levels;
+  const auto most = static_cast<std::uint32_t>(std::min<std::uint64_t>(fits, UINT32_MAX));
+  return configured_max == 0 ? most : std::min(configured_max, most);
+}
+
+namespace {
+
+// The secure_aggregation section against the rest of the configuration: refused at start, with
+// the key at fault, when a round could wrap the modulus or never unmask.
+Status CheckSecureAggregation(const CoordinatorConfig& c) {
+  const SecureAggregationConfig& sa = c.secure_aggregation;
+  if (sa.clip < 0 || !std::isfinite(sa.clip)) {
+    return InvalidArgument("secure_aggregation.clip must be finite and >= 0 (0: the strategy's)");
+  }
+  if (sa.modulus_bits < 2 || sa.modulus_bits > 32 || sa.levels_bits < 1 ||
+      sa.levels_bits >= sa.modulus_bits) {
+    return InvalidArgument("secure_aggregation: need 1 <= levels_bits (", sa.levels_bits,
+                           ") < modulus_bits (", sa.modulus_bits, ") <= 32");
+  }
+  // The largest round this configuration can run must not wrap the modulus.
+  const std::uint32_t largest =
+      c.round.max_clients > 0 ? c.round.max_clients : c.round.min_clients;
+  FEDLORA_RETURN_IF_ERROR(
+      secagg::CheckQuantization({1.0, sa.levels_bits, sa.modulus_bits}, largest)
+          .WithContext(c.round.max_clients > 0 ? "round.max_clients" : "round.min_clients"));
+  if (sa.threshold == 1) {
+    return InvalidArgument("secure_aggregation.threshold 1 would let any one client's shares ",
+                           "unmask another's input; use >= 2 (0: a majority)");
+  }
+  if (sa.threshold > c.round.min_clients) {
+    return InvalidArgument("secure_aggregation.threshold ", sa.threshold,
+                           " is above round.min_clients ", c.round.min_clients, ": a round of ",
+                           c.round.min_clients, " clients could never unmask its sum");
+  }
+  if (c.round.min_clients < 2) {
+    return InvalidArgument("secure_aggregation needs round.min_clients >= 2: the sum of one ",
+                           "client's input is that input");
+  }
+  if (sa.stage_timeout_ms == 0) {
+    return InvalidArgument("secure_aggregation.stage_timeout_ms must be >= 1");
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
 Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
   FEDLORA_RETURN_IF_ERROR(root.ReadPath("state_dir", &c->state_dir));
   FEDLORA_RETURN_IF_ERROR(root.Read("rounds", &c->rounds));
@@ -257,6 +306,16 @@ Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
     return InvalidArgument(robust.PathOf("norm_action"), ": '", c->robust.norm_action,
                            "' is not clip or reject");
   }
+  const ConfigSection secure = root.Section("secure_aggregation");
+  SecureAggregationConfig& sa = c->secure_aggregation;
+  FEDLORA_RETURN_IF_ERROR(secure.Read("enabled", &sa.enabled));
+  FEDLORA_RETURN_IF_ERROR(secure.Read("clip", &sa.clip));
+  FEDLORA_RETURN_IF_ERROR(secure.Read("levels_bits", &sa.levels_bits));
+  FEDLORA_RETURN_IF_ERROR(secure.Read("modulus_bits", &sa.modulus_bits));
+  FEDLORA_RETURN_IF_ERROR(secure.Read("threshold", &sa.threshold));
+  FEDLORA_RETURN_IF_ERROR(secure.Read("degree", &sa.degree));
+  FEDLORA_RETURN_IF_ERROR(secure.Read("stage_timeout_ms", &sa.stage_timeout_ms));
+  FEDLORA_RETURN_IF_ERROR(secure.Finish());
   // Read before the strategy section, whose validation checks that the rule composes with it.
   FEDLORA_RETURN_IF_ERROR(ParseStrategyConfig(root.Section("strategy"), &c->strategy));
 
@@ -319,6 +378,7 @@ Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
   if (c->round.timeout_ms == 0 || c->eval.timeout_ms == 0) {
     return InvalidArgument("round.timeout_ms and eval.timeout_ms must be >= 1");
   }
+  if (sa.enabled) FEDLORA_RETURN_IF_ERROR(CheckSecureAggregation(*c));
   c->train.seed = c->seed;
   return OkStatus();
 }

@@ -44,6 +44,18 @@ Status Coordinator::Impl::Start() {
                            TransportSecurity::Create(config_.security, config_.transport.bind));
   FEDLORA_RETURN_IF_ERROR(
       wire::CheckChunkBytes(config_.transport.chunk_bytes, config_.transport.max_message_bytes));
+  FEDLORA_RETURN_IF_ERROR(CheckSecureStrategy());
+  if (SecureOn()) {
+    const SecureAggregationConfig& sa = config_.secure_aggregation;
+    LogInfo("secure aggregation on: the coordinator sees only each round's sum; at most ",
+            sa.MaxClients(config_.round.max_clients), " clients per round (2^", sa.levels_bits,
+            " levels, modulus 2^", sa.modulus_bits, ")");
+    if (config_.robust.norm_bound > 0) {
+      LogWarn("robust.norm_bound (", config_.robust.norm_bound, ") is not applied under secure ",
+              "aggregation: the coordinator never sees an upload; clients clip each value to ",
+              "secure_aggregation.clip instead");
+    }
+  }
   FEDLORA_ASSIGN_OR_RETURN(CheckpointStore store, CheckpointStore::Open(config_.state_dir));
   store_.emplace(std::move(store));
   FEDLORA_ASSIGN_OR_RETURN(std::optional<Checkpoint> latest, store_->LoadLatest());
@@ -107,7 +119,9 @@ Status Coordinator::Impl::Start() {
   const RobustConfig& robust = config_.robust;
   const StrategyConfig& sc = config_.strategy;
   LogInfo("bounded influence: ",
-          robust.norm_bound > 0
+          SecureOn() ? StrCat("each value clipped by its client to secure_aggregation.clip (",
+                              "no norm bound: the coordinator sees only the sum)")
+          : robust.norm_bound > 0
               ? StrCat("uploads moving the model by more than ", robust.norm_bound, " (L2) are ",
                        robust.norm_action == "reject" ? "refused" : "clipped")
               : std::string("NO norm bound (robust.norm_bound: 0)"),
@@ -193,6 +207,7 @@ milliseconds Coordinator::Impl::NextWait() const {
     next = std::min(next, c.last_heard + interval * config_.transport.heartbeat_liveness);
   }
   next = round_.NextTimer(now, next);
+  if (secagg_ && secagg_->active()) next = std::min(next, secagg_->deadline());
   milliseconds wait(MillisUntil(now, next));
   if (round_.phase() == RoundPhase::kDone) {  // The farewell is timed in wall time (see Finish).
     wait = std::min(wait, std::chrono::duration_cast<milliseconds>(
@@ -223,6 +238,7 @@ void Coordinator::Impl::OnClientGone(const std::string& id, std::string_view why
   DropInbound(id, "its connection ended");  // A partial upload leaves nothing in the round.
   void_transfers_.erase(id);
   round_.OnClientGone(id);
+  if (secagg_ && secagg_->active()) secagg_->Exclude(id, why);
   // Until round 0 is committed the model layout is only what the first client claimed: when
   // every client has left, forget it, so one bogus (but well-formed) Hello cannot lock the
   // federation out.
@@ -341,6 +357,7 @@ void Coordinator::Impl::HandleMessage(const net::Message& message) {
     return;
   }
   wire::Envelope& envelope = *decoded;
+  if (observer_) observer_(route, envelope);
   if (std::holds_alternative<wire::Hello>(envelope.body)) {
     HandleHello(route, user_id, envelope);
     return;
@@ -372,6 +389,8 @@ void Coordinator::Impl::HandleMessage(const net::Message& message) {
     HandleUpdate(*client, envelope.sequence, std::move(*update), bytes);
   } else if (auto* result = std::get_if<wire::EvalResult>(&envelope.body)) {
     HandleEvalResult(*client, envelope.sequence, std::move(*result), bytes);
+  } else if (const auto* secure = std::get_if<wire::SecAgg>(&envelope.body)) {
+    HandleSecAgg(*client, envelope.sequence, *secure, bytes);
   } else if (const auto* error = std::get_if<wire::Error>(&envelope.body)) {
     if (error->code == ErrorCode::kTaskDeclined) {  // Routine in a fleet: offline or too slow.
       LogDebug(who, " declines its task: ", error->message);
@@ -388,8 +407,20 @@ void Coordinator::Impl::HandleMessage(const net::Message& message) {
     if (error->code == ErrorCode::kChunkMismatch && ResendTask(*client, error->ref_sequence)) {
       return;
     }
+    // The client refused a secure-aggregation stage (a roster or unmask it must not answer).
+    if (error->code == ErrorCode::kSecAggMismatch && secagg_ && secagg_->active()) {
+      secagg_->Exclude(client->id, StrCat("it refused: ", error->message));
+      if (!secagg_->HasInput(client->id)) round_.OnUploadRefused(client->id);
+      return;
+    }
     // The error names the task it refuses by that message's sequence number.
     round_.OnTaskRefused(client->id, error->ref_sequence);
+    // A member that refused its task (declined, failed to train) sends nothing more this attempt.
+    if (secagg_ && secagg_->active() && secagg_->IsMember(client->id) &&
+        !secagg_->HasInput(client->id) && !round_.run().outstanding.contains(client->id)) {
+      secagg_->Exclude(client->id, StrCat("it refused its task (", wire::ErrorCodeName(error->code),
+                                          ")"));
+    }
   } else if (const auto* bye = std::get_if<wire::Bye>(&envelope.body)) {
     const std::string id = client->id;
     clients_.Remove(id);
@@ -497,7 +528,14 @@ void Coordinator::Impl::HandleHello(const std::string& route, const std::string&
           "); ", clients_.size(), " live");
 
   switch (round_.OnAdmitted(client.id)) {  // What it owes from before the reconnect, if any.
-    case Owed::kTask: SendTask(client.id); break;
+    case Owed::kTask:
+      // A secure attempt cannot take a member back: its keys died with its connection.
+      if (secagg_ && secagg_->active()) {
+        round_.OnUploadRefused(client.id);
+        break;
+      }
+      SendTask(client.id);
+      break;
     case Owed::kEvalTask: SendEvalTask(client.id); break;
     case Owed::kNothing: break;
   }
@@ -515,6 +553,10 @@ Coordinator::Coordinator(CoordinatorConfig config, std::unique_ptr<Strategy> str
 Coordinator::~Coordinator() = default;
 Status Coordinator::Start() { return impl_->Start(); }
 Status Coordinator::Run() { return impl_->Run(); }
+void Coordinator::SetInboundObserver(InboundObserver observer) {
+  impl_->SetInboundObserver(std::move(observer));
+}
+
 void Coordinator::SetRoundAnnotator(RoundAnnotator annotator) {
   impl_->SetRoundAnnotator(std::move(annotator));
 }

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -70,6 +71,11 @@ class Coordinator {
   // Before Run(): `annotator` adds the "simulation" fields of each committed round's
   // metrics line (round_metrics.h). It runs on the coordinator's thread.
   void SetRoundAnnotator(RoundAnnotator annotator);
+  // Before Run(): `observer` sees every message the coordinator decodes from a client (chunked
+  // uploads once assembled), on the coordinator's thread. For audits and tests: e.g. that under
+  // secure aggregation no client's own upload ever reaches the coordinator.
+  using InboundObserver = std::function<void(std::string_view route, const wire::Envelope&)>;
+  void SetInboundObserver(InboundObserver observer);
 
   void Stop();    // Thread-safe and async-signal-safe.
   void Wake();    // Thread-safe: re-check timers now (tests that drive a FakeClock).

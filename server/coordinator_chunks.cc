@@ -117,6 +117,7 @@ void Coordinator::Impl::HandleChunked(ClientConnection& client, wire::Envelope e
               "coordinator could not read the upload");
     return;
   }
+  if (observer_) observer_(client.route, *whole);
   HandleUpdate(client, transfer, std::move(std::get<wire::Update>(whole->body)), total_bytes);
 }
 

@@ -29,6 +29,7 @@
 #include "server/client_registry.h"
 #include "server/coordinator.h"
 #include "server/round_state.h"
+#include "server/secagg_attempt.h"
 #include "server/transport_security.h"
 
 namespace fedlora::server {
@@ -57,6 +58,7 @@ class Coordinator::Impl {
     wake_.Notify();
   }
   void SetRoundAnnotator(RoundAnnotator annotator) { annotator_ = std::move(annotator); }
+  void SetInboundObserver(InboundObserver observer) { observer_ = std::move(observer); }
   std::string endpoint() const { return endpoint_; }
   std::optional<crypto::CurvePublicKey> public_key() const {
     if (!security_ || !security_->curve()) return std::nullopt;
@@ -104,6 +106,27 @@ class Coordinator::Impl {
   void SendAnonymous(const std::string& route, wire::Body body);
   void ProtocolError(const std::string& who, const std::string& route, std::uint64_t ref_sequence,
                      wire::ErrorCode code, const std::string& message);
+
+  // ---- secure aggregation (coordinator_secagg.cc) ----
+  // FailedPrecondition at start when secure aggregation is on and the strategy is not linear.
+  Status CheckSecureStrategy() const;
+  bool SecureOn() const { return config_.secure_aggregation.enabled; }
+  // A secure attempt: configures every chosen client's task, derives the summed layout from
+  // them, opens the SecAgg attempt and sends the tasks (each asking for a masked vector).
+  void StartSecureAttempt(const std::vector<std::string>& chosen, std::uint32_t attempt);
+  // A client's keys, shares or reveal; refusals exclude it from the attempt.
+  void HandleSecAgg(ClientConnection& client, std::uint64_t sequence, const wire::SecAgg& message,
+                    std::size_t bytes);
+  // An Update that passed the round's gate and the upload checks, in a secure round.
+  void HandleMaskedInput(ClientConnection& client, std::uint64_t sequence, wire::Update update,
+                         std::size_t bytes);
+  // Sends what the attempt's stages owe; a finished attempt's survivors count as accepted (the
+  // others fail), a failed attempt fails every client still owed.
+  void StepSecAgg();
+  // The strategy's aggregate of the secure sum, with the protocol's numbers in its metrics.
+  Result<AggregateReport> FinishSecureRound(GlobalState& candidate);
+  // A revoked client's input is in the secure sum: the sum is discarded and the round retried.
+  void DiscardSecureSum(const std::string& revoked);
 
   // ---- timers and membership ----
   void OnTick();
@@ -174,6 +197,7 @@ class Coordinator::Impl {
   net::Context& context_;
   const Clock& clock_;
   RoundAnnotator annotator_;  // Optional (SetRoundAnnotator).
+  InboundObserver observer_;  // Optional (SetInboundObserver).
   bool gathered_ = false;     // round.wait_for_clients was met once.
   wire::DecodeLimits limits_;
   wire::EncodeOptions encode_;  // CURVE: no per-frame SHA-256 (the MAC covers every byte).
@@ -212,6 +236,12 @@ class Coordinator::Impl {
   // The bytes of the last chunked task's tensors, by name, shared by every client's chunks that
   // carry the same bytes (SendChunked); ZeroMQ holds references while chunks are queued.
   std::map<std::string, std::shared_ptr<const std::vector<std::byte>>, std::less<>> task_tensors_;
+  // Secure aggregation: the attempt in progress (or just ended), its unmasked sum once done,
+  // and the counts and metrics (never the vectors) of the masked inputs received.
+  std::optional<SecAggAttempt> secagg_;
+  std::optional<secagg::SecureSum> secure_sum_;
+  bool secagg_settled_ = false;  // The ended attempt's outcome was applied to the round.
+  std::map<std::string, std::pair<ClientUpdate, std::uint64_t>, std::less<>> secagg_inputs_;
   std::uint64_t anonymous_sequence_ = 0;
   Clock::TimePoint last_wait_log_{};
   // After the last round: until then (wall time), a client still heard from is sent Bye again, in

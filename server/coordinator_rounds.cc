@@ -84,6 +84,8 @@ std::uint32_t Coordinator::Impl::WantedClients(std::size_t live) const {
   auto want = static_cast<std::uint32_t>(std::ceil(config_.round.fraction * live - 1e-9));
   want = std::max(want, config_.round.min_clients);
   if (config_.round.max_clients > 0) want = std::min(want, config_.round.max_clients);
+  // Secure aggregation: never more clients than the modulus holds without wrapping.
+  if (SecureOn()) want = std::min(want, config_.secure_aggregation.MaxClients(0));
   return want;
 }
 
@@ -228,6 +230,10 @@ void Coordinator::Impl::StartAttempt() {
   // One client at a time (Configure is a pure function of the state, the round and the client;
   // DeriveTask relies on it too): N tasks at once would hold N copies of the adapter.
   round_.BeginAttempt(clock_.Now());
+  if (SecureOn()) {
+    StartSecureAttempt(chosen, attempt);
+    return;
+  }
   for (const std::string& id : chosen) {
     ClientInfo info = InfoOf(*clients_.FindById(id));
     Result<std::vector<ClientTask>> tasks =
@@ -249,6 +255,10 @@ void Coordinator::Impl::CheckFit() {
   const RoundRun& run = round_.run();
   const Clock::TimePoint now = clock_.Now();
   const std::size_t candidates = RetryCandidates();
+  if (secagg_) {
+    StepSecAgg();  // The stages run to their end before the round decides anything.
+    if (secagg_->active()) return;
+  }
   switch (round_.StepFit(now, candidates)) {
     case FitStep::kWait: return;
     case FitStep::kWaitForClients:
@@ -303,6 +313,7 @@ void Coordinator::Impl::SendTask(const std::string& id) {
   message.plan = task.plan;
   message.tensors = std::move(task.tensors);
   message.ticket = run.tickets.at(id);
+  if (secagg_ && secagg_->active() && secagg_->IsMember(id)) message.secagg = secagg_->params();
   message.base = state_->corrections.UpdateFor(client->base_version, &message.tensors);
   client->base_version = message.base.to_version;  // Tasks are applied in order.
   const std::uint64_t base_version = message.base.to_version;
@@ -343,10 +354,16 @@ void Coordinator::Impl::Aggregate() {
   for (const auto& [id, u] : run.accepted) clients.push_back(id);
   const PendingUploads uploads(*store_, run.round, clients,
                                [this](const std::string& id) { return DeriveTask(id); });
-  if (!round_.has_accumulator() && !RebuildAccumulator()) return;
   GlobalState candidate = *state_;
-  // Finish consumes the accumulator; a later re-aggregation (a revoked upload) rebuilds it.
-  Result<AggregateReport> report = round_.FinishAccumulator(candidate, uploads);
+  Result<AggregateReport> report = AggregateReport{};
+  if (SecureOn()) {  // The strategy sees the sum of the survivors' inputs, and nothing else.
+    report = secure_sum_ ? FinishSecureRound(candidate)
+                         : Internal("no secure sum to aggregate in round ", run.round);
+  } else {
+    if (!round_.has_accumulator() && !RebuildAccumulator()) return;
+    // Finish consumes the accumulator; a later re-aggregation (a revoked upload) rebuilds it.
+    report = round_.FinishAccumulator(candidate, uploads);
+  }
   if (!report.ok()) {
     Fatal(report.status().WithContext(StrCat("aggregating round ", run.round)));
     return;
@@ -407,6 +424,8 @@ void Coordinator::Impl::Commit() {
     return;
   }
   state_ = round_.Close();  // The candidate is the global state now; back to kWaiting.
+  secagg_.reset();
+  secure_sum_.reset();
   committed_ = round;
   Count([&](CoordinatorCounters& c) {
     c.committed_round = round;

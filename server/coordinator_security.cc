@@ -84,6 +84,17 @@ void Coordinator::Impl::Revoke(const std::string& id, const std::string& why) {
   Count([](CoordinatorCounters& c) { ++c.clients_revoked; });
   OnClientGone(id, StrCat("revoked: ", why));
 
+  if (SecureOn()) {
+    if (secagg_ && secagg_->active() && secagg_->HasInput(id)) {
+      secagg_->Abort(StrCat("the input of revoked client ", id, " is in the sum"));
+    }
+    if (round_.run().accepted.contains(id)) {
+      ++dropped_since_commit_;
+      Count([](CoordinatorCounters& c) { ++c.uploads_dropped; });
+      DiscardSecureSum(id);
+    }
+    return;
+  }
   if (!round_.DropUpload(id)) return;
   const std::uint64_t round = round_.run().round;
   if (Status s = store_->DropPendingUpload(round, id); !s.ok()) {

@@ -49,6 +49,8 @@ void Coordinator::Impl::HandleUpdate(ClientConnection& client, std::uint64_t seq
     Count([](CoordinatorCounters& c) { ++c.updates_rejected; });
     ProtocolError(who, client.route, sequence, wire::DecodeErrorCode(why), why.message());
     round_.OnUploadRefused(client.id);
+    // A masked vector refused for its shape: its sender counts as dropped at once.
+    if (secagg_ && secagg_->active()) secagg_->Exclude(client.id, why.message());
   };
   const std::uint64_t max_examples = config_.strategy.max_examples_per_client;
   if (Status valid = ValidateUpload(update, task, max_examples); !valid.ok()) {
@@ -59,6 +61,10 @@ void Coordinator::Impl::HandleUpdate(ClientConnection& client, std::uint64_t seq
       sent != round_.run().sent_base.end() && sent->second != update.base_version) {
     reject(Refusal(ErrorCode::kBaseVersionMismatch, "trained on base version ", update.base_version,
                    ", the task set ", sent->second));
+    return;
+  }
+  if (SecureOn() && round_.phase() == RoundPhase::kFit) {  // A masked vector, checked above.
+    HandleMaskedInput(client, sequence, std::move(update), bytes);
     return;
   }
   // One client's declared example count cannot buy it the whole weighted average.

@@ -79,6 +79,7 @@ struct RoundRun {
   std::map<std::string, wire::TaskTicket, std::less<>> tickets;
   std::uint64_t bytes_up = 0, bytes_down = 0, eval_bytes_up = 0, eval_bytes_down = 0;
   std::uint64_t params_up = 0, params_down = 0;
+  std::uint64_t secagg_bytes = 0;  // Secure-aggregation stage messages, both ways.
   std::uint64_t correction_params_down = 0, correction_bytes_down = 0;
   // Evaluation of the candidate global state.
   std::optional<GlobalState> candidate;
@@ -204,6 +205,7 @@ class RoundState {
   // `id` refused the message `ref_sequence` (an Error naming it): its round task fails, or its
   // evaluation task is no longer awaited.
   void OnTaskRefused(const std::string& id, std::uint64_t ref_sequence);
+  void OnSecAggBytes(std::uint64_t bytes) { run_.secagg_bytes += bytes; }
   // `id` left (bye, silence, revocation): what it owed fails or is no longer awaited.
   void OnClientGone(const std::string& id);
   // `id` was admitted (a Hello). If it was tasked and still owes its answer (a reconnect), it

@@ -163,6 +163,7 @@ at::ScalarType ToScalarType(DType dtype) {
     case DType::kBF16: return at::kBFloat16;
     case DType::kF16: return at::kHalf;
     case DType::kF64: return at::kDouble;
+    case DType::kU32: break;  // Not a safetensors tag FromTag reads.
   }
   return at::kFloat;
 }
@@ -205,6 +206,7 @@ std::string_view TorchDtypeName(DType dtype) {
     case DType::kBF16: return "bfloat16";
     case DType::kF16: return "float16";
     case DType::kF64: return "float64";
+    case DType::kU32: break;
   }
   return "float32";
 }

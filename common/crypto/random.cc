@@ -15,4 +15,10 @@ std::uint64_t RandomU64() {
   return v;
 }
 
+void FillRandom(std::span<std::byte> out) {
+  if (out.empty()) return;
+  FEDLORA_CHECK(RAND_bytes(reinterpret_cast<unsigned char*>(out.data()),
+                           static_cast<int>(out.size())) == 1);
+}
+
 }  // namespace fedlora::crypto

@@ -18,6 +18,7 @@ std::optional<at::ScalarType> BridgeScalarTypeOf(DType dtype) {
     case DType::kBF16: return at::kBFloat16;
     case DType::kF16: return at::kHalf;
     case DType::kF64: return at::kDouble;
+    case DType::kU32: return std::nullopt;  // Masked words: never a model tensor.
   }
   return std::nullopt;
 }

@@ -136,6 +136,68 @@ void EncodeBase(const BaseUpdate& u, proto::BaseUpdate::Builder b) {
   }
 }
 
+capnp::Data::Reader Bytes(std::span<const std::uint8_t> bytes) {
+  return capnp::Data::Reader(bytes.data(), bytes.size());
+}
+
+void EncodeSecAggParams(const SecAggParams& p, proto::SecAggParams::Builder b) {
+  b.setClip(p.clip);
+  b.setLevelsBits(p.levels_bits);
+  b.setModulusBits(p.modulus_bits);
+  b.setWeighting(static_cast<proto::SecAggWeighting>(static_cast<std::uint16_t>(p.weighting)));
+  b.setWeightScale(p.weight_scale);
+  b.setDelta(p.delta);
+  auto layout = b.initLayout(static_cast<unsigned>(p.layout.size()));
+  for (unsigned i = 0; i < p.layout.size(); ++i) {
+    layout[i].setName(Text(p.layout[i].name));
+    auto shape = layout[i].initShape(static_cast<unsigned>(p.layout[i].shape.size()));
+    for (unsigned j = 0; j < p.layout[i].shape.size(); ++j) shape.set(j, p.layout[i].shape[j]);
+  }
+}
+
+void EncodeSecAgg(const SecAgg& m, proto::SecAgg::Builder b) {
+  b.setRound(m.round);
+  EncodeTicket(m.ticket, b.initTicket());
+  if (const auto* keys = std::get_if<SecAggKeys>(&m.stage)) {
+    auto g = b.initKeys();
+    g.setCPublic(Bytes(keys->c_public));
+    g.setSPublic(Bytes(keys->s_public));
+    g.setSeedDigest(Bytes(keys->seed_digest));
+  } else if (const auto* roster = std::get_if<SecAggRoster>(&m.stage)) {
+    auto g = b.initRoster();
+    g.setOwnIndex(roster->own_index);
+    g.setThreshold(roster->threshold);
+    auto members = g.initMembers(static_cast<unsigned>(roster->members.size()));
+    for (unsigned i = 0; i < roster->members.size(); ++i) {
+      const SecAggMember& member = roster->members[i];
+      members[i].setIndex(member.index);
+      members[i].setClientId(Text(member.client_id));
+      members[i].setCPublic(Bytes(member.c_public));
+      members[i].setSPublic(Bytes(member.s_public));
+    }
+  } else if (const auto* shares = std::get_if<SecAggShares>(&m.stage)) {
+    auto list = b.initShares(static_cast<unsigned>(shares->shares.size()));
+    for (unsigned i = 0; i < shares->shares.size(); ++i) {
+      list[i].setFrom(shares->shares[i].from);
+      list[i].setTo(shares->shares[i].to);
+      list[i].setSealed(Bytes(shares->shares[i].sealed));
+    }
+  } else if (const auto* unmask = std::get_if<SecAggUnmask>(&m.stage)) {
+    auto g = b.initUnmask();
+    auto survivors = g.initSurvivors(static_cast<unsigned>(unmask->survivors.size()));
+    for (unsigned i = 0; i < unmask->survivors.size(); ++i) survivors.set(i, unmask->survivors[i]);
+    auto dropped = g.initDropped(static_cast<unsigned>(unmask->dropped.size()));
+    for (unsigned i = 0; i < unmask->dropped.size(); ++i) dropped.set(i, unmask->dropped[i]);
+  } else if (const auto* reveal = std::get_if<SecAggReveal>(&m.stage)) {
+    auto list = b.initReveal(static_cast<unsigned>(reveal->shares.size()));
+    for (unsigned i = 0; i < reveal->shares.size(); ++i) {
+      list[i].setOwner(reveal->shares[i].owner);
+      list[i].setX(reveal->shares[i].x);
+      list[i].setY(Bytes(reveal->shares[i].y));
+    }
+  }
+}
+
 struct BodyEncoder {
   proto::Envelope::Builder env;
   std::vector<std::span<const std::byte>>* frames;
@@ -194,6 +256,7 @@ struct BodyEncoder {
     EncodeBase(m.base, b.initBase());
     EncodeTicket(m.ticket, b.initTicket());
     Tensors(m.tensors, b.initTensors(Count(m.tensors)));
+    if (m.secagg) EncodeSecAggParams(*m.secagg, b.initSecAgg());
   }
   void operator()(const Update& m) {
     auto b = env.initUpdate();
@@ -247,6 +310,7 @@ struct BodyEncoder {
     b.setOffset(m.offset);
     frames->push_back(std::span<const std::byte>(m.data));
   }
+  void operator()(const SecAgg& m) { EncodeSecAgg(m, env.initSecAgg()); }
 };
 
 std::vector<std::byte> Flatten(capnp::MessageBuilder& builder) {

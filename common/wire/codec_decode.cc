@@ -242,6 +242,112 @@ Result<BaseUpdate> DecodeBase(proto::BaseUpdate::Reader r, const TensorMap& tens
   return u;
 }
 
+Status SecAggError(std::string message) {
+  return DecodeError(ErrorCode::kSecAggMismatch, StatusCode::kInvalidArgument,
+                     std::move(message));
+}
+
+// Exactly N bytes into `out`, or SECAGG_MISMATCH naming `what`.
+template <std::size_t N>
+Status FixedBytes(capnp::Data::Reader data, std::array<std::uint8_t, N>& out,
+                  std::string_view what) {
+  if (data.size() != N) {
+    return SecAggError(StrCat(what, " has ", data.size(), " bytes (expected ", N, ")"));
+  }
+  std::copy(data.begin(), data.end(), out.begin());
+  return OkStatus();
+}
+
+Result<SecAggParams> DecodeSecAggParams(proto::SecAggParams::Reader r) {
+  SecAggParams p;
+  p.clip = r.getClip();
+  p.levels_bits = r.getLevelsBits();
+  p.modulus_bits = r.getModulusBits();
+  const auto weighting = static_cast<std::uint16_t>(r.getWeighting());
+  if (weighting < 1 || weighting > 3) {
+    return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
+                       StrCat("secAgg.weighting: unknown value ", weighting));
+  }
+  p.weighting = static_cast<SecAggWeighting>(weighting);
+  p.weight_scale = r.getWeightScale();
+  p.delta = r.getDelta();
+  for (proto::SecAggSlot::Reader slot : r.getLayout()) {
+    SecAggSlot s{Str(slot.getName()), {}};
+    for (std::int64_t d : slot.getShape()) s.shape.push_back(d);
+    if (s.name.empty() || !NumElements(s.shape).ok()) {
+      return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
+                         StrCat("secAgg.layout: slot '", s.name, "' with shape ",
+                                ShapeString(s.shape), " is not a tensor"));
+    }
+    p.layout.push_back(std::move(s));
+  }
+  return p;
+}
+
+Result<SecAgg> DecodeSecAgg(proto::SecAgg::Reader r) {
+  SecAgg m;
+  m.round = r.getRound();
+  FEDLORA_ASSIGN_OR_RETURN(m.ticket, DecodeTicket(r.getTicket()));
+  switch (r.which()) {
+    case proto::SecAgg::KEYS: {
+      SecAggKeys keys;
+      FEDLORA_RETURN_IF_ERROR(FixedBytes(r.getKeys().getCPublic(), keys.c_public, "keys.cPublic"));
+      FEDLORA_RETURN_IF_ERROR(FixedBytes(r.getKeys().getSPublic(), keys.s_public, "keys.sPublic"));
+      FEDLORA_RETURN_IF_ERROR(
+          FixedBytes(r.getKeys().getSeedDigest(), keys.seed_digest, "keys.seedDigest"));
+      m.stage = keys;
+      return m;
+    }
+    case proto::SecAgg::ROSTER: {
+      SecAggRoster roster;
+      roster.own_index = r.getRoster().getOwnIndex();
+      roster.threshold = r.getRoster().getThreshold();
+      for (proto::SecAggMember::Reader member : r.getRoster().getMembers()) {
+        SecAggMember out;
+        out.index = member.getIndex();
+        out.client_id = Str(member.getClientId());
+        FEDLORA_RETURN_IF_ERROR(FixedBytes(member.getCPublic(), out.c_public,
+                                           StrCat("roster member ", out.index, "'s cPublic")));
+        FEDLORA_RETURN_IF_ERROR(FixedBytes(member.getSPublic(), out.s_public,
+                                           StrCat("roster member ", out.index, "'s sPublic")));
+        roster.members.push_back(std::move(out));
+      }
+      m.stage = std::move(roster);
+      return m;
+    }
+    case proto::SecAgg::SHARES: {
+      SecAggShares shares;
+      for (proto::SecAggSealed::Reader s : r.getShares()) {
+        shares.shares.push_back(
+            {s.getFrom(), s.getTo(), std::vector<std::uint8_t>(s.getSealed().begin(),
+                                                                s.getSealed().end())});
+      }
+      m.stage = std::move(shares);
+      return m;
+    }
+    case proto::SecAgg::UNMASK: {
+      SecAggUnmask unmask;
+      for (std::uint32_t i : r.getUnmask().getSurvivors()) unmask.survivors.push_back(i);
+      for (std::uint32_t i : r.getUnmask().getDropped()) unmask.dropped.push_back(i);
+      m.stage = std::move(unmask);
+      return m;
+    }
+    case proto::SecAgg::REVEAL: {
+      SecAggReveal reveal;
+      for (proto::SecAggShare::Reader s : r.getReveal()) {
+        SecAggShare share{s.getOwner(), s.getX(), {}};
+        FEDLORA_RETURN_IF_ERROR(
+            FixedBytes(s.getY(), share.y, StrCat("revealed share of member ", share.owner)));
+        reveal.shares.push_back(share);
+      }
+      m.stage = std::move(reveal);
+      return m;
+    }
+  }
+  return DecodeError(ErrorCode::kUnknownMessageKind, StatusCode::kInvalidArgument,
+                     StrCat("unknown secure-aggregation stage ", static_cast<unsigned>(r.which())));
+}
+
 Result<Body> DecodeBody(proto::Envelope::Reader env, const TensorSink& sink) {
   switch (env.which()) {
     case proto::Envelope::HELLO: {
@@ -281,6 +387,9 @@ Result<Body> DecodeBody(proto::Envelope::Reader env, const TensorSink& sink) {
       FEDLORA_RETURN_IF_ERROR(DecodeTensors(r.getTensors(), sink, &m.tensors));
       FEDLORA_ASSIGN_OR_RETURN(m.base, DecodeBase(r.getBase(), m.tensors, sink));
       FEDLORA_ASSIGN_OR_RETURN(m.ticket, DecodeTicket(r.getTicket()));
+      if (r.hasSecAgg()) {
+        FEDLORA_ASSIGN_OR_RETURN(m.secagg, DecodeSecAggParams(r.getSecAgg()));
+      }
       return Body(std::move(m));
     }
     case proto::Envelope::UPDATE: {
@@ -352,6 +461,10 @@ Result<Body> DecodeBody(proto::Envelope::Reader env, const TensorSink& sink) {
         m.data.insert(m.data.end(), sink.frames[i].begin(), sink.frames[i].end());
         sink.claimed->insert(static_cast<std::uint32_t>(i));
       }
+      return Body(std::move(m));
+    }
+    case proto::Envelope::SEC_AGG: {
+      FEDLORA_ASSIGN_OR_RETURN(SecAgg m, DecodeSecAgg(env.getSecAgg()));
       return Body(std::move(m));
     }
   }

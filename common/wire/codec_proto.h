@@ -30,6 +30,8 @@ inline proto::DType ToProto(DType d) {
       return proto::DType::F16;
     case DType::kF64:
       return proto::DType::F64;
+    case DType::kU32:
+      return proto::DType::U32;
   }
   return proto::DType::UNSPECIFIED;
 }
@@ -44,6 +46,8 @@ inline std::optional<DType> FromProto(proto::DType d) {
       return DType::kF16;
     case proto::DType::F64:
       return DType::kF64;
+    case proto::DType::U32:
+      return DType::kU32;
     default:
       return std::nullopt;  // unspecified, or a value from a newer schema.
   }

@@ -68,6 +68,8 @@ std::string_view ErrorCodeName(ErrorCode code) {
       return "UPDATE_NORM_EXCEEDED";
     case ErrorCode::kChunkMismatch:
       return "CHUNK_MISMATCH";
+    case ErrorCode::kSecAggMismatch:
+      return "SECAGG_MISMATCH";
   }
   return "UNKNOWN";
 }
@@ -99,8 +101,14 @@ std::string_view BodyName(const Body& body) {
     std::string_view operator()(const Error&) const { return "error"; }
     std::string_view operator()(const Bye&) const { return "bye"; }
     std::string_view operator()(const Chunk&) const { return "chunk"; }
+    std::string_view operator()(const SecAgg&) const { return "secAgg"; }
   };
   return std::visit(Namer{}, body);
+}
+
+std::string_view SecAggStageName(const SecAgg& message) {
+  static constexpr std::string_view kNames[] = {"keys", "roster", "shares", "unmask", "reveal"};
+  return kNames[message.stage.index()];
 }
 
 const TensorMap* TensorsOf(const Body& body) {

@@ -22,8 +22,9 @@ namespace fedlora::wire {
 
 // Bumped on any incompatible change to proto/fedlora.capnp. Peers with another version are
 // answered with kVersionMismatch and not served. Version 2: results carry their task's ticket.
-// Version 3: chunked transfer (ChunkedHead, Chunk, CHUNK_MISMATCH).
-inline constexpr std::uint16_t kProtocolVersion = 3;
+// Version 3: chunked transfer (ChunkedHead, Chunk, CHUNK_MISMATCH). Version 4: secure
+// aggregation (RoundTask.secagg, SecAgg, u32 tensors, SECAGG_MISMATCH).
+inline constexpr std::uint16_t kProtocolVersion = 4;
 
 // Protocol error codes, mirrored one-to-one by proto/fedlora.capnp's ErrorCode enum. Each
 // malformed-input case has its own code so a peer (and a test) can tell exactly what was wrong.
@@ -55,8 +56,9 @@ enum class ErrorCode : std::uint16_t {
   kTaskMismatch = 24,   // A result's round, attempt or task nonce is not its task's.
   kUpdateNormExceeded = 25,  // The upload moves the model further than robust.norm_bound.
   kChunkMismatch = 26,       // A chunk out of order, missing or misfit: resend the message.
+  kSecAggMismatch = 27,  // A secure-aggregation message out of stage, misfit, or naming strangers.
 };
-inline constexpr ErrorCode kLastErrorCode = ErrorCode::kChunkMismatch;
+inline constexpr ErrorCode kLastErrorCode = ErrorCode::kSecAggMismatch;
 std::string_view ErrorCodeName(ErrorCode code);  // "DIGEST_MISMATCH"
 
 // Client names travel in Hello, become file names in the state directory and keys of the
@@ -216,6 +218,32 @@ struct Welcome {
   friend bool operator==(const Welcome&, const Welcome&) = default;
 };
 
+// ---- Secure aggregation (proto/fedlora.capnp, "Secure aggregation"; docs/protocol.md) -------
+
+// Which count a client's weight is, under secure aggregation (the strategy's weighting).
+enum class SecAggWeighting : std::uint8_t { kExamples = 1, kSamples = 2, kUniform = 3 };
+
+// One tensor of the summed vector: the client places its upload (padded, or scattered by its
+// sketch) into this full shape.
+struct SecAggSlot {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  friend bool operator==(const SecAggSlot&, const SecAggSlot&) = default;
+};
+
+// In a RoundTask: the upload is a masked vector (common/secagg/secure_input.h says how it is
+// made). Absent: a plain Update.
+struct SecAggParams {
+  double clip = 1.0;                 // Each weighted value is clipped to [-clip, clip].
+  std::uint32_t levels_bits = 16;    // q: 2^q - 1 quantisation levels.
+  std::uint32_t modulus_bits = 32;   // m: sums are taken mod 2^m.
+  SecAggWeighting weighting = SecAggWeighting::kExamples;
+  double weight_scale = 1.0;         // The weight is min(count / weight_scale, 1).
+  bool delta = false;                // Sum (task tensor - trained tensor) (FSLoRA).
+  std::vector<SecAggSlot> layout;    // The summed tensors, in order.
+  friend bool operator==(const SecAggParams&, const SecAggParams&) = default;
+};
+
 struct RoundTask {
   std::uint64_t round = 0;
   std::uint64_t deadline_ms = 0;  // Milliseconds the client has, from receipt, to upload.
@@ -225,6 +253,7 @@ struct RoundTask {
   BaseUpdate base;    // Corrections to apply to the frozen base first.
   TensorMap tensors;  // Adapter tensors to start from, and correction tensors.
   TaskTicket ticket;  // To be echoed in the Update.
+  std::optional<SecAggParams> secagg;  // Set: upload a masked vector (SecAgg stages).
   friend bool operator==(const RoundTask&, const RoundTask&) = default;
 };
 
@@ -316,8 +345,85 @@ struct Chunk {
   friend bool operator==(const Chunk&, const Chunk&) = default;
 };
 
+// ---- The secure-aggregation stages (SecAgg+, Bell et al. 2020) -------------------------------
+
+using PublicKey = std::array<std::uint8_t, 32>;
+
+// Stage 1, client -> coordinator: the client's two X25519 public keys for this attempt (c: the
+// key its shares are encrypted to; s: the key its pairwise masks are agreed with) and the
+// SHA-256 of its self-mask seed, against which the coordinator checks the seed it rebuilds.
+struct SecAggKeys {
+  PublicKey c_public{};
+  PublicKey s_public{};
+  std::array<std::uint8_t, 32> seed_digest{};
+  friend bool operator==(const SecAggKeys&, const SecAggKeys&) = default;
+};
+
+struct SecAggMember {
+  std::uint32_t index = 0;  // 1..n: the Shamir x of this member's shares.
+  std::string client_id;
+  PublicKey c_public{};
+  PublicKey s_public{};
+  friend bool operator==(const SecAggMember&, const SecAggMember&) = default;
+};
+
+// Stage 1 answer, coordinator -> client: its index, the threshold, and its neighbours' keys (and
+// its own, which it checks).
+struct SecAggRoster {
+  std::uint32_t own_index = 0;
+  std::uint32_t threshold = 0;
+  std::vector<SecAggMember> members;  // Sorted by index; the client itself included.
+  friend bool operator==(const SecAggRoster&, const SecAggRoster&) = default;
+};
+
+// One Shamir share pair (of the sender's masking key and self-mask seed) sealed to one member.
+struct SecAggSealed {
+  std::uint32_t from = 0;
+  std::uint32_t to = 0;
+  std::vector<std::uint8_t> sealed;  // ChaCha20-Poly1305, nonce first (crypto/aead.h).
+  friend bool operator==(const SecAggSealed&, const SecAggSealed&) = default;
+};
+
+// Stage 2, both ways: a client sends one sealed share pair per neighbour; the coordinator routes
+// to each client those addressed to it, from the neighbours that shared (they mask with it).
+struct SecAggShares {
+  std::vector<SecAggSealed> shares;
+  friend bool operator==(const SecAggShares&, const SecAggShares&) = default;
+};
+
+// Stage 4, coordinator -> client: who sent masked inputs, and who shared keys but did not.
+struct SecAggUnmask {
+  std::vector<std::uint32_t> survivors;
+  std::vector<std::uint32_t> dropped;
+  friend bool operator==(const SecAggUnmask&, const SecAggUnmask&) = default;
+};
+
+// One revealed share: of `owner`'s self-mask seed (a survivor) or masking key (dropped).
+struct SecAggShare {
+  std::uint32_t owner = 0;
+  std::uint32_t x = 0;
+  std::array<std::uint8_t, 33> y{};
+  friend bool operator==(const SecAggShare&, const SecAggShare&) = default;
+};
+
+// Stage 4 answer, client -> coordinator.
+struct SecAggReveal {
+  std::vector<SecAggShare> shares;
+  friend bool operator==(const SecAggReveal&, const SecAggReveal&) = default;
+};
+
+// A secure-aggregation message of round `round`; the ticket is that of the client's RoundTask,
+// both ways. (Stage 3, the masked input, is an Update carrying one u32 tensor.)
+struct SecAgg {
+  std::uint64_t round = 0;
+  TaskTicket ticket;
+  std::variant<SecAggKeys, SecAggRoster, SecAggShares, SecAggUnmask, SecAggReveal> stage;
+  friend bool operator==(const SecAgg&, const SecAgg&) = default;
+};
+std::string_view SecAggStageName(const SecAgg& message);  // "keys", "roster", ...
+
 using Body = std::variant<Hello, Welcome, RoundTask, Update, Ack, Heartbeat, EvalTask, EvalResult,
-                          Error, Bye, Chunk>;
+                          Error, Bye, Chunk, SecAgg>;
 std::string_view BodyName(const Body& body);  // "hello", "roundTask", ...
 
 struct Envelope {

@@ -79,6 +79,14 @@ std::int64_t Fold(const Tensor& x, double w, std::uint64_t* lo, std::int64_t* hi
             return static_cast<double>(F16ToFloat(v));
           },
           w, lo, hi, begin, end, check);
+    case DType::kU32:
+      return FoldRange(
+          [p](std::int64_t i) {
+            std::uint32_t v;
+            std::memcpy(&v, p + 4 * i, 4);
+            return static_cast<double>(v);
+          },
+          w, lo, hi, begin, end, check);
   }
   return begin;
 }

@@ -189,6 +189,41 @@ class MeanAccumulator final : public RoundAccumulator {
 
 }  // namespace
 
+wire::SecAggWeighting SecureWeighting(Weighting w) {
+  switch (w) {
+    case Weighting::kExamples: return wire::SecAggWeighting::kExamples;
+    case Weighting::kSamples: return wire::SecAggWeighting::kSamples;
+    case Weighting::kUniform: return wire::SecAggWeighting::kUniform;
+  }
+  return wire::SecAggWeighting::kUniform;
+}
+
+std::optional<SecureSpec> MeanSecureSpec(const FedAvgConfig& config) {
+  if (!MeanIsLinear(config)) return std::nullopt;
+  return SecureSpec{SecureWeighting(config.weighting), false, 1.0};
+}
+
+Result<AggregateReport> FinishMeanSecure(const FedAvgConfig& config, bool merge,
+                                         GlobalState& state, const secagg::SecureSum& sum) {
+  TensorMap combined;
+  for (const auto& [name, weighted] : sum.weighted) {
+    const double w = sum.weights.at(name);
+    if (!(w > 0)) {
+      return InvalidArgument("secure sum: no survivor weighed tensor '", name,
+                             "' (its weight total is ", w, ")");
+    }
+    std::vector<double> v = ToDoubles(weighted);
+    for (double& x : v) x /= w;
+    combined.emplace(name, FromDoubles(config.state_dtype, weighted.shape, v));
+  }
+  if (merge) {
+    for (auto& [name, t] : combined) state.adapter[name] = std::move(t);
+  } else {
+    state.adapter = std::move(combined);
+  }
+  return AggregateReport{};
+}
+
 std::unique_ptr<RoundAccumulator> MakeMeanAccumulator(const FedAvgConfig& config, bool merge) {
   return std::make_unique<MeanAccumulator>(config, merge);
 }

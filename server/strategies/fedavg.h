@@ -36,6 +36,14 @@ struct FedAvgConfig {
 // no share cap (a cap or a robust rule needs every upload at once).
 bool MeanIsLinear(const FedAvgConfig& config);
 
+// What the weighted-average family sums under secure aggregation (its weighting).
+std::optional<SecureSpec> MeanSecureSpec(const FedAvgConfig& config);
+// The weighted-average family's aggregate from a secure sum: each slot's Σ w·x / Σ w, written
+// into state.adapter as MakeMeanAccumulator's Finish would (replacing it, or with `merge` only
+// the slots summed). kInvalidArgument naming a slot no survivor weighed.
+Result<AggregateReport> FinishMeanSecure(const FedAvgConfig& config, bool merge,
+                                         GlobalState& state, const secagg::SecureSum& sum);
+
 class FedAvg final : public Strategy {
  public:
   explicit FedAvg(FedAvgConfig config) : config_(std::move(config)) {}
@@ -44,6 +52,11 @@ class FedAvg final : public Strategy {
   Result<GlobalState> Initialize(const ModelLayout& layout,
                                  std::optional<GlobalState> restored) override;
   bool linear() const override { return MeanIsLinear(config_); }
+  std::optional<SecureSpec> secure_spec() const override { return MeanSecureSpec(config_); }
+  Result<AggregateReport> FinishSecure(GlobalState& state, std::uint64_t round,
+                                       const secagg::SecureSum& sum) override {
+    return FinishMeanSecure(config_, /*merge=*/false, state, sum);
+  }
   Result<std::vector<ClientTask>> Configure(const GlobalState& state, std::uint64_t round,
                                             std::span<const ClientInfo> selected) override;
   Result<std::unique_ptr<RoundAccumulator>> Begin(const GlobalState& state,

@@ -32,6 +32,15 @@ class FedSb final : public Strategy, public ClientInitialization {
                                  std::optional<GlobalState> restored) override;
   ClientInitialization* client_initialization() override { return this; }
   bool linear() const override { return MeanIsLinear(config_); }
+  std::optional<SecureSpec> secure_spec() const override {
+    auto spec = MeanSecureSpec(config_);
+    if (spec) spec->clip = 16.0;  // R's entries carry singular values: a wider range than factors.
+    return spec;
+  }
+  Result<AggregateReport> FinishSecure(GlobalState& state, std::uint64_t round,
+                                       const secagg::SecureSum& sum) override {
+    return FinishMeanSecure(config_, /*merge=*/false, state, sum);
+  }
   bool NeedsClientInit(const GlobalState& state) const override { return state.adapter.empty(); }
   Result<ClientTask> ConfigureInit(const GlobalState& state, const ClientInfo& client) override;
   Status AcceptInit(GlobalState& state, const ClientUpdate& update) override;

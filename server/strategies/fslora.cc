@@ -141,6 +141,23 @@ Result<std::unique_ptr<RoundAccumulator>> FsLora::Begin(const GlobalState& state
                     std::span<const ClientTask> tasks) { return Combine(s, round, updates, tasks); });
 }
 
+std::optional<SecureSpec> FsLora::secure_spec() const {
+  std::optional<SecureSpec> spec = MeanSecureSpec(config_);
+  if (spec) spec->delta = true;
+  return spec;
+}
+
+Result<AggregateReport> FsLora::FinishSecure(GlobalState& state, std::uint64_t round,
+                                             const secagg::SecureSum& sum) {
+  TensorMap grads = sum.Means();  // The weighted mean of the scattered deltas, per tensor.
+  for (const auto& [name, t] : state.adapter) {
+    if (!grads.contains(name)) {
+      return InvalidArgument("fslora secure sum: no survivor weighed tensor '", name, "'");
+    }
+  }
+  return Step(state, grads);
+}
+
 Result<AggregateReport> FsLora::Combine(GlobalState& state, std::uint64_t round,
                                         std::span<const ClientUpdate> updates,
                                         std::span<const ClientTask> tasks) {

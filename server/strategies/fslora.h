@@ -38,6 +38,10 @@ class FsLora final : public Strategy {
   Result<std::vector<ClientTask>> Configure(const GlobalState& state, std::uint64_t round,
                                             std::span<const ClientInfo> selected) override;
   bool linear() const override { return MeanIsLinear(config_); }
+  // Clients sum their deltas (sent - trained), scattered to their sketch indices.
+  std::optional<SecureSpec> secure_spec() const override;
+  Result<AggregateReport> FinishSecure(GlobalState& state, std::uint64_t round,
+                                       const secagg::SecureSum& sum) override;
   Result<std::unique_ptr<RoundAccumulator>> Begin(const GlobalState& state,
                                                   std::uint64_t round) override;
   EvalSpec Evaluation(const GlobalState& state, const ClientInfo& client) const override;

@@ -206,6 +206,35 @@ bool HetLora::linear() const {
   return het_.weighting != "sparsity" && !(config_.max_weight_share < 1.0);
 }
 
+std::optional<SecureSpec> HetLora::secure_spec() const {
+  if (!linear()) return std::nullopt;
+  const Result<Weighting> w = ParseWeighting(het_.weighting);
+  if (!w.ok()) return std::nullopt;
+  FedAvgConfig as_mean = config_;
+  as_mean.weighting = *w;
+  return MeanSecureSpec(as_mean);
+}
+
+Result<AggregateReport> HetLora::FinishSecure(GlobalState& state, std::uint64_t round,
+                                              const secagg::SecureSum& sum) {
+  const TensorMap means = sum.Means();
+  TensorMap next;
+  int kept = 0;
+  for (const auto& [name, t] : state.adapter) {
+    const auto mean = means.find(name);
+    if (mean == means.end()) {  // Nobody trained it: keep it.
+      next[name] = t;
+      ++kept;
+      continue;
+    }
+    next[name] = FromDoubles(config_.state_dtype, t.shape, ToDoubles(mean->second));
+  }
+  state.adapter = std::move(next);
+  AggregateReport report;
+  report.metrics["modules_kept"] = kept;
+  return report;
+}
+
 Result<std::unique_ptr<RoundAccumulator>> HetLora::Begin(const GlobalState& state,
                                                          std::uint64_t round) {
   if (het_.weighting == "sparsity" || !(config_.max_weight_share < 1.0)) {

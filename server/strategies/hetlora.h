@@ -38,6 +38,10 @@ class HetLora final : public Strategy {
                                             std::span<const ClientInfo> selected) override;
   Status ValidateUpdate(const ClientTask& task, const ClientUpdate& update) const override;
   bool linear() const override;
+  // Clients pad their pruned ranks to the global rank; a module nobody trained keeps its value.
+  std::optional<SecureSpec> secure_spec() const override;
+  Result<AggregateReport> FinishSecure(GlobalState& state, std::uint64_t round,
+                                       const secagg::SecureSum& sum) override;
   Result<std::unique_ptr<RoundAccumulator>> Begin(const GlobalState& state,
                                                   std::uint64_t round) override;
   EvalSpec Evaluation(const GlobalState& state, const ClientInfo& client) const override;

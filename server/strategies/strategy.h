@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/secagg/secure_input.h"
 #include "common/status.h"
 #include "common/tensor.h"
 #include "common/wire/messages.h"
@@ -150,6 +151,17 @@ class ClientInitialization {
   virtual Status AcceptInit(GlobalState& state, const ClientUpdate& update) = 0;
 };
 
+// How a linear strategy's uploads are summed under secure aggregation (issue 13): the count
+// each client's weight is, whether clients sum the change from their task's tensors instead of
+// the tensors (FSLoRA's deltas), and the range the weighted values are clipped to when the
+// configuration does not set one. The summed slots are the tensors the tasks ask for, at the
+// global adapter's shape (the coordinator derives them).
+struct SecureSpec {
+  wire::SecAggWeighting weighting = wire::SecAggWeighting::kExamples;
+  bool delta = false;
+  double clip = 1.0;
+};
+
 // Thread-compatible: the coordinator calls it from its one loop thread.
 class Strategy {
  public:
@@ -170,6 +182,15 @@ class Strategy {
   // uploaded tensors (placed by the client's task, e.g. FSLoRA's sketch, HetLoRA's padding) and
   // w_k known from the upload's counts alone: then a masked sum (secure aggregation) is enough.
   virtual bool linear() const { return false; }
+
+  // Set exactly for the linear strategies: how they are summed under secure aggregation.
+  virtual std::optional<SecureSpec> secure_spec() const { return std::nullopt; }
+  // Writes the aggregate of a round whose uploads the coordinator only knows as their secure
+  // sum (per slot Σ w·x and Σ w of the survivors) into `state`. Only for linear strategies.
+  virtual Result<AggregateReport> FinishSecure(GlobalState& state, std::uint64_t round,
+                                               const secagg::SecureSum& sum) {
+    return Unimplemented(name(), " cannot aggregate a secure sum");
+  }
 
   // The task for each selected client of `round`, in the order given. Must be a pure function
   // of its arguments: after a restart the coordinator calls it again to re-derive the tasks of

@@ -86,6 +86,65 @@ TEST(CodecTest, EveryMessageKindRoundTrips) {
   }
 }
 
+TEST(CodecTest, EverySecureAggregationStageAndTheTaskParametersRoundTrip) {
+  RoundTask task;
+  task.round = 4;
+  task.ticket.attempt = 2;
+  task.secagg = SecAggParams{0.5, 18, 31, SecAggWeighting::kSamples, 640, true,
+                             {{"m.lora_A.weight", {8, 64}}, {"m.lora_B.weight", {64, 8}}}};
+  PublicKey c{}, s{};
+  c[0] = 1;
+  s[31] = 2;
+  std::array<std::uint8_t, 32> digest{};
+  digest[5] = 7;
+  std::array<std::uint8_t, 33> y{};
+  y[32] = 9;
+  Update masked;
+  masked.round = 4;
+  masked.num_samples = masked.num_examples = 1;
+  masked.tensors["secagg.masked"] =
+      Tensor{DType::kU32, {3}, std::vector<std::byte>(12, std::byte{0xEE})};
+  const std::vector<Body> bodies = {
+      task,
+      masked,
+      SecAgg{4, task.ticket, SecAggKeys{c, s, digest}},
+      SecAgg{4, task.ticket, SecAggRoster{2, 3, {{1, "a", c, s}, {2, "b", s, c}}}},
+      SecAgg{4, task.ticket, SecAggShares{{{2, 1, std::vector<std::uint8_t>(110, 3)}}}},
+      SecAgg{4, task.ticket, SecAggUnmask{{1, 2, 5}, {3}}},
+      SecAgg{4, task.ticket, SecAggReveal{{{1, 2, y}, {3, 2, y}}}}};
+  for (const Body& body : bodies) {
+    const Envelope in{kProtocolVersion, 77, 5, body};
+    Result<Envelope> out = Decode(Encode(in).frames(), {});
+    ASSERT_TRUE(out.ok()) << BodyName(body) << ": " << out.status().ToString();
+    EXPECT_EQ(*out, in) << BodyName(body);
+  }
+}
+
+TEST(CodecTest, AShareOfTheWrongLengthIsASecAggMismatchNamingIt) {
+  // A revealed share whose y holds 32 bytes instead of 33: its Data pointer (element count
+  // 33 << 3 | byte-list tag 2) patched in the encoded envelope.
+  SecAgg m{1, {}, SecAggReveal{{{1, 1, {}}}}};
+  Frames frames(Encode(Envelope{kProtocolVersion, 1, 1, m}));
+  std::vector<std::byte>& env = frames.data[0];
+  bool patched = false;
+  for (std::size_t i = 0; i + 4 <= env.size(); ++i) {
+    std::uint32_t word;
+    std::memcpy(&word, env.data() + i, 4);
+    if (i % 8 == 4 && word == ((33u << 3) | 2u)) {
+      word = (32u << 3) | 2u;
+      std::memcpy(env.data() + i, &word, 4);
+      patched = true;
+    }
+  }
+  ASSERT_TRUE(patched);
+  Result<Envelope> out = Decode(frames.views(), {});
+  ASSERT_FALSE(out.ok());
+  EXPECT_EQ(DecodeErrorCode(out.status()), ErrorCode::kSecAggMismatch);
+  EXPECT_NE(out.status().message().find("revealed share of member 1 has 32 bytes"),
+            std::string::npos)
+      << out.status().message();
+}
+
 TEST(CodecTest, TensorsTravelAsTheirOwnFramesInNameOrder) {
   const Envelope in = SampleUpdate();
   const EncodedMessage encoded = Encode(in);

@@ -133,3 +133,43 @@ TEST(CoordinatorConfigTest, ExportSectionIsParsedStrictly) {
 
 }  // namespace
 }  // namespace fedlora::server
+
+namespace fedlora::server {
+namespace {
+
+std::string SecureConfigError(std::vector<std::string> overrides) {
+  overrides.push_back("secure_aggregation.enabled=true");
+  const Result<CoordinatorConfig> c = Parse("", overrides);
+  return c.ok() ? std::string() : std::string(c.status().message());
+}
+
+TEST(SecureAggregationConfigTest, AModulusThatCouldWrapIsRefusedSayingHowManyClientsFit) {
+  const std::string e = SecureConfigError(
+      {"round.min_clients=2", "round.max_clients=5000", "secure_aggregation.levels_bits=20"});
+  EXPECT_NE(e.find("round.max_clients"), std::string::npos) << e;
+  EXPECT_NE(e.find("at most 4096 clients fit"), std::string::npos) << e;
+  EXPECT_EQ(SecureConfigError({"round.min_clients=2", "round.max_clients=4096"}), "");
+}
+
+TEST(SecureAggregationConfigTest, AThresholdAboveTheSmallestRoundOrOfOneIsRefused) {
+  const std::string above =
+      SecureConfigError({"round.min_clients=3", "secure_aggregation.threshold=4"});
+  EXPECT_NE(above.find("threshold 4 is above round.min_clients 3"), std::string::npos) << above;
+  const std::string one =
+      SecureConfigError({"round.min_clients=3", "secure_aggregation.threshold=1"});
+  EXPECT_NE(one.find("threshold 1"), std::string::npos) << one;
+  EXPECT_NE(SecureConfigError({"round.min_clients=1"}).find("min_clients >= 2"),
+            std::string::npos);
+}
+
+TEST(SecureAggregationConfigTest, SelectionIsCappedAtWhatTheModulusHolds) {
+  SecureAggregationConfig sa;
+  sa.levels_bits = 20;
+  sa.modulus_bits = 32;
+  EXPECT_EQ(sa.MaxClients(0), 4096u);
+  EXPECT_EQ(sa.MaxClients(100), 100u);
+  EXPECT_EQ(sa.MaxClients(10000), 4096u);
+}
+
+}  // namespace
+}  // namespace fedlora::server

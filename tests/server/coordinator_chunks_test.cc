@@ -226,7 +226,7 @@ TEST_F(CoordinatorChunksTest, APartialUploadIsDiscardedWhenItsRoundMovesOn) {
   config_.rounds = 2;
   config_.round.min_clients = 2;
   config_.round.quorum = 1;
-  FakeClock clock;
+  FakeClock& clock = fake_clock_;
   Start(&clock);
   auto alice = Join("alice");
   auto bob = Join("bob");

@@ -116,6 +116,9 @@ class CoordinatorHarness : public ::testing::Test {
   server::CoordinatorConfig config_;
   net::Context context_;
   SystemClock system_clock_;
+  // For tests that drive time: a member, so it outlives the coordinator thread (TearDown stops
+  // the coordinator before members die; a test's local clock would die first).
+  FakeClock fake_clock_;
   std::unique_ptr<server::Coordinator> coordinator_;
   std::thread thread_;
   Status result_;

@@ -361,7 +361,7 @@ TEST_F(CoordinatorSecurityTest, UpdateCarryingAnotherClientsTicketIsRefused) {
 }
 
 TEST_F(CoordinatorSecurityTest, RetryIssuesANewTicketAndRefusesTheEarlierAttempts) {
-  FakeClock clock;
+  FakeClock& clock = fake_clock_;
   config_.round.quorum = 2;
   config_.round.timeout_ms = 5000;
   Start(clock);

@@ -153,7 +153,7 @@ TEST_F(CoordinatorTest, MalformedInputsGetTheirOwnErrorCodesWhileOthersAreServed
 }
 
 TEST_F(CoordinatorTest, ClientThatMissesTheDeadlineIsCountedAsFailed) {
-  FakeClock clock;
+  FakeClock& clock = fake_clock_;
   config_.round.timeout_ms = 5000;
   StartCoordinator(clock);
   TestPeer a(context_, coordinator_->endpoint());
@@ -174,7 +174,7 @@ TEST_F(CoordinatorTest, ClientThatMissesTheDeadlineIsCountedAsFailed) {
 }
 
 TEST_F(CoordinatorTest, RoundBelowQuorumAtTheDeadlineIsRetried) {
-  FakeClock clock;
+  FakeClock& clock = fake_clock_;
   config_.round.quorum = 2;
   config_.round.timeout_ms = 5000;
   StartCoordinator(clock);
@@ -202,7 +202,7 @@ TEST_F(CoordinatorTest, RoundBelowQuorumAtTheDeadlineIsRetried) {
 // A client that declines (offline, or too slow for the deadline) is failed at once: the round
 // aggregates without waiting for the deadline (the clock never moves here).
 TEST_F(CoordinatorTest, ADeclinedTaskCountsAsFailedWithoutWaitingForTheDeadline) {
-  FakeClock clock;
+  FakeClock& clock = fake_clock_;
   StartCoordinator(clock);
   TestPeer a(context_, coordinator_->endpoint());
   TestPeer b(context_, coordinator_->endpoint());
@@ -431,7 +431,7 @@ TEST_F(CoordinatorTest, UnpinnedModelIsForgottenWhenEveryoneLeavesBeforeRoundZer
 // over while that client trains (silent for longer than one heartbeat interval). Without keys the
 // live session keeps its name until the liveness rule drops it.
 TEST_F(CoordinatorTest, AnImpostorCannotTakeTheNameOfALiveClient) {
-  FakeClock clock;
+  FakeClock& clock = fake_clock_;
   config_.round.min_clients = 1;
   StartCoordinator(clock);
   TestPeer alice(context_, coordinator_->endpoint());
@@ -452,7 +452,7 @@ TEST_F(CoordinatorTest, AnImpostorCannotTakeTheNameOfALiveClient) {
 }
 
 TEST_F(CoordinatorTest, ANameIsFreeAgainOnceItsSessionExpired) {
-  FakeClock clock;
+  FakeClock& clock = fake_clock_;
   config_.round.min_clients = 3;  // No round: only sessions matter.
   StartCoordinator(clock);
   TestPeer alice(context_, coordinator_->endpoint());
@@ -470,7 +470,7 @@ TEST_F(CoordinatorTest, ANameIsFreeAgainOnceItsSessionExpired) {
 // talking in its old session and was told only UNEXPECTED_MESSAGE (which it ignores, being for no
 // session), so it noticed after interval x liveness of silence. SESSION_MISMATCH tells it at once.
 TEST_F(CoordinatorTest, AMessageInASessionThatEndedIsAnsweredWithSessionMismatch) {
-  FakeClock clock;
+  FakeClock& clock = fake_clock_;
   config_.round.min_clients = 3;  // No round: only sessions matter.
   StartCoordinator(clock);
   TestPeer alice(context_, coordinator_->endpoint());
@@ -490,7 +490,7 @@ TEST_F(CoordinatorTest, AMessageInASessionThatEndedIsAnsweredWithSessionMismatch
 // 50% of 43 = 22), never uploaded and left. The quorum counts only clients that can still answer,
 // so the honest uploads suffice at once, without waiting for the deadline.
 TEST_F(CoordinatorTest, ARoundAbandonedBySybilsCommitsAsSoonAsHonestClientsSuffice) {
-  FakeClock clock;  // Never moves: nothing may wait for a deadline.
+  FakeClock& clock = fake_clock_;  // Never moves: nothing may wait for a deadline.
   config_.round.min_clients = 2;
   config_.round.quorum = 2;
   config_.round.quorum_fraction = 0.5;
@@ -524,7 +524,7 @@ TEST_F(CoordinatorTest, ARoundAbandonedBySybilsCommitsAsSoonAsHonestClientsSuffi
 // tasking the one that is there (an attempt that could not succeed): the retry starts once enough
 // clients are live.
 TEST_F(CoordinatorTest, ARetryWaitsUntilEnoughClientsAreLiveToReachTheQuorum) {
-  FakeClock clock;
+  FakeClock& clock = fake_clock_;
   config_.round.min_clients = 3;
   config_.round.quorum = 3;
   config_.round.timeout_ms = 5000;

@@ -1,0 +1,185 @@
+// Secure aggregation between a real coordinator and real client sessions (in-process, over
+// inproc): the round's aggregate is the mean of the clients' uploads within the quantisation
+// bound, the coordinator decodes nothing but masked vectors from them, a client that trains but
+// never uploads is unmasked around, and a strategy that is not a weighted sum is refused.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include "client/session.h"
+#include "common/secagg/secure_input.h"
+#include "common/safetensors.h"
+#include "server/coordinator.h"
+#include "server/strategies/fedavg.h"
+#include "tests/client/fake_worker.h"
+#include "tests/testing/json_lines.h"
+
+namespace fedlora::client {
+namespace {
+
+using testing::FakeWorker;
+using testing::kDigest;
+
+// A FakeWorker that keeps a copy of every upload it hands to its session.
+class RecordingWorker final : public Worker {
+ public:
+  RecordingWorker(std::string name, std::mutex& mu, std::vector<Tensor>& uploads)
+      : inner_(std::move(name), kDigest), mu_(mu), uploads_(uploads) {}
+  wire::Hello Describe() const override { return inner_.Describe(); }
+  Result<wire::Update> Train(const wire::RoundTask& task, std::stop_token stop) override {
+    Result<wire::Update> u = inner_.Train(task, stop);
+    if (u.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& [name, t] : u->tensors) uploads_.push_back(t);
+    }
+    return u;
+  }
+  Result<wire::EvalResult> Evaluate(const wire::EvalTask& task, std::stop_token stop) override {
+    return inner_.Evaluate(task, stop);
+  }
+
+ private:
+  FakeWorker inner_;
+  std::mutex& mu_;
+  std::vector<Tensor>& uploads_;
+};
+
+class SecureSessionTest : public fedlora::testing::CoordinatorHarness {
+ protected:
+  void SetUp() override {
+    SetUpHarness("secagg_session");
+    config_.rounds = 2;
+    config_.transport.bind = StrCat("inproc://secagg-session-",
+                                    ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    config_.round.min_clients = 3;
+    config_.round.quorum = 2;
+    config_.secure_aggregation.enabled = true;
+    config_.secure_aggregation.clip = 4;  // FakeWorker's uploads: the initial adapter + 0.25.
+    client_config_.coordinator = config_.transport.bind;
+    client_config_.transport.reconnect_min_ms = 10;
+    client_config_.transport.reconnect_max_ms = 50;
+  }
+
+  // A FedAvg coordinator whose every decoded client message is recorded, on its own thread.
+  void StartObservedCoordinator() {
+    coordinator_ = std::make_unique<server::Coordinator>(
+        config_,
+        std::make_unique<server::FedAvg>(server::FedAvgConfig{.lora = config_.lora,
+                                                              .train = config_.train}),
+        context_, system_clock_);
+    coordinator_->SetInboundObserver([this](std::string_view, const wire::Envelope& e) {
+      if (const TensorMap* tensors = wire::TensorsOf(e.body)) {
+        for (const auto& [name, t] : *tensors) decoded_.emplace_back(name, t);
+      }
+    });
+    ASSERT_TRUE(coordinator_->Start().ok());
+    thread_ = std::thread([this] { result_ = coordinator_->Run(); });
+  }
+
+  // Runs the named clients to the end of the run; `hold` trains but never uploads.
+  void RunClients(const std::vector<std::string>& names, const std::string& hold = "") {
+    std::vector<std::unique_ptr<RecordingWorker>> workers;
+    std::vector<std::unique_ptr<ClientSession>> sessions;
+    std::vector<std::thread> threads;
+    for (const std::string& name : names) {
+      workers.push_back(std::make_unique<RecordingWorker>(name, mu_, uploads_));
+      ClientConfig c = client_config_;
+      c.name = name;
+      c.faults.hold_update = name == hold;
+      sessions.push_back(
+          std::make_unique<ClientSession>(c, *workers.back(), context_, system_clock_));
+    }
+    for (auto& s : sessions) threads.emplace_back([&s] { (void)s->Run(); });
+    ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+    for (auto& s : sessions) s->Stop();
+    for (auto& t : threads) t.join();
+  }
+
+  // The committed global adapter of `round` (its global.safetensors, "adapter." tensors).
+  TensorMap Adapter(std::uint64_t round) {
+    std::string dir = std::to_string(round);
+    dir = dir_ + "/checkpoints/" + std::string(6 - dir.size(), '0') + dir + "/global.safetensors";
+    Result<safetensors::File> file = safetensors::Read(dir);
+    EXPECT_TRUE(file.ok()) << file.status().ToString();
+    TensorMap adapter;
+    if (file.ok()) {
+      for (auto& [name, t] : file->tensors) {
+        if (name.find("lora_") != std::string::npos) adapter.emplace(name, t);
+      }
+    }
+    EXPECT_FALSE(adapter.empty());
+    return adapter;
+  }
+
+  ClientConfig client_config_;
+  std::mutex mu_;
+  std::vector<Tensor> uploads_;  // Guarded by mu_ while clients run.
+  std::vector<std::pair<std::string, Tensor>> decoded_;  // The coordinator's thread only.
+};
+
+TEST_F(SecureSessionTest, TheCoordinatorDecodesOnlyMaskedVectorsAndAggregatesTheirMean) {
+  StartObservedCoordinator();
+  RunClients({"alice", "bob", "carol"});
+  ASSERT_FALSE(uploads_.empty());
+  std::size_t masked = 0;
+  for (const auto& [name, t] : decoded_) {
+    EXPECT_EQ(name, secagg::kMaskedTensorName);
+    EXPECT_EQ(t.dtype, DType::kU32);
+    ++masked;
+    for (const Tensor& plain : uploads_) {
+      EXPECT_NE(t.data, plain.data) << "a client's own upload reached the coordinator";
+      EXPECT_FALSE(std::search(t.data.begin(), t.data.end(), plain.data.begin(),
+                               plain.data.end()) != t.data.end())
+          << "a client's upload is inside a message the coordinator decoded";
+    }
+  }
+  EXPECT_EQ(masked, 6u);  // Three clients, two rounds.
+  // Every client uploads its task + 0.25: the global adapter moves by 0.25 a round.
+  const std::vector<nlohmann::json> metrics = testing::ReadJsonLines(dir_ + "/metrics.jsonl");
+  ASSERT_EQ(metrics.size(), 3u);
+  EXPECT_EQ(metrics[2]["strategy_metrics"]["secagg_survivors"], 3);
+  const double bound = metrics[2]["strategy_metrics"]["secagg_error_bound"].get<double>();
+  const TensorMap before = Adapter(1), after = Adapter(2);
+  for (const auto& [name, t] : after) {
+    const std::vector<double> a = ToDoubles(before.at(name)), b = ToDoubles(t);
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      EXPECT_NEAR(b[i], a[i] + 0.25, bound + 1e-6) << name << "[" << i << "]";
+    }
+  }
+}
+
+TEST_F(SecureSessionTest, AClientThatTrainsButNeverUploadsIsUnmaskedAround) {
+  config_.rounds = 1;
+  config_.round.timeout_ms = 1500;  // The input stage ends here without carol's vector.
+  StartObservedCoordinator();
+  RunClients({"alice", "bob", "carol"}, /*hold=*/"carol");
+  const std::vector<nlohmann::json> metrics = testing::ReadJsonLines(dir_ + "/metrics.jsonl");
+  ASSERT_EQ(metrics.size(), 2u);
+  const nlohmann::json& m = metrics[1]["strategy_metrics"];
+  EXPECT_EQ(m["secagg_shared"], 3);
+  EXPECT_EQ(m["secagg_survivors"], 2);
+  EXPECT_EQ(m["secagg_dropped"], 1);
+  const double bound = m["secagg_error_bound"].get<double>();
+  const TensorMap before = Adapter(0), after = Adapter(1);
+  for (const auto& [name, t] : after) {
+    const std::vector<double> a = ToDoubles(before.at(name)), b = ToDoubles(t);
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      // Carol's pairwise masks are gone: a leftover mask would be uniform noise in [0, 2^32).
+      EXPECT_NEAR(b[i], a[i] + 0.25, bound + 1e-6) << name << "[" << i << "]";
+    }
+  }
+}
+
+TEST_F(SecureSessionTest, AStrategyThatIsNotAWeightedSumIsRefusedAtStartSayingWhich) {
+  config_.strategy.rule.name = "median";
+  const Status started = LaunchCoordinator(system_clock_);
+  ASSERT_FALSE(started.ok());
+  EXPECT_NE(started.message().find("secure_aggregation needs a strategy"), std::string::npos)
+      << started.message();
+  EXPECT_NE(started.message().find("fedavg, ffa, fedsa, fedsb, fslora"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace fedlora::client
