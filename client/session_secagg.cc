@@ -69,9 +69,9 @@ void ClientSession::Impl::HandleSecAgg(const wire::SecAgg& message, std::uint64_
   } else if (const auto* unmask = std::get_if<wire::SecAggUnmask>(&message.stage)) {
     Result<wire::SecAggReveal> reveal = protocol.OnUnmask(*unmask);
     if (!reveal.ok()) return refuse(reveal.status());
-    Progress("round ", message.round, ": secure aggregation, revealing ",
-             reveal->shares.size(), " share(s) (", unmask->survivors.size(), " survivors, ",
-             unmask->dropped.size(), " dropped)");
+    Progress("round ", message.round, ": secure aggregation, revealing ", reveal->shares.size(),
+             " share(s) (", unmask->survivors.size(), " survivors, ", unmask->dropped.size(),
+             " dropped)");
     Send(wire::SecAgg{message.round, message.ticket, std::move(reveal).value()});
   } else {
     refuse(InvalidArgument("a coordinator does not send ", wire::SecAggStageName(message)));
@@ -94,9 +94,10 @@ void ClientSession::Impl::SendMasked(const wire::Update& trained) {
   Result<std::vector<std::uint32_t>> masked =
       input.ok() ? s.protocol.Mask(std::move(input->words)) : input.status();
   if (!masked.ok()) {
-    LogError("round ", trained.round, ": cannot make the masked input: ", masked.status().message());
-    Send(wire::Error{ErrorCode::kInternal, std::string(masked.status().message()),
-                     s.task_sequence});
+    LogError("round ", trained.round,
+             ": cannot make the masked input: ", masked.status().message());
+    Send(
+        wire::Error{ErrorCode::kInternal, std::string(masked.status().message()), s.task_sequence});
     return;
   }
   wire::Update update;
@@ -113,8 +114,8 @@ void ClientSession::Impl::SendMasked(const wire::Update& trained) {
   std::memcpy(words.data.data(), masked->data(), words.data.size());
   update.tensors.emplace(std::string(secagg::kMaskedTensorName), std::move(words));
   if (input->clipped > 0) {
-    LogWarn("round ", trained.round, ": ", input->clipped, " value(s) clipped to +-",
-            s.params.clip, " for secure aggregation");
+    LogWarn("round ", trained.round, ": ", input->clipped, " value(s) clipped to +-", s.params.clip,
+            " for secure aggregation");
   }
   pending_update_ = update;
   pending_sequence_ = sequence_out_ + 1;

@@ -4,8 +4,8 @@
 #include <cmath>
 
 #include "common/crypto/sha256.h"
-#include "common/lora/adapter_layout.h"
 #include "common/log.h"
+#include "common/lora/adapter_layout.h"
 #include "common/secagg/quantize.h"
 #include "common/wire/codec.h"
 #include "server/strategies/weighting.h"
@@ -215,8 +215,7 @@ Status CheckSecureAggregation(const CoordinatorConfig& c) {
                            ") < modulus_bits (", sa.modulus_bits, ") <= 32");
   }
   // The largest round this configuration can run must not wrap the modulus.
-  const std::uint32_t largest =
-      c.round.max_clients > 0 ? c.round.max_clients : c.round.min_clients;
+  const std::uint32_t largest = c.round.max_clients > 0 ? c.round.max_clients : c.round.min_clients;
   FEDLORA_RETURN_IF_ERROR(
       secagg::CheckQuantization({1.0, sa.levels_bits, sa.modulus_bits}, largest)
           .WithContext(c.round.max_clients > 0 ? "round.max_clients" : "round.min_clients"));

@@ -86,12 +86,13 @@ struct RobustConfig {
 // the sum of the round's uploads. Needs a linear strategy (checked at start).
 struct SecureAggregationConfig {
   bool enabled = false;
-  double clip = 0;                  // Weighted values are clipped to [-clip, clip]; 0: the strategy's.
+  double clip = 0;  // Weighted values are clipped to [-clip, clip]; 0: the strategy's.
   std::uint32_t levels_bits = 20;   // q: values are quantised to 2^q - 1 levels...
   std::uint32_t modulus_bits = 32;  // ...and summed mod 2^m: at most (2^m - 1) / (2^q - 1) clients.
   std::uint32_t threshold = 0;      // Shares to rebuild a secret; 0: a majority of its holders.
   std::uint32_t degree = 0;         // Neighbours per client; 0: all up to 16, then ~3 log2 n.
-  std::uint64_t stage_timeout_ms = 30000;  // Keys, shares and unmask stages (input: round.timeout_ms).
+  std::uint64_t stage_timeout_ms =
+      30000;  // Keys, shares and unmask stages (input: round.timeout_ms).
   // The most clients a round may select: round.max_clients, capped by what the modulus holds.
   std::uint32_t MaxClients(std::uint32_t configured_max) const;
 };

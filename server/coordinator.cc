@@ -418,8 +418,8 @@ void Coordinator::Impl::HandleMessage(const net::Message& message) {
     // A member that refused its task (declined, failed to train) sends nothing more this attempt.
     if (secagg_ && secagg_->active() && secagg_->IsMember(client->id) &&
         !secagg_->HasInput(client->id) && !round_.run().outstanding.contains(client->id)) {
-      secagg_->Exclude(client->id, StrCat("it refused its task (", wire::ErrorCodeName(error->code),
-                                          ")"));
+      secagg_->Exclude(client->id,
+                       StrCat("it refused its task (", wire::ErrorCodeName(error->code), ")"));
     }
   } else if (const auto* bye = std::get_if<wire::Bye>(&envelope.body)) {
     const std::string id = client->id;

@@ -37,15 +37,16 @@ double WeightScale(wire::SecAggWeighting weighting, const std::vector<ClientTask
     const double batch = std::max<double>(t.batch_size, 1);
     switch (weighting) {
       case wire::SecAggWeighting::kExamples:
-        scale = std::max(scale, std::min(examples * kExampleHeadroom,
-                                         static_cast<double>(max_examples)));
+        scale = std::max(scale,
+                         std::min(examples * kExampleHeadroom, static_cast<double>(max_examples)));
         break;
       case wire::SecAggWeighting::kSamples:
         scale = std::max(scale, t.local_epochs > 0
                                     ? t.local_epochs * std::ceil(examples / batch) * batch
                                     : t.local_steps * batch);
         break;
-      case wire::SecAggWeighting::kUniform: break;
+      case wire::SecAggWeighting::kUniform:
+        break;
     }
   }
   return scale;
@@ -127,9 +128,9 @@ void Coordinator::Impl::StartSecureAttempt(const std::vector<std::string>& chose
   }
   LogInfo("round ", run.round, "/", config_.rounds, (attempt > 1 ? " (retry)" : ""),
           ": secure aggregation of ", params.layout.size(), " tensor(s), ", *length,
-          " words mod 2^", params.modulus_bits, " (clip ", params.clip, ", 2^",
-          params.levels_bits, " levels); tasks sent to ", chosen.size(), " client(s), ",
-          Quorum(), "+ inputs needed, deadline in ", config_.round.timeout_ms, " ms");
+          " words mod 2^", params.modulus_bits, " (clip ", params.clip, ", 2^", params.levels_bits,
+          " levels); tasks sent to ", chosen.size(), " client(s), ", Quorum(),
+          "+ inputs needed, deadline in ", config_.round.timeout_ms, " ms");
 }
 
 void Coordinator::Impl::HandleSecAgg(ClientConnection& client, std::uint64_t sequence,
@@ -211,8 +212,8 @@ void Coordinator::Impl::HandleMaskedInput(ClientConnection& client, std::uint64_
   }
   // Counts and metrics only: the vector is in the running sum and goes no further.
   secagg_inputs_[client.id] = {
-      ClientUpdate{client.id, update.num_samples, update.num_examples, std::move(update.metrics),
-                   {}},
+      ClientUpdate{
+          client.id, update.num_samples, update.num_examples, std::move(update.metrics), {}},
       bytes};
   Send(client, wire::Ack{round, sequence});
   StepSecAgg();
@@ -230,9 +231,9 @@ void Coordinator::Impl::StepSecAgg() {
   }
   if (secagg_->active()) return;
   secagg_settled_ = true;
-  const std::set<std::string, std::less<>> survivors =
-      secagg_->stage() == SecAggStage::kDone ? secagg_->survivors()
-                                             : std::set<std::string, std::less<>>{};
+  const std::set<std::string, std::less<>> survivors = secagg_->stage() == SecAggStage::kDone
+                                                           ? secagg_->survivors()
+                                                           : std::set<std::string, std::less<>>{};
   const std::set<std::string, std::less<>> outstanding = run.outstanding;
   for (const std::string& id : outstanding) {
     if (survivors.contains(id)) continue;
@@ -248,16 +249,15 @@ void Coordinator::Impl::StepSecAgg() {
   secure_sum_ = secagg_->sum();
   secagg_inputs_.clear();
   const SecAggReport& r = secagg_->report();
-  LogInfo("round ", run.round, ": secure aggregation unmasked the sum of ", r.masked,
-          " input(s) (", r.shared - r.masked, " dropped after sharing keys; threshold ",
-          r.threshold, ", ", r.degree, " neighbours; stages ", r.stage_ms[0], "/", r.stage_ms[1],
-          "/", r.stage_ms[2], "/", r.stage_ms[3], " ms)");
+  LogInfo("round ", run.round, ": secure aggregation unmasked the sum of ", r.masked, " input(s) (",
+          r.shared - r.masked, " dropped after sharing keys; threshold ", r.threshold, ", ",
+          r.degree, " neighbours; stages ", r.stage_ms[0], "/", r.stage_ms[1], "/", r.stage_ms[2],
+          "/", r.stage_ms[3], " ms)");
   if (r.clipped > 0) {
     std::string by;
     for (const auto& [id, n] : r.clipped_by) by += StrCat(by.empty() ? "" : ", ", id, " ", n);
-    LogWarn("round ", run.round, ": ", r.clipped, " value(s) clipped to +-",
-            secagg_->params().clip, " before secure aggregation (", by,
-            "; secure_aggregation.clip)");
+    LogWarn("round ", run.round, ": ", r.clipped, " value(s) clipped to +-", secagg_->params().clip,
+            " before secure aggregation (", by, "; secure_aggregation.clip)");
   }
 }
 

@@ -25,18 +25,24 @@ double MillisBetween(Clock::TimePoint a, Clock::TimePoint b) {
 
 std::string_view SecAggStageName(SecAggStage stage) {
   switch (stage) {
-    case SecAggStage::kKeys: return "keys";
-    case SecAggStage::kShares: return "shares";
-    case SecAggStage::kInput: return "input";
-    case SecAggStage::kUnmask: return "unmask";
-    case SecAggStage::kDone: return "done";
-    case SecAggStage::kFailed: return "failed";
+    case SecAggStage::kKeys:
+      return "keys";
+    case SecAggStage::kShares:
+      return "shares";
+    case SecAggStage::kInput:
+      return "input";
+    case SecAggStage::kUnmask:
+      return "unmask";
+    case SecAggStage::kDone:
+      return "done";
+    case SecAggStage::kFailed:
+      return "failed";
   }
   return "?";
 }
 
-SecAggAttempt::SecAggAttempt(std::uint64_t round, std::uint32_t attempt,
-                             wire::SecAggParams params, SecAggSettings settings,
+SecAggAttempt::SecAggAttempt(std::uint64_t round, std::uint32_t attempt, wire::SecAggParams params,
+                             SecAggSettings settings,
                              const std::set<std::string, std::less<>>& members,
                              std::uint32_t min_members, Clock::TimePoint now,
                              Clock::TimePoint input_deadline)
@@ -129,8 +135,8 @@ Status SecAggAttempt::OnKeys(const std::string& id, const wire::SecAggKeys& keys
                              m->keys ? " (a second time)" : ""));
   }
   for (const auto& [index, other] : members_) {
-    if (other.keys && (other.keys->c_public == keys.c_public ||
-                       other.keys->s_public == keys.s_public)) {
+    if (other.keys &&
+        (other.keys->c_public == keys.c_public || other.keys->s_public == keys.s_public)) {
       return Refuse(id, StrCat("its public keys repeat those of member ", index));
     }
   }
@@ -157,8 +163,8 @@ Status SecAggAttempt::OnShares(const std::string& id, const wire::SecAggShares& 
       return Refuse(id, StrCat("a share says it is from member ", s.from, ", not ", own));
     }
     if (!std::binary_search(m->neighbours.begin(), m->neighbours.end(), s.to)) {
-      return Refuse(id, StrCat("a share is addressed to member ", s.to,
-                               ", who is not its neighbour"));
+      return Refuse(id,
+                    StrCat("a share is addressed to member ", s.to, ", who is not its neighbour"));
     }
     if (s.sealed.size() != secagg::kSealedShareBytes) {
       return Refuse(id, StrCat("its share for member ", s.to, " has ", s.sealed.size(),
@@ -191,8 +197,8 @@ Status SecAggAttempt::OnMaskedInput(const std::string& id, std::span<const std::
                              m->masked ? " (a second time)" : ""));
   }
   if (words.size() != length_) {
-    return Refuse(id, StrCat("its masked vector has ", words.size(), " words; the layout has ",
-                             length_));
+    return Refuse(
+        id, StrCat("its masked vector has ", words.size(), " words; the layout has ", length_));
   }
   for (std::size_t i = 0; i < words.size(); ++i) {
     if (words[i] > modulus_.mask()) {
@@ -209,10 +215,10 @@ Status SecAggAttempt::OnMaskedInput(const std::string& id, std::span<const std::
 Status SecAggAttempt::OnReveal(const std::string& id, const wire::SecAggReveal& reveal) {
   Member* m = Find(id);
   if (m == nullptr || m->excluded || !m->masked) {
-    return Status(StatusCode::kInvalidArgument,
-                  StrCat("client is not a survivor of round ", round_,
-                         "'s secure-aggregation attempt"),
-                  static_cast<std::uint32_t>(ErrorCode::kSecAggMismatch));
+    return Status(
+        StatusCode::kInvalidArgument,
+        StrCat("client is not a survivor of round ", round_, "'s secure-aggregation attempt"),
+        static_cast<std::uint32_t>(ErrorCode::kSecAggMismatch));
   }
   if (stage_ != SecAggStage::kUnmask || m->revealed) {
     return Refuse(id, StrCat("a reveal arrived in the ", SecAggStageName(stage_), " stage",
@@ -223,8 +229,8 @@ Status SecAggAttempt::OnReveal(const std::string& id, const wire::SecAggReveal& 
   for (const wire::SecAggShare& s : reveal.shares) {
     const auto owner = members_.find(s.owner);
     if (owner == members_.end() || !owner->second.shared || !owners.insert(s.owner).second) {
-      return Refuse(id, StrCat("it reveals a share of member ", s.owner,
-                               ", who shared no keys, or twice"));
+      return Refuse(
+          id, StrCat("it reveals a share of member ", s.owner, ", who shared no keys, or twice"));
     }
     const std::uint32_t position = PositionAmongHolders(s.owner, own);
     if (position == 0 || s.x != position) {
@@ -262,7 +268,8 @@ bool SecAggAttempt::StageComplete() const {
       case SecAggStage::kUnmask:
         if (m.masked && !m.revealed) return false;
         break;
-      default: return true;
+      default:
+        return true;
     }
   }
   return true;
@@ -274,11 +281,17 @@ std::vector<SecAggAttempt::Outgoing> SecAggAttempt::Step(Clock::TimePoint now) {
   report_.stage_ms[stage] = MillisBetween(stage_started_, now);
   stage_started_ = now;
   switch (stage_) {
-    case SecAggStage::kKeys: return EndKeys(now);
-    case SecAggStage::kShares: return EndShares(now);
-    case SecAggStage::kInput: return EndInput(now);
-    case SecAggStage::kUnmask: EndUnmask(now); return {};
-    default: return {};
+    case SecAggStage::kKeys:
+      return EndKeys(now);
+    case SecAggStage::kShares:
+      return EndShares(now);
+    case SecAggStage::kInput:
+      return EndInput(now);
+    case SecAggStage::kUnmask:
+      EndUnmask(now);
+      return {};
+    default:
+      return {};
   }
 }
 
@@ -296,8 +309,8 @@ std::vector<SecAggAttempt::Outgoing> SecAggAttempt::EndKeys(Clock::TimePoint now
   std::uint32_t k = settings_.degree > 0 ? settings_.degree : secagg::DefaultDegree(n);
   std::uint32_t t = settings_.threshold;
   if (t > n) {
-    Fail(StrCat("secure_aggregation.threshold ", t, " is above the ", n,
-                " clients that sent keys"));
+    Fail(
+        StrCat("secure_aggregation.threshold ", t, " is above the ", n, " clients that sent keys"));
     return {};
   }
   if (t > 0 && t > k + 1) k = t - 1;  // More neighbours, never a lower threshold.
@@ -316,8 +329,7 @@ std::vector<SecAggAttempt::Outgoing> SecAggAttempt::EndKeys(Clock::TimePoint now
   }
   crypto::Seed graph_seed{};
   crypto::FillRandom(std::as_writable_bytes(std::span(graph_seed)));
-  Result<std::vector<std::vector<std::uint32_t>>> graph =
-      secagg::NeighbourGraph(n, k, graph_seed);
+  Result<std::vector<std::vector<std::uint32_t>>> graph = secagg::NeighbourGraph(n, k, graph_seed);
   if (!graph.ok()) {
     Fail(StrCat("no neighbourhood graph: ", graph.status().message()));
     return {};
@@ -359,8 +371,8 @@ std::vector<SecAggAttempt::Outgoing> SecAggAttempt::EndShares(Clock::TimePoint n
       if (holders < threshold_) {
         m.shared = false;
         changed = true;
-        LogWarn("round ", round_, " secure aggregation: client ", m.id, " is left out: ",
-                holders, " of its holders shared keys, below the threshold ", threshold_);
+        LogWarn("round ", round_, " secure aggregation: client ", m.id, " is left out: ", holders,
+                " of its holders shared keys, below the threshold ", threshold_);
       }
     }
   }
@@ -405,8 +417,8 @@ std::vector<SecAggAttempt::Outgoing> SecAggAttempt::EndInput(Clock::TimePoint no
   for (const auto& [index, m] : members_) {
     if (m.shared && CountHolders(index, alive) < threshold_) {
       Fail(StrCat("only ", CountHolders(index, alive), " holders of client ", m.id,
-                  "'s shares survived, below the threshold ", threshold_,
-                  ": its ", m.masked ? "self mask" : "pairwise masks", " cannot be removed"));
+                  "'s shares survived, below the threshold ", threshold_, ": its ",
+                  m.masked ? "self mask" : "pairwise masks", " cannot be removed"));
       return {};
     }
   }
@@ -430,6 +442,12 @@ Result<crypto::ShamirSecret> SecAggAttempt::Rebuild(
   }
   std::vector<crypto::ShamirShare> all;
   for (const auto& [holder, share] : shares) all.push_back(share);
+  // The threshold's worth first (interpolation is quadratic in the shares), then all of them.
+  const std::vector<crypto::ShamirShare> first(all.begin(), all.begin() + threshold_);
+  if (Result<crypto::ShamirSecret> secret = crypto::ShamirReconstruct(first);
+      secret.ok() && check(*secret)) {
+    return secret;
+  }
   Result<crypto::ShamirSecret> secret = crypto::ShamirReconstruct(all);
   if (secret.ok() && check(*secret)) return secret;
   if (shares.size() > threshold_) {  // One bad share among spares: find it by leaving it out.
@@ -513,8 +531,7 @@ void SecAggAttempt::EndUnmask(Clock::TimePoint now) {
     if (m.clipped > 0) report_.clipped_by[m.id] = m.clipped;
   }
   report_.unmask_compute_ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started)
-          .count();
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
   (void)now;
   stage_ = SecAggStage::kDone;
 }

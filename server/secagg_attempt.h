@@ -154,7 +154,7 @@ class SecAggAttempt {
   Clock::TimePoint stage_started_{}, deadline_{};
   std::string failure_;
   std::map<std::string, std::uint32_t, std::less<>> index_;  // Client id -> index.
-  std::map<std::uint32_t, Member> members_;                   // Index -> member.
+  std::map<std::uint32_t, Member> members_;                  // Index -> member.
   std::uint32_t threshold_ = 0;
   std::vector<std::uint32_t> sum_words_;
   std::optional<secagg::SecureSum> sum_;

@@ -17,8 +17,8 @@ std::uint64_t RandomU64() {
 
 void FillRandom(std::span<std::byte> out) {
   if (out.empty()) return;
-  FEDLORA_CHECK(RAND_bytes(reinterpret_cast<unsigned char*>(out.data()),
-                           static_cast<int>(out.size())) == 1);
+  FEDLORA_CHECK(
+      RAND_bytes(reinterpret_cast<unsigned char*>(out.data()), static_cast<int>(out.size())) == 1);
 }
 
 }  // namespace fedlora::crypto

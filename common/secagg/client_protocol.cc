@@ -63,8 +63,8 @@ Result<wire::SecAggShares> ClientProtocol::OnRoster(const wire::SecAggRoster& ro
                            roster.own_index);
   }
   if (roster.threshold < 2 || roster.threshold > members.size()) {
-    return InvalidArgument("roster: threshold ", roster.threshold, " is not in 2..",
-                           members.size(), " (its holders)");
+    return InvalidArgument("roster: threshold ", roster.threshold, " is not in 2..", members.size(),
+                           " (its holders)");
   }
   if (!std::is_sorted(members.begin(), members.end(),
                       [](const auto& a, const auto& b) { return a.index < b.index; })) {
@@ -83,9 +83,8 @@ Result<wire::SecAggShares> ClientProtocol::OnRoster(const wire::SecAggRoster& ro
       seed_shares_[m.index] = seed_split[j];
       continue;
     }
-    FEDLORA_ASSIGN_OR_RETURN(crypto::Seed key,
-                             crypto::AgreeSeed(c_.secret_key, m.c_public,
-                                               ShareContext(round_, attempt_)));
+    FEDLORA_ASSIGN_OR_RETURN(crypto::Seed key, crypto::AgreeSeed(c_.secret_key, m.c_public,
+                                                                 ShareContext(round_, attempt_)));
     const SharePair pair{roster.own_index, m.index, key_split[j], seed_split[j]};
     out.shares.push_back({roster.own_index, m.index, SealSharePair(key, pair, round_, attempt_)});
     crypto::SecureWipe(key);
@@ -113,9 +112,9 @@ Status ClientProtocol::OnShares(const wire::SecAggShares& routed) {
     // The member shared: it masks with this client, so this client masks with it, whether or
     // not its share opens here.
     sharers_[sealed.from] = member->second->s_public;
-    FEDLORA_ASSIGN_OR_RETURN(crypto::Seed key,
-                             crypto::AgreeSeed(c_.secret_key, member->second->c_public,
-                                               ShareContext(round_, attempt_)));
+    FEDLORA_ASSIGN_OR_RETURN(
+        crypto::Seed key,
+        crypto::AgreeSeed(c_.secret_key, member->second->c_public, ShareContext(round_, attempt_)));
     Result<SharePair> pair = OpenSharePair(key, sealed.sealed, sealed.from, own_, round_, attempt_);
     crypto::SecureWipe(key);
     if (!pair.ok()) {
@@ -137,9 +136,9 @@ Result<std::vector<std::uint32_t>> ClientProtocol::Mask(std::vector<std::uint32_
   for (std::uint32_t& w : input) w &= modulus_.mask();
   ApplyMask(input, seed_, modulus_, /*add=*/true);
   for (const auto& [index, s_public] : sharers_) {
-    FEDLORA_ASSIGN_OR_RETURN(crypto::Seed pair_seed,
-                             crypto::AgreeSeed(s_.secret_key, s_public,
-                                               MaskContext(round_, attempt_)));
+    FEDLORA_ASSIGN_OR_RETURN(
+        crypto::Seed pair_seed,
+        crypto::AgreeSeed(s_.secret_key, s_public, MaskContext(round_, attempt_)));
     ApplyPairwiseMask(input, pair_seed, own_, index, modulus_, /*remove=*/false);
     crypto::SecureWipe(pair_seed);
   }

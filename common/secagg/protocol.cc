@@ -21,8 +21,8 @@ std::uint32_t GetU32(std::span<const std::uint8_t> in, std::size_t at) {
 
 std::vector<std::uint8_t> AssociatedData(std::uint64_t round, std::uint32_t attempt,
                                          std::uint32_t from, std::uint32_t to) {
-  const std::string tag = StrCat("fedlora-secagg-v1 share r", round, " a", attempt, " ", from,
-                                 "->", to);
+  const std::string tag =
+      StrCat("fedlora-secagg-v1 share r", round, " a", attempt, " ", from, "->", to);
   return std::vector<std::uint8_t>(tag.begin(), tag.end());
 }
 
@@ -92,8 +92,8 @@ Result<SharePair> OpenSharePair(const crypto::Seed& key, std::span<const std::ui
   return pair;
 }
 
-void ApplyPairwiseMask(std::span<std::uint32_t> words, const crypto::Seed& seed,
-                       std::uint32_t own, std::uint32_t peer, Modulus modulus, bool remove) {
+void ApplyPairwiseMask(std::span<std::uint32_t> words, const crypto::Seed& seed, std::uint32_t own,
+                       std::uint32_t peer, Modulus modulus, bool remove) {
   const bool add = (own < peer) != remove;
   ApplyMask(words, seed, modulus, add);
 }

@@ -47,8 +47,8 @@ Result<SharePair> OpenSharePair(const crypto::Seed& key, std::span<const std::ui
 
 // Adds (or, with `remove`, takes out) the pairwise mask that member `own` applies for its
 // neighbour `peer`: +PRG(seed) when own < peer, -PRG(seed) otherwise, so the pair's masks cancel.
-void ApplyPairwiseMask(std::span<std::uint32_t> words, const crypto::Seed& seed,
-                       std::uint32_t own, std::uint32_t peer, Modulus modulus, bool remove);
+void ApplyPairwiseMask(std::span<std::uint32_t> words, const crypto::Seed& seed, std::uint32_t own,
+                       std::uint32_t peer, Modulus modulus, bool remove);
 
 // The X25519 public key of `secret_key` (to check a rebuilt masking key against the one sent).
 Result<crypto::X25519Key> PublicKeyOf(const crypto::X25519Key& secret_key);

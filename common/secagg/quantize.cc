@@ -1,7 +1,6 @@
 #include "common/secagg/quantize.h"
 
 #include <cmath>
-#include <random>
 
 namespace fedlora::secagg {
 
@@ -30,8 +29,16 @@ double QuantizationStep(const QuantizeConfig& c) {
 
 Quantized Quantize(std::span<const double> x, const QuantizeConfig& c, std::uint64_t seed) {
   const double levels = static_cast<double>((std::uint64_t{1} << c.levels_bits) - 1);
-  std::mt19937_64 rng(seed);
-  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  // SplitMix64 (Steele et al. 2014): the rounding needs uniform bits, not secret ones, and a
+  // per-element mt19937 + distribution held quantisation to 0.25 GB/s (bench/secagg).
+  std::uint64_t state = seed;
+  const auto uniform = [&state] {
+    std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return static_cast<double>(z >> 11) * 0x1.0p-53;  // [0, 1), 53 bits.
+  };
   Quantized out;
   out.values.resize(x.size());
   for (std::size_t i = 0; i < x.size(); ++i) {
@@ -42,7 +49,7 @@ Quantized Quantize(std::span<const double> x, const QuantizeConfig& c, std::uint
     }
     const double u = (v + c.clip) / (2.0 * c.clip) * levels;  // In [0, levels].
     const double low = std::floor(u);
-    const double up = uniform(rng) < u - low ? 1.0 : 0.0;
+    const double up = uniform() < u - low ? 1.0 : 0.0;
     out.values[i] = static_cast<std::uint32_t>(std::min(low + up, levels));
   }
   return out;

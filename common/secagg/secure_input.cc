@@ -76,9 +76,12 @@ Result<std::vector<double>> Place(const wire::SecAggSlot& slot, const wire::Adap
 
 double CountOf(const wire::SecAggParams& p, const wire::Update& update) {
   switch (p.weighting) {
-    case wire::SecAggWeighting::kExamples: return static_cast<double>(update.num_examples);
-    case wire::SecAggWeighting::kSamples: return static_cast<double>(update.num_samples);
-    case wire::SecAggWeighting::kUniform: return 1.0;
+    case wire::SecAggWeighting::kExamples:
+      return static_cast<double>(update.num_examples);
+    case wire::SecAggWeighting::kSamples:
+      return static_cast<double>(update.num_samples);
+    case wire::SecAggWeighting::kUniform:
+      return 1.0;
   }
   return 1.0;
 }
@@ -98,9 +101,9 @@ Result<std::uint64_t> SecureVectorLength(const wire::SecAggParams& params) {
   return total;
 }
 
-Result<SecureInput> MakeSecureInput(const wire::SecAggParams& params,
-                                    const wire::AdapterPlan& plan, const TensorMap& sent,
-                                    const wire::Update& update, std::uint64_t rounding_seed) {
+Result<SecureInput> MakeSecureInput(const wire::SecAggParams& params, const wire::AdapterPlan& plan,
+                                    const TensorMap& sent, const wire::Update& update,
+                                    std::uint64_t rounding_seed) {
   FEDLORA_ASSIGN_OR_RETURN(const std::uint64_t length, SecureVectorLength(params));
   FEDLORA_RETURN_IF_ERROR(CheckQuantization(ValueConfig(params), 1));
   if (!(params.weight_scale > 0) || !std::isfinite(params.weight_scale)) {

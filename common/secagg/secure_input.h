@@ -43,9 +43,9 @@ struct SecureInput {
 // tensors it was sent (`sent`: the deltas' reference when params.delta). Stochastic rounding
 // from `rounding_seed`. kInvalidArgument naming the tensor for an upload that does not fit its
 // slot, or a tensor the layout does not have.
-Result<SecureInput> MakeSecureInput(const wire::SecAggParams& params,
-                                    const wire::AdapterPlan& plan, const TensorMap& sent,
-                                    const wire::Update& update, std::uint64_t rounding_seed);
+Result<SecureInput> MakeSecureInput(const wire::SecAggParams& params, const wire::AdapterPlan& plan,
+                                    const TensorMap& sent, const wire::Update& update,
+                                    std::uint64_t rounding_seed);
 
 // The unmasked sum of `survivors` clients' vectors, per slot: Σ w·x (f64, full shape) and Σ w.
 struct SecureSum {

@@ -243,8 +243,7 @@ Result<BaseUpdate> DecodeBase(proto::BaseUpdate::Reader r, const TensorMap& tens
 }
 
 Status SecAggError(std::string message) {
-  return DecodeError(ErrorCode::kSecAggMismatch, StatusCode::kInvalidArgument,
-                     std::move(message));
+  return DecodeError(ErrorCode::kSecAggMismatch, StatusCode::kInvalidArgument, std::move(message));
 }
 
 // Exactly N bytes into `out`, or SECAGG_MISMATCH naming `what`.
@@ -319,8 +318,8 @@ Result<SecAgg> DecodeSecAgg(proto::SecAgg::Reader r) {
       SecAggShares shares;
       for (proto::SecAggSealed::Reader s : r.getShares()) {
         shares.shares.push_back(
-            {s.getFrom(), s.getTo(), std::vector<std::uint8_t>(s.getSealed().begin(),
-                                                                s.getSealed().end())});
+            {s.getFrom(), s.getTo(),
+             std::vector<std::uint8_t>(s.getSealed().begin(), s.getSealed().end())});
       }
       m.stage = std::move(shares);
       return m;

@@ -234,13 +234,13 @@ struct SecAggSlot {
 // In a RoundTask: the upload is a masked vector (common/secagg/secure_input.h says how it is
 // made). Absent: a plain Update.
 struct SecAggParams {
-  double clip = 1.0;                 // Each weighted value is clipped to [-clip, clip].
-  std::uint32_t levels_bits = 16;    // q: 2^q - 1 quantisation levels.
-  std::uint32_t modulus_bits = 32;   // m: sums are taken mod 2^m.
+  double clip = 1.0;                // Each weighted value is clipped to [-clip, clip].
+  std::uint32_t levels_bits = 16;   // q: 2^q - 1 quantisation levels.
+  std::uint32_t modulus_bits = 32;  // m: sums are taken mod 2^m.
   SecAggWeighting weighting = SecAggWeighting::kExamples;
-  double weight_scale = 1.0;         // The weight is min(count / weight_scale, 1).
-  bool delta = false;                // Sum (task tensor - trained tensor) (FSLoRA).
-  std::vector<SecAggSlot> layout;    // The summed tensors, in order.
+  double weight_scale = 1.0;       // The weight is min(count / weight_scale, 1).
+  bool delta = false;              // Sum (task tensor - trained tensor) (FSLoRA).
+  std::vector<SecAggSlot> layout;  // The summed tensors, in order.
   friend bool operator==(const SecAggParams&, const SecAggParams&) = default;
 };
 

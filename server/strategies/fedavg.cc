@@ -191,9 +191,12 @@ class MeanAccumulator final : public RoundAccumulator {
 
 wire::SecAggWeighting SecureWeighting(Weighting w) {
   switch (w) {
-    case Weighting::kExamples: return wire::SecAggWeighting::kExamples;
-    case Weighting::kSamples: return wire::SecAggWeighting::kSamples;
-    case Weighting::kUniform: return wire::SecAggWeighting::kUniform;
+    case Weighting::kExamples:
+      return wire::SecAggWeighting::kExamples;
+    case Weighting::kSamples:
+      return wire::SecAggWeighting::kSamples;
+    case Weighting::kUniform:
+      return wire::SecAggWeighting::kUniform;
   }
   return wire::SecAggWeighting::kUniform;
 }
@@ -203,8 +206,8 @@ std::optional<SecureSpec> MeanSecureSpec(const FedAvgConfig& config) {
   return SecureSpec{SecureWeighting(config.weighting), false, 1.0};
 }
 
-Result<AggregateReport> FinishMeanSecure(const FedAvgConfig& config, bool merge,
-                                         GlobalState& state, const secagg::SecureSum& sum) {
+Result<AggregateReport> FinishMeanSecure(const FedAvgConfig& config, bool merge, GlobalState& state,
+                                         const secagg::SecureSum& sum) {
   TensorMap combined;
   for (const auto& [name, weighted] : sum.weighted) {
     const double w = sum.weights.at(name);

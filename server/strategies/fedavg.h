@@ -41,8 +41,8 @@ std::optional<SecureSpec> MeanSecureSpec(const FedAvgConfig& config);
 // The weighted-average family's aggregate from a secure sum: each slot's Σ w·x / Σ w, written
 // into state.adapter as MakeMeanAccumulator's Finish would (replacing it, or with `merge` only
 // the slots summed). kInvalidArgument naming a slot no survivor weighed.
-Result<AggregateReport> FinishMeanSecure(const FedAvgConfig& config, bool merge,
-                                         GlobalState& state, const secagg::SecureSum& sum);
+Result<AggregateReport> FinishMeanSecure(const FedAvgConfig& config, bool merge, GlobalState& state,
+                                         const secagg::SecureSum& sum);
 
 class FedAvg final : public Strategy {
  public:

@@ -17,9 +17,7 @@ class FfaLora final : public Strategy {
   Result<std::vector<ClientTask>> Configure(const GlobalState& state, std::uint64_t round,
                                             std::span<const ClientInfo> selected) override;
   bool linear() const override { return MeanIsLinear(config_); }
-  std::optional<SecureSpec> secure_spec() const override {
-    return MeanSecureSpec(config_);
-  }
+  std::optional<SecureSpec> secure_spec() const override { return MeanSecureSpec(config_); }
   Result<AggregateReport> FinishSecure(GlobalState& state, std::uint64_t round,
                                        const secagg::SecureSum& sum) override {
     return FinishMeanSecure(config_, /*merge=*/true, state, sum);

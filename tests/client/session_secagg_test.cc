@@ -9,8 +9,8 @@
 #include <thread>
 
 #include "client/session.h"
-#include "common/secagg/secure_input.h"
 #include "common/safetensors.h"
+#include "common/secagg/secure_input.h"
 #include "server/coordinator.h"
 #include "server/strategies/fedavg.h"
 #include "tests/client/fake_worker.h"
@@ -51,8 +51,9 @@ class SecureSessionTest : public fedlora::testing::CoordinatorHarness {
   void SetUp() override {
     SetUpHarness("secagg_session");
     config_.rounds = 2;
-    config_.transport.bind = StrCat("inproc://secagg-session-",
-                                    ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    config_.transport.bind =
+        StrCat("inproc://secagg-session-",
+               ::testing::UnitTest::GetInstance()->current_test_info()->name());
     config_.round.min_clients = 3;
     config_.round.quorum = 2;
     config_.secure_aggregation.enabled = true;
@@ -64,11 +65,11 @@ class SecureSessionTest : public fedlora::testing::CoordinatorHarness {
 
   // A FedAvg coordinator whose every decoded client message is recorded, on its own thread.
   void StartObservedCoordinator() {
-    coordinator_ = std::make_unique<server::Coordinator>(
-        config_,
-        std::make_unique<server::FedAvg>(server::FedAvgConfig{.lora = config_.lora,
-                                                              .train = config_.train}),
-        context_, system_clock_);
+    coordinator_ =
+        std::make_unique<server::Coordinator>(config_,
+                                              std::make_unique<server::FedAvg>(server::FedAvgConfig{
+                                                  .lora = config_.lora, .train = config_.train}),
+                                              context_, system_clock_);
     coordinator_->SetInboundObserver([this](std::string_view, const wire::Envelope& e) {
       if (const TensorMap* tensors = wire::TensorsOf(e.body)) {
         for (const auto& [name, t] : *tensors) decoded_.emplace_back(name, t);
@@ -115,7 +116,7 @@ class SecureSessionTest : public fedlora::testing::CoordinatorHarness {
 
   ClientConfig client_config_;
   std::mutex mu_;
-  std::vector<Tensor> uploads_;  // Guarded by mu_ while clients run.
+  std::vector<Tensor> uploads_;                          // Guarded by mu_ while clients run.
   std::vector<std::pair<std::string, Tensor>> decoded_;  // The coordinator's thread only.
 };
 

@@ -90,7 +90,12 @@ TEST(CodecTest, EverySecureAggregationStageAndTheTaskParametersRoundTrip) {
   RoundTask task;
   task.round = 4;
   task.ticket.attempt = 2;
-  task.secagg = SecAggParams{0.5, 18, 31, SecAggWeighting::kSamples, 640, true,
+  task.secagg = SecAggParams{0.5,
+                             18,
+                             31,
+                             SecAggWeighting::kSamples,
+                             640,
+                             true,
                              {{"m.lora_A.weight", {8, 64}}, {"m.lora_B.weight", {64, 8}}}};
   PublicKey c{}, s{};
   c[0] = 1;

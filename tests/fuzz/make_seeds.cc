@@ -96,6 +96,16 @@ void WireSeeds() {
   const wire::Hello hello{"alice", "fedlora 0.1.0", std::string(64, 'a'),
                           wire::Capabilities{"cpu", 1 << 30, 16, 512, 1.5, false},
                           {{"model.layers.0.self_attn.q_proj", 64, 64}}, 0};
+  wire::RoundTask secure_task = task;
+  secure_task.secagg = wire::SecAggParams{
+      1.0, 20, 32, wire::SecAggWeighting::kExamples, 1600, false, {{"m.lora_A.weight", {2, 5}}}};
+  wire::PublicKey key{}, key2{};
+  key[0] = 9;
+  key2[0] = 10;
+  std::array<std::uint8_t, 32> digest{};
+  digest[3] = 1;
+  std::array<std::uint8_t, 33> y{};
+  y[32] = 4;
   const std::vector<std::pair<std::string, wire::Body>> bodies = {
       {"hello", hello},
       {"welcome", wire::Welcome{"alice", 250, 4, 12, "fedavg", {}}},
@@ -107,7 +117,17 @@ void WireSeeds() {
       {"eval_result", wire::EvalResult{3, 2.5, 1000, 12, {{"perplexity", 12.18}}, 0, eval.ticket}},
       {"error", wire::Error{wire::ErrorCode::kDigestMismatch, "bad bytes", 9}},
       {"bye", wire::Bye{"done"}},
-      {"chunk", wire::Chunk{41, 1, 16, std::vector<std::byte>(24, std::byte{7})}}};
+      {"chunk", wire::Chunk{41, 1, 16, std::vector<std::byte>(24, std::byte{7})}},
+      {"round_task_secagg", secure_task},
+      {"secagg_keys", wire::SecAgg{3, task.ticket, wire::SecAggKeys{key, key2, digest}}},
+      {"secagg_roster",
+       wire::SecAgg{3, task.ticket,
+                    wire::SecAggRoster{1, 2, {{1, "alice", key, key2}, {2, "bob", key2, key}}}}},
+      {"secagg_shares",
+       wire::SecAgg{3, task.ticket,
+                    wire::SecAggShares{{{1, 2, std::vector<std::uint8_t>(110, 5)}}}}},
+      {"secagg_unmask", wire::SecAgg{3, task.ticket, wire::SecAggUnmask{{1, 2}, {3}}}},
+      {"secagg_reveal", wire::SecAgg{3, task.ticket, wire::SecAggReveal{{{1, 1, y}, {3, 2, y}}}}}};
   for (const auto& [name, body] : bodies) {
     const wire::Envelope envelope{wire::kProtocolVersion, 1234567890123ull, 42, body};
     Write("wire_decode", name + "-digests", MessageInput(1, envelope, true));

@@ -158,8 +158,7 @@ TEST(SecureAggregationConfigTest, AThresholdAboveTheSmallestRoundOrOfOneIsRefuse
   const std::string one =
       SecureConfigError({"round.min_clients=3", "secure_aggregation.threshold=1"});
   EXPECT_NE(one.find("threshold 1"), std::string::npos) << one;
-  EXPECT_NE(SecureConfigError({"round.min_clients=1"}).find("min_clients >= 2"),
-            std::string::npos);
+  EXPECT_NE(SecureConfigError({"round.min_clients=1"}).find("min_clients >= 2"), std::string::npos);
 }
 
 TEST(SecureAggregationConfigTest, SelectionIsCappedAtWhatTheModulusHolds) {

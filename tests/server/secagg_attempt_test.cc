@@ -175,20 +175,29 @@ TEST_P(SecAggExactnessTest, UnmaskedSumEqualsThePlainSumOfTheSurvivorsQuantisedI
 // N = 10: complete, threshold 6 of 10: four may drop. N = 50: 18 neighbours, threshold 10 of 19.
 INSTANTIATE_TEST_SUITE_P(
     DropoutsAfterEachStage, SecAggExactnessTest,
-    ::testing::Values(Case{3, {}}, Case{10, {}}, Case{50, {}},
-                      Case{3, {{0, DropAt::kKeys}}}, Case{3, {{1, DropAt::kShares}}},
-                      Case{3, {{2, DropAt::kInput}}}, Case{3, {{0, DropAt::kReveal}}},
-                      Case{10, {{0, DropAt::kKeys}, {1, DropAt::kShares}, {2, DropAt::kInput},
-                                {3, DropAt::kReveal}}},
-                      // The most the threshold tolerates: 4 of 10 send no input.
-                      Case{10, {{1, DropAt::kInput}, {4, DropAt::kInput}, {6, DropAt::kInput},
-                                {9, DropAt::kInput}}},
-                      // 4 of 10 survivors withhold their reveal: 6 remain, the threshold.
-                      Case{10, {{0, DropAt::kReveal}, {2, DropAt::kReveal},
-                                {5, DropAt::kReveal}, {8, DropAt::kReveal}}},
-                      Case{50, {{3, DropAt::kKeys}, {10, DropAt::kShares}, {11, DropAt::kInput},
-                                {12, DropAt::kInput}, {30, DropAt::kInput},
-                                {40, DropAt::kReveal}, {41, DropAt::kReveal}}}));
+    ::testing::Values(
+        Case{3, {}}, Case{10, {}}, Case{50, {}}, Case{3, {{0, DropAt::kKeys}}},
+        Case{3, {{1, DropAt::kShares}}}, Case{3, {{2, DropAt::kInput}}},
+        Case{3, {{0, DropAt::kReveal}}},
+        Case{10,
+             {{0, DropAt::kKeys}, {1, DropAt::kShares}, {2, DropAt::kInput}, {3, DropAt::kReveal}}},
+        // The most the threshold tolerates: 4 of 10 send no input.
+        Case{10,
+             {{1, DropAt::kInput}, {4, DropAt::kInput}, {6, DropAt::kInput}, {9, DropAt::kInput}}},
+        // 4 of 10 survivors withhold their reveal: 6 remain, the threshold.
+        Case{10,
+             {{0, DropAt::kReveal},
+              {2, DropAt::kReveal},
+              {5, DropAt::kReveal},
+              {8, DropAt::kReveal}}},
+        Case{50,
+             {{3, DropAt::kKeys},
+              {10, DropAt::kShares},
+              {11, DropAt::kInput},
+              {12, DropAt::kInput},
+              {30, DropAt::kInput},
+              {40, DropAt::kReveal},
+              {41, DropAt::kReveal}}}));
 
 TEST(SecAggAttemptTest, OneDropoutMoreThanTheThresholdToleratesFailsTheAttempt) {
   std::map<std::string, DropAt> drops;
@@ -241,9 +250,8 @@ TEST_F(SecAggMisbehaviourTest, AShareOfTheWrongSizeExcludesItsSenderAndTheRestUn
   f.Deliver(f.Step());
   EXPECT_FALSE(f.routed_.contains(Name(0)));
   for (const std::string& id : f.routed_) {
-    ASSERT_TRUE(f.attempt_->OnMaskedInput(id, f.clients_.at(id).Mask(f.inputs_.at(id)).value(),
-                                          0)
-                    .ok());
+    ASSERT_TRUE(
+        f.attempt_->OnMaskedInput(id, f.clients_.at(id).Mask(f.inputs_.at(id)).value(), 0).ok());
     f.survivors_.insert(id);
   }
   f.Deliver(f.Step());
@@ -270,8 +278,10 @@ TEST_F(SecAggMisbehaviourTest, VectorsOfAnotherLengthOrBeyondTheModulusAreRefuse
   EXPECT_EQ(Code(wrapped), kMismatch);
   EXPECT_NE(wrapped.message().find("word 7"), std::string::npos) << wrapped.message();
   // Both are out of the attempt; the third's input alone is not enough to unmask.
-  ASSERT_TRUE(f.attempt_->OnMaskedInput(Name(2), f.clients_.at(Name(2)).Mask(f.inputs_.at(
-                                                      Name(2))).value(), 0).ok());
+  ASSERT_TRUE(
+      f.attempt_
+          ->OnMaskedInput(Name(2), f.clients_.at(Name(2)).Mask(f.inputs_.at(Name(2))).value(), 0)
+          .ok());
   f.Step();
   EXPECT_EQ(f.attempt_->stage(), SecAggStage::kFailed);
 }

@@ -29,10 +29,14 @@ class SecureSimulationTest : public ::testing::TestWithParam<std::string> {
         std::string(FEDLORA_SOURCE_DIR) + "/configs/sim/shakespeare-" + strategy + ".yaml";
     const std::string out = out_ + (secure ? "/secure" : "/plain");
     std::vector<std::string> overrides = {
-        "num_clients=3",           "log_level=warn",
-        "coordinator.rounds=2",    "coordinator.round.min_clients=3",
-        "coordinator.round.quorum=3", "coordinator.train.local_steps=6",
-        "coordinator.train.batch_size=4", "coordinator.train.seq_len=64",
+        "num_clients=3",
+        "log_level=warn",
+        "coordinator.rounds=2",
+        "coordinator.round.min_clients=3",
+        "coordinator.round.quorum=3",
+        "coordinator.train.local_steps=6",
+        "coordinator.train.batch_size=4",
+        "coordinator.train.seq_len=64",
         "coordinator.eval.max_batches=4",
         StrCat("coordinator.secure_aggregation.enabled=", secure ? "true" : "false")};
     const Result<SimConfig> probe = LoadSimConfig(config, {"num_clients=8"}, out);
@@ -41,7 +45,8 @@ class SecureSimulationTest : public ::testing::TestWithParam<std::string> {
       overrides.push_back("client_max_ranks=[16, 4, 2]");
     }
     // The shipped hetlora weighs by sparsity (per-client norms): not a sum. Its linear weighting:
-    if (strategy == "hetlora") overrides.push_back("coordinator.strategy.hetlora.weighting=examples");
+    if (strategy == "hetlora")
+      overrides.push_back("coordinator.strategy.hetlora.weighting=examples");
     const Result<SimConfig> c = LoadSimConfig(config, overrides, out);
     EXPECT_TRUE(c.ok()) << c.status().ToString();
     if (!c.ok()) return {};
@@ -90,9 +95,9 @@ TEST(SecureSimulationRefusalTest, FedExIsRefusedAtStartSayingWhyAndWhichStrategi
 }
 
 TEST(SecureSimulationConfigTest, TheShippedSecureExperimentLoadsAsDocumented) {
-  const Result<SimConfig> c = LoadSimConfig(
-      std::string(FEDLORA_SOURCE_DIR) + "/configs/sim/shakespeare-secagg.yaml", {},
-      ::testing::TempDir() + "/fedlora_sim_secagg_load");
+  const Result<SimConfig> c =
+      LoadSimConfig(std::string(FEDLORA_SOURCE_DIR) + "/configs/sim/shakespeare-secagg.yaml", {},
+                    ::testing::TempDir() + "/fedlora_sim_secagg_load");
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_TRUE(c->coordinator.secure_aggregation.enabled);
   EXPECT_EQ(c->coordinator.strategy.name, "fedavg");

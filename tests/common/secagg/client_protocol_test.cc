@@ -53,10 +53,10 @@ class UnmaskTest : public ::testing::Test {
  protected:
   void SetUp() override {
     for (std::uint32_t i = 1; i <= 4; ++i) {
-      ASSERT_TRUE(all_[i - 1]
-                      .OnRoster(RosterFor(all_[i - 1], i, {&all_[0], &all_[1], &all_[2], &all_[3]},
-                                          3))
-                      .ok());
+      ASSERT_TRUE(
+          all_[i - 1]
+              .OnRoster(RosterFor(all_[i - 1], i, {&all_[0], &all_[1], &all_[2], &all_[3]}, 3))
+              .ok());
     }
     ASSERT_TRUE(all_[0].OnShares({}).ok());  // No pairs needed for these checks.
   }

@@ -101,8 +101,8 @@ TEST(SecureInputTest, ClippedValuesAndAnOverScaleCountAreCounted) {
 }
 
 TEST(SecureInputTest, APrunedRankIsZeroPaddedAndAnUntrainedSlotHasExactlyZeroWeight) {
-  wire::SecAggParams p = Params({{"m.lora_A.weight", {3, 2}}, {"m.lora_B.weight", {2, 3}},
-                                 {"n.lora_A.weight", {3, 2}}});
+  wire::SecAggParams p = Params(
+      {{"m.lora_A.weight", {3, 2}}, {"m.lora_B.weight", {2, 3}}, {"n.lora_A.weight", {3, 2}}});
   p.weighting = wire::SecAggWeighting::kUniform;
   p.weight_scale = 1;
   // Rank 2 of 3 on module m; module n not trained at all.
@@ -131,11 +131,9 @@ TEST(SecureInputTest, ASketchedUploadSumsItsDeltaScatteredToItsIndices) {
   plan.modules = {{"m", 2, {1, 3}}};
   const TensorMap sent = {{"m.lora_A.weight", MakeF64({2, 1}, std::vector<double>{0.5, 0.5})},
                           {"m.lora_B.weight", MakeF64({1, 2}, std::vector<double>{0.5, 0.5})}};
-  const TensorMap trained = {
-      {"m.lora_A.weight", MakeF64({2, 1}, std::vector<double>{0.25, 0.75})},
-      {"m.lora_B.weight", MakeF64({1, 2}, std::vector<double>{0.0, 1.0})}};
-  const SecureSum sum =
-      SumOf(p, {MakeSecureInput(p, plan, sent, Upload(1, trained), 4).value()});
+  const TensorMap trained = {{"m.lora_A.weight", MakeF64({2, 1}, std::vector<double>{0.25, 0.75})},
+                             {"m.lora_B.weight", MakeF64({1, 2}, std::vector<double>{0.0, 1.0})}};
+  const SecureSum sum = SumOf(p, {MakeSecureInput(p, plan, sent, Upload(1, trained), 4).value()});
   const std::vector<double> a = ToDoubles(sum.weighted.at("m.lora_A.weight"));
   const std::vector<double> b = ToDoubles(sum.weighted.at("m.lora_B.weight"));
   const std::vector<double> want_a = {0, 0.25, 0, -0.25}, want_b = {0, 0.5, 0, -0.5};
