@@ -312,6 +312,12 @@ void ClientSession::Impl::HandleDone(JobDone done) {
       UploadSecure(std::move(*update));
       return;
     }
+    if (std::find(secure_nonces_.begin(), secure_nonces_.end(), update->ticket.nonce) !=
+        secure_nonces_.end()) {  // Its attempt is over: the update is dropped, never sent plain.
+      LogWarn("round ", update->round, ": dropping an update trained for a secure-aggregation ",
+              "attempt that is over (it is never sent unmasked)");
+      return;
+    }
     pending_update_ = *update;
     pending_sequence_ = sequence_out_ + 1;
     pending_resends_ = 0;

@@ -3,6 +3,7 @@
 // (what the coordinator sends, and sending: whole messages and chunked uploads).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -182,6 +183,10 @@ class ClientSession::Impl {
   std::uint32_t chunk_swaps_left_ = 0;           // faults.swap_upload_chunks still to inject.
   std::deque<JobDone> unsent_;                   // Completions waiting for a Welcome.
   std::optional<session_internal::SecureRound> secure_;  // The secure round task in hand.
+  // Nonces of the recent tasks that asked for secure aggregation: their trained updates never
+  // travel in clear, even once their attempt is over (a job that finished despite being
+  // superseded). Bounded: the oldest are forgotten.
+  std::deque<std::array<std::uint8_t, 16>> secure_nonces_;
 
   // Shared with the job thread.
   std::mutex mu_;

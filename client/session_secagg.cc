@@ -20,6 +20,8 @@ bool ClientSession::Impl::BeginSecureRound(const wire::RoundTask& task, std::uin
     return true;  // The same task again (it was resent): the attempt in hand stands.
   }
   secure_.reset();
+  secure_nonces_.push_back(task.ticket.nonce);
+  if (secure_nonces_.size() > 64) secure_nonces_.pop_front();
   const wire::SecAggParams& params = *task.secagg;
   Result<secagg::Modulus> modulus = secagg::Modulus::Bits(params.modulus_bits);
   Status valid = modulus.ok() ? secagg::CheckQuantization(

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <future>
 #include <mutex>
 #include <thread>
 
@@ -14,6 +15,7 @@
 #include "server/coordinator.h"
 #include "server/strategies/fedavg.h"
 #include "tests/client/fake_worker.h"
+#include "tests/client/hand_driven_coordinator.h"
 #include "tests/testing/json_lines.h"
 
 namespace fedlora::client {
@@ -173,6 +175,71 @@ TEST_F(SecureSessionTest, AClientThatTrainsButNeverUploadsIsUnmaskedAround) {
   }
 }
 
+// A worker whose first training waits until it is superseded (and then gives up); later ones
+// return at once. Counts the trainings it started.
+class StallsFirstWorker final : public Worker {
+ public:
+  explicit StallsFirstWorker(std::string name) : inner_(std::move(name), kDigest) {}
+  wire::Hello Describe() const override { return inner_.Describe(); }
+  Result<wire::Update> Train(const wire::RoundTask& task, std::stop_token stop) override {
+    if (started++ == 0) {
+      while (!stop.stop_requested()) std::this_thread::yield();
+      return Status(StatusCode::kCancelled, "superseded");
+    }
+    return inner_.Train(task, stop);
+  }
+  Result<wire::EvalResult> Evaluate(const wire::EvalTask& task, std::stop_token stop) override {
+    return inner_.Evaluate(task, stop);
+  }
+  std::atomic<int> started{0};
+
+ private:
+  FakeWorker inner_;
+};
+
+// A coordinator restarted in the middle of a secure round keeps nothing of the attempt (no upload
+// or partial transfer in its state directory) and runs the round's protocol again from the start
+// with fresh keys; the clients, superseded, follow.
+TEST_F(SecureSessionTest, ARestartMidProtocolRunsTheRoundsProtocolAgainAndLeavesNothingBehind) {
+  config_.rounds = 1;
+  config_.transport.heartbeat_liveness = 5;  // Clients notice the restart within 0.5 s.
+  StartObservedCoordinator();
+  std::vector<std::unique_ptr<StallsFirstWorker>> workers;
+  std::vector<std::unique_ptr<ClientSession>> sessions;
+  std::vector<std::thread> threads;
+  for (const std::string name : {"alice", "bob", "carol"}) {
+    workers.push_back(std::make_unique<StallsFirstWorker>(name));
+    ClientConfig c = client_config_;
+    c.name = name;
+    sessions.push_back(std::make_unique<ClientSession>(c, *workers.back(), context_,
+                                                       system_clock_));
+  }
+  for (auto& s : sessions) threads.emplace_back([&s] { (void)s->Run(); });
+  // Every client holds its task and trains: the attempt is under way.
+  while (std::any_of(workers.begin(), workers.end(), [](auto& w) { return w->started == 0; })) {
+    std::this_thread::yield();
+  }
+  StopCoordinator();
+  for (const char* dir : {"/pending", "/incoming"}) {
+    std::size_t files = 0;
+    if (std::filesystem::exists(dir_ + dir)) {
+      for (const auto& e : std::filesystem::recursive_directory_iterator(dir_ + dir)) {
+        files += e.is_regular_file() ? 1 : 0;
+      }
+    }
+    EXPECT_EQ(files, 0u) << dir;
+  }
+  decoded_.clear();
+  StartObservedCoordinator();  // Same state directory and endpoint: round 1 starts again.
+  ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+  for (auto& s : sessions) s->Stop();
+  for (auto& t : threads) t.join();
+  const std::vector<nlohmann::json> metrics = testing::ReadJsonLines(dir_ + "/metrics.jsonl");
+  ASSERT_EQ(metrics.size(), 2u);
+  EXPECT_EQ(metrics[1]["strategy_metrics"]["secagg_survivors"], 3);
+  for (auto& w : workers) EXPECT_EQ(w->started, 2);  // Superseded once, then trained.
+}
+
 TEST_F(SecureSessionTest, AStrategyThatIsNotAWeightedSumIsRefusedAtStartSayingWhich) {
   config_.strategy.rule.name = "median";
   const Status started = LaunchCoordinator(system_clock_);
@@ -180,6 +247,78 @@ TEST_F(SecureSessionTest, AStrategyThatIsNotAWeightedSumIsRefusedAtStartSayingWh
   EXPECT_NE(started.message().find("secure_aggregation needs a strategy"), std::string::npos)
       << started.message();
   EXPECT_NE(started.message().find("fedavg, ffa, fedsa, fedsb, fslora"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace fedlora::client
+
+namespace fedlora::client {
+namespace {
+
+// A worker whose round-1 training waits until it is superseded and returns its update anyway (a
+// job that finished just as a newer task arrived); other rounds return at once.
+class FinishesAnywayWorker final : public Worker {
+ public:
+  wire::Hello Describe() const override { return FakeWorker("w", kDigest).Describe(); }
+  Result<wire::Update> Train(const wire::RoundTask& task, std::stop_token stop) override {
+    if (task.round == 1) {
+      started.set_value();
+      while (!stop.stop_requested()) std::this_thread::yield();
+    }
+    wire::Update u{task.round, 4, 10, {{"train_loss", 1.5}}, {}};
+    u.tensors["m.lora_A.weight"] = MakeF32({1, 2}, std::vector<float>{0.5f, 0.25f});
+    return u;
+  }
+  Result<wire::EvalResult> Evaluate(const wire::EvalTask& task, std::stop_token) override {
+    return wire::EvalResult{task.round, 1.0, 1, 1, {}};
+  }
+  std::promise<void> started;
+};
+
+// An update trained for a secure round whose attempt is over never travels in clear: the client
+// drops it. The coordinator here is a hand-driven ROUTER; the plain task of round 3 that follows
+// is the marker (completions are handled in order).
+TEST(SecureSessionOrderTest, AnUpdateOfAnAttemptThatIsOverIsNeverSentUnmasked) {
+  net::Context context;
+  SystemClock clock;
+  const std::string endpoint = "inproc://secagg-session-over";
+  testing::HandDrivenCoordinator coordinator(context, endpoint);
+  FinishesAnywayWorker worker;
+  ClientConfig c;
+  c.name = "w";
+  c.coordinator = endpoint;
+  ClientSession session(c, worker, context, clock);
+  Status result;
+  std::thread t([&] { result = session.Run(); });
+  auto [route, hello] = coordinator.Receive();
+  ASSERT_TRUE(std::holds_alternative<wire::Hello>(hello.body));
+  coordinator.Send(route, 5, wire::Welcome{"w", 60000, 100, 1, "fedavg", {}});
+  wire::RoundTask task;
+  task.round = 1;
+  task.ticket = {1, {1}};
+  task.secagg = wire::SecAggParams{1.0, 16, 32, wire::SecAggWeighting::kUniform, 1, false,
+                                   {{"m.lora_A.weight", {1, 2}}}};
+  coordinator.Send(route, 5, task);
+  worker.started.get_future().wait();  // Round 1 trains.
+  task.round = 2;  // Supersedes round 1's training, which finishes anyway.
+  task.ticket = {1, {2}};
+  coordinator.Send(route, 5, task);
+  task.round = 3;  // Plain: its update is sent as it is.
+  task.ticket = {1, {3}};
+  task.secagg.reset();
+  coordinator.Send(route, 5, task);
+  std::vector<std::uint64_t> keys_for;
+  while (true) {
+    const wire::Envelope e = coordinator.Receive().second;
+    if (const auto* keys = std::get_if<wire::SecAgg>(&e.body)) keys_for.push_back(keys->round);
+    if (const auto* u = std::get_if<wire::Update>(&e.body)) {
+      ASSERT_EQ(u->round, 3u) << "the update of secure round " << u->round << " was sent";
+      break;
+    }
+  }
+  EXPECT_EQ(keys_for, (std::vector<std::uint64_t>{1, 2}));
+  session.Stop();
+  t.join();
 }
 
 }  // namespace
