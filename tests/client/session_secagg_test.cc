@@ -211,8 +211,8 @@ TEST_F(SecureSessionTest, ARestartMidProtocolRunsTheRoundsProtocolAgainAndLeaves
     workers.push_back(std::make_unique<StallsFirstWorker>(name));
     ClientConfig c = client_config_;
     c.name = name;
-    sessions.push_back(std::make_unique<ClientSession>(c, *workers.back(), context_,
-                                                       system_clock_));
+    sessions.push_back(
+        std::make_unique<ClientSession>(c, *workers.back(), context_, system_clock_));
   }
   for (auto& s : sessions) threads.emplace_back([&s] { (void)s->Run(); });
   // Every client holds its task and trains: the attempt is under way.
@@ -296,11 +296,11 @@ TEST(SecureSessionOrderTest, AnUpdateOfAnAttemptThatIsOverIsNeverSentUnmasked) {
   wire::RoundTask task;
   task.round = 1;
   task.ticket = {1, {1}};
-  task.secagg = wire::SecAggParams{1.0, 16, 32, wire::SecAggWeighting::kUniform, 1, false,
-                                   {{"m.lora_A.weight", {1, 2}}}};
+  task.secagg = wire::SecAggParams{
+      1.0, 16, 32, wire::SecAggWeighting::kUniform, 1, false, {{"m.lora_A.weight", {1, 2}}}};
   coordinator.Send(route, 5, task);
   worker.started.get_future().wait();  // Round 1 trains.
-  task.round = 2;  // Supersedes round 1's training, which finishes anyway.
+  task.round = 2;                      // Supersedes round 1's training, which finishes anyway.
   task.ticket = {1, {2}};
   coordinator.Send(route, 5, task);
   task.round = 3;  // Plain: its update is sent as it is.

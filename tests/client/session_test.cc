@@ -19,8 +19,8 @@ namespace fedlora::client {
 namespace {
 
 using testing::FakeWorker;
-using testing::kDigest;
 using testing::HandDrivenCoordinator;
+using testing::kDigest;
 
 class ClientSessionTest : public fedlora::testing::CoordinatorHarness {
  protected:
