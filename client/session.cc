@@ -318,12 +318,18 @@ void ClientSession::Impl::HandleDone(JobDone done) {
               "attempt that is over (it is never sent unmasked)");
       return;
     }
-    pending_update_ = *update;
-    pending_sequence_ = sequence_out_ + 1;
-    pending_resends_ = 0;
     Progress("round ", update->round, ": uploading update");
+    SendPendingUpdate(std::move(*update));
+    return;
   }
   Send(std::move(body));
+}
+
+void ClientSession::Impl::SendPendingUpdate(wire::Update update) {
+  pending_update_ = update;
+  pending_sequence_ = sequence_out_ + 1;
+  pending_resends_ = 0;
+  Send(std::move(update));
 }
 
 // ---- ClientSession -------------------------------------------------------------------------

@@ -142,6 +142,8 @@ class ClientSession::Impl {
   void SendChunked(wire::Body body);
   void PumpOutbound();  // Sends the outbound transfer's chunks while the socket takes them.
   void ResendPendingUpload();
+  // Sends `update` and keeps it until the coordinator acknowledges or refuses it.
+  void SendPendingUpdate(wire::Update update);
   // ---- secure aggregation (session_secagg.cc) ----
   // A round task with secure aggregation: opens its attempt and sends the keys. False when the
   // task's parameters are unusable (refused with an Error).

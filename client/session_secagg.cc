@@ -119,11 +119,8 @@ void ClientSession::Impl::SendMasked(const wire::Update& trained) {
     LogWarn("round ", trained.round, ": ", input->clipped, " value(s) clipped to +-", s.params.clip,
             " for secure aggregation");
   }
-  pending_update_ = update;
-  pending_sequence_ = sequence_out_ + 1;
-  pending_resends_ = 0;
   Progress("round ", trained.round, ": uploading the masked update (", masked->size(), " words)");
-  Send(std::move(update));
+  SendPendingUpdate(std::move(update));
 }
 
 }  // namespace fedlora::client

@@ -139,6 +139,13 @@ Status CheckUploadFields(const wire::Update& update, const ClientTask& task,
 
 }  // namespace
 
+std::uint64_t SamplesLimit(const wire::TrainSpec& t, std::uint64_t examples) {
+  const std::uint64_t batch = std::max<std::uint64_t>(t.batch_size, 1);
+  return t.local_epochs > 0
+             ? std::uint64_t{t.local_epochs} * ((examples + batch - 1) / batch) * batch
+             : std::uint64_t{t.local_steps} * batch;
+}
+
 Status ValidateUpload(const wire::Update& update, const ClientTask& task,
                       std::uint64_t max_examples) {
   std::map<std::string, TensorSpec, std::less<>> specs;
@@ -170,13 +177,9 @@ Status CheckUploadFields(const wire::Update& update, const ClientTask& task,
   // Examples processed this round (the `samples` weighting) cannot exceed what the task asked
   // for: its steps x batch, or its epochs over the examples held (in whole batches), or the
   // examples an initialisation task asked to read.
-  const wire::TrainSpec& t = task.train;
-  const std::uint64_t held = std::min(update.num_examples, max_examples);
-  const std::uint64_t batch = std::max<std::uint64_t>(t.batch_size, 1);
-  std::uint64_t limit = t.local_epochs > 0
-                            ? std::uint64_t{t.local_epochs} * ((held + batch - 1) / batch) * batch
-                            : std::uint64_t{t.local_steps} * batch;
-  limit = std::max<std::uint64_t>(limit, task.plan.init_samples);
+  const std::uint64_t limit =
+      std::max<std::uint64_t>(SamplesLimit(task.train, std::min(update.num_examples, max_examples)),
+                              task.plan.init_samples);
   if (update.num_samples > limit) {
     return Refusal(ErrorCode::kInvalidField, "num_samples ", update.num_samples,
                    " exceeds what the task could process (", limit, ")");

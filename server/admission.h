@@ -55,6 +55,10 @@ Status CheckHelloModel(const wire::Hello& hello, const CoordinatorConfig& config
 // INVALID_FIELD when its capabilities admit none.
 Result<wire::AdapterPlan> PlanForHello(const wire::Hello& hello, const CoordinatorConfig& config);
 
+// The most examples a client holding `examples` can process in one round of `train`: steps x
+// batch, or its epochs over the examples in whole batches.
+std::uint64_t SamplesLimit(const wire::TrainSpec& train, std::uint64_t examples);
+
 // OK when `update` has exactly the tensors `task` asked for (names, dtypes, shapes), all finite,
 // and sane counts: examples processed (numSamples) no more than the task could process, given at
 // most `max_examples` held; at most kMaxUpdateMetrics metrics, with boring names and finite

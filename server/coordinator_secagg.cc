@@ -31,19 +31,15 @@ double WeightScale(wire::SecAggWeighting weighting, const std::vector<ClientTask
                    const std::vector<ClientInfo>& infos, std::uint64_t max_examples) {
   double scale = 1.0;
   for (std::size_t k = 0; k < tasks.size(); ++k) {
-    const double examples = static_cast<double>(
-        std::min<std::uint64_t>(infos[k].capabilities.num_examples, max_examples));
-    const wire::TrainSpec& t = tasks[k].train;
-    const double batch = std::max<double>(t.batch_size, 1);
+    const std::uint64_t examples =
+        std::min<std::uint64_t>(infos[k].capabilities.num_examples, max_examples);
     switch (weighting) {
       case wire::SecAggWeighting::kExamples:
-        scale = std::max(scale,
-                         std::min(examples * kExampleHeadroom, static_cast<double>(max_examples)));
+        scale = std::max(scale, std::min(static_cast<double>(examples) * kExampleHeadroom,
+                                         static_cast<double>(max_examples)));
         break;
-      case wire::SecAggWeighting::kSamples:
-        scale = std::max(scale, t.local_epochs > 0
-                                    ? t.local_epochs * std::ceil(examples / batch) * batch
-                                    : t.local_steps * batch);
+      case wire::SecAggWeighting::kSamples:  // The upload check's own limit (admission.h).
+        scale = std::max(scale, static_cast<double>(SamplesLimit(tasks[k].train, examples)));
         break;
       case wire::SecAggWeighting::kUniform:
         break;

@@ -209,15 +209,14 @@ std::optional<SecureSpec> MeanSecureSpec(const FedAvgConfig& config) {
 Result<AggregateReport> FinishMeanSecure(const FedAvgConfig& config, bool merge, GlobalState& state,
                                          const secagg::SecureSum& sum) {
   TensorMap combined;
-  for (const auto& [name, weighted] : sum.weighted) {
-    const double w = sum.weights.at(name);
-    if (!(w > 0)) {
+  for (auto& [name, mean] : sum.Means()) {
+    combined.emplace(name, FromDoubles(config.state_dtype, mean.shape, ToDoubles(mean)));
+  }
+  for (const auto& [name, w] : sum.weights) {
+    if (!combined.contains(name)) {
       return InvalidArgument("secure sum: no survivor weighed tensor '", name,
                              "' (its weight total is ", w, ")");
     }
-    std::vector<double> v = ToDoubles(weighted);
-    for (double& x : v) x /= w;
-    combined.emplace(name, FromDoubles(config.state_dtype, weighted.shape, v));
   }
   if (merge) {
     for (auto& [name, t] : combined) state.adapter[name] = std::move(t);
