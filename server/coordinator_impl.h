@@ -45,6 +45,11 @@ class Coordinator::Impl {
         round_(config_.round, std::chrono::milliseconds(config_.eval.timeout_ms)) {
     limits_.max_message_bytes = config_.transport.max_message_bytes;
   }
+  // Frees the endpoint before the socket closes: a coordinator restarted in the same process (an
+  // inproc name) binds it again at once instead of racing ZeroMQ's reaper thread.
+  ~Impl() {
+    if (router_.valid() && !endpoint_.empty()) (void)router_.Unbind(endpoint_);
+  }
 
   Status Start();
   Status Run();

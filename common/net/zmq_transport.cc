@@ -21,8 +21,9 @@ Status FromZmq(const zmq::error_t& e, std::string_view what) {
                               ? StatusCode::kUnavailable
                           : (err == EINVAL || err == EPROTONOSUPPORT || err == ENOCOMPATPROTO)
                               ? StatusCode::kInvalidArgument
-                          : err == ETERM ? StatusCode::kCancelled
-                                         : StatusCode::kInternal;
+                          : err == ETERM  ? StatusCode::kCancelled
+                          : err == ENOENT ? StatusCode::kNotFound
+                                          : StatusCode::kInternal;
   return Status(code, StrCat(what, ": ", e.what()));
 }
 
@@ -179,6 +180,13 @@ Status Socket::Bind(const std::string& endpoint) try {
   return OkStatus();
 } catch (const zmq::error_t& e) {
   return FromZmq(e, StrCat("bind ", endpoint));
+}
+
+Status Socket::Unbind(const std::string& endpoint) try {
+  impl_->socket.unbind(endpoint);
+  return OkStatus();
+} catch (const zmq::error_t& e) {
+  return FromZmq(e, StrCat("unbind ", endpoint));
 }
 
 Status Socket::Connect(const std::string& endpoint) try {

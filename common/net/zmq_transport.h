@@ -160,6 +160,10 @@ class Socket {
   Socket& operator=(const Socket&) = delete;
 
   Status Bind(const std::string& endpoint);  // kInvalidArgument / kUnavailable (port in use).
+  // Stops listening on a bound endpoint (the resolved one: LastEndpoint). An inproc name is free
+  // for another Bind when this returns; closing alone frees it later, on ZeroMQ's reaper thread.
+  // Peers already connected keep their pipes until the socket closes.
+  Status Unbind(const std::string& endpoint);
   Status Connect(const std::string& endpoint);
   // The endpoint actually bound (resolves "tcp://127.0.0.1:*" to a port).
   Result<std::string> LastEndpoint() const;

@@ -77,7 +77,8 @@ class SecureSessionTest : public fedlora::testing::CoordinatorHarness {
         for (const auto& [name, t] : *tensors) decoded_.emplace_back(name, t);
       }
     });
-    ASSERT_TRUE(coordinator_->Start().ok());
+    const Status started = coordinator_->Start();
+    ASSERT_TRUE(started.ok()) << started.ToString();
     thread_ = std::thread([this] { result_ = coordinator_->Run(); });
   }
 

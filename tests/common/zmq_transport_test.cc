@@ -86,6 +86,23 @@ TEST(ZmqTransportTest, BindToAnAddressInUseIsUnavailable) {
   EXPECT_EQ(b.Bind("nonsense://x").code(), StatusCode::kInvalidArgument);
 }
 
+// A restarted coordinator in the same process binds its inproc name again at once: Unbind frees it
+// even while the old socket is still open (its connected peers keep their pipes).
+TEST(ZmqTransportTest, UnbindFreesAnInprocNameAtOnceForAnotherSocket) {
+  Context ctx;
+  Socket a = std::move(Socket::Open(ctx, SocketKind::kRouter).value());
+  ASSERT_TRUE(a.Bind("inproc://zmq-transport-unbind").ok());
+  Socket dealer = std::move(Socket::Open(ctx, SocketKind::kDealer).value());
+  ASSERT_TRUE(dealer.Connect("inproc://zmq-transport-unbind").ok());
+  ASSERT_TRUE(a.Unbind("inproc://zmq-transport-unbind").ok());
+  Socket b = std::move(Socket::Open(ctx, SocketKind::kRouter).value());
+  EXPECT_TRUE(b.Bind("inproc://zmq-transport-unbind").ok());
+  const std::vector<std::span<const std::byte>> frames = {Bytes("still here")};
+  ASSERT_TRUE(dealer.Send(frames).ok());
+  EXPECT_EQ(Str(ReceiveOne(a).frame(1)), "still here");
+  EXPECT_EQ(a.Unbind("inproc://never-bound").code(), StatusCode::kNotFound);
+}
+
 TEST(ZmqTransportTest, WakePipeInterruptsPollFromAnotherThread) {
   Context ctx;
   Socket router = std::move(Socket::Open(ctx, SocketKind::kRouter).value());
