@@ -168,6 +168,25 @@ Status ParseClientConfig(const config::ConfigSection& root, ClientConfig* c) {
   FEDLORA_RETURN_IF_ERROR(caps.Read("relative_speed", &c->capabilities.relative_speed));
   FEDLORA_RETURN_IF_ERROR(caps.Finish());
 
+  const config::ConfigSection private_section = root.Section("privacy");
+  ClientPrivacyConfig& dp = c->privacy;
+  FEDLORA_RETURN_IF_ERROR(private_section.Read("required", &dp.required));
+  FEDLORA_RETURN_IF_ERROR(private_section.Read("max_clip", &dp.max_clip));
+  FEDLORA_RETURN_IF_ERROR(private_section.Read("min_noise_multiplier", &dp.min_noise_multiplier));
+  FEDLORA_RETURN_IF_ERROR(private_section.Read("max_epsilon", &dp.max_epsilon));
+  FEDLORA_RETURN_IF_ERROR(private_section.Finish());
+  for (const auto& [key, value] : {std::pair{"max_clip", dp.max_clip},
+                                   {"min_noise_multiplier", dp.min_noise_multiplier},
+                                   {"max_epsilon", dp.max_epsilon}}) {
+    if (!(value >= 0) || !std::isfinite(value)) {
+      return InvalidArgument(private_section.PathOf(key), " must be finite and >= 0");
+    }
+    if (value > 0 && !dp.required) {
+      return InvalidArgument(private_section.PathOf(key), " only applies with ",
+                             private_section.PathOf("required"), ": true");
+    }
+  }
+
   const config::ConfigSection faults = root.Section("faults");
   FEDLORA_RETURN_IF_ERROR(faults.Read("hold_update", &c->faults.hold_update));
   FEDLORA_RETURN_IF_ERROR(faults.Read("swap_upload_chunks", &c->faults.swap_upload_chunks));

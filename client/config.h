@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "client/privacy_policy.h"
 #include "common/config/yaml_config.h"
 #include "common/status.h"
 
@@ -146,6 +147,7 @@ struct ClientConfig {
   ClientTransportConfig transport;
   ClientSecurityConfig security;
   CapabilityConfig capabilities;
+  ClientPrivacyConfig privacy;  // privacy_policy.h
   FaultConfig faults;
 };
 

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "client/session_impl.h"
+#include "common/privacy/update_change.h"
 
 namespace fedlora::client {
 namespace {
@@ -35,6 +36,7 @@ void ClientSession::Impl::JobLoop() {
       Progress("round ", task->round, ": training (", task->train.local_steps, " steps, lr ",
                task->train.learning_rate, ")");
       Result<wire::Update> update = worker_.Train(*task, token);
+      if (update.ok() && task->privacy) ClipForPrivacy(*task, *update);
       if (update.ok()) update->ticket = task->ticket;  // Binds the upload to this very task.
       result = update.ok() ? Result<wire::Body>(wire::Body(std::move(update).value()))
                            : Result<wire::Body>(update.status());
@@ -52,6 +54,14 @@ void ClientSession::Impl::JobLoop() {
     done_.push_back(JobDone{key, queued.sequence, std::move(result)});
     wake_.Notify();
   }
+}
+
+void ClientSession::Impl::ClipForPrivacy(const wire::RoundTask& task, wire::Update& update) {
+  const privacy::ClipOutcome clip =
+      privacy::ClipChange(update.tensors, task.tensors, task.privacy->clip);
+  // The norm itself stays here: it is a fact about this client's data.
+  LogDebug("round ", task.round, ": the update's change has L2 norm ", clip.norm,
+           clip.clipped ? StrCat("; clipped to ", task.privacy->clip) : std::string());
 }
 
 bool ClientSession::Impl::Enqueue(Job job, std::uint64_t sequence) {

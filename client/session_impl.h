@@ -144,6 +144,9 @@ class ClientSession::Impl {
   void ResendPendingUpload();
   // Sends `update` and keeps it until the coordinator acknowledges or refuses it.
   void SendPendingUpdate(wire::Update update);
+  // Scales the change of `update` against `task`'s tensors down to the task's privacy clip (on
+  // the job thread, before the update reaches the session).
+  static void ClipForPrivacy(const wire::RoundTask& task, wire::Update& update);
   // ---- secure aggregation (session_secagg.cc) ----
   // A round task with secure aggregation: opens its attempt and sends the keys. False when the
   // task's parameters are unusable (refused with an Error).

@@ -118,6 +118,21 @@ std::optional<Outcome> ClientSession::Impl::Dispatch(wire::Envelope envelope) {
     }
     // A new task for this round (a retry with a new ticket) makes an unacknowledged upload moot.
     if (pending_update_ && pending_update_->round == task->round) pending_update_.reset();
+    // Fails closed: a task short of the privacy this data owner requires is never trained for.
+    if (Status allowed = CheckTaskPrivacy(config_.privacy, task->privacy); !allowed.ok()) {
+      LogWarn("round ", task->round, ": refusing the task: ", allowed.message());
+      Send(wire::Error{ErrorCode::kPrivacyMismatch, std::string(allowed.message()),
+                       envelope.sequence});
+      return std::nullopt;
+    }
+    if (task->privacy) {
+      const wire::PrivacyParams& p = *task->privacy;
+      Progress("round ", task->round, ": differential privacy: the change is clipped to L2 ",
+               p.clip, ", the coordinator adds noise multiplier ", p.noise_multiplier,
+               "; epsilon spent so far ", p.epsilon_spent,
+               p.target_epsilon > 0 ? StrCat(" of ", p.target_epsilon) : std::string(),
+               " at delta ", p.delta);
+    }
     if (task->secagg && !BeginSecureRound(*task, envelope.sequence)) return std::nullopt;
     const std::uint64_t round = task->round;
     if (!Enqueue(std::move(*task), envelope.sequence)) {

@@ -77,6 +77,8 @@ enum ErrorCode {
   secAggMismatch @27;       # A secure-aggregation message out of stage, of the wrong size, or
                             # naming a member not in the roster. The sender is excluded from the
                             # attempt; the others go on.
+  privacyMismatch @28;      # A task without the differential privacy the client requires, or an
+                            # upload whose change is above the task's privacy clip.
 }
 
 # Binds a result to the task it answers. The coordinator issues a fresh random nonce with every
@@ -230,6 +232,18 @@ struct RoundTask {
   base @6 :BaseUpdate;
   ticket @7 :TaskTicket;
   secAgg @8 :SecAggParams;      # Set: upload a masked vector (see "Secure aggregation").
+  privacy @9 :PrivacyParams;    # Set: the round is differentially private (docs/privacy.md).
+}
+
+# The client clips its upload's change (all tensors, one L2 norm) to `clip`; the coordinator adds
+# N(0, (noiseMultiplier clip)^2) to the sum of the changes. The rest is for the client's log.
+struct PrivacyParams {
+  clip @0 :Float64;
+  noiseMultiplier @1 :Float64;
+  sampleRate @2 :Float64;
+  delta @3 :Float64;
+  epsilonSpent @4 :Float64;
+  targetEpsilon @5 :Float64;
 }
 
 # Client -> coordinator: the trained adapter. Acknowledged only once persisted.

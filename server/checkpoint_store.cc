@@ -173,6 +173,7 @@ Result<Checkpoint> ReadCheckpoint(const std::string& dir, std::uint64_t round) t
                              CorrectionLog::FromTensors(corrections.tensors));
   }
   cp.state.strategy_json = state.value("strategy_state", std::string());
+  cp.privacy_json = state.value("privacy_ledger", std::string());
   if (contents.contains("metrics.json")) cp.metrics_json = contents["metrics.json"];
   return cp;
 } catch (const json::exception& e) {
@@ -337,6 +338,7 @@ Status CheckpointStore::Commit(const Checkpoint& cp, std::uint32_t keep) {
   }
   state["modules"] = std::move(modules);
   state["strategy_state"] = cp.state.strategy_json;
+  if (!cp.privacy_json.empty()) state["privacy_ledger"] = cp.privacy_json;
   files["state.json"] = state.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   const safetensors::Metadata meta = {{"format", "pt"},
                                       {"fedlora.round", std::to_string(cp.round)},
@@ -472,6 +474,18 @@ Result<std::vector<std::uint64_t>> CheckpointStore::MetricsRounds() const {
     }
   }
   return rounds;
+}
+
+Status CheckpointStore::PersistPrivacyLedger(const std::string& json) {
+  return fs::WriteFileAtomic(dir_ + "/privacy_ledger.json", json);
+}
+
+Result<std::optional<std::string>> CheckpointStore::LoadPrivacyLedger() const {
+  const std::string path = dir_ + "/privacy_ledger.json";
+  std::error_code ec;
+  if (!stdfs::exists(path, ec)) return std::optional<std::string>();
+  FEDLORA_ASSIGN_OR_RETURN(std::string text, fs::ReadFile(path));
+  return std::optional<std::string>(std::move(text));
 }
 
 Status CheckpointStore::AppendMetrics(std::uint64_t round, const std::string& json_line) {

@@ -6,13 +6,16 @@
 //       global.safetensors             global adapter factors
 //       extra.safetensors              strategy tensors (only when non-empty)
 //       corrections.safetensors        base-weight correction log (only when non-empty)
-//       state.json                     round, strategy, model layout, LoRA spec, strategy state
+//       state.json                     round, strategy, model layout, LoRA spec, strategy state,
+//                                      the privacy ledger (rounds released under DP)
 //       metrics.json                   the round's metrics.jsonl record
 //       manifest.json                  SHA-256 of every file above; verified on load
 //   pending/<round:06d>/<client>.safetensors   accepted uploads of the open round
 //   incoming/<client>.<transfer>.part  chunked uploads still arriving (removed when they complete,
 //                                      fail or their client leaves; cleared at every start)
 //   metrics.jsonl                      one JSON object per committed round
+//   privacy_ledger.json                the DP ledger, rounds released but not yet committed
+//                                      included (a candidate reaches evaluators before its commit)
 //
 // A checkpoint is staged in checkpoints/.staging-<round>, fsynced and renamed into place, so a
 // crash leaves either the old or the new round. Uploads are persisted (atomically) before their
@@ -53,6 +56,8 @@ struct Checkpoint {
   wire::LoraSpec lora;
   GlobalState state;
   std::string metrics_json;  // One line, without newline; empty if the round has no record.
+  // The differential-privacy ledger (privacy_ledger.h) as of this round; empty without privacy.
+  std::string privacy_json;
 };
 
 class CheckpointStore {
@@ -108,6 +113,11 @@ class CheckpointStore {
   Status AppendMetrics(std::uint64_t round, const std::string& json_line);
   // Rounds recorded in metrics.jsonl, in file order.
   Result<std::vector<std::uint64_t>> MetricsRounds() const;
+
+  // The differential-privacy ledger, written (atomically, synced) whenever a round is released,
+  // and what was last written (nullopt when never).
+  Status PersistPrivacyLedger(const std::string& json);
+  Result<std::optional<std::string>> LoadPrivacyLedger() const;
 
   const std::string& dir() const { return dir_; }
   std::string CheckpointDir(std::uint64_t round) const;

@@ -238,6 +238,34 @@ Status CheckSecureAggregation(const CoordinatorConfig& c) {
   return OkStatus();
 }
 
+// The privacy section against the rest of the configuration, naming the key at fault.
+Status CheckPrivacy(const CoordinatorConfig& c) {
+  const PrivacyConfig& dp = c.privacy;
+  if (!(dp.clip > 0) || !std::isfinite(dp.clip)) {
+    return InvalidArgument("privacy.clip must be > 0: the L2 bound on each client's change");
+  }
+  if (!(dp.noise_multiplier >= 0) || !std::isfinite(dp.noise_multiplier)) {
+    return InvalidArgument("privacy.noise_multiplier must be >= 0 (0: solved from the budget)");
+  }
+  if (!(dp.target_epsilon >= 0) || !std::isfinite(dp.target_epsilon)) {
+    return InvalidArgument("privacy.target_epsilon must be >= 0 (0: no budget)");
+  }
+  if (dp.noise_multiplier == 0 && dp.target_epsilon == 0) {
+    return InvalidArgument("privacy needs privacy.noise_multiplier or privacy.target_epsilon ",
+                           "(or both): with neither, nothing bounds what a round releases");
+  }
+  if (!(dp.delta > 0 && dp.delta < 1)) return InvalidArgument("privacy.delta must be in (0, 1)");
+  if (!(dp.sample_rate > 0 && dp.sample_rate <= 1)) {
+    return InvalidArgument("privacy.sample_rate must be in (0, 1]");
+  }
+  if (c.secure_aggregation.enabled) {
+    return InvalidArgument("privacy with secure_aggregation needs the noise added by the clients ",
+                           "(distributed DP), which fedlora does not do yet; the coordinator's ",
+                           "central noise needs plain uploads");
+  }
+  return OkStatus();
+}
+
 }  // namespace
 
 Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
@@ -315,6 +343,15 @@ Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
   FEDLORA_RETURN_IF_ERROR(secure.Read("degree", &sa.degree));
   FEDLORA_RETURN_IF_ERROR(secure.Read("stage_timeout_ms", &sa.stage_timeout_ms));
   FEDLORA_RETURN_IF_ERROR(secure.Finish());
+  const ConfigSection private_section = root.Section("privacy");
+  PrivacyConfig& dp = c->privacy;
+  FEDLORA_RETURN_IF_ERROR(private_section.Read("enabled", &dp.enabled));
+  FEDLORA_RETURN_IF_ERROR(private_section.Read("clip", &dp.clip));
+  FEDLORA_RETURN_IF_ERROR(private_section.Read("noise_multiplier", &dp.noise_multiplier));
+  FEDLORA_RETURN_IF_ERROR(private_section.Read("target_epsilon", &dp.target_epsilon));
+  FEDLORA_RETURN_IF_ERROR(private_section.Read("delta", &dp.delta));
+  FEDLORA_RETURN_IF_ERROR(private_section.Read("sample_rate", &dp.sample_rate));
+  FEDLORA_RETURN_IF_ERROR(private_section.Finish());
   // Read before the strategy section, whose validation checks that the rule composes with it.
   FEDLORA_RETURN_IF_ERROR(ParseStrategyConfig(root.Section("strategy"), &c->strategy));
 
@@ -378,6 +415,7 @@ Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
     return InvalidArgument("round.timeout_ms and eval.timeout_ms must be >= 1");
   }
   if (sa.enabled) FEDLORA_RETURN_IF_ERROR(CheckSecureAggregation(*c));
+  if (dp.enabled) FEDLORA_RETURN_IF_ERROR(CheckPrivacy(*c));
   c->train.seed = c->seed;
   return OkStatus();
 }

@@ -97,6 +97,21 @@ struct SecureAggregationConfig {
   std::uint32_t MaxClients(std::uint32_t configured_max) const;
 };
 
+// Client-level differential privacy, DP-FedAvg with a central (trusted-coordinator) Gaussian
+// (docs/privacy.md). Each round samples every live client with probability sample_rate
+// (Poisson), each client clips its upload's change to L2 norm `clip`, and the coordinator adds
+// N(0, (noise_multiplier x clip)^2) to the sum of the changes before the strategy sees their
+// mean over sample_rate x live clients. An RDP accountant (common/privacy) tracks (epsilon,
+// delta); the run stops before a round that would take epsilon past target_epsilon.
+struct PrivacyConfig {
+  bool enabled = false;
+  double clip = 0;              // C; required (> 0) when enabled.
+  double noise_multiplier = 0;  // sigma; 0: the smallest that fits target_epsilon in `rounds`.
+  double target_epsilon = 0;    // The budget; 0: none (then noise_multiplier is required).
+  double delta = 1e-5;
+  double sample_rate = 1.0;  // q: each live client's chance to be in a round.
+};
+
 struct CoordinatorConfig {
   std::string state_dir = "state";   // Checkpoints, pending uploads and metrics.jsonl.
   std::uint32_t rounds = 10;
@@ -113,6 +128,7 @@ struct CoordinatorConfig {
   StrategyConfig strategy;
   RobustConfig robust;
   SecureAggregationConfig secure_aggregation;
+  PrivacyConfig privacy;
   ExportConfig export_config;        // The `export` section.
   wire::LoraSpec lora{.rank = 8, .alpha = 16.0, .dropout = 0.0, .rslora = false,
                       .targets = {"q_proj", "v_proj"}};

@@ -97,6 +97,7 @@ Status Coordinator::Impl::Start() {
     LogInfo("resuming from checkpoint of round ", latest->round, " in ", config_.state_dir,
             "; next round is ", latest->round + 1);
   }
+  FEDLORA_RETURN_IF_ERROR(StartPrivacy(latest));
 
   net::SocketOptions options;
   options.max_frame_bytes = static_cast<std::int64_t>(config_.transport.max_message_bytes);
@@ -397,6 +398,7 @@ void Coordinator::Impl::HandleMessage(const net::Message& message) {
     } else {
       LogWarn(who, " reports ", wire::ErrorCodeName(error->code), ": ", error->message);
     }
+    ++task_refusals_[std::string(wire::ErrorCodeName(error->code))];
     // The client's base is not what we believed: the next task rebuilds it from scratch.
     // So is a task whose chunks did not arrive whole (its base update was never applied).
     if (error->code == ErrorCode::kBaseVersionMismatch ||

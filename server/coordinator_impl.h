@@ -28,6 +28,9 @@
 #include "server/checkpoint_store.h"
 #include "server/client_registry.h"
 #include "server/coordinator.h"
+#include "server/privacy_ledger.h"
+#include "server/private_sum.h"
+#include "server/round_metrics.h"
 #include "server/round_state.h"
 #include "server/secagg_attempt.h"
 #include "server/transport_security.h"
@@ -42,7 +45,7 @@ class Coordinator::Impl {
         strategy_(std::move(strategy)),
         context_(context),
         clock_(clock),
-        round_(config_.round, std::chrono::milliseconds(config_.eval.timeout_ms)) {
+        round_(RoundRulesOf(config_), std::chrono::milliseconds(config_.eval.timeout_ms)) {
     limits_.max_message_bytes = config_.transport.max_message_bytes;
   }
   // Frees the endpoint before the socket closes: a coordinator restarted in the same process (an
@@ -133,6 +136,37 @@ class Coordinator::Impl {
   // A revoked client's input is in the secure sum: the sum is discarded and the round retried.
   void DiscardSecureSum(const std::string& revoked);
 
+  // ---- differential privacy (coordinator_privacy.cc) ----
+  bool PrivacyOn() const { return ledger_.has_value(); }
+  // A private round has no quorum: it aggregates what its Poisson sample sent by the deadline
+  // (re-selecting would change the sampling the accountant assumes).
+  static RoundConfig RoundRulesOf(const CoordinatorConfig& config) {
+    RoundConfig rules = config.round;
+    if (config.privacy.enabled) {
+      rules.quorum = 0;
+      rules.quorum_fraction = 0;
+    }
+    return rules;
+  }
+  // At start, once the checkpoint is loaded: checks that the strategy and the rest of the
+  // configuration allow DP, builds the ledger from what the state directory recorded, and
+  // refuses a run whose first round alone would exceed the budget.
+  Status StartPrivacy(const std::optional<Checkpoint>& latest);
+  // Whether round `round` may be released within the budget; if not, ends the run saying why.
+  bool PrivacyAllowsRound(std::uint64_t round);
+  // Samples round `round` (each live eligible client with probability q) and begins its
+  // private accumulator.
+  Result<std::unique_ptr<RoundAccumulator>> BeginPrivateRound(std::uint64_t round);
+  // A fresh private accumulator for the sampled round (also when it is rebuilt).
+  Result<std::unique_ptr<RoundAccumulator>> MakePrivateRoundAccumulator(std::uint64_t round);
+  // PRIVACY_MISMATCH when the upload's change is above the clip (its client did not clip).
+  Status CheckPrivateUpload(const ClientUpdate& update, const ClientTask& task) const;
+  // The round's aggregate exists and is about to leave the coordinator (evaluation tasks, the
+  // commit): it is spent. Persists the ledger first; false after a fatal error.
+  bool RecordPrivateRelease();
+  wire::PrivacyParams PrivacyParamsForTask() const;
+  std::optional<RoundPrivacy> PrivacyMetrics() const;
+
   // ---- timers and membership ----
   void OnTick();
   std::chrono::milliseconds NextWait() const;
@@ -173,10 +207,13 @@ class Coordinator::Impl {
   // The full task of `id` this round (with its tensors), derived again from the state and the
   // ClientInfo it was configured from: Configure is a pure function of them.
   Result<ClientTask> DeriveTask(const std::string& id) const;
+  // The round's accumulator: the strategy's, or the private one.
+  Result<std::unique_ptr<RoundAccumulator>> BeginAccumulator(std::uint64_t round);
   void StartEval(const std::vector<std::string>& clients);
   // The round's metrics line, checkpoint, metrics.jsonl append and PEFT export; -> kWaiting.
   void Commit();
-  void Finish();
+  // Ends the run: every client gets Bye with `why` (default: all rounds done).
+  void Finish(std::string why = {});
   void SendTask(const std::string& id);
   void SendEvalTask(const std::string& id);
   ClientInfo InfoOf(const ClientConnection& client) const;
@@ -216,6 +253,7 @@ class Coordinator::Impl {
   Clock::TimePoint caught_up_{};  // When the loop last read every queued message.
   // Counted since the previous commit, for its metrics line (RoundMetrics::refusals & co.).
   std::map<std::string, std::uint32_t, std::less<>> refusals_;
+  std::map<std::string, std::uint32_t, std::less<>> task_refusals_;  // Errors clients sent.
   std::uint32_t revoked_since_commit_ = 0;
   std::uint32_t dropped_since_commit_ = 0;
   std::uint64_t denied_at_commit_ = 0;
@@ -247,6 +285,18 @@ class Coordinator::Impl {
   std::optional<secagg::SecureSum> secure_sum_;
   bool secagg_settled_ = false;  // The ended attempt's outcome was applied to the round.
   std::map<std::string, std::pair<ClientUpdate, std::uint64_t>, std::less<>> secagg_inputs_;
+  // Differential privacy: the run's ledger (set when privacy.enabled), and the open round's
+  // Poisson sample and fold counts.
+  std::optional<PrivacyLedger> ledger_;
+  struct PrivateRound {
+    std::uint64_t round = 0;
+    std::vector<std::string> sampled;
+    std::uint32_t population = 0;
+    double denominator = 1;
+    double epsilon = 0;  // Spent once this round is released.
+  };
+  std::optional<PrivateRound> private_round_;
+  PrivateRoundTally private_tally_;
   std::uint64_t anonymous_sequence_ = 0;
   Clock::TimePoint last_wait_log_{};
   // After the last round: until then (wall time), a client still heard from is sent Bye again, in

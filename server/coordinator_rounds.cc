@@ -162,6 +162,7 @@ void Coordinator::Impl::Advance() {
     }
     return;
   }
+  if (PrivacyOn() && !PrivacyAllowsRound(next)) return;
   StartFit(next);
 }
 
@@ -199,10 +200,20 @@ void Coordinator::Impl::StartInit() {
   SendTask(chosen->id);
 }
 
+Result<std::unique_ptr<RoundAccumulator>> Coordinator::Impl::BeginAccumulator(std::uint64_t round) {
+  if (!PrivacyOn()) return strategy_->Begin(*state_, round);
+  if (private_round_ && private_round_->round == round) return MakePrivateRoundAccumulator(round);
+  return BeginPrivateRound(round);  // Samples the round first.
+}
+
 void Coordinator::Impl::StartFit(std::uint64_t round) {
   const Clock::TimePoint started = clock_.Now();
-  const std::uint32_t want = WantedClients(clients_.size());
-  Result<std::unique_ptr<RoundAccumulator>> accumulator = strategy_->Begin(*state_, round);
+  private_round_.reset();
+  Result<std::unique_ptr<RoundAccumulator>> accumulator = BeginAccumulator(round);
+  // A private round selects its Poisson sample, however many that is.
+  const std::uint32_t want = PrivacyOn()
+                                 ? static_cast<std::uint32_t>(private_round_->sampled.size())
+                                 : WantedClients(clients_.size());
   if (!accumulator.ok()) {
     Fatal(accumulator.status().WithContext(StrCat("starting round ", round)));
     return;
@@ -222,7 +233,13 @@ void Coordinator::Impl::StartAttempt() {
   }
   const std::size_t need = run.want > run.accepted.size() ? run.want - run.accepted.size() : 0;
   std::vector<std::string> chosen = Select(fresh, need, run.round, attempt);
-  if (chosen.size() < need) {  // Give clients that failed earlier in this round another chance.
+  if (PrivacyOn()) {  // Exactly the round's sample (a private round has one attempt).
+    chosen.clear();
+    for (const std::string& id : private_round_->sampled) {
+      if (!run.accepted.contains(id) && clients_.FindById(id) != nullptr) chosen.push_back(id);
+    }
+  } else if (chosen.size() <
+             need) {  // Give clients that failed earlier in this round another chance.
     std::vector<std::string> more =
         Select(retried, need - chosen.size(), run.round, attempt + 1000);
     chosen.insert(chosen.end(), more.begin(), more.end());
@@ -245,6 +262,12 @@ void Coordinator::Impl::StartAttempt() {
     }
     round_.AddTask(id, std::move(tasks->front()), std::move(info), NewTicket(attempt));
     SendTask(id);
+  }
+  if (PrivacyOn()) {
+    LogInfo("round ", run.round, "/", config_.rounds, ": private round, tasks sent to the ",
+            chosen.size(), " sampled client(s) of ", private_round_->population,
+            "; aggregating what they send by the deadline in ", config_.round.timeout_ms, " ms");
+    return;
   }
   LogInfo("round ", run.round, "/", config_.rounds, (attempt > 1 ? " (retry)" : ""),
           ": tasks sent to ", chosen.size(), " client(s); aggregating at ", Quorum(),
@@ -314,6 +337,7 @@ void Coordinator::Impl::SendTask(const std::string& id) {
   message.tensors = std::move(task.tensors);
   message.ticket = run.tickets.at(id);
   if (secagg_ && secagg_->active() && secagg_->IsMember(id)) message.secagg = secagg_->params();
+  if (PrivacyOn() && round_.phase() == RoundPhase::kFit) message.privacy = PrivacyParamsForTask();
   message.base = state_->corrections.UpdateFor(client->base_version, &message.tensors);
   client->base_version = message.base.to_version;  // Tasks are applied in order.
   const std::uint64_t base_version = message.base.to_version;
@@ -369,6 +393,8 @@ void Coordinator::Impl::Aggregate() {
     return;
   }
   candidate.round = run.round;
+  // Spent before the aggregate reaches anyone (evaluators first).
+  if (PrivacyOn() && !RecordPrivateRelease()) return;
   round_.OnAggregated(std::move(candidate), std::move(report).value());
   for (const auto& [id, w] : run.report.weights) {
     if (w == 0) {  // A robust rule left this upload out (multi-Krum): never silently.
@@ -405,16 +431,23 @@ void Coordinator::Impl::Commit() {
     LogWarn(warning);
   }
   m.refusals = std::exchange(refusals_, {});
+  m.task_refusals = std::exchange(task_refusals_, {});
   m.clients_revoked = std::exchange(revoked_since_commit_, 0);
   m.uploads_dropped = std::exchange(dropped_since_commit_, 0);
   const std::uint64_t denied = security_->handshakes_denied();
   m.handshakes_denied = denied - std::exchange(denied_at_commit_, denied);
+  m.privacy = PrivacyMetrics();
   m.timestamp = UtcTimestamp();
   if (annotator_) m.simulation = annotator_(m);
   const std::string line = ToJsonLine(m);
 
-  Checkpoint checkpoint{round, std::string(strategy_->name()), *layout_, config_.lora,
-                        *run.candidate, line};
+  Checkpoint checkpoint{round,
+                        std::string(strategy_->name()),
+                        *layout_,
+                        config_.lora,
+                        *run.candidate,
+                        line,
+                        PrivacyOn() ? ledger_->ToJson() : std::string()};
   if (Status s = store_->Commit(checkpoint, config_.keep_checkpoints); !s.ok()) {
     Fatal(s.WithContext(StrCat("committing round ", round)));
     return;
@@ -436,10 +469,11 @@ void Coordinator::Impl::Commit() {
                         *state_, round);
 }
 
-void Coordinator::Impl::Finish() {
+void Coordinator::Impl::Finish(std::string why) {
+  const bool complete = why.empty();
+  if (complete) why = StrCat("training complete after ", config_.rounds, " rounds");
   for (auto& [id, client] : clients_.all()) {
-    if (Send(client, wire::Bye{StrCat("training complete after ", config_.rounds, " rounds")}) ==
-        0) {
+    if (Send(client, wire::Bye{why}) == 0) {
       LogWarn("could not send Bye to ", id, " (it will get one if it is heard from again)");
     }
   }
@@ -449,8 +483,8 @@ void Coordinator::Impl::Finish() {
                     (inproc ? milliseconds(0)
                             : std::min(milliseconds(2 * config_.transport.heartbeat_interval_ms),
                                        milliseconds(5000)));
-  LogInfo("all ", config_.rounds, " rounds committed; metrics in ", store_->MetricsPath(),
-          ", checkpoints in ", config_.state_dir, "/checkpoints");
+  LogInfo(complete ? StrCat("all ", config_.rounds, " rounds committed") : why, "; metrics in ",
+          store_->MetricsPath(), ", checkpoints in ", config_.state_dir, "/checkpoints");
   round_.Finish();
 }
 

@@ -98,6 +98,15 @@ void Coordinator::Impl::HandleUpdate(ClientConnection& client, std::uint64_t seq
     Fatal(full_task.status().WithContext(StrCat("deriving the task of client ", client.id)));
     return;
   }
+  // Differential privacy: the client clipped its change, or the upload is refused (never
+  // clipped here, which would hide a client that ignores the clip).
+  if (PrivacyOn()) {
+    if (Status s = CheckPrivateUpload(accepted, *full_task); !s.ok()) {
+      LogWarn("round ", round, ": refusing the upload of client ", client.id, ": ", s.message());
+      reject(s);
+      return;
+    }
+  }
   // Norm bounding: how far this upload moves the model is capped, whatever it claims.
   const double norm = UpdateNorm(accepted, *full_task);
   if (const double bound = config_.robust.norm_bound; bound > 0 && norm > bound) {
@@ -176,6 +185,20 @@ bool Coordinator::Impl::RestorePendingUploads() {
     Fatal(pending.status());
     return false;
   }
+  if (PrivacyOn() && !pending->empty()) {
+    // The round was sampled again: an upload of the earlier sample would give its client a
+    // second chance to be in the round, more than the accountant's rate q. Nothing of it was
+    // released.
+    LogInfo("round ", round, ": discarding ", pending->size(), " upload(s) persisted before the ",
+            "restart: a private round aggregates only its own Poisson sample");
+    for (const std::string& id : *pending) {
+      if (Status s = store_->DropPendingUpload(round, id); !s.ok()) {
+        Fatal(s);
+        return false;
+      }
+    }
+    return true;
+  }
   for (const std::string& id : *pending) {
     Result<PendingUpload> p = store_->LoadPendingUpload(round, id);
     if (!p.ok()) {
@@ -219,7 +242,7 @@ bool Coordinator::Impl::RestorePendingUploads() {
 
 bool Coordinator::Impl::RebuildAccumulator() {
   const RoundRun& run = round_.run();
-  Result<std::unique_ptr<RoundAccumulator>> fresh = strategy_->Begin(*state_, run.round);
+  Result<std::unique_ptr<RoundAccumulator>> fresh = BeginAccumulator(run.round);
   Status s = fresh.status();
   for (const auto& [id, counts] : run.accepted) {
     if (!s.ok()) break;

@@ -52,11 +52,30 @@ std::string ToJsonLine(const RoundMetrics& m) {
   j["base_version"] = m.base_version;
   j["refusals"] = nlohmann::ordered_json::object();
   for (const auto& [code, n] : m.refusals) j["refusals"][code] = n;
+  j["task_refusals"] = nlohmann::ordered_json::object();
+  for (const auto& [code, n] : m.task_refusals) j["task_refusals"][code] = n;
   j["clients_revoked"] = m.clients_revoked;
   j["uploads_dropped"] = m.uploads_dropped;
   j["handshakes_denied"] = m.handshakes_denied;
   j["strategy_metrics"] = nlohmann::ordered_json::object();
   for (const auto& [k, v] : m.strategy_metrics) j["strategy_metrics"][k] = v;
+  if (const std::optional<RoundPrivacy>& p = m.privacy) {
+    j["privacy"] = {
+        {"epsilon", p->epsilon},
+        {"delta", p->delta},
+        {"target_epsilon", p->target_epsilon},
+        {"noise_multiplier", p->noise_multiplier},
+        {"clip", p->clip},
+        {"sample_rate", p->sample_rate},
+        {"sampled", p->sampled},
+        {"population", p->population},
+        {"denominator", p->denominator},
+        {"clipped", p->clipped},
+        {"uploads", p->uploads},
+        {"clipped_fraction", p->uploads > 0 ? static_cast<double>(p->clipped) / p->uploads : 0.0}};
+  } else {
+    j["privacy"] = nullptr;
+  }
   j["timestamp"] = m.timestamp;
   if (!m.simulation.empty()) {
     j["simulation"] = nlohmann::ordered_json::object();

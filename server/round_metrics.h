@@ -16,6 +16,21 @@
 
 namespace fedlora::server {
 
+// A differentially private round (docs/privacy.md): what it spent and how.
+struct RoundPrivacy {
+  double epsilon = 0;            // Spent by the run's released rounds, this one included...
+  double delta = 0;              // ...at this delta...
+  double target_epsilon = 0;     // ...of this budget (0: none).
+  double noise_multiplier = 0;   // sigma.
+  double clip = 0;               // C.
+  double sample_rate = 0;        // q (Poisson).
+  std::uint32_t sampled = 0;     // Clients the round sampled...
+  std::uint32_t population = 0;  // ...of this many live, eligible clients.
+  double denominator = 0;        // The mean's fixed denominator: q x population (>= 1).
+  std::uint32_t clipped = 0;     // Uploads whose change was clipped to C (by their client)...
+  std::uint32_t uploads = 0;     // ...of this many aggregated.
+};
+
 struct RoundMetrics {
   std::uint64_t round = 0;
   std::string strategy;
@@ -64,10 +79,14 @@ struct RoundMetrics {
   // ("TASK_MISMATCH": 2); sessions closed because their key left authorized_clients; accepted
   // uploads taken out of aggregation for that reason; CURVE handshakes the ZAP handler refused.
   std::map<std::string, std::uint32_t, std::less<>> refusals;
+  // Since the previous commit: tasks clients refused, by the error they gave ("PRIVACY_MISMATCH":
+  // a client whose privacy policy the task does not meet).
+  std::map<std::string, std::uint32_t, std::less<>> task_refusals;
   std::uint32_t clients_revoked = 0;
   std::uint32_t uploads_dropped = 0;
   std::uint64_t handshakes_denied = 0;
   wire::Metrics strategy_metrics;
+  std::optional<RoundPrivacy> privacy;  // A "privacy" object; null without privacy.enabled.
   std::string timestamp;                // UTC, ISO 8601, at commit.
   // Written by whoever runs the coordinator in-process (fedlora-sim: virtual clock, fleet and
   // memory figures), as a "simulation" object after "timestamp"; absent when empty.

@@ -29,10 +29,23 @@ const std::vector<std::uint32_t>* SketchOf(const wire::AdapterPlan& plan, std::s
   return nullptr;
 }
 
-// `x` (row-major, `shape`) placed into the slot's full shape, as doubles.
-Result<std::vector<double>> Place(const wire::SecAggSlot& slot, const wire::AdapterPlan& plan,
-                                  const std::vector<std::int64_t>& shape,
-                                  const std::vector<double>& x) {
+double CountOf(const wire::SecAggParams& p, const wire::Update& update) {
+  switch (p.weighting) {
+    case wire::SecAggWeighting::kExamples:
+      return static_cast<double>(update.num_examples);
+    case wire::SecAggWeighting::kSamples:
+      return static_cast<double>(update.num_samples);
+    case wire::SecAggWeighting::kUniform:
+      return 1.0;
+  }
+  return 1.0;
+}
+
+}  // namespace
+
+Result<std::vector<double>> PlaceInSlot(const wire::SecAggSlot& slot, const wire::AdapterPlan& plan,
+                                        const std::vector<std::int64_t>& shape,
+                                        std::span<const double> x) {
   const std::int64_t full = NumElements(slot.shape).value();
   std::vector<double> out(static_cast<std::size_t>(full), 0.0);
   if (shape == slot.shape && SketchOf(plan, slot.name) == nullptr) {
@@ -73,20 +86,6 @@ Result<std::vector<double>> Place(const wire::SecAggSlot& slot, const wire::Adap
   }
   return out;
 }
-
-double CountOf(const wire::SecAggParams& p, const wire::Update& update) {
-  switch (p.weighting) {
-    case wire::SecAggWeighting::kExamples:
-      return static_cast<double>(update.num_examples);
-    case wire::SecAggWeighting::kSamples:
-      return static_cast<double>(update.num_samples);
-    case wire::SecAggWeighting::kUniform:
-      return 1.0;
-  }
-  return 1.0;
-}
-
-}  // namespace
 
 Result<std::uint64_t> SecureVectorLength(const wire::SecAggParams& params) {
   if (params.layout.empty()) return InvalidArgument("secure aggregation: the layout is empty");
@@ -144,7 +143,7 @@ Result<SecureInput> MakeSecureInput(const wire::SecAggParams& params, const wire
         const std::vector<double> s = ToDoubles(ref->second);
         for (std::size_t i = 0; i < x.size(); ++i) x[i] = s[i] - x[i];
       }
-      FEDLORA_ASSIGN_OR_RETURN(placed, Place(slot, plan, it->second.shape, x));
+      FEDLORA_ASSIGN_OR_RETURN(placed, PlaceInSlot(slot, plan, it->second.shape, x));
       for (double& v : placed) v *= w;
       slot_weight = w;
     }

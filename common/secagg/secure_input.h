@@ -33,6 +33,13 @@ Result<std::uint64_t> SecureVectorLength(const wire::SecAggParams& params);
 // The name of the one tensor a masked Update carries (u32, shape [SecureVectorLength]).
 inline constexpr std::string_view kMaskedTensorName = "secagg.masked";
 
+// `x` (an upload of `shape`, row-major) placed into `slot`'s full shape as MakeSecureInput places
+// it: as it is, zero-padded at the top-left (a pruned rank), or scattered to the plan's sketch
+// indices. kInvalidArgument naming the tensor when it does not fit.
+Result<std::vector<double>> PlaceInSlot(const wire::SecAggSlot& slot, const wire::AdapterPlan& plan,
+                                        const std::vector<std::int64_t>& shape,
+                                        std::span<const double> x);
+
 struct SecureInput {
   std::vector<std::uint32_t> words;
   std::uint64_t clipped = 0;  // Values (and the weight) that hit the clipping range.

@@ -257,6 +257,15 @@ struct BodyEncoder {
     EncodeTicket(m.ticket, b.initTicket());
     Tensors(m.tensors, b.initTensors(Count(m.tensors)));
     if (m.secagg) EncodeSecAggParams(*m.secagg, b.initSecAgg());
+    if (m.privacy) {
+      auto p = b.initPrivacy();
+      p.setClip(m.privacy->clip);
+      p.setNoiseMultiplier(m.privacy->noise_multiplier);
+      p.setSampleRate(m.privacy->sample_rate);
+      p.setDelta(m.privacy->delta);
+      p.setEpsilonSpent(m.privacy->epsilon_spent);
+      p.setTargetEpsilon(m.privacy->target_epsilon);
+    }
   }
   void operator()(const Update& m) {
     auto b = env.initUpdate();

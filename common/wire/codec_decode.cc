@@ -4,6 +4,7 @@
 #include <capnp/serialize.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <set>
@@ -283,6 +284,25 @@ Result<SecAggParams> DecodeSecAggParams(proto::SecAggParams::Reader r) {
   return p;
 }
 
+// A clip and noise a client can act on: finite, clip > 0, sigma >= 0, q in (0, 1].
+Result<PrivacyParams> DecodePrivacyParams(proto::PrivacyParams::Reader r) {
+  PrivacyParams p{r.getClip(),  r.getNoiseMultiplier(), r.getSampleRate(),
+                  r.getDelta(), r.getEpsilonSpent(),    r.getTargetEpsilon()};
+  const auto bad = [](std::string_view what, double v) {
+    return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
+                       StrCat("privacy.", what, ": ", v, " is out of range"));
+  };
+  if (!(p.clip > 0) || !std::isfinite(p.clip)) return bad("clip", p.clip);
+  if (!(p.noise_multiplier >= 0) || !std::isfinite(p.noise_multiplier)) {
+    return bad("noiseMultiplier", p.noise_multiplier);
+  }
+  if (!(p.sample_rate > 0 && p.sample_rate <= 1)) return bad("sampleRate", p.sample_rate);
+  if (!(p.delta >= 0 && p.delta < 1)) return bad("delta", p.delta);
+  if (!(p.epsilon_spent >= 0)) return bad("epsilonSpent", p.epsilon_spent);
+  if (!(p.target_epsilon >= 0)) return bad("targetEpsilon", p.target_epsilon);
+  return p;
+}
+
 Result<SecAgg> DecodeSecAgg(proto::SecAgg::Reader r) {
   SecAgg m;
   m.round = r.getRound();
@@ -388,6 +408,9 @@ Result<Body> DecodeBody(proto::Envelope::Reader env, const TensorSink& sink) {
       FEDLORA_ASSIGN_OR_RETURN(m.ticket, DecodeTicket(r.getTicket()));
       if (r.hasSecAgg()) {
         FEDLORA_ASSIGN_OR_RETURN(m.secagg, DecodeSecAggParams(r.getSecAgg()));
+      }
+      if (r.hasPrivacy()) {
+        FEDLORA_ASSIGN_OR_RETURN(m.privacy, DecodePrivacyParams(r.getPrivacy()));
       }
       return Body(std::move(m));
     }

@@ -70,6 +70,8 @@ std::string_view ErrorCodeName(ErrorCode code) {
       return "CHUNK_MISMATCH";
     case ErrorCode::kSecAggMismatch:
       return "SECAGG_MISMATCH";
+    case ErrorCode::kPrivacyMismatch:
+      return "PRIVACY_MISMATCH";
   }
   return "UNKNOWN";
 }

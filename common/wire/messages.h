@@ -24,7 +24,7 @@ namespace fedlora::wire {
 // answered with kVersionMismatch and not served. Version 2: results carry their task's ticket.
 // Version 3: chunked transfer (ChunkedHead, Chunk, CHUNK_MISMATCH). Version 4: secure
 // aggregation (RoundTask.secagg, SecAgg, u32 tensors, SECAGG_MISMATCH).
-inline constexpr std::uint16_t kProtocolVersion = 4;
+inline constexpr std::uint16_t kProtocolVersion = 5;
 
 // Protocol error codes, mirrored one-to-one by proto/fedlora.capnp's ErrorCode enum. Each
 // malformed-input case has its own code so a peer (and a test) can tell exactly what was wrong.
@@ -56,9 +56,10 @@ enum class ErrorCode : std::uint16_t {
   kTaskMismatch = 24,   // A result's round, attempt or task nonce is not its task's.
   kUpdateNormExceeded = 25,  // The upload moves the model further than robust.norm_bound.
   kChunkMismatch = 26,       // A chunk out of order, missing or misfit: resend the message.
-  kSecAggMismatch = 27,  // A secure-aggregation message out of stage, misfit, or naming strangers.
+  kSecAggMismatch = 27,   // A secure-aggregation message out of stage, misfit, or naming strangers.
+  kPrivacyMismatch = 28,  // A task or upload short of the differential privacy one side requires.
 };
-inline constexpr ErrorCode kLastErrorCode = ErrorCode::kSecAggMismatch;
+inline constexpr ErrorCode kLastErrorCode = ErrorCode::kPrivacyMismatch;
 std::string_view ErrorCodeName(ErrorCode code);  // "DIGEST_MISMATCH"
 
 // Client names travel in Hello, become file names in the state directory and keys of the
@@ -244,6 +245,19 @@ struct SecAggParams {
   friend bool operator==(const SecAggParams&, const SecAggParams&) = default;
 };
 
+// In a RoundTask: the round is differentially private (docs/privacy.md). The client clips the
+// change of its upload to L2 norm `clip` before it leaves; the coordinator adds Gaussian noise of
+// standard deviation noise_multiplier x clip to the sum of the changes. Absent: no DP.
+struct PrivacyParams {
+  double clip = 0;              // C: the bound on each upload's change (L2, all tensors).
+  double noise_multiplier = 0;  // sigma: the sum's noise is N(0, (sigma C)^2) per element.
+  double sample_rate = 1;       // q: each client's chance to be in a round (Poisson).
+  double delta = 0;             // The run's delta...
+  double epsilon_spent = 0;     // ...and the epsilon its released rounds have spent so far...
+  double target_epsilon = 0;    // ...of this budget (0: none).
+  friend bool operator==(const PrivacyParams&, const PrivacyParams&) = default;
+};
+
 struct RoundTask {
   std::uint64_t round = 0;
   std::uint64_t deadline_ms = 0;  // Milliseconds the client has, from receipt, to upload.
@@ -254,6 +268,7 @@ struct RoundTask {
   TensorMap tensors;  // Adapter tensors to start from, and correction tensors.
   TaskTicket ticket;  // To be echoed in the Update.
   std::optional<SecAggParams> secagg;  // Set: upload a masked vector (SecAgg stages).
+  std::optional<PrivacyParams> privacy;  // Set: clip the upload's change (see PrivacyParams).
   friend bool operator==(const RoundTask&, const RoundTask&) = default;
 };
 

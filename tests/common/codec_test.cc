@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -148,6 +149,30 @@ TEST(CodecTest, AShareOfTheWrongLengthIsASecAggMismatchNamingIt) {
   EXPECT_NE(out.status().message().find("revealed share of member 1 has 32 bytes"),
             std::string::npos)
       << out.status().message();
+}
+
+TEST(CodecTest, ATasksPrivacyRoundTripsAndParametersAClientCannotUseAreRefused) {
+  RoundTask task;
+  task.round = 3;
+  task.privacy = PrivacyParams{0.25, 1.1, 0.05, 1e-5, 2.5, 8};
+  const Envelope in{kProtocolVersion, 77, 5, task};
+  Result<Envelope> out = Decode(Encode(in).frames(), {});
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(*out, in);
+  EXPECT_FALSE(
+      std::get<RoundTask>(
+          Decode(Encode(Envelope{kProtocolVersion, 77, 5, RoundTask{}}).frames(), {})->body)
+          .privacy.has_value());
+  for (const PrivacyParams& bad :
+       {PrivacyParams{0, 1, 1, 0, 0, 0}, PrivacyParams{-1, 1, 1, 0, 0, 0},
+        PrivacyParams{1, -1, 1, 0, 0, 0}, PrivacyParams{1, 1, 0, 0, 0, 0},
+        PrivacyParams{1, std::nan(""), 1, 0, 0, 0}}) {
+    task.privacy = bad;
+    Result<Envelope> refused = Decode(Encode(Envelope{kProtocolVersion, 77, 5, task}).frames(), {});
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(DecodeErrorCode(refused.status()), ErrorCode::kInvalidField);
+    EXPECT_NE(refused.status().message().find("privacy."), std::string::npos);
+  }
 }
 
 TEST(CodecTest, TensorsTravelAsTheirOwnFramesInNameOrder) {

@@ -170,5 +170,38 @@ TEST(SecureAggregationConfigTest, SelectionIsCappedAtWhatTheModulusHolds) {
   EXPECT_EQ(sa.MaxClients(10000), 4096u);
 }
 
+TEST(CoordinatorConfigTest, PrivacySectionIsReadAndCheckedAgainstTheRest) {
+  const Result<CoordinatorConfig> c = Parse(
+      "privacy: {enabled: true, clip: 0.5, target_epsilon: 4, delta: 1.0e-6, sample_rate: 0.1}\n");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_TRUE(c->privacy.enabled);
+  EXPECT_EQ(c->privacy.clip, 0.5);
+  EXPECT_EQ(c->privacy.noise_multiplier, 0);  // Solved at start from the budget.
+  EXPECT_EQ(c->privacy.target_epsilon, 4);
+  EXPECT_EQ(c->privacy.delta, 1e-6);
+  EXPECT_EQ(c->privacy.sample_rate, 0.1);
+  EXPECT_FALSE(Parse("").value().privacy.enabled);
+  const auto message = [](std::string_view yaml) { return Parse(yaml).status().message(); };
+  EXPECT_NE(message("privacy: {enabled: true, noise_multiplier: 1}").find("privacy.clip"),
+            std::string::npos);
+  EXPECT_NE(message("privacy: {enabled: true, clip: 1}")
+                .find("privacy.noise_multiplier or "
+                      "privacy.target_epsilon"),
+            std::string::npos);
+  EXPECT_NE(message("privacy: {enabled: true, clip: 1, noise_multiplier: 1, delta: 0}")
+                .find("privacy.delta"),
+            std::string::npos);
+  EXPECT_NE(message("privacy: {enabled: true, clip: 1, noise_multiplier: 1, sample_rate: 1.5}")
+                .find("privacy.sample_rate"),
+            std::string::npos);
+  EXPECT_NE(message("privacy: {enabled: true, clip: 1, noise_multiplier: 1}\n"
+                    "round: {min_clients: 3, quorum: 2}\nsecure_aggregation: {enabled: true}\n")
+                .find("distributed DP"),
+            std::string::npos);
+  EXPECT_NE(message("privacy: {enabled: true, clip: 1, noise_multiplier: 1, epsilon: 3}")
+                .find("privacy.epsilon"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace fedlora::server

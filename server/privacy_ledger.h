@@ -1,0 +1,64 @@
+// privacy_ledger.h — what a differentially private run has spent, and may still spend
+// (docs/privacy.md).
+//
+// Each released round is one step of the Poisson-subsampled Gaussian mechanism (sample rate q,
+// noise multiplier sigma) for the RDP accountant (common/privacy/rdp_accountant.h). The ledger
+// remembers those steps as (q, sigma, rounds) runs, so a checkpoint restores the exact spend even
+// when a restart changes the configuration, and answers before each round whether releasing it
+// stays within the budget. Torch-free; a value owned by the coordinator's loop thread.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/privacy/rdp_accountant.h"
+#include "common/status.h"
+#include "server/config.h"
+
+namespace fedlora::server {
+
+class PrivacyLedger {
+ public:
+  // The ledger of a run with `config` (enabled) planned for `rounds` rounds: sigma is the
+  // configured one or, when 0, the smallest that fits target_epsilon in `rounds` rounds.
+  // kFailedPrecondition naming the keys when the budget cannot hold even one round.
+  static Result<PrivacyLedger> Create(const PrivacyConfig& config, std::uint32_t rounds);
+
+  // Takes over what a checkpoint recorded (ToJson). kDataLoss naming `what` when it is damaged.
+  Status Restore(const std::string& json, std::string_view what);
+  // The rounds released so far, as JSON for the checkpoint.
+  std::string ToJson() const;
+
+  double clip() const { return config_.clip; }
+  double noise_multiplier() const { return sigma_; }
+  double sample_rate() const { return config_.sample_rate; }
+  double delta() const { return config_.delta; }
+  double target_epsilon() const { return config_.target_epsilon; }
+  bool sigma_solved() const { return sigma_solved_; }
+  std::uint64_t rounds_released() const;
+
+  // ε (at delta) of the rounds released so far; 0 before the first.
+  double EpsilonSpent() const;
+  // ε if one more round were released.
+  double EpsilonAfterNextRound() const;
+  // Whether one more round stays within target_epsilon (always, without a budget).
+  bool NextRoundFits() const;
+  // Records one released round.
+  void RecordRound();
+
+ private:
+  struct Run {
+    double q = 0;
+    double sigma = 0;
+    std::uint64_t rounds = 0;
+  };
+  double EpsilonOf(const std::vector<Run>& runs) const;
+
+  PrivacyConfig config_;
+  double sigma_ = 0;
+  bool sigma_solved_ = false;
+  std::vector<Run> runs_;
+};
+
+}  // namespace fedlora::server
