@@ -59,6 +59,10 @@ void ClientSession::Impl::JobLoop() {
 void ClientSession::Impl::ClipForPrivacy(const wire::RoundTask& task, wire::Update& update) {
   const privacy::ClipOutcome clip =
       privacy::ClipChange(update.tensors, task.tensors, task.privacy->clip);
+  // Adaptive clipping: one bit per client, which the coordinator sums under noise.
+  if (task.privacy->adaptive_clip) {
+    update.metrics[std::string(wire::kWithinClipMetric)] = clip.clipped ? 0.0 : 1.0;
+  }
   // The norm itself stays here: it is a fact about this client's data.
   LogDebug("round ", task.round, ": the update's change has L2 norm ", clip.norm,
            clip.clipped ? StrCat("; clipped to ", task.privacy->clip) : std::string());

@@ -244,6 +244,7 @@ struct PrivacyParams {
   delta @3 :Float64;
   epsilonSpent @4 :Float64;
   targetEpsilon @5 :Float64;
+  adaptiveClip @6 :Bool;        # Report metric dp_within_clip: 1 if the change was within clip.
 }
 
 # Client -> coordinator: the trained adapter. Acknowledged only once persisted.

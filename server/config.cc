@@ -99,6 +99,9 @@ Status ParseStrategyConfig(const ConfigSection& s, StrategyConfig* c) {
   FEDLORA_RETURN_IF_ERROR(het.Read("min_rank", &c->hetlora.min_rank));
   FEDLORA_RETURN_IF_ERROR(het.Finish());
 
+  const ConfigSection svd = s.Section("fedsvd");
+  FEDLORA_RETURN_IF_ERROR(svd.Read("period", &c->fedsvd.period));
+  FEDLORA_RETURN_IF_ERROR(svd.Finish());
   const ConfigSection fs = s.Section("fslora");
   FEDLORA_RETURN_IF_ERROR(fs.Read("sketch_ratio", &c->fslora.sketch_ratio));
   FEDLORA_RETURN_IF_ERROR(fs.Read("server_optimizer", &c->fslora.server_optimizer));
@@ -258,6 +261,19 @@ Status CheckPrivacy(const CoordinatorConfig& c) {
   if (!(dp.sample_rate > 0 && dp.sample_rate <= 1)) {
     return InvalidArgument("privacy.sample_rate must be in (0, 1]");
   }
+  if (!(dp.target_quantile >= 0 && dp.target_quantile < 1)) {
+    return InvalidArgument("privacy.target_quantile must be in [0, 1) (0: a fixed clip)");
+  }
+  if (dp.target_quantile > 0) {
+    if (!(dp.clip_learning_rate > 0) || !std::isfinite(dp.clip_learning_rate)) {
+      return InvalidArgument("privacy.clip_learning_rate must be > 0 with adaptive clipping");
+    }
+    if (!(dp.count_noise_multiplier > 0) || !std::isfinite(dp.count_noise_multiplier)) {
+      return InvalidArgument("privacy.count_noise_multiplier must be > 0 with adaptive clipping ",
+                             "(privacy.target_quantile): the count of clients within the clip ",
+                             "is released too");
+    }
+  }
   if (c.secure_aggregation.enabled) {
     return InvalidArgument("privacy with secure_aggregation needs the noise added by the clients ",
                            "(distributed DP), which fedlora does not do yet; the coordinator's ",
@@ -351,6 +367,10 @@ Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
   FEDLORA_RETURN_IF_ERROR(private_section.Read("target_epsilon", &dp.target_epsilon));
   FEDLORA_RETURN_IF_ERROR(private_section.Read("delta", &dp.delta));
   FEDLORA_RETURN_IF_ERROR(private_section.Read("sample_rate", &dp.sample_rate));
+  FEDLORA_RETURN_IF_ERROR(private_section.Read("target_quantile", &dp.target_quantile));
+  FEDLORA_RETURN_IF_ERROR(private_section.Read("clip_learning_rate", &dp.clip_learning_rate));
+  FEDLORA_RETURN_IF_ERROR(
+      private_section.Read("count_noise_multiplier", &dp.count_noise_multiplier));
   FEDLORA_RETURN_IF_ERROR(private_section.Finish());
   // Read before the strategy section, whose validation checks that the rule composes with it.
   FEDLORA_RETURN_IF_ERROR(ParseStrategyConfig(root.Section("strategy"), &c->strategy));

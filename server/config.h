@@ -110,6 +110,15 @@ struct PrivacyConfig {
   double target_epsilon = 0;    // The budget; 0: none (then noise_multiplier is required).
   double delta = 1e-5;
   double sample_rate = 1.0;  // q: each live client's chance to be in a round.
+  // Adaptive clipping (Andrew et al. 2021): after each round C <- C exp(-eta (b - gamma)), b the
+  // noised share of the round's clients whose change was within C, so that C tracks the gamma
+  // quantile of the change norms. `clip` is then the first round's C.
+  double target_quantile = 0;       // gamma in (0, 1); 0: a fixed clip.
+  double clip_learning_rate = 0.2;  // eta.
+  // sigma_b: the count of clients within the clip gets N(0, sigma_b^2). The update's noise
+  // multiplier becomes (sigma^-2 - (2 sigma_b)^-2)^-1/2, so that both together spend what sigma
+  // alone would; needs 2 sigma_b > sigma.
+  double count_noise_multiplier = 0;
 };
 
 struct CoordinatorConfig {

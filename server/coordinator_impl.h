@@ -293,7 +293,10 @@ class Coordinator::Impl {
     std::vector<std::string> sampled;
     std::uint32_t population = 0;
     double denominator = 1;
-    double epsilon = 0;  // Spent once this round is released.
+    double clip = 0;                    // This round's C (the tasks carry it).
+    double epsilon = 0;                 // Spent once this round is released...
+    double clip_next = 0;               // ...and the next round's C.
+    std::optional<double> within_clip;  // Adaptive clipping: the noised share within C.
   };
   std::optional<PrivateRound> private_round_;
   PrivateRoundTally private_tally_;

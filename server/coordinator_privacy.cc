@@ -35,7 +35,8 @@ Status Coordinator::Impl::StartPrivacy(const std::optional<Checkpoint>& latest) 
         "privacy needs a strategy whose aggregate is a mean of the uploads' changes, and '",
         strategy_->name(), "' with this configuration is not one: fedex, flora and lorafair ",
         "need per-client products, hetlora's sparsity weighting per-client norms, and a ",
-        "robust.rule or strategy.max_weight_share every upload at once. These work: fedavg, ffa, ",
+        "robust.rule or strategy.max_weight_share every upload at once. These work: fedavg, ffa, "
+        "fedsvd, ",
         "fedsa, fslora, and hetlora with weighting examples, samples or uniform (robust.rule ",
         "mean, no max_weight_share)");
   }
@@ -63,14 +64,20 @@ Status Coordinator::Impl::StartPrivacy(const std::optional<Checkpoint>& latest) 
                  : config_.rounds;
   PrivacyLedger planned = *ledger_;
   for (std::uint64_t r = 0; r < remaining; ++r) planned.RecordRound();
-  LogInfo("differential privacy on (central Gaussian, DP-FedAvg): changes clipped to L2 ", dp.clip,
-          ", noise multiplier ", ledger_->noise_multiplier(),
+  LogInfo("differential privacy on (central Gaussian, DP-FedAvg): changes clipped to L2 ",
+          ledger_->clip(), ", noise multiplier ", ledger_->noise_multiplier(),
           ledger_->sigma_solved() ? " (solved from the budget)" : "", ", clients sampled with ",
           "probability ", dp.sample_rate, ", delta ", dp.delta, "; epsilon spent so far ",
           ledger_->EpsilonSpent(), " over ", ledger_->rounds_released(),
           " released round(s); after all ", config_.rounds, " rounds it would be ",
           planned.EpsilonSpent(),
           dp.target_epsilon > 0 ? StrCat(" (budget ", dp.target_epsilon, ")") : std::string());
+  if (ledger_->adaptive()) {
+    LogInfo("privacy: adaptive clipping toward the ", dp.target_quantile, " quantile of the ",
+            "change norms (learning rate ", dp.clip_learning_rate, "), next clip ", ledger_->clip(),
+            "; the count of clients within it gets noise multiplier ", dp.count_noise_multiplier,
+            ", the update ", ledger_->update_noise_multiplier());
+  }
   if (ledger_->rounds_released() == 0 && !ledger_->NextRoundFits()) {
     return FailedPrecondition(
         "privacy.target_epsilon ", dp.target_epsilon, " is below what one round spends (epsilon ",
@@ -106,6 +113,8 @@ Result<std::unique_ptr<RoundAccumulator>> Coordinator::Impl::BeginPrivateRound(
     std::uint64_t round) {
   PrivateRound sample;
   sample.round = round;
+  sample.clip = ledger_->clip();
+  sample.clip_next = sample.clip;
   const double q = ledger_->sample_rate();
   for (const std::string& id : clients_.Ids()) {
     if (!Eligible(*clients_.FindById(id))) continue;
@@ -135,9 +144,10 @@ Result<std::unique_ptr<RoundAccumulator>> Coordinator::Impl::MakePrivateRoundAcc
         {name, global != state_->adapter.end() ? global->second.shape : expected.spec.shape});
   }
   params.delta = strategy_->secure_spec()->delta;
-  params.clip = ledger_->clip();
-  params.noise_multiplier = ledger_->noise_multiplier();
+  params.clip = private_round_->clip;
+  params.noise_multiplier = ledger_->update_noise_multiplier();
   params.denominator = private_round_->denominator;
+  params.count_noise_stddev = ledger_->adaptive() ? ledger_->count_noise_multiplier() : 0.0;
   params.noise_seed = privacy::FreshNoiseSeed();
   private_tally_ = {};
   return MakePrivateAccumulator(*strategy_, round, std::move(params), &private_tally_);
@@ -145,13 +155,21 @@ Result<std::unique_ptr<RoundAccumulator>> Coordinator::Impl::MakePrivateRoundAcc
 
 Status Coordinator::Impl::CheckPrivateUpload(const ClientUpdate& update,
                                              const ClientTask& task) const {
+  const double clip = private_round_->clip;
   const double norm = UpdateNorm(update, task);
   // The client clips in its tensors' dtype so that this very norm is within the clip; the slack
   // only absorbs summation order.
-  if (norm > ledger_->clip() * (1 + 1e-9)) {
+  if (norm > clip * (1 + 1e-9)) {
     return Refusal(wire::ErrorCode::kPrivacyMismatch, "the upload's change has L2 norm ", norm,
-                   ", above the round's privacy clip ", ledger_->clip(),
+                   ", above the round's privacy clip ", clip,
                    ": a client must clip its change before it uploads");
+  }
+  if (ledger_->adaptive()) {
+    const auto bit = update.metrics.find(wire::kWithinClipMetric);
+    if (bit == update.metrics.end() || (bit->second != 0.0 && bit->second != 1.0)) {
+      return Refusal(wire::ErrorCode::kPrivacyMismatch, "adaptive clipping needs metric ",
+                     wire::kWithinClipMetric, " (1 or 0) with the upload");
+    }
   }
   return OkStatus();
 }
@@ -159,25 +177,35 @@ Status Coordinator::Impl::CheckPrivateUpload(const ClientUpdate& update,
 bool Coordinator::Impl::RecordPrivateRelease() {
   ledger_->RecordRound();
   private_round_->epsilon = ledger_->EpsilonSpent();
+  if (ledger_->adaptive()) {
+    private_round_->within_clip = private_tally_.noised_within / private_round_->denominator;
+    ledger_->AdaptClip(*private_round_->within_clip);
+    private_round_->clip_next = ledger_->clip();
+  }
   if (Status s = store_->PersistPrivacyLedger(ledger_->ToJson()); !s.ok()) {
     Fatal(s.WithContext("recording a released private round"));
     return false;
   }
-  LogInfo(
-      "round ", private_round_->round, ": private aggregate of ", private_tally_.folded,
-      " upload(s) from ", private_round_->sampled.size(), " sampled of ",
-      private_round_->population, " (", private_tally_.clipped, " clipped to ", ledger_->clip(),
-      ", noise ", ledger_->noise_multiplier() * ledger_->clip(), " on the sum, mean over ",
-      private_round_->denominator, "); epsilon spent ", private_round_->epsilon, " at delta ",
-      ledger_->delta(),
-      ledger_->target_epsilon() > 0 ? StrCat(" of ", ledger_->target_epsilon()) : std::string());
+  LogInfo("round ", private_round_->round, ": private aggregate of ", private_tally_.folded,
+          " upload(s) from ", private_round_->sampled.size(), " sampled of ",
+          private_round_->population, " (", private_tally_.clipped, " clipped to ",
+          private_round_->clip, ", noise ",
+          ledger_->update_noise_multiplier() * private_round_->clip, " on the sum, mean over ",
+          private_round_->denominator, "); epsilon spent ", private_round_->epsilon, " at delta ",
+          ledger_->delta(),
+          ledger_->target_epsilon() > 0 ? StrCat(" of ", ledger_->target_epsilon()) : std::string(),
+          private_round_->within_clip
+              ? StrCat("; noised share within the clip ", *private_round_->within_clip,
+                       ", next clip ", private_round_->clip_next)
+              : std::string());
   return true;
 }
 
 wire::PrivacyParams Coordinator::Impl::PrivacyParamsForTask() const {
-  return wire::PrivacyParams{ledger_->clip(),         ledger_->noise_multiplier(),
+  return wire::PrivacyParams{private_round_->clip,    ledger_->noise_multiplier(),
                              ledger_->sample_rate(),  ledger_->delta(),
-                             ledger_->EpsilonSpent(), ledger_->target_epsilon()};
+                             ledger_->EpsilonSpent(), ledger_->target_epsilon(),
+                             ledger_->adaptive()};
 }
 
 std::optional<RoundPrivacy> Coordinator::Impl::PrivacyMetrics() const {
@@ -189,7 +217,10 @@ std::optional<RoundPrivacy> Coordinator::Impl::PrivacyMetrics() const {
   p.delta = ledger_->delta();
   p.target_epsilon = ledger_->target_epsilon();
   p.noise_multiplier = ledger_->noise_multiplier();
-  p.clip = ledger_->clip();
+  p.update_noise_multiplier = ledger_->update_noise_multiplier();
+  p.clip = private_round_->clip;
+  p.clip_next = private_round_->clip_next;
+  p.within_clip = private_round_->within_clip;
   p.sample_rate = ledger_->sample_rate();
   p.sampled = static_cast<std::uint32_t>(private_round_->sampled.size());
   p.population = private_round_->population;

@@ -58,7 +58,8 @@ Status Coordinator::Impl::CheckSecureStrategy() const {
         "and '", strategy_->name(), "' with this configuration is not one: fedex, flora and ",
         "lorafair need per-client products, hetlora's sparsity weighting per-client norms, and ",
         "a robust.rule or strategy.max_weight_share every upload at once. These work: fedavg, ",
-        "ffa, fedsa, fedsb, fslora, and hetlora with weighting examples, samples or uniform ",
+        "ffa, fedsvd, fedsa, fedsb, fslora, and hetlora with weighting examples, samples or "
+        "uniform ",
         "(robust.rule mean, no max_weight_share)");
   }
   return OkStatus();

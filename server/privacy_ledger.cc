@@ -10,6 +10,7 @@ Result<PrivacyLedger> PrivacyLedger::Create(const PrivacyConfig& config, std::ui
   PrivacyLedger ledger;
   ledger.config_ = config;
   ledger.sigma_ = config.noise_multiplier;
+  ledger.clip_ = config.clip;
   if (ledger.sigma_ == 0) {
     Result<double> solved =
         privacy::NoiseForBudget(config.sample_rate, rounds, config.target_epsilon, config.delta);
@@ -21,7 +22,23 @@ Result<PrivacyLedger> PrivacyLedger::Create(const PrivacyConfig& config, std::ui
     ledger.sigma_ = *solved;
     ledger.sigma_solved_ = true;
   }
+  if (ledger.adaptive() && !(2 * config.count_noise_multiplier > ledger.sigma_)) {
+    return FailedPrecondition("privacy.count_noise_multiplier ", config.count_noise_multiplier,
+                              " must exceed half the noise multiplier ", ledger.sigma_,
+                              ": the count of clients within the clip would spend the whole ",
+                              "budget of a round");
+  }
   return ledger;
+}
+
+double PrivacyLedger::update_noise_multiplier() const {
+  if (!adaptive()) return sigma_;
+  const double count = 2 * config_.count_noise_multiplier;
+  return 1.0 / std::sqrt(1.0 / (sigma_ * sigma_) - 1.0 / (count * count));
+}
+
+void PrivacyLedger::AdaptClip(double within) {
+  clip_ *= std::exp(-config_.clip_learning_rate * (within - config_.target_quantile));
 }
 
 double PrivacyLedger::EpsilonOf(const std::vector<Run>& runs) const {
@@ -68,7 +85,8 @@ std::string PrivacyLedger::ToJson() const {
   for (const Run& r : runs_) {
     runs.push_back({{"sample_rate", r.q}, {"noise_multiplier", r.sigma}, {"rounds", r.rounds}});
   }
-  return nlohmann::json{{"released", std::move(runs)}, {"delta", config_.delta}}.dump();
+  return nlohmann::json{{"released", std::move(runs)}, {"delta", config_.delta}, {"clip", clip_}}
+      .dump();
 }
 
 Status PrivacyLedger::Restore(const std::string& json, std::string_view what) try {
@@ -83,7 +101,15 @@ Status PrivacyLedger::Restore(const std::string& json, std::string_view what) tr
     }
     runs.push_back(run);
   }
+  double clip = clip_;
+  if (adaptive() && doc.contains("clip")) {  // Adaptation goes on where it was.
+    clip = doc.at("clip").get<double>();
+    if (!(clip > 0) || !std::isfinite(clip)) {
+      return DataLoss(what, ": the adapted clip ", clip, " is out of range");
+    }
+  }
   runs_ = std::move(runs);
+  clip_ = clip;
   return OkStatus();
 } catch (const nlohmann::json::exception& e) {
   return DataLoss(what, ": the privacy ledger is damaged: ", e.what());

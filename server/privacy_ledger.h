@@ -22,7 +22,8 @@ class PrivacyLedger {
  public:
   // The ledger of a run with `config` (enabled) planned for `rounds` rounds: sigma is the
   // configured one or, when 0, the smallest that fits target_epsilon in `rounds` rounds.
-  // kFailedPrecondition naming the keys when the budget cannot hold even one round.
+  // kFailedPrecondition naming the keys when the budget cannot hold even one round, or when
+  // adaptive clipping's count noise leaves nothing for the update (2 sigma_b <= sigma).
   static Result<PrivacyLedger> Create(const PrivacyConfig& config, std::uint32_t rounds);
 
   // Takes over what a checkpoint recorded (ToJson). kDataLoss naming `what` when it is damaged.
@@ -30,8 +31,15 @@ class PrivacyLedger {
   // The rounds released so far, as JSON for the checkpoint.
   std::string ToJson() const;
 
-  double clip() const { return config_.clip; }
+  // The clip of the next round: privacy.clip, or where adaptive clipping has moved it.
+  double clip() const { return clip_; }
+  bool adaptive() const { return config_.target_quantile > 0; }
+  // sigma: what the accountant composes per round.
   double noise_multiplier() const { return sigma_; }
+  // The noise multiplier of the update itself: sigma, or with adaptive clipping
+  // (sigma^-2 - (2 sigma_b)^-2)^-1/2 (Andrew et al. 2021, Theorem 1).
+  double update_noise_multiplier() const;
+  double count_noise_multiplier() const { return config_.count_noise_multiplier; }
   double sample_rate() const { return config_.sample_rate; }
   double delta() const { return config_.delta; }
   double target_epsilon() const { return config_.target_epsilon; }
@@ -46,6 +54,9 @@ class PrivacyLedger {
   bool NextRoundFits() const;
   // Records one released round.
   void RecordRound();
+  // Adaptive clipping, after a released round whose noised share of clients within the clip was
+  // `within`: C <- C exp(-eta (within - gamma)).
+  void AdaptClip(double within);
 
  private:
   struct Run {
@@ -58,6 +69,7 @@ class PrivacyLedger {
   PrivacyConfig config_;
   double sigma_ = 0;
   bool sigma_solved_ = false;
+  double clip_ = 0;
   std::vector<Run> runs_;
 };
 

@@ -52,6 +52,10 @@ class PrivateAccumulator final : public RoundAccumulator {
       for (std::size_t i = 0; i < values.size(); ++i) sum[i] += values[i];
     }
     if (tally_ != nullptr) {
+      if (params_.count_noise_stddev > 0) {
+        const auto bit = update.metrics.find(wire::kWithinClipMetric);
+        tally_->within += bit != update.metrics.end() && bit->second == 1.0 ? 1 : 0;
+      }
       ++tally_->folded;
       if (norm >= params_.clip * (1 - 1e-4)) ++tally_->clipped;
     }
@@ -79,6 +83,12 @@ class PrivateAccumulator final : public RoundAccumulator {
       sum.weights[slot.name] = m;
     }
     sum.survivors = tally_ != nullptr ? tally_->folded : 0;
+    if (tally_ != nullptr && params_.count_noise_stddev > 0) {
+      std::vector<double> count{static_cast<double>(tally_->within)};
+      privacy::AddGaussianNoise(count, params_.count_noise_stddev,
+                                privacy::DeriveNoiseSeed(params_.noise_seed, "\n(count)"));
+      tally_->noised_within = count[0];
+    }
     return strategy_.FinishSecure(state, round_, sum);
   }
 

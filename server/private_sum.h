@@ -5,7 +5,9 @@
 // reverse for strategies that sum task-minus-trained deltas, FSLoRA) is clipped to L2 norm C as
 // one vector (again here, so the bound holds whatever reached the fold), placed into the
 // strategy's secure-aggregation slots (secagg::PlaceInSlot: full shapes, pruned ranks padded,
-// sketches scattered) and added to a running f64 sum D. At Finish every element of D gets
+// sketches scattered) and added to a running f64 sum D. With adaptive clipping each upload's
+// reported bit (within the clip before clipping) is counted, and the count noised at Finish. At
+// Finish every element of D gets
 // N(0, (sigma C)^2), and the strategy's FinishSecure receives, per slot, the weighted sum
 // m G + D (G the global tensor; D alone for delta strategies) with weight m, m the fixed
 // denominator: its mean is G + D / m. A client that was sampled but never uploaded counts as no
@@ -30,6 +32,9 @@ struct PrivateRoundParams {
   double clip = 0;                      // C.
   double noise_multiplier = 0;          // sigma: noise N(0, (sigma C)^2) per element of D.
   double denominator = 1;               // m > 0.
+  // Adaptive clipping: > 0 to count the uploads reporting wire::kWithinClipMetric = 1 and noise
+  // that count with N(0, count_noise_stddev^2) at Finish (PrivateRoundTally::noised_within).
+  double count_noise_stddev = 0;
   crypto::Seed noise_seed{};            // Fresh per round (privacy::FreshNoiseSeed).
 };
 
@@ -39,6 +44,8 @@ struct PrivateRoundTally {
   // Changes at the bound (within 1e-4 of C: clipped by their client) or above it (scaled down
   // here; the coordinator refuses those before the fold, so none in practice).
   std::uint64_t clipped = 0;
+  std::uint64_t within = 0;  // Adaptive clipping: uploads reporting a change within C...
+  double noised_within = 0;  // ...and that count with its noise, set by Finish.
 };
 
 // The accumulator of one DP round of `strategy` (which must have a secure_spec).

@@ -65,7 +65,11 @@ std::string ToJsonLine(const RoundMetrics& m) {
         {"delta", p->delta},
         {"target_epsilon", p->target_epsilon},
         {"noise_multiplier", p->noise_multiplier},
+        {"update_noise_multiplier", p->update_noise_multiplier},
         {"clip", p->clip},
+        {"clip_next", p->clip_next},
+        {"within_clip", p->within_clip ? nlohmann::ordered_json(*p->within_clip)
+                                       : nlohmann::ordered_json(nullptr)},
         {"sample_rate", p->sample_rate},
         {"sampled", p->sampled},
         {"population", p->population},

@@ -265,6 +265,7 @@ struct BodyEncoder {
       p.setDelta(m.privacy->delta);
       p.setEpsilonSpent(m.privacy->epsilon_spent);
       p.setTargetEpsilon(m.privacy->target_epsilon);
+      p.setAdaptiveClip(m.privacy->adaptive_clip);
     }
   }
   void operator()(const Update& m) {

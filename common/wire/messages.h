@@ -255,8 +255,13 @@ struct PrivacyParams {
   double delta = 0;             // The run's delta...
   double epsilon_spent = 0;     // ...and the epsilon its released rounds have spent so far...
   double target_epsilon = 0;    // ...of this budget (0: none).
+  // Adaptive clipping: the client reports whether its change was within `clip` before clipping,
+  // as metric kWithinClipMetric (1 or 0); the coordinator moves the clip toward a quantile.
+  bool adaptive_clip = false;
   friend bool operator==(const PrivacyParams&, const PrivacyParams&) = default;
 };
+
+inline constexpr std::string_view kWithinClipMetric = "dp_within_clip";
 
 struct RoundTask {
   std::uint64_t round = 0;

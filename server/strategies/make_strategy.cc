@@ -4,6 +4,7 @@
 #include "server/strategies/fedex.h"
 #include "server/strategies/fedsa.h"
 #include "server/strategies/fedsb.h"
+#include "server/strategies/fedsvd.h"
 #include "server/strategies/ffa.h"
 #include "server/strategies/flora.h"
 #include "server/strategies/fslora.h"
@@ -28,6 +29,8 @@ Result<std::unique_ptr<Strategy>> MakeStrategy(const StrategyConfig& config,
     s = std::make_unique<FedAvg>(base);
   } else if (config.name == "ffa") {
     s = std::make_unique<FfaLora>(base);
+  } else if (config.name == "fedsvd") {
+    s = std::make_unique<FedSvd>(base, config.fedsvd);
   } else if (config.name == "fedex") {
     s = std::make_unique<FedExLora>(base, config.corrections);
   } else if (config.name == "flora") {

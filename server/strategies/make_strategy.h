@@ -17,6 +17,7 @@
 #include "server/robust/aggregation_rule.h"
 #include "server/strategies/corrections.h"
 #include "server/strategies/fedsb.h"
+#include "server/strategies/fedsvd.h"
 #include "server/strategies/fslora.h"
 #include "server/strategies/hetlora.h"
 #include "server/strategies/lorafair.h"
@@ -41,6 +42,7 @@ struct StrategyConfig {
   HetLoraConfig hetlora;
   FsLoraConfig fslora;
   FedSbConfig fedsb;
+  FedSvdConfig fedsvd;
   CorrectionConfig corrections;
   RankPolicyConfig rank_policy;
 };
@@ -54,20 +56,22 @@ struct StrategyContext {
 };
 
 inline std::vector<std::string> StrategyNames() {
-  return {"fedavg", "ffa", "fedex", "flora", "fedsa", "fedsb", "lorafair", "hetlora", "fslora"};
+  return {"fedavg", "ffa",    "fedex",    "flora",   "fedsa",
+          "fedsb",  "fedsvd", "lorafair", "hetlora", "fslora"};
 }
 
 // OK when `strategy` can aggregate with `rule`: any strategy with the mean; the robust rules
 // only with the strategies whose aggregate is a weighted average of uploads.
 inline Status CheckRuleComposes(std::string_view strategy, std::string_view rule) {
   if (rule == "mean" || strategy == "fedavg" || strategy == "ffa" || strategy == "fedsa" ||
-      strategy == "fedsb") {
+      strategy == "fedsb" || strategy == "fedsvd") {
     return OkStatus();
   }
-  return InvalidArgument("robust.rule = ", rule, ": strategy '", strategy,
-                         "' does not aggregate a weighted average of uploads, so no robust rule "
-                         "applies (robust rules compose with fedavg, ffa, fedsa and fedsb; norm "
-                         "bounding, robust.norm_bound, works with every strategy)");
+  return InvalidArgument(
+      "robust.rule = ", rule, ": strategy '", strategy,
+      "' does not aggregate a weighted average of uploads, so no robust rule "
+      "applies (robust rules compose with fedavg, ffa, fedsa, fedsb and fedsvd; norm "
+      "bounding, robust.norm_bound, works with every strategy)");
 }
 
 // kInvalidArgument for an unknown name (listing the known ones) or bad settings, or a robust

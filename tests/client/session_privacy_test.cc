@@ -85,5 +85,20 @@ TEST_F(SessionPrivacyTest, AClientRefusesATaskWhoseClipIsAboveItsPolicy) {
   EXPECT_EQ(line["privacy"]["uploads"], 1);
 }
 
+// Adaptive clipping: the session reports whether the change was within the clip (FakeWorker's is
+// not), and the coordinator raises the next clip (sigma_b 0.06: the noised share is 0 +- 0.03).
+TEST_F(SessionPrivacyTest, WithAdaptiveClippingTheClientReportsWhetherItsChangeWasWithinTheClip) {
+  config_.privacy = {.enabled = true,
+                     .clip = 1.0,
+                     .noise_multiplier = 0.1,
+                     .target_quantile = 0.5,
+                     .count_noise_multiplier = 0.06};
+  RunAliceAndBob({});
+  const nlohmann::json p = nlohmann::json::parse(MetricsLines().at(1))["privacy"];
+  EXPECT_EQ(p["uploads"], 2);
+  EXPECT_NEAR(p["within_clip"].get<double>(), 0.0, 0.3);
+  EXPECT_GT(p["clip_next"].get<double>(), 1.0);
+}
+
 }  // namespace
 }  // namespace fedlora::client

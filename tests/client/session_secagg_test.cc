@@ -247,7 +247,7 @@ TEST_F(SecureSessionTest, AStrategyThatIsNotAWeightedSumIsRefusedAtStartSayingWh
   ASSERT_FALSE(started.ok());
   EXPECT_NE(started.message().find("secure_aggregation needs a strategy"), std::string::npos)
       << started.message();
-  EXPECT_NE(started.message().find("fedavg, ffa, fedsa, fedsb, fslora"), std::string::npos);
+  EXPECT_NE(started.message().find("fedavg, ffa, fedsvd, fedsa, fedsb, fslora"), std::string::npos);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // 512 MiB global adapter) comes down in chunks too.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -43,13 +44,17 @@ TEST_F(LargeUploadTest, AOneGibibyteUploadGoesThroughInChunksAndIsFolded) {
   config_.transport.max_message_bytes = 256 * kMiB;
   config_.transport.chunk_bytes = 8 * kMiB;
   config_.robust.norm_bound = 0;
+  config_.export_config.peft_every_round = false;  // Only after the round (512 MiB to write).
   ASSERT_TRUE(LaunchCoordinator(system_clock_).ok());
+  // Round 0's checkpoint (512 MiB, fsynced) comes before the task: on a loaded 2-core machine
+  // that alone has taken 11 s, so the waits below allow minutes, not the default 30 s.
+  constexpr std::chrono::seconds kSlow{300};
 
   TestPeer peer(context_, coordinator_->endpoint());
   peer.Join(MakeHello("big", kDigest, modules));
   wire::Update update;
   {
-    const wire::RoundTask task = peer.Expect<wire::RoundTask>();
+    const wire::RoundTask task = peer.Expect<wire::RoundTask>(kSlow);
     EXPECT_EQ(peer.chunked_received(), 1);
     EXPECT_EQ(PayloadBytes(task.tensors), 512 * kMiB);
     update.round = task.round;
@@ -67,8 +72,8 @@ TEST_F(LargeUploadTest, AOneGibibyteUploadGoesThroughInChunksAndIsFolded) {
   }
   ASSERT_EQ(PayloadBytes(update.tensors), 1024 * kMiB);
   peer.SendChunked(update, config_.transport.chunk_bytes);
-  peer.Expect<wire::Ack>();
-  peer.Expect<wire::Bye>();
+  peer.Expect<wire::Ack>(kSlow);
+  peer.Expect<wire::Bye>(kSlow);
   ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
   const CoordinatorCounters c = coordinator_->counters();
   EXPECT_EQ(c.chunks_in, 128u);

@@ -178,5 +178,47 @@ TEST_F(CoordinatorPrivacyTest, ARoundThatSampledNobodyReleasesTheNoisedGlobalAnd
   EXPECT_GT(std::sqrt(squares / static_cast<double>(n)), 1.0);
 }
 
+// Adaptive clipping: each upload reports whether its change was within the clip; the noised
+// share moves the next round's clip (sigma 0.1 and sigma_b 0.06: the share is 1 +- 0.03 here).
+TEST_F(CoordinatorPrivacyTest, AdaptiveClippingMovesTheNextRoundsClipAndNeedsEveryClientsBit) {
+  config_.rounds = 2;
+  config_.privacy.noise_multiplier = 0.1;
+  config_.privacy.target_quantile = 0.5;
+  config_.privacy.count_noise_multiplier = 0.06;
+  ASSERT_TRUE(Launch().ok());
+  TestPeer a(context_, coordinator_->endpoint());
+  TestPeer b(context_, coordinator_->endpoint());
+  a.Join(MakeHello("a", kDigest, kModules));
+  b.Join(MakeHello("b", kDigest, kModules));
+  const auto within = [](wire::Update u) {
+    u.metrics[std::string(wire::kWithinClipMetric)] = 1.0;
+    return u;
+  };
+  wire::RoundTask ta = a.Expect<wire::RoundTask>(), tb = b.Expect<wire::RoundTask>();
+  EXPECT_TRUE(ta.privacy->adaptive_clip);
+  EXPECT_EQ(ta.privacy->clip, 1.0);
+  a.Send(within(Answer(ta, 0.01f, false)));
+  b.Send(within(Answer(tb, 0.01f, false)));
+  a.Expect<wire::Ack>();
+  b.Expect<wire::Ack>();
+  ta = a.Expect<wire::RoundTask>();
+  tb = b.Expect<wire::RoundTask>();
+  const double shrunk = std::exp(-0.2 * (1.0 - 0.5));
+  EXPECT_NEAR(ta.privacy->clip, shrunk, 0.05);
+  a.Send(Answer(ta, 0.01f, false));  // Without the bit: refused.
+  EXPECT_EQ(a.ExpectError(), ErrorCode::kPrivacyMismatch);
+  b.Send(within(Answer(tb, 0.01f, false)));
+  b.Expect<wire::Ack>();
+  ASSERT_TRUE(FinishCoordinator().ok()) << result_.ToString();
+  const nlohmann::json p1 = Privacy(1), p2 = Privacy(2);
+  EXPECT_EQ(p1["clip"], 1.0);
+  EXPECT_EQ(p1["clip_next"].get<double>(), ta.privacy->clip);
+  EXPECT_NEAR(p1["within_clip"].get<double>(), 1.0, 0.3);
+  EXPECT_EQ(p2["clip"].get<double>(), ta.privacy->clip);
+  EXPECT_EQ(p2["uploads"], 1);
+  EXPECT_NEAR(p1["update_noise_multiplier"].get<double>(),
+              1.0 / std::sqrt(1.0 / 0.01 - 1.0 / (0.12 * 0.12)), 1e-12);
+}
+
 }  // namespace
 }  // namespace fedlora::server

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 namespace fedlora::server {
 namespace {
 
@@ -68,6 +70,37 @@ TEST(PrivacyLedgerTest, ARestoredLedgerKeepsEachReleasedRoundsOwnParameters) {
   EXPECT_EQ(damaged.code(), StatusCode::kDataLoss);
   EXPECT_NE(damaged.message().find("x/state.json"), std::string::npos);
   EXPECT_EQ(after.rounds_released(), 3u);  // Nothing of a damaged ledger is taken.
+}
+
+// Andrew et al. 2021: C <- C exp(-eta (b - gamma)), and the update's noise multiplier
+// (sigma^-2 - (2 sigma_b)^-2)^-1/2 so that update and count together spend what sigma would.
+TEST(PrivacyLedgerTest, AdaptiveClippingMovesTheClipTowardTheQuantileAndSplitsTheNoise) {
+  PrivacyConfig dp = Dp(1.0, 0.0);
+  dp.clip = 2.0;
+  dp.target_quantile = 0.5;
+  dp.clip_learning_rate = 0.2;
+  dp.count_noise_multiplier = 5.0;
+  PrivacyLedger ledger = PrivacyLedger::Create(dp, 10).value();
+  EXPECT_TRUE(ledger.adaptive());
+  EXPECT_NEAR(ledger.update_noise_multiplier(), 1.0 / std::sqrt(1.0 - 1.0 / 100.0), 1e-12);
+  EXPECT_EQ(ledger.noise_multiplier(), 1.0);  // What the accountant composes.
+  ledger.AdaptClip(1.0);                      // Everyone within: the clip shrinks...
+  EXPECT_NEAR(ledger.clip(), 2.0 * std::exp(-0.1), 1e-12);
+  ledger.AdaptClip(0.0);  // ...nobody within: it grows back.
+  EXPECT_NEAR(ledger.clip(), 2.0, 1e-12);
+  ledger.AdaptClip(0.25);
+  PrivacyLedger restored = PrivacyLedger::Create(dp, 10).value();
+  ASSERT_TRUE(restored.Restore(ledger.ToJson(), "state.json").ok());
+  EXPECT_EQ(restored.clip(), ledger.clip());  // Adaptation goes on where it was.
+  // A fixed-clip run takes its clip from the configuration.
+  PrivacyLedger fixed = PrivacyLedger::Create(Dp(1.0, 0.0), 10).value();
+  ASSERT_TRUE(fixed.Restore(ledger.ToJson(), "state.json").ok());
+  EXPECT_EQ(fixed.clip(), 1.0);
+  EXPECT_EQ(fixed.update_noise_multiplier(), 1.0);
+  dp.count_noise_multiplier = 0.5;  // 2 sigma_b = sigma: nothing left for the update.
+  const Result<PrivacyLedger> starved = PrivacyLedger::Create(dp, 10);
+  ASSERT_FALSE(starved.ok());
+  EXPECT_NE(starved.status().message().find("privacy.count_noise_multiplier"), std::string::npos);
 }
 
 }  // namespace

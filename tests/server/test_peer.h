@@ -60,6 +60,12 @@ class TestPeer {
     EXPECT_TRUE(socket_.Send(m.frames()).ok());
     return env.sequence;
   }
+  // As Send, for a peer whose connection may be gone (a refused handshake): ZeroMQ may have no
+  // pipe to queue on. Whether it went out.
+  bool TrySend(wire::Body body) {
+    const wire::Envelope env{wire::kProtocolVersion, session_, ++sequence_, std::move(body)};
+    return socket_.Send(wire::Encode(env).frames()).ok();
+  }
   // Sends `body` as a chunked message in chunks of `chunk_bytes`: the head, then the chunks in
   // the order of `order` (indices; all of them in order when empty; a missing index is a lost
   // chunk). `corrupt`: flips one byte of that chunk. Returns the head's sequence number.
@@ -114,8 +120,8 @@ class TestPeer {
 
   // The next message that is not a Heartbeat. Fails the test after a generous bound (which only
   // guards against a hung test; nothing waits for it in a passing run).
-  wire::Envelope Next() {
-    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  wire::Envelope Next(std::chrono::seconds bound = std::chrono::seconds(30)) {
+    const auto give_up = std::chrono::steady_clock::now() + bound;
     while (std::chrono::steady_clock::now() < give_up) {
       Result<std::optional<net::Message>> m = socket_.Receive(std::chrono::milliseconds(1000));
       if (!m.ok() || !m->has_value()) continue;
@@ -143,12 +149,12 @@ class TestPeer {
       }
       return std::move(env).value();
     }
-    ADD_FAILURE() << "no message within 30 s";
+    ADD_FAILURE() << "no message within " << bound.count() << " s";
     return wire::Envelope{};
   }
   template <typename T>
-  T Expect() {
-    wire::Envelope env = Next();
+  T Expect(std::chrono::seconds bound = std::chrono::seconds(30)) {
+    wire::Envelope env = Next(bound);
     EXPECT_TRUE(std::holds_alternative<T>(env.body))
         << "expected another message kind, got " << wire::BodyName(env.body)
         << (std::holds_alternative<wire::Error>(env.body)

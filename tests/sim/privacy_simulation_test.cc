@@ -77,7 +77,8 @@ TEST_P(PrivateAggregateSimulationTest, EqualsThePlainUniformMeanWhenNoiseAndClip
 }
 
 INSTANTIATE_TEST_SUITE_P(EveryLinearStrategy, PrivateAggregateSimulationTest,
-                         ::testing::Values("fedavg", "ffa", "fedsa", "fslora", "hetlora"));
+                         ::testing::Values("fedavg", "ffa", "fedsa", "fedsvd", "fslora",
+                                           "hetlora"));
 
 }  // namespace
 }  // namespace fedlora::sim

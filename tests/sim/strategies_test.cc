@@ -59,7 +59,8 @@ TEST_P(StrategySimulationTest, ThreeRoundsCompleteAndTheEvalLossFalls) {
 
 INSTANTIATE_TEST_SUITE_P(EveryStrategy, StrategySimulationTest,
                          ::testing::Values("fedavg", "ffa", "fedex", "flora", "fedsa", "fedsb",
-                                           "lorafair", "hetlora", "fslora", "flora-legend"),
+                                           "fedsvd", "lorafair", "hetlora", "fslora",
+                                           "flora-legend"),
                          [](const auto& info) {
                            std::string name = info.param;
                            std::replace(name.begin(), name.end(), '-', '_');

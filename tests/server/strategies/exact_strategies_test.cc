@@ -3,6 +3,9 @@
 // references in fp64 to 1e-10.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "server/strategies/fedsb.h"
 #include "tests/server/strategies/strategy_test_util.h"
 
@@ -182,6 +185,75 @@ TEST(FfaStrategyTest, OnlyBIsTrainedAndTheAverageIsExact) {
                FromTensor(state.adapter.at(a)), s);
     EXPECT_LT(MaxAbsDiff(global, IdealUpdate(with_a, m, s)), 1e-10);
   }
+}
+
+// A^T-free check of orthonormal rows: A A^T = I (r x r).
+double OrthonormalRowsError(const Dense& a) {
+  double worst = 0;
+  for (std::int64_t i = 0; i < a.rows; ++i) {
+    for (std::int64_t j = 0; j < a.rows; ++j) {
+      double dot = 0;
+      for (std::int64_t c = 0; c < a.cols; ++c) dot += a.at(i, c) * a.at(j, c);
+      worst = std::max(worst, std::abs(dot - (i == j ? 1.0 : 0.0)));
+    }
+  }
+  return worst;
+}
+
+// FedSVD is FFA-LoRA's round (only B trained, averaged exactly against the round's A) followed by
+// a re-factoring that keeps every module's product and makes A's rows orthonormal.
+TEST(FedSvdStrategyTest, RefactoringKeepsTheExactProductAndMakesARowsOrthonormal) {
+  auto fedsvd = Make("fedsvd");
+  GlobalState state = fedsvd->Initialize(kLayout, std::nullopt).value();
+  const TensorMap initial = state.adapter;
+  std::mt19937_64 rng(8);
+  std::vector<ClientTask> tasks;
+  const auto updates = Round(*fedsvd, state, 1, Clients({"a", "b", "c"}), rng, &tasks);
+  EXPECT_FALSE(tasks[0].plan.train_a);
+  EXPECT_FALSE(tasks[0].plan.upload_a);
+  const double s = 2.0;
+  for (const auto& m : kModules) {
+    const std::string a = lora::LoraAName(m.name), b = lora::LoraBName(m.name);
+    EXPECT_NE(state.adapter.at(a), initial.at(a));  // A was re-chosen...
+    EXPECT_LT(OrthonormalRowsError(FromTensor(state.adapter.at(a))), 1e-12) << m.name;
+    // ...and the product is still the clients' ideal update with the round's shared A.
+    std::vector<ClientUpdate> with_a = updates;
+    for (auto& u : with_a) u.tensors[a] = initial.at(a);
+    Dense global = Zero(m.d_out, m.d_in);
+    AddProduct(global, FromTensor(state.adapter.at(b)), FromTensor(state.adapter.at(a)), s);
+    EXPECT_LT(MaxAbsDiff(global, IdealUpdate(with_a, m, s)), 1e-10) << m.name;
+  }
+  // The next round's tasks train B against the new A.
+  const std::vector<ClientTask> next = fedsvd->Configure(state, 2, Clients({"a"})).value();
+  const std::string a0 = lora::LoraAName(kModules[0].name);
+  EXPECT_EQ(next[0].tensors.at(a0), state.adapter.at(a0));
+}
+
+TEST(FedSvdStrategyTest, ARankDeficientProductKeepsItsFactorsAndThePeriodIsHonoured) {
+  StrategyConfig config;
+  config.fedsvd.period = 2;
+  auto fedsvd = Make("fedsvd", config);
+  GlobalState state = fedsvd->Initialize(kLayout, std::nullopt).value();
+  const TensorMap initial = state.adapter;
+  std::mt19937_64 rng(9);
+  Round(*fedsvd, state, 1, Clients({"a", "b"}), rng);
+  const std::string a0 = lora::LoraAName(kModules[0].name);
+  EXPECT_EQ(state.adapter.at(a0), initial.at(a0));  // Round 1 of period 2: no refactoring.
+  // Round 2 with every upload's B zero: the product has rank 0, so A stays as it is.
+  std::vector<ClientTask> tasks = fedsvd->Configure(state, 2, Clients({"a", "b"})).value();
+  std::vector<ClientUpdate> zero;
+  for (const ClientTask& t : tasks) {
+    ClientUpdate u = RandomUpdate(t, 10, rng);
+    for (auto& [name, tensor] : u.tensors) {
+      tensor = FromDoubles(tensor.dtype, tensor.shape, std::vector<double>(tensor.numel(), 0.0));
+    }
+    zero.push_back(std::move(u));
+  }
+  const Result<AggregateReport> report = AggregateAll(*fedsvd, state, 2, zero, tasks);
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_EQ(report->metrics.at("fedsvd_kept"), 2);
+  EXPECT_EQ(report->metrics.at("fedsvd_refactored"), 0);
+  EXPECT_EQ(state.adapter.at(a0), initial.at(a0));
 }
 
 TEST(FedSaStrategyTest, OnlyAIsSharedAndEachClientKeepsItsB) {
