@@ -35,7 +35,7 @@ struct PrivateRoundParams {
   // Adaptive clipping: > 0 to count the uploads reporting wire::kWithinClipMetric = 1 and noise
   // that count with N(0, count_noise_stddev^2) at Finish (PrivateRoundTally::noised_within).
   double count_noise_stddev = 0;
-  crypto::Seed noise_seed{};            // Fresh per round (privacy::FreshNoiseSeed).
+  crypto::Seed noise_seed{};  // Fresh per round (privacy::FreshNoiseSeed).
 };
 
 // What the fold saw, for the round's metrics.

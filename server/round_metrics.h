@@ -18,20 +18,20 @@ namespace fedlora::server {
 
 // A differentially private round (docs/privacy.md): what it spent and how.
 struct RoundPrivacy {
-  double epsilon = 0;            // Spent by the run's released rounds, this one included...
-  double delta = 0;              // ...at this delta...
-  double target_epsilon = 0;     // ...of this budget (0: none).
-  double noise_multiplier = 0;   // sigma (what the accountant composes).
+  double epsilon = 0;                  // Spent by the run's released rounds, this one included...
+  double delta = 0;                    // ...at this delta...
+  double target_epsilon = 0;           // ...of this budget (0: none).
+  double noise_multiplier = 0;         // sigma (what the accountant composes).
   double update_noise_multiplier = 0;  // The update's own (below sigma with adaptive clipping).
   double clip = 0;                     // C of this round...
   double clip_next = 0;                // ...and of the next (adaptive clipping moves it).
   std::optional<double> within_clip;   // Adaptive clipping: the noised share within C.
-  double sample_rate = 0;        // q (Poisson).
-  std::uint32_t sampled = 0;     // Clients the round sampled...
-  std::uint32_t population = 0;  // ...of this many live, eligible clients.
-  double denominator = 0;        // The mean's fixed denominator: q x population (>= 1).
-  std::uint32_t clipped = 0;     // Uploads whose change was clipped to C (by their client)...
-  std::uint32_t uploads = 0;     // ...of this many aggregated.
+  double sample_rate = 0;              // q (Poisson).
+  std::uint32_t sampled = 0;           // Clients the round sampled...
+  std::uint32_t population = 0;        // ...of this many live, eligible clients.
+  double denominator = 0;              // The mean's fixed denominator: q x population (>= 1).
+  std::uint32_t clipped = 0;           // Uploads whose change was clipped to C (by their client)...
+  std::uint32_t uploads = 0;           // ...of this many aggregated.
 };
 
 struct RoundMetrics {
