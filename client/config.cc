@@ -85,6 +85,34 @@ Status ValidateDataConfig(const DataConfig& d) {
   return OkStatus();
 }
 
+Status ParseDpSgd(const config::ConfigSection& s, DpSgdConfig* dp) {
+  FEDLORA_RETURN_IF_ERROR(s.Read("enabled", &dp->enabled));
+  FEDLORA_RETURN_IF_ERROR(s.Read("clip", &dp->clip));
+  FEDLORA_RETURN_IF_ERROR(s.Read("noise_multiplier", &dp->noise_multiplier));
+  FEDLORA_RETURN_IF_ERROR(s.Read("sample_rate", &dp->sample_rate));
+  FEDLORA_RETURN_IF_ERROR(s.Read("target_epsilon", &dp->target_epsilon));
+  FEDLORA_RETURN_IF_ERROR(s.Read("delta", &dp->delta));
+  FEDLORA_RETURN_IF_ERROR(s.Finish());
+  if (!dp->enabled) return OkStatus();
+  if (!(dp->clip > 0) || !std::isfinite(dp->clip)) {
+    return InvalidArgument(s.PathOf("clip"), " must be finite and > 0");
+  }
+  if (!(dp->noise_multiplier > 0) || !std::isfinite(dp->noise_multiplier)) {
+    return InvalidArgument(s.PathOf("noise_multiplier"), " must be finite and > 0");
+  }
+  if (!(dp->sample_rate >= 0 && dp->sample_rate <= 1)) {
+    return InvalidArgument(s.PathOf("sample_rate"), " must be in [0, 1] (0: batch_size / examples)");
+  }
+  if (!(dp->target_epsilon > 0) || !std::isfinite(dp->target_epsilon)) {
+    return InvalidArgument(s.PathOf("target_epsilon"),
+                           " must be finite and > 0: DP-SGD without a budget is refused");
+  }
+  if (!(dp->delta > 0 && dp->delta < 1)) {
+    return InvalidArgument(s.PathOf("delta"), " must be in (0, 1)");
+  }
+  return OkStatus();
+}
+
 }  // namespace
 
 Status ParseClientConfig(const config::ConfigSection& root, ClientConfig* c) {
@@ -174,6 +202,7 @@ Status ParseClientConfig(const config::ConfigSection& root, ClientConfig* c) {
   FEDLORA_RETURN_IF_ERROR(private_section.Read("max_clip", &dp.max_clip));
   FEDLORA_RETURN_IF_ERROR(private_section.Read("min_noise_multiplier", &dp.min_noise_multiplier));
   FEDLORA_RETURN_IF_ERROR(private_section.Read("max_epsilon", &dp.max_epsilon));
+  FEDLORA_RETURN_IF_ERROR(ParseDpSgd(private_section.Section("dp_sgd"), &dp.dp_sgd));
   FEDLORA_RETURN_IF_ERROR(private_section.Finish());
   for (const auto& [key, value] : {std::pair{"max_clip", dp.max_clip},
                                    {"min_noise_multiplier", dp.min_noise_multiplier},

@@ -30,6 +30,7 @@
 #include "client/torch_bridge.h"
 #include "client/train/client_dataset.h"
 #include "client/train/device.h"
+#include "client/train/private_training.h"
 #include "client/train/trainer.h"
 #include "client/train/training_batcher.h"
 #include "common/log.h"
@@ -74,11 +75,13 @@ constexpr std::uint64_t kOrderSalt = 0x0D;
 class LocalWorker final : public Worker {
  public:
   LocalWorker(ClientConfig config, std::shared_ptr<const ModelAssets> assets,
-              LocalWorkerOptions options, std::unique_ptr<ClientDataset> data)
+              LocalWorkerOptions options, std::unique_ptr<ClientDataset> data,
+              std::optional<PrivateTrainer> private_trainer)
       : config_(std::move(config)),
         assets_(std::move(assets)),
         options_(options),
         data_(std::move(data)),
+        private_trainer_(std::move(private_trainer)),
         local_store_(config_.state_dir.empty() ? StrCat("fedlora-client-", config_.name)
                                                : config_.state_dir,
                      config_.name, assets_->model().Digest()) {
@@ -94,7 +97,8 @@ class LocalWorker final : public Worker {
     hello_.capabilities.num_examples = TrainWindows(
         static_cast<std::uint32_t>(std::min<std::int64_t>(kDescribeSeqLen, model.config().seq_len)));
     hello_.capabilities.relative_speed = config_.capabilities.relative_speed;
-    hello_.capabilities.can_initialize = data_->InitSource(kDescribeSeqLen, 1) != nullptr;
+    hello_.capabilities.can_initialize =
+        data_->InitSource(kDescribeSeqLen, 1) != nullptr && !InitWouldReadPrivateData();
     hello_.modules = model.AdaptableModules();
   }
 
@@ -109,7 +113,8 @@ class LocalWorker final : public Worker {
   Result<wire::Update> Train(const wire::RoundTask& task, std::stop_token stop) override try {
     // Announced before waiting for the compute lock, so the batcher's next group waits for us.
     TrainingBatcher::Ticket ticket;
-    if (options_.batcher != nullptr && task.plan.mode != AdapterMode::kLoraSbInit) {
+    if (options_.batcher != nullptr && task.plan.mode != AdapterMode::kLoraSbInit &&
+        !private_trainer_) {
       ticket = options_.batcher->Announce();
     }
     std::unique_lock<std::mutex> lock = LockCompute();
@@ -145,7 +150,12 @@ class LocalWorker final : public Worker {
     }
     const std::unique_ptr<SequenceSource> source = data_->TrainSource(task.train.seq_len);
     TrainStats stats;
-    if (options_.batcher != nullptr) {
+    wire::Metrics dp_metrics;
+    if (private_trainer_) {
+      FEDLORA_ASSIGN_OR_RETURN(
+          stats, private_trainer_->Train(assets_->model(), *adapter, *source, task.train,
+                                         task.round, stop, BaseWeights(), dp_metrics));
+    } else if (options_.batcher != nullptr) {
       // The group trains under the compute lock itself; TrainLoraBatched equals TrainLora.
       if (lock.owns_lock()) lock.unlock();
       FEDLORA_ASSIGN_OR_RETURN(
@@ -174,6 +184,7 @@ class LocalWorker final : public Worker {
                       {"tokens", static_cast<double>(stats.tokens)},
                       {"seconds", stats.seconds},
                       {"trainable_params", static_cast<double>(trainable)}};
+    update.metrics.insert(dp_metrics.begin(), dp_metrics.end());
     std::map<std::string, std::int64_t, std::less<>> pruned;
     if (plan.pruning()) {
       const auto end_scores = adapter->TailScores();
@@ -302,6 +313,12 @@ class LocalWorker final : public Worker {
 
   std::uint64_t TrainWindows(std::uint32_t seq_len) const { return data_->TrainRows(seq_len); }
 
+  // A DP-SGD client's data is private unless the owner names public data in data.init_path:
+  // LoRA-SB's initialisation reads it without noise (ALGORITHMS.md, Fed-SB's DP caveat).
+  bool InitWouldReadPrivateData() const {
+    return private_trainer_.has_value() && config_.data.init_path.empty();
+  }
+
   // GSM8K-style exact match: greedy generation after each of the first max_eval_generations
   // held-out prompts, until EOS or max_new_tokens, judged by AnswerMatches.
   Result<double> ExactMatch(ModuleAdapter* adapter, std::stop_token stop) const {
@@ -406,6 +423,12 @@ class LocalWorker final : public Worker {
 
   Result<wire::Update> InitLoraSb(const wire::RoundTask& task, const ResolvedPlan& plan,
                                   const TensorMap& adapter_tensors, std::stop_token stop) {
+    if (InitWouldReadPrivateData()) {
+      return FailedPrecondition("client '", config_.name, "' trains with DP-SGD and does not ",
+                                "compute a LoRA-SB initialisation from its training data without ",
+                                "noise (hint: name public data in data.init_path)")
+          .WithDetail(static_cast<std::uint32_t>(wire::ErrorCode::kPrivacyMismatch));
+    }
     if (!adapter_tensors.empty()) {
       return InvalidArgument("client '", config_.name, "': unknown adapter tensor '",
                              adapter_tensors.begin()->first,
@@ -468,6 +491,7 @@ class LocalWorker final : public Worker {
   const std::shared_ptr<const ModelAssets> assets_;
   const LocalWorkerOptions options_;
   const std::unique_ptr<const ClientDataset> data_;
+  std::optional<PrivateTrainer> private_trainer_;  // With privacy.dp_sgd: every task trains with DP-SGD.
   const LocalFactorStore local_store_;
   wire::Hello hello_;                       // Without base_version (see Describe).
 
@@ -568,6 +592,15 @@ Result<std::unique_ptr<Worker>> MakeLocalWorker(const ClientConfig& config,
     return FailedPrecondition("client '", config.name, "': device '", config.device, "' is ",
                               device->str(), " but the shared model is on ", assets->device());
   }
+  std::optional<PrivateTrainer> private_trainer;
+  if (config.privacy.dp_sgd.enabled) {
+    const std::string dir =
+        config.state_dir.empty() ? StrCat("fedlora-client-", config.name) : config.state_dir;
+    Result<PrivateTrainer> opened = PrivateTrainer::Open(config.privacy.dp_sgd, config.name,
+                                                         StrCat(dir, "/dp_sgd_budget.json"));
+    if (!opened.ok()) return opened.status().WithContext(StrCat("client '", config.name, "'"));
+    private_trainer.emplace(std::move(opened).value());
+  }
   Result<std::unique_ptr<ClientDataset>> data =
       ClientDataset::Load(config.data, assets->tokenizer(),
                           static_cast<std::size_t>(assets->model().config().seq_len));
@@ -578,7 +611,8 @@ Result<std::unique_ptr<Worker>> MakeLocalWorker(const ClientConfig& config,
     LogDebug("client '", config.name, "': ", (*data)->summary());
   }
   return std::unique_ptr<Worker>(
-      std::make_unique<LocalWorker>(config, std::move(assets), options, std::move(data).value()));
+      std::make_unique<LocalWorker>(config, std::move(assets), options, std::move(data).value(),
+                                    std::move(private_trainer)));
 }
 
 void ConfigureTorchThreads(unsigned threads) {

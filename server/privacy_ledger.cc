@@ -4,6 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/privacy/rdp_accountant.h"
+
 namespace fedlora::server {
 
 Result<PrivacyLedger> PrivacyLedger::Create(const PrivacyConfig& config, std::uint32_t rounds) {
@@ -41,49 +43,24 @@ void PrivacyLedger::AdaptClip(double within) {
   clip_ *= std::exp(-config_.clip_learning_rate * (within - config_.target_quantile));
 }
 
-double PrivacyLedger::EpsilonOf(const std::vector<Run>& runs) const {
-  privacy::RdpAccountant accountant;
-  for (const Run& r : runs) {
-    if (!accountant.Compose(r.q, r.sigma, r.rounds).ok()) return HUGE_VAL;
-  }
-  Result<privacy::EpsilonAtOrder> eps = accountant.Epsilon(config_.delta);
-  return eps.ok() ? eps->epsilon : HUGE_VAL;
-}
+std::uint64_t PrivacyLedger::rounds_released() const { return released_.steps(); }
 
-std::uint64_t PrivacyLedger::rounds_released() const {
-  std::uint64_t n = 0;
-  for (const Run& r : runs_) n += r.rounds;
-  return n;
-}
-
-double PrivacyLedger::EpsilonSpent() const { return runs_.empty() ? 0.0 : EpsilonOf(runs_); }
+double PrivacyLedger::EpsilonSpent() const { return released_.Epsilon(config_.delta); }
 
 double PrivacyLedger::EpsilonAfterNextRound() const {
-  std::vector<Run> next = runs_;
-  if (!next.empty() && next.back().q == config_.sample_rate && next.back().sigma == sigma_) {
-    ++next.back().rounds;
-  } else {
-    next.push_back({config_.sample_rate, sigma_, 1});
-  }
-  return EpsilonOf(next);
+  return released_.EpsilonWith(config_.sample_rate, sigma_, 1, config_.delta);
 }
 
 bool PrivacyLedger::NextRoundFits() const {
   return config_.target_epsilon == 0 || EpsilonAfterNextRound() <= config_.target_epsilon;
 }
 
-void PrivacyLedger::RecordRound() {
-  if (!runs_.empty() && runs_.back().q == config_.sample_rate && runs_.back().sigma == sigma_) {
-    ++runs_.back().rounds;
-  } else {
-    runs_.push_back({config_.sample_rate, sigma_, 1});
-  }
-}
+void PrivacyLedger::RecordRound() { released_.Add(config_.sample_rate, sigma_); }
 
 std::string PrivacyLedger::ToJson() const {
   nlohmann::json runs = nlohmann::json::array();
-  for (const Run& r : runs_) {
-    runs.push_back({{"sample_rate", r.q}, {"noise_multiplier", r.sigma}, {"rounds", r.rounds}});
+  for (const privacy::CompositionLog::Run& r : released_.runs()) {
+    runs.push_back({{"sample_rate", r.q}, {"noise_multiplier", r.sigma}, {"rounds", r.steps}});
   }
   return nlohmann::json{{"released", std::move(runs)}, {"delta", config_.delta}, {"clip", clip_}}
       .dump();
@@ -91,15 +68,16 @@ std::string PrivacyLedger::ToJson() const {
 
 Status PrivacyLedger::Restore(const std::string& json, std::string_view what) try {
   const nlohmann::json doc = nlohmann::json::parse(json);
-  std::vector<Run> runs;
+  privacy::CompositionLog released;
   for (const nlohmann::json& r : doc.at("released")) {
-    Run run{r.at("sample_rate").get<double>(), r.at("noise_multiplier").get<double>(),
-            r.at("rounds").get<std::uint64_t>()};
+    const privacy::CompositionLog::Run run{r.at("sample_rate").get<double>(),
+                                           r.at("noise_multiplier").get<double>(),
+                                           r.at("rounds").get<std::uint64_t>()};
     if (!(run.q > 0 && run.q <= 1) || !(run.sigma >= 0)) {
       return DataLoss(what, ": a released run with sample rate ", run.q, " and noise multiplier ",
                       run.sigma, " is out of range");
     }
-    runs.push_back(run);
+    released.Add(run.q, run.sigma, run.steps);
   }
   double clip = clip_;
   if (adaptive() && doc.contains("clip")) {  // Adaptation goes on where it was.
@@ -108,7 +86,7 @@ Status PrivacyLedger::Restore(const std::string& json, std::string_view what) tr
       return DataLoss(what, ": the adapted clip ", clip, " is out of range");
     }
   }
-  runs_ = std::move(runs);
+  released_ = std::move(released);
   clip_ = clip;
   return OkStatus();
 } catch (const nlohmann::json::exception& e) {

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "common/privacy/rdp_accountant.h"
+#include "common/privacy/composition_log.h"
 #include "common/status.h"
 #include "server/config.h"
 
@@ -59,18 +59,11 @@ class PrivacyLedger {
   void AdaptClip(double within);
 
  private:
-  struct Run {
-    double q = 0;
-    double sigma = 0;
-    std::uint64_t rounds = 0;
-  };
-  double EpsilonOf(const std::vector<Run>& runs) const;
-
   PrivacyConfig config_;
   double sigma_ = 0;
   bool sigma_solved_ = false;
   double clip_ = 0;
-  std::vector<Run> runs_;
+  privacy::CompositionLog released_;  // One step per released round.
 };
 
 }  // namespace fedlora::server

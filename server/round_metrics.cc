@@ -45,6 +45,8 @@ std::string ToJsonLine(const RoundMetrics& m) {
   for (const auto& [id, n] : m.norm_clipped) j["norm_clipped"][id] = n;
   j["norm_rejected"] = nlohmann::ordered_json::object();
   for (const auto& [id, n] : m.norm_rejected) j["norm_rejected"][id] = n;
+  j["dp_sgd_epsilon"] = nlohmann::ordered_json::object();
+  for (const auto& [id, e] : m.dp_sgd_epsilon) j["dp_sgd_epsilon"][id] = e;
   j["ranks"] = nlohmann::ordered_json::object();
   for (const auto& [id, r] : m.ranks) j["ranks"][id] = r;
   j["depths"] = nlohmann::ordered_json::object();

@@ -75,6 +75,8 @@ struct RoundMetrics {
   std::optional<double> update_norm_max;
   std::map<std::string, double, std::less<>> norm_clipped;
   std::map<std::string, double, std::less<>> norm_rejected;
+  // Per client that trains with DP-SGD: the ε its own accountant reports spent on its data.
+  std::map<std::string, double, std::less<>> dp_sgd_epsilon;
   std::map<std::string, std::uint32_t, std::less<>> ranks;   // Client id -> top LoRA rank.
   std::map<std::string, std::uint32_t, std::less<>> depths;  // Client id -> layers with LoRA.
   std::uint64_t base_version = 0;       // Base-correction version after the round.

@@ -43,6 +43,10 @@ RoundMetrics SummariseRound(const RoundRun& run, std::string_view strategy,
       loss_sum += it->second * static_cast<double>(u.num_samples);
       samples += static_cast<double>(u.num_samples);
     }
+    if (const auto it = u.metrics.find(wire::kDpSgdEpsilonMetric);
+        it != u.metrics.end() && std::isfinite(it->second) && it->second >= 0) {
+      m.dp_sgd_epsilon[id] = it->second;
+    }
   }
   if (samples > 0) m.train_loss = loss_sum / samples;
   double eval_sum = 0, accuracy_sum = 0, accuracy_n = 0, exact_sum = 0, exact_n = 0;

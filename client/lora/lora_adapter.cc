@@ -392,18 +392,19 @@ at::Tensor LoraAdapter::Adapt(std::size_t module_index, const at::Tensor& x, at:
               " adaptable modules was asked for module ", module_index);
   const Factors* f = slots_[module_index].get();
   if (f == nullptr) return base;
-  at::Tensor in = x;
-  if (training_ && dropout_ > 0.0) {
-    // Inverted dropout on the adapter path only, with this adapter's generator.
-    // The mask is drawn on the CPU (the generator is a CPU one) and moved to x's device.
-    const at::Tensor keep =
-        at::empty(x.sizes(), x.options().device(at::kCPU)).bernoulli_(1.0 - dropout_, generator_)
-            .to(x.device());
-    in = x * keep * (1.0 / (1.0 - dropout_));
-  }
-  at::Tensor h = at::linear(in, f->a);
+  at::Tensor h = at::linear(AdapterInput(x), f->a);
   if (latent_) h = at::linear(h, f->r);
   return base + at::linear(h, f->b) * f->scale;
+}
+
+at::Tensor LoraAdapter::AdapterInput(const at::Tensor& x) {
+  if (!training_ || dropout_ == 0.0) return x;
+  // Inverted dropout on the adapter path only, with this adapter's generator.
+  // The mask is drawn on the CPU (the generator is a CPU one) and moved to x's device.
+  const at::Tensor keep =
+      at::empty(x.sizes(), x.options().device(at::kCPU)).bernoulli_(1.0 - dropout_, generator_)
+          .to(x.device());
+  return x * keep * (1.0 / (1.0 - dropout_));
 }
 
 std::optional<LoraAdapter::PlainFactors> LoraAdapter::Plain(std::size_t module_index) const {
@@ -413,6 +414,12 @@ std::optional<LoraAdapter::PlainFactors> LoraAdapter::Plain(std::size_t module_i
   }
   const Factors& f = *slots_[module_index];
   return PlainFactors{f.a, f.b, f.scale};
+}
+
+std::optional<LoraAdapter::SlotFactors> LoraAdapter::Slot(std::size_t module_index) const {
+  if (module_index >= slots_.size() || slots_[module_index] == nullptr) return std::nullopt;
+  const Factors& f = *slots_[module_index];
+  return SlotFactors{f.a, f.b, f.r, f.scale};
 }
 
 }  // namespace fedlora::client

@@ -170,6 +170,21 @@ class LoraAdapter final : public ModuleAdapter {
   };
   std::optional<PlainFactors> Plain(std::size_t module_index) const;
 
+  // Module `module_index`'s factors as they are (aliases, autograd included; r only when
+  // latent) and scale, for code that applies the adapter in another form: per-example gradients
+  // (client/train/per_example.cc). Empty when the module is not adapted.
+  struct SlotFactors {
+    at::Tensor a;  // [r, d_in]
+    at::Tensor b;  // [d_out, r]
+    at::Tensor r;  // [r, r], latent adapters only.
+    double scale = 0;
+  };
+  std::optional<SlotFactors> Slot(std::size_t module_index) const;
+  std::size_t num_slots() const { return slots_.size(); }
+  // `x` with inverted dropout applied, masks from this adapter's generator, in training mode
+  // with dropout > 0 (what Adapt feeds the adapter path); `x` itself otherwise.
+  at::Tensor AdapterInput(const at::Tensor& x);
+
  private:
   struct Factors {
     std::string module;  // HF module name.

@@ -262,6 +262,9 @@ struct PrivacyParams {
 };
 
 inline constexpr std::string_view kWithinClipMetric = "dp_within_clip";
+// A DP-SGD client (client config privacy.dp_sgd) reports the ε its own accountant has spent on
+// its data over every round so far, in its Update's metrics.
+inline constexpr std::string_view kDpSgdEpsilonMetric = "dp_sgd_epsilon";
 
 struct RoundTask {
   std::uint64_t round = 0;

@@ -37,6 +37,27 @@ TEST(ClientConfigTest, InvalidValuesNameTheirKey) {
   EXPECT_NE(message({"data.heldout_fraction=1.5"}).find("heldout_fraction"), std::string::npos);
 }
 
+TEST(ClientConfigTest, DpSgdSectionParsesAndRefusesARunWithoutABudget) {
+  const Result<ClientConfig> c = LoadClientConfig(
+      FEDLORA_SOURCE_DIR "/configs/client.yaml",
+      {"privacy.dp_sgd.enabled=true", "privacy.dp_sgd.clip=0.25", "privacy.dp_sgd.sample_rate=0.01"});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_TRUE(c->privacy.dp_sgd.enabled);
+  EXPECT_DOUBLE_EQ(c->privacy.dp_sgd.clip, 0.25);
+  EXPECT_DOUBLE_EQ(c->privacy.dp_sgd.sample_rate, 0.01);
+  EXPECT_DOUBLE_EQ(c->privacy.dp_sgd.target_epsilon, 8);
+  for (const auto& [override_, key] :
+       {std::pair{"privacy.dp_sgd.target_epsilon=0", "privacy.dp_sgd.target_epsilon"},
+        {"privacy.dp_sgd.noise_multiplier=0", "privacy.dp_sgd.noise_multiplier"},
+        {"privacy.dp_sgd.sample_rate=1.5", "privacy.dp_sgd.sample_rate"},
+        {"privacy.dp_sgd.delta=1", "privacy.dp_sgd.delta"}}) {
+    const Result<ClientConfig> bad = LoadClientConfig(FEDLORA_SOURCE_DIR "/configs/client.yaml",
+                                                      {"privacy.dp_sgd.enabled=true", override_});
+    ASSERT_FALSE(bad.ok()) << override_;
+    EXPECT_NE(bad.status().message().find(key), std::string::npos) << bad.status().message();
+  }
+}
+
 TEST(ClientConfigTest, SecuritySectionResolvesPathsAndTheNamePlaceholder) {
   const Result<ClientConfig> c =
       LoadClientConfig(FEDLORA_SOURCE_DIR "/configs/client.yaml", {"name=alice"});

@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <mutex>
 #include <thread>
+#include <unistd.h>
 
 #include "client/data/text_dataset.h"
 #include "client/model/tokenizer.h"
@@ -308,6 +310,81 @@ TEST(LocalWorkerTest, MakeLocalWorkerRejectsUnsupportedDevicesAndBadData) {
   EXPECT_EQ(s.code(), StatusCode::kNotFound);
   EXPECT_THAT(s.message(), HasSubstr("/nonexistent/corpus.txt"));
   EXPECT_THAT(s.message(), HasSubstr("leo"));
+}
+
+
+// ---- A data owner who trains with DP-SGD (privacy.dp_sgd) --------------------------------------
+
+ClientConfig DpSgdConfigFor(const std::string& name, double target_epsilon) {
+  ClientConfig config = WorkerConfig(name);
+  config.state_dir =
+      ::testing::TempDir() + "fedlora_dpsgd_worker_" + std::to_string(::getpid()) + "_" + name;
+  config.privacy.dp_sgd = {.enabled = true,
+                           .clip = 0.5,
+                           .noise_multiplier = 1.0,
+                           .target_epsilon = target_epsilon,
+                           .delta = 1e-5};
+  return config;
+}
+
+TEST(LocalWorkerTest, ADpSgdClientReportsItsEpsilonAndRefusesOnceItsBudgetIsSpentEvenAfterARestart) {
+  ClientConfig config = DpSgdConfigFor("dp-ann", 3.0);
+  std::filesystem::remove_all(config.state_dir);
+  const wire::RoundTask task = WorkerTask(1, 20);
+  double spent = 0;
+  {
+    auto worker = MakeWorkerOrDie(config);
+    const Result<wire::Update> update = worker->Train(task, {});
+    ASSERT_TRUE(update.ok()) << update.status().ToString();
+    spent = update->metrics.at(std::string(wire::kDpSgdEpsilonMetric));
+    EXPECT_GT(spent, 0.0);
+    EXPECT_LT(spent, 3.0);
+    EXPECT_DOUBLE_EQ(update->metrics.at("dp_sgd_steps"), 20.0);
+    // The expected count (steps x batch_size here), not the realised Poisson count: the
+    // coordinator refuses more than the task allows, and the realised count is about the data.
+    EXPECT_EQ(update->num_samples, 20u * 4);
+    EXPECT_TRUE(std::filesystem::exists(config.state_dir + "/dp_sgd_budget.json"));
+  }
+  // A budget just above one round: the restarted client refuses the next round before training.
+  config.privacy.dp_sgd.target_epsilon = spent * 1.001;
+  auto restarted = MakeWorkerOrDie(config);
+  const Result<wire::Update> refused = restarted->Train(WorkerTask(2, 20), {});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().detail(),
+            static_cast<std::uint32_t>(wire::ErrorCode::kPrivacyMismatch));
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("DP-SGD budget"));
+}
+
+TEST(LocalWorkerTest, ADpSgdClientNeverComputesALoraSbInitialisationFromItsTrainingData) {
+  ClientConfig config = DpSgdConfigFor("dp-bea", 8.0);
+  config.data.init_from_train = true;
+  auto worker = MakeWorkerOrDie(config);
+  EXPECT_FALSE(worker->Describe().capabilities.can_initialize);
+  wire::RoundTask task = WorkerTask(0, 1);
+  task.plan.mode = wire::AdapterMode::kLoraSbInit;
+  task.plan.train_a = task.plan.train_b = task.plan.upload_a = task.plan.upload_b = false;
+  task.plan.init_samples = 4;
+  task.plan.init_learning_rate = 1e-3;
+  const Result<wire::Update> refused = worker->Train(task, {});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().detail(),
+            static_cast<std::uint32_t>(wire::ErrorCode::kPrivacyMismatch));
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("data.init_path"));
+  // Public data named by the owner may serve.
+  config.data.init_from_train = false;
+  config.data.init_path = ShakespearePath();
+  EXPECT_TRUE(MakeWorkerOrDie(config)->Describe().capabilities.can_initialize);
+}
+
+TEST(LocalWorkerTest, ADamagedDpSgdBudgetStopsTheClientFromStartingAndNamesTheFile) {
+  ClientConfig config = DpSgdConfigFor("dp-cid", 8.0);
+  std::filesystem::create_directories(config.state_dir);
+  const std::string path = config.state_dir + "/dp_sgd_budget.json";
+  std::ofstream(path) << "not json";
+  const Result<std::unique_ptr<Worker>> worker = MakeLocalWorker(config, SharedAssets());
+  ASSERT_FALSE(worker.ok());
+  EXPECT_EQ(worker.status().code(), StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(worker.status().message()), HasSubstr(path));
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 
 #include <cmath>
 
+#include "common/privacy/rdp_accountant.h"
+
 namespace fedlora::server {
 namespace {
 
