@@ -72,6 +72,8 @@ struct SecureRound {
   wire::SecAggParams params;
   wire::AdapterPlan plan;
   TensorMap sent;  // The task's tensors, kept only when the sum is of deltas.
+  // Distributed DP: this client's share of the round's noise, (sigma C) / sqrt(t); 0: none.
+  double noise_stddev = 0;
   secagg::ClientProtocol protocol;
   std::optional<wire::Update> trained;  // Waiting for the neighbours' shares.
 };

@@ -4,10 +4,12 @@
 // thread trains); the trained update goes up as a masked vector (secure_input.h) once the
 // neighbours' shares are in. What the coordinator may not ask of an honest client is refused
 // with SECAGG_MISMATCH (client_protocol.h).
+#include <cmath>
 #include <cstring>
 
 #include "client/session_impl.h"
 #include "common/crypto/random.h"
+#include "common/privacy/gaussian_noise.h"
 #include "common/secagg/quantize.h"
 #include "common/secagg/secure_input.h"
 
@@ -34,9 +36,17 @@ bool ClientSession::Impl::BeginSecureRound(const wire::RoundTask& task, std::uin
                      StrCat("secure-aggregation parameters: ", valid.message()), sequence});
     return false;
   }
+  double noise_stddev = 0;
+  if (task.privacy && task.privacy->noise_share_clients > 0) {
+    const wire::PrivacyParams& p = *task.privacy;
+    noise_stddev = p.noise_multiplier * p.clip / std::sqrt(double{p.noise_share_clients});
+    Progress("round ", task.round, ": distributed differential privacy: this client adds noise ",
+             "of deviation ", noise_stddev, " (1/", p.noise_share_clients, " of the round's ",
+             "variance) to its input before masking");
+  }
   secure_.emplace(session_internal::SecureRound{
       task.round, task.ticket, sequence, params, task.plan,
-      params.delta ? task.tensors : TensorMap{},
+      params.delta ? task.tensors : TensorMap{}, noise_stddev,
       secagg::ClientProtocol(task.round, task.ticket.attempt, *modulus), std::nullopt});
   Progress("round ", task.round, ": secure aggregation, sending keys");
   Send(wire::SecAgg{task.round, task.ticket, secure_->protocol.Keys()});
@@ -91,8 +101,11 @@ void ClientSession::Impl::UploadSecure(wire::Update trained) {
 
 void ClientSession::Impl::SendMasked(const wire::Update& trained) {
   const session_internal::SecureRound& s = *secure_;
+  // Distributed DP: a fresh seed from the operating system; nobody can predict or replay it.
+  const secagg::InputNoise noise{s.noise_stddev, privacy::FreshNoiseSeed()};
   Result<secagg::SecureInput> input =
-      secagg::MakeSecureInput(s.params, s.plan, s.sent, trained, crypto::RandomU64());
+      secagg::MakeSecureInput(s.params, s.plan, s.sent, trained, crypto::RandomU64(),
+                              s.noise_stddev > 0 ? &noise : nullptr);
   Result<std::vector<std::uint32_t>> masked =
       input.ok() ? s.protocol.Mask(std::move(input->words)) : input.status();
   if (!masked.ok()) {

@@ -245,6 +245,10 @@ struct PrivacyParams {
   epsilonSpent @4 :Float64;
   targetEpsilon @5 :Float64;
   adaptiveClip @6 :Bool;        # Report metric dp_within_clip: 1 if the change was within clip.
+  # Distributed DP (with secAgg): > 0 = the client adds N(0, (noiseMultiplier clip)^2 /
+  # noiseShareClients) to every value of its clipped input before masking; the round is released
+  # only if at least this many inputs survive. 0 = the coordinator adds the noise (plain uploads).
+  noiseShareClients @7 :UInt32;
 }
 
 # Client -> coordinator: the trained adapter. Acknowledged only once persisted.

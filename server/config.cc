@@ -275,9 +275,18 @@ Status CheckPrivacy(const CoordinatorConfig& c) {
     }
   }
   if (c.secure_aggregation.enabled) {
-    return InvalidArgument("privacy with secure_aggregation needs the noise added by the clients ",
-                           "(distributed DP), which fedlora does not do yet; the coordinator's ",
-                           "central noise needs plain uploads");
+    if (dp.min_clients < 2) {
+      return InvalidArgument("privacy.min_clients must be >= 2 with secure_aggregation: the ",
+                             "clients add the noise, each 1/min_clients of it, and a round is ",
+                             "released only when that many inputs survive");
+    }
+    if (dp.target_quantile > 0) {
+      return InvalidArgument("privacy.target_quantile (adaptive clipping) does not work with ",
+                             "secure_aggregation yet: the count of clients within the clip ",
+                             "would have to be summed securely too");
+    }
+  } else if (dp.min_clients > 0) {
+    return InvalidArgument("privacy.min_clients only applies with secure_aggregation");
   }
   return OkStatus();
 }
@@ -371,6 +380,7 @@ Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
   FEDLORA_RETURN_IF_ERROR(private_section.Read("clip_learning_rate", &dp.clip_learning_rate));
   FEDLORA_RETURN_IF_ERROR(
       private_section.Read("count_noise_multiplier", &dp.count_noise_multiplier));
+  FEDLORA_RETURN_IF_ERROR(private_section.Read("min_clients", &dp.min_clients));
   FEDLORA_RETURN_IF_ERROR(private_section.Finish());
   // Read before the strategy section, whose validation checks that the rule composes with it.
   FEDLORA_RETURN_IF_ERROR(ParseStrategyConfig(root.Section("strategy"), &c->strategy));

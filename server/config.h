@@ -119,6 +119,11 @@ struct PrivacyConfig {
   // multiplier becomes (sigma^-2 - (2 sigma_b)^-2)^-1/2, so that both together spend what sigma
   // alone would; needs 2 sigma_b > sigma.
   double count_noise_multiplier = 0;
+  // With secure_aggregation (distributed DP): the noise is added by the clients, each a share of
+  // variance (sigma C)^2 / min_clients, and a round's secure sum is released only when at least
+  // this many inputs survive; otherwise the round releases the global adapter with the whole
+  // noise added here (docs/privacy.md). Required (>= 2) with secure aggregation.
+  std::uint32_t min_clients = 0;
 };
 
 struct CoordinatorConfig {

@@ -166,6 +166,11 @@ class Coordinator::Impl {
   bool RecordPrivateRelease();
   wire::PrivacyParams PrivacyParamsForTask() const;
   std::optional<RoundPrivacy> PrivacyMetrics() const;
+  // Distributed DP (privacy with secure aggregation): t, the clients whose noise shares make up
+  // a round's noise and the fewest inputs a secure sum is released with; 0 without.
+  std::uint32_t NoiseShareClients() const {
+    return PrivacyOn() && SecureOn() ? config_.privacy.min_clients : 0;
+  }
 
   // ---- timers and membership ----
   void OnTick();
@@ -297,6 +302,9 @@ class Coordinator::Impl {
     double epsilon = 0;                 // Spent once this round is released...
     double clip_next = 0;               // ...and the next round's C.
     std::optional<double> within_clip;  // Adaptive clipping: the noised share within C.
+    // Distributed DP: the inputs in the released secure sum (0: none; the round's noise was
+    // then added here, on no change at all).
+    std::uint32_t secure_inputs = 0;
   };
   std::optional<PrivateRound> private_round_;
   PrivateRoundTally private_tally_;

@@ -45,6 +45,12 @@ Status Coordinator::Impl::StartPrivacy(const std::optional<Checkpoint>& latest) 
                               "state is computed from one client's data without noise, which ",
                               "no epsilon would cover");
   }
+  if (SecureOn() && strategy_->name() == "hetlora") {
+    return FailedPrecondition(
+        "privacy with secure_aggregation and strategy 'hetlora': a pruned client's input is not a ",
+        "change of the global adapter in the secure sum, so its change cannot be taken out of it; ",
+        "use privacy without secure_aggregation (central noise) for hetlora");
+  }
   FEDLORA_ASSIGN_OR_RETURN(PrivacyLedger ledger, PrivacyLedger::Create(dp, config_.rounds));
   PrivacyLedger from_checkpoint = ledger;
   if (!recorded.empty()) {
@@ -64,7 +70,12 @@ Status Coordinator::Impl::StartPrivacy(const std::optional<Checkpoint>& latest) 
                  : config_.rounds;
   PrivacyLedger planned = *ledger_;
   for (std::uint64_t r = 0; r < remaining; ++r) planned.RecordRound();
-  LogInfo("differential privacy on (central Gaussian, DP-FedAvg): changes clipped to L2 ",
+  LogInfo("differential privacy on (",
+          SecureOn() ? StrCat("distributed Gaussian under secure aggregation: each client adds 1/",
+                              dp.min_clients, " of the noise variance, a round needs ",
+                              dp.min_clients, "+ inputs")
+                     : std::string("central Gaussian, DP-FedAvg"),
+          "): changes clipped to L2 ",
           ledger_->clip(), ", noise multiplier ", ledger_->noise_multiplier(),
           ledger_->sigma_solved() ? " (solved from the budget)" : "", ", clients sampled with ",
           "probability ", dp.sample_rate, ", delta ", dp.delta, "; epsilon spent so far ",
@@ -186,11 +197,17 @@ bool Coordinator::Impl::RecordPrivateRelease() {
     Fatal(s.WithContext("recording a released private round"));
     return false;
   }
+  const double noise = ledger_->update_noise_multiplier() * private_round_->clip;
+  const std::uint32_t shares = private_round_->secure_inputs;
   LogInfo("round ", private_round_->round, ": private aggregate of ", private_tally_.folded,
           " upload(s) from ", private_round_->sampled.size(), " sampled of ",
-          private_round_->population, " (", private_tally_.clipped, " clipped to ",
-          private_round_->clip, ", noise ",
-          ledger_->update_noise_multiplier() * private_round_->clip, " on the sum, mean over ",
+          private_round_->population, " (",
+          shares > 0 ? StrCat("each clipped to ", private_round_->clip, " by its client, noise ",
+                              noise * std::sqrt(double{shares} / NoiseShareClients()),
+                              " on the sum from ", shares, " client shares")
+                     : StrCat(private_tally_.clipped, " clipped to ", private_round_->clip,
+                              ", noise ", noise, " on the sum"),
+          ", mean over ",
           private_round_->denominator, "); epsilon spent ", private_round_->epsilon, " at delta ",
           ledger_->delta(),
           ledger_->target_epsilon() > 0 ? StrCat(" of ", ledger_->target_epsilon()) : std::string(),
@@ -205,7 +222,7 @@ wire::PrivacyParams Coordinator::Impl::PrivacyParamsForTask() const {
   return wire::PrivacyParams{private_round_->clip,    ledger_->noise_multiplier(),
                              ledger_->sample_rate(),  ledger_->delta(),
                              ledger_->EpsilonSpent(), ledger_->target_epsilon(),
-                             ledger_->adaptive()};
+                             ledger_->adaptive(),     NoiseShareClients()};
 }
 
 std::optional<RoundPrivacy> Coordinator::Impl::PrivacyMetrics() const {
@@ -227,6 +244,7 @@ std::optional<RoundPrivacy> Coordinator::Impl::PrivacyMetrics() const {
   p.denominator = private_round_->denominator;
   p.clipped = static_cast<std::uint32_t>(private_tally_.clipped);
   p.uploads = static_cast<std::uint32_t>(private_tally_.folded);
+  p.noise_share_clients = private_round_->secure_inputs > 0 ? NoiseShareClients() : 0;
   return p;
 }
 

@@ -247,6 +247,14 @@ void Coordinator::Impl::StartAttempt() {
   // One client at a time (Configure is a pure function of the state, the round and the client;
   // DeriveTask relies on it too): N tasks at once would hold N copies of the adapter.
   round_.BeginAttempt(clock_.Now());
+  if (SecureOn() && PrivacyOn() && chosen.size() < NoiseShareClients()) {
+    // Too few for the clients' noise shares to make up the round's noise: nobody is tasked and
+    // the round releases the global adapter with the whole noise added here (no change folded).
+    LogInfo("round ", run.round, "/", config_.rounds, ": private round sampled ", chosen.size(),
+            " client(s) of ", private_round_->population, ", fewer than privacy.min_clients ",
+            NoiseShareClients(), "; no tasks, the global adapter is released with central noise");
+    return;
+  }
   if (SecureOn()) {
     StartSecureAttempt(chosen, attempt);
     return;
@@ -380,7 +388,10 @@ void Coordinator::Impl::Aggregate() {
                                [this](const std::string& id) { return DeriveTask(id); });
   GlobalState candidate = *state_;
   Result<AggregateReport> report = AggregateReport{};
-  if (SecureOn()) {  // The strategy sees the sum of the survivors' inputs, and nothing else.
+  // The strategy sees the sum of the survivors' inputs, and nothing else. A private round
+  // without a secure sum (too few sampled, or the protocol failed) folded nothing: its private
+  // accumulator releases the global adapter with central noise.
+  if (SecureOn() && (secure_sum_ || !PrivacyOn())) {
     report = secure_sum_ ? FinishSecureRound(candidate)
                          : Internal("no secure sum to aggregate in round ", run.round);
   } else {

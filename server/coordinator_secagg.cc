@@ -98,6 +98,10 @@ void Coordinator::Impl::StartSecureAttempt(const std::vector<std::string>& chose
   params.delta = spec.delta;
   params.weight_scale =
       WeightScale(spec.weighting, tasks, infos, config_.strategy.max_examples_per_client);
+  if (PrivacyOn()) {  // Distributed DP: every input counts 1; the mean is over a fixed m.
+    params.weighting = wire::SecAggWeighting::kUniform;
+    params.weight_scale = 1.0;
+  }
   std::map<std::string, std::vector<std::int64_t>, std::less<>> slots;
   for (const ClientTask& task : tasks) {
     for (const auto& [name, expected] : task.expected_upload) {
@@ -114,7 +118,9 @@ void Coordinator::Impl::StartSecureAttempt(const std::vector<std::string>& chose
   std::set<std::string, std::less<>> members(chosen.begin(), chosen.end());
   const SecAggSettings settings{sa.threshold, sa.degree,
                                 std::chrono::milliseconds(sa.stage_timeout_ms)};
-  secagg_.emplace(run.round, attempt, params, settings, members, Quorum(), clock_.Now(),
+  // Distributed DP: a sum of fewer than t inputs would carry less than the round's noise.
+  const std::uint32_t least = PrivacyOn() ? NoiseShareClients() : Quorum();
+  secagg_.emplace(run.round, attempt, params, settings, members, least, clock_.Now(),
                   run.deadline);
   const UploadSpec masked{{std::string(secagg::kMaskedTensorName),
                            ExpectedTensor{{DType::kU32, {static_cast<std::int64_t>(*length)}}}}};
@@ -126,8 +132,10 @@ void Coordinator::Impl::StartSecureAttempt(const std::vector<std::string>& chose
   LogInfo("round ", run.round, "/", config_.rounds, (attempt > 1 ? " (retry)" : ""),
           ": secure aggregation of ", params.layout.size(), " tensor(s), ", *length,
           " words mod 2^", params.modulus_bits, " (clip ", params.clip, ", 2^", params.levels_bits,
-          " levels); tasks sent to ", chosen.size(), " client(s), ", Quorum(),
-          "+ inputs needed, deadline in ", config_.round.timeout_ms, " ms");
+          " levels); tasks sent to ", chosen.size(), " client(s), ", least,
+          "+ inputs needed, deadline in ", config_.round.timeout_ms, " ms",
+          PrivacyOn() ? StrCat("; distributed DP: each client adds 1/", least, " of the noise")
+                      : std::string());
 }
 
 void Coordinator::Impl::HandleSecAgg(ClientConnection& client, std::uint64_t sequence,
@@ -259,9 +267,17 @@ void Coordinator::Impl::StepSecAgg() {
 }
 
 Result<AggregateReport> Coordinator::Impl::FinishSecureRound(GlobalState& candidate) {
-  FEDLORA_ASSIGN_OR_RETURN(AggregateReport report,
-                           strategy_->FinishSecure(candidate, round_.run().round, *secure_sum_));
   const SecAggReport& r = secagg_->report();
+  secagg::SecureSum sum = *secure_sum_;  // Kept as decoded: a re-aggregation starts from it.
+  if (PrivacyOn()) {  // Distributed DP: the clients' noise is in the sum; the mean is over m.
+    FEDLORA_ASSIGN_OR_RETURN(sum, PrivateReleaseOf(*secure_sum_, candidate.adapter,
+                                                   strategy_->secure_spec()->delta,
+                                                   private_round_->denominator));
+    private_round_->secure_inputs = static_cast<std::uint32_t>(r.masked);
+    private_tally_.folded = r.masked;
+  }
+  FEDLORA_ASSIGN_OR_RETURN(AggregateReport report,
+                           strategy_->FinishSecure(candidate, round_.run().round, sum));
   wire::Metrics& m = report.metrics;
   m["secagg_tasked"] = r.tasked;
   m["secagg_keyed"] = r.keyed;

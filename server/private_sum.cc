@@ -102,6 +102,28 @@ class PrivateAccumulator final : public RoundAccumulator {
 
 }  // namespace
 
+Result<secagg::SecureSum> PrivateReleaseOf(const secagg::SecureSum& sum, const TensorMap& global,
+                                           bool delta, double denominator) {
+  secagg::SecureSum release = sum;
+  for (auto& [name, weighted] : release.weighted) {
+    double& weight = release.weights.at(name);
+    if (!delta) {
+      const auto g = global.find(name);
+      if (g == global.end() || g->second.shape != weighted.shape) {
+        return Internal("private release: the global adapter has no tensor '", name,
+                        "' of shape ", ShapeString(weighted.shape));
+      }
+      // m G + (Σ x − (Σ w) G) = Σ x + (m − Σ w) G.
+      const std::vector<double> gv = ToDoubles(g->second);
+      std::vector<double> values = ToDoubles(weighted);
+      for (std::size_t i = 0; i < values.size(); ++i) values[i] += (denominator - weight) * gv[i];
+      weighted = MakeF64(weighted.shape, values);
+    }
+    weight = denominator;
+  }
+  return release;
+}
+
 std::unique_ptr<RoundAccumulator> MakePrivateAccumulator(Strategy& strategy, std::uint64_t round,
                                                          PrivateRoundParams params,
                                                          PrivateRoundTally* tally) {

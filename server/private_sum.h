@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "common/crypto/key_agreement.h"
+#include "common/secagg/secure_input.h"
 #include "common/wire/messages.h"
 #include "server/strategies/strategy.h"
 
@@ -47,6 +48,14 @@ struct PrivateRoundTally {
   std::uint64_t within = 0;  // Adaptive clipping: uploads reporting a change within C...
   double noised_within = 0;  // ...and that count with its noise, set by Finish.
 };
+
+// Distributed DP (privacy with secure aggregation): `sum`, the decoded secure sum of the
+// clients' clipped and noised inputs (uniform weight 1 each), as the release Finish above would
+// give: per slot m G + D with weight m, D = Σ x − (Σ w) G the noised sum of the changes (for delta
+// strategies, whose inputs are changes already, D = Σ x). `global` holds G. kInternal naming the
+// slot when G is missing or of another shape.
+Result<secagg::SecureSum> PrivateReleaseOf(const secagg::SecureSum& sum, const TensorMap& global,
+                                           bool delta, double denominator);
 
 // The accumulator of one DP round of `strategy` (which must have a secure_spec).
 // `tally`, if given, is kept up to date by Fold and must outlive the accumulator.

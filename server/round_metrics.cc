@@ -78,6 +78,7 @@ std::string ToJsonLine(const RoundMetrics& m) {
         {"denominator", p->denominator},
         {"clipped", p->clipped},
         {"uploads", p->uploads},
+        {"noise_share_clients", p->noise_share_clients},
         {"clipped_fraction", p->uploads > 0 ? static_cast<double>(p->clipped) / p->uploads : 0.0}};
   } else {
     j["privacy"] = nullptr;

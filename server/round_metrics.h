@@ -32,6 +32,10 @@ struct RoundPrivacy {
   double denominator = 0;              // The mean's fixed denominator: q x population (>= 1).
   std::uint32_t clipped = 0;           // Uploads whose change was clipped to C (by their client)...
   std::uint32_t uploads = 0;           // ...of this many aggregated.
+  // Distributed noise (with secure aggregation): each client adds 1/noise_share_clients of the
+  // variance, so the sum of the `uploads` carries uploads/noise_share_clients >= 1 of it;
+  // 0: the coordinator added it (central). A round with too few inputs gets central noise.
+  std::uint32_t noise_share_clients = 0;
 };
 
 struct RoundMetrics {

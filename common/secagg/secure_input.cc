@@ -4,6 +4,7 @@
 #include <cmath>
 #include <string_view>
 
+#include "common/privacy/gaussian_noise.h"
 #include "common/secagg/quantize.h"
 
 namespace fedlora::secagg {
@@ -102,7 +103,7 @@ Result<std::uint64_t> SecureVectorLength(const wire::SecAggParams& params) {
 
 Result<SecureInput> MakeSecureInput(const wire::SecAggParams& params, const wire::AdapterPlan& plan,
                                     const TensorMap& sent, const wire::Update& update,
-                                    std::uint64_t rounding_seed) {
+                                    std::uint64_t rounding_seed, const InputNoise* noise) {
   FEDLORA_ASSIGN_OR_RETURN(const std::uint64_t length, SecureVectorLength(params));
   FEDLORA_RETURN_IF_ERROR(CheckQuantization(ValueConfig(params), 1));
   if (!(params.weight_scale > 0) || !std::isfinite(params.weight_scale)) {
@@ -146,6 +147,10 @@ Result<SecureInput> MakeSecureInput(const wire::SecAggParams& params, const wire
       FEDLORA_ASSIGN_OR_RETURN(placed, PlaceInSlot(slot, plan, it->second.shape, x));
       for (double& v : placed) v *= w;
       slot_weight = w;
+    }
+    if (noise != nullptr) {
+      privacy::AddGaussianNoise(placed, noise->stddev,
+                                privacy::DeriveNoiseSeed(noise->seed, slot.name));
     }
     Quantized q = Quantize(placed, values, seed++);
     in.clipped += q.clipped;

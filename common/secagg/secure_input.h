@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "common/crypto/key_agreement.h"
 #include "common/status.h"
 #include "common/tensor.h"
 #include "common/wire/messages.h"
@@ -46,13 +47,22 @@ struct SecureInput {
   double weight = 0;          // The weight w before quantisation.
 };
 
+// Distributed differential privacy: the client's share of the round's Gaussian noise
+// (wire::PrivacyParams::noise_share_clients), added to every value word of its vector, uploaded
+// slots or not, before clipping and quantisation (the weight words get none).
+struct InputNoise {
+  double stddev = 0;  // (sigma C) / sqrt(noise_share_clients).
+  crypto::Seed seed{};
+};
+
 // The client's quantised vector for `update`, answering a task with `params`, `plan` and the
 // tensors it was sent (`sent`: the deltas' reference when params.delta). Stochastic rounding
-// from `rounding_seed`. kInvalidArgument naming the tensor for an upload that does not fit its
-// slot, or a tensor the layout does not have.
+// from `rounding_seed`; `noise`, when given, is added first. kInvalidArgument naming the tensor
+// for an upload that does not fit its slot, or a tensor the layout does not have.
 Result<SecureInput> MakeSecureInput(const wire::SecAggParams& params, const wire::AdapterPlan& plan,
                                     const TensorMap& sent, const wire::Update& update,
-                                    std::uint64_t rounding_seed);
+                                    std::uint64_t rounding_seed,
+                                    const InputNoise* noise = nullptr);
 
 // The unmasked sum of `survivors` clients' vectors, per slot: Σ w·x (f64, full shape) and Σ w.
 struct SecureSum {

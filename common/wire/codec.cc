@@ -266,6 +266,7 @@ struct BodyEncoder {
       p.setEpsilonSpent(m.privacy->epsilon_spent);
       p.setTargetEpsilon(m.privacy->target_epsilon);
       p.setAdaptiveClip(m.privacy->adaptive_clip);
+      p.setNoiseShareClients(m.privacy->noise_share_clients);
     }
   }
   void operator()(const Update& m) {

@@ -23,8 +23,10 @@ namespace fedlora::wire {
 // Bumped on any incompatible change to proto/fedlora.capnp. Peers with another version are
 // answered with kVersionMismatch and not served. Version 2: results carry their task's ticket.
 // Version 3: chunked transfer (ChunkedHead, Chunk, CHUNK_MISMATCH). Version 4: secure
-// aggregation (RoundTask.secagg, SecAgg, u32 tensors, SECAGG_MISMATCH).
-inline constexpr std::uint16_t kProtocolVersion = 5;
+// aggregation (RoundTask.secagg, SecAgg, u32 tensors, SECAGG_MISMATCH). Version 5: differential
+// privacy (RoundTask.privacy, PRIVACY_MISMATCH). Version 6: distributed noise
+// (PrivacyParams.noiseShareClients): a version-5 client would ignore it and upload no noise.
+inline constexpr std::uint16_t kProtocolVersion = 6;
 
 // Protocol error codes, mirrored one-to-one by proto/fedlora.capnp's ErrorCode enum. Each
 // malformed-input case has its own code so a peer (and a test) can tell exactly what was wrong.
@@ -258,6 +260,10 @@ struct PrivacyParams {
   // Adaptive clipping: the client reports whether its change was within `clip` before clipping,
   // as metric kWithinClipMetric (1 or 0); the coordinator moves the clip toward a quantile.
   bool adaptive_clip = false;
+  // Distributed DP (with secure aggregation): > 0 = the client adds N(0, (sigma C)^2 / this) to
+  // every value of its clipped input before masking, and the round is released only if at least
+  // this many inputs survive, so the sum's noise is at least N(0, (sigma C)^2). 0: central noise.
+  std::uint32_t noise_share_clients = 0;
   friend bool operator==(const PrivacyParams&, const PrivacyParams&) = default;
 };
 

@@ -154,7 +154,7 @@ TEST(CodecTest, AShareOfTheWrongLengthIsASecAggMismatchNamingIt) {
 TEST(CodecTest, ATasksPrivacyRoundTripsAndParametersAClientCannotUseAreRefused) {
   RoundTask task;
   task.round = 3;
-  task.privacy = PrivacyParams{0.25, 1.1, 0.05, 1e-5, 2.5, 8};
+  task.privacy = PrivacyParams{0.25, 1.1, 0.05, 1e-5, 2.5, 8, false, 6};
   const Envelope in{kProtocolVersion, 77, 5, task};
   Result<Envelope> out = Decode(Encode(in).frames(), {});
   ASSERT_TRUE(out.ok()) << out.status().ToString();

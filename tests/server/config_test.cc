@@ -194,10 +194,22 @@ TEST(CoordinatorConfigTest, PrivacySectionIsReadAndCheckedAgainstTheRest) {
   EXPECT_NE(message("privacy: {enabled: true, clip: 1, noise_multiplier: 1, sample_rate: 1.5}")
                 .find("privacy.sample_rate"),
             std::string::npos);
-  EXPECT_NE(message("privacy: {enabled: true, clip: 1, noise_multiplier: 1}\n"
-                    "round: {min_clients: 3, quorum: 2}\nsecure_aggregation: {enabled: true}\n")
-                .find("distributed DP"),
+  // With secure aggregation the clients add the noise: min_clients says how many shares.
+  const std::string secure = "round: {min_clients: 3, quorum: 2}\nsecure_aggregation: {enabled: true}\n";
+  EXPECT_NE(message("privacy: {enabled: true, clip: 1, noise_multiplier: 1}\n" + secure)
+                .find("privacy.min_clients must be >= 2 with secure_aggregation"),
             std::string::npos);
+  EXPECT_NE(message("privacy: {enabled: true, clip: 1, noise_multiplier: 1, min_clients: 3, "
+                    "target_quantile: 0.5, count_noise_multiplier: 4}\n" + secure)
+                .find("privacy.target_quantile"),
+            std::string::npos);
+  EXPECT_NE(message("privacy: {enabled: true, clip: 1, noise_multiplier: 1, min_clients: 3}")
+                .find("privacy.min_clients only applies with secure_aggregation"),
+            std::string::npos);
+  const Result<CoordinatorConfig> distributed =
+      Parse("privacy: {enabled: true, clip: 1, noise_multiplier: 1, min_clients: 3}\n" + secure);
+  ASSERT_TRUE(distributed.ok()) << distributed.status().ToString();
+  EXPECT_EQ(distributed->privacy.min_clients, 3u);
   EXPECT_NE(message("privacy: {enabled: true, clip: 1, noise_multiplier: 1, epsilon: 3}")
                 .find("privacy.epsilon"),
             std::string::npos);

@@ -96,6 +96,52 @@ TEST(PrivateSumTest, WithoutNoiseTheAggregateIsTheGlobalPlusTheClippedChangesOve
   }
 }
 
+// Distributed DP: the secure sum of 3 inputs G + change_k (the clients' noise already in them)
+// becomes, per slot, m G + sum_k change_k with weight m, so FedAvg releases G + sum / m; a delta
+// strategy's sum (of changes already) is only re-weighted.
+TEST(PrivateSumTest, ASecureSumOfInputsBecomesTheGlobalPlusTheChangesOverTheDenominator) {
+  std::mt19937_64 rng(9);
+  GlobalState state;
+  state.adapter[kA] = MakeF64({kRank, kIn}, Normal(kRank * kIn, rng));
+  state.adapter[kB] = MakeF64({kOut, kRank}, Normal(kOut * kRank, rng));
+  secagg::SecureSum sum;
+  std::map<std::string, std::vector<double>, std::less<>> changes;
+  for (const char* name : {kA, kB}) {
+    const std::vector<double> g = ToDoubles(state.adapter.at(name));
+    std::vector<double> total(g.size(), 0.0), inputs(g.size(), 0.0);
+    for (int k = 0; k < 3; ++k) {
+      const std::vector<double> c = Normal(g.size(), rng, 0.1);
+      for (std::size_t i = 0; i < g.size(); ++i) {
+        inputs[i] += g[i] + c[i];
+        total[i] += c[i];
+      }
+    }
+    sum.weighted[name] = MakeF64(state.adapter.at(name).shape, inputs);
+    sum.weights[name] = 3.0;
+    changes[name] = total;
+  }
+  Result<secagg::SecureSum> release = PrivateReleaseOf(sum, state.adapter, false, 5.0);
+  ASSERT_TRUE(release.ok()) << release.status().ToString();
+  FedAvg strategy = MeanOfChanges();
+  GlobalState out = state;
+  ASSERT_TRUE(strategy.FinishSecure(out, 1, *release).ok());
+  for (const char* name : {kA, kB}) {
+    EXPECT_EQ(release->weights.at(name), 5.0);
+    const std::vector<double> g = ToDoubles(state.adapter.at(name));
+    const std::vector<double> got = ToDoubles(out.adapter.at(name));
+    for (std::size_t i = 0; i < g.size(); ++i) {
+      EXPECT_NEAR(got[i], g[i] + changes[name][i] / 5.0, 1e-10) << name << "[" << i << "]";
+    }
+  }
+  Result<secagg::SecureSum> deltas = PrivateReleaseOf(sum, state.adapter, true, 5.0);
+  ASSERT_TRUE(deltas.ok());
+  EXPECT_EQ(deltas->weighted.at(kA), sum.weighted.at(kA));
+  EXPECT_EQ(deltas->weights.at(kA), 5.0);
+  GlobalState missing;
+  EXPECT_EQ(PrivateReleaseOf(sum, missing.adapter, false, 5.0).status().code(),
+            StatusCode::kInternal);
+}
+
 // The noise on the released mean has standard deviation sigma C / m on every element. 20 000
 // elements: the sample deviation's standard error is 0.5%; the tolerance is 3%.
 TEST(PrivateSumTest, NoiseOnTheMeanHasDeviationSigmaTimesClipOverTheDenominator) {

@@ -63,6 +63,32 @@ TEST(SecureInputTest, TheWeightedMeanOfTwoClientsComesBackWithinTheQuantisationB
   }
 }
 
+TEST(SecureInputTest, DistributedNoiseSharesSumToTheRoundsDeviationAndLeaveTheWeightsExact) {
+  // Distributed DP: 4 clients each add N(0, s^2) to every value word; the decoded sum carries
+  // N(0, 4 s^2) on top of the values' sum, and the weight words none at all.
+  wire::SecAggParams p = Params({{"m.lora_B.weight", {100, 50}}});
+  p.weighting = wire::SecAggWeighting::kUniform;
+  p.weight_scale = 1;
+  const std::vector<double> x(5000, 0.125);
+  constexpr double kShare = 0.02;
+  std::vector<SecureInput> inputs;
+  for (std::uint8_t k = 0; k < 4; ++k) {
+    InputNoise noise{kShare, {}};
+    noise.seed.fill(k);
+    inputs.push_back(MakeSecureInput(p, {}, {}, Upload(1, {{"m.lora_B.weight", MakeF64({100, 50}, x)}}),
+                                     k, &noise)
+                         .value());
+  }
+  const SecureSum sum = SumOf(p, inputs);
+  EXPECT_NEAR(sum.weights.at("m.lora_B.weight"), 4.0, 1e-12);
+  const std::vector<double> got = ToDoubles(sum.weighted.at("m.lora_B.weight"));
+  double mean = 0, squares = 0;
+  for (const double v : got) mean += (v - 0.5) / got.size();
+  for (const double v : got) squares += (v - 0.5 - mean) * (v - 0.5 - mean) / got.size();
+  EXPECT_NEAR(std::sqrt(squares), 2 * kShare, 0.05 * 2 * kShare);  // sqrt(4) shares.
+  EXPECT_NEAR(mean, 0.0, 4 * 2 * kShare / std::sqrt(5000.0));
+}
+
 TEST(SecureInputTest, QuantisationErrorStaysWithinItsBoundOverManyInputs) {
   const wire::SecAggParams p = Params({{"t", {1000}}});
   std::mt19937_64 rng(5);
