@@ -101,7 +101,8 @@ Status ParseDpSgd(const config::ConfigSection& s, DpSgdConfig* dp) {
     return InvalidArgument(s.PathOf("noise_multiplier"), " must be finite and > 0");
   }
   if (!(dp->sample_rate >= 0 && dp->sample_rate <= 1)) {
-    return InvalidArgument(s.PathOf("sample_rate"), " must be in [0, 1] (0: batch_size / examples)");
+    return InvalidArgument(s.PathOf("sample_rate"),
+                           " must be in [0, 1] (0: batch_size / examples)");
   }
   if (!(dp->target_epsilon > 0) || !std::isfinite(dp->target_epsilon)) {
     return InvalidArgument(s.PathOf("target_epsilon"),

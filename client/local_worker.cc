@@ -34,8 +34,8 @@
 #include "client/train/trainer.h"
 #include "client/train/training_batcher.h"
 #include "common/log.h"
-#include "common/process.h"
 #include "common/lora/factor_math.h"
+#include "common/process.h"
 
 namespace fedlora::client {
 
@@ -82,9 +82,9 @@ class LocalWorker final : public Worker {
         options_(options),
         data_(std::move(data)),
         private_trainer_(std::move(private_trainer)),
-        local_store_(config_.state_dir.empty() ? StrCat("fedlora-client-", config_.name)
-                                               : config_.state_dir,
-                     config_.name, assets_->model().Digest()) {
+        local_store_(
+            config_.state_dir.empty() ? StrCat("fedlora-client-", config_.name) : config_.state_dir,
+            config_.name, assets_->model().Digest()) {
     const LlamaModel& model = assets_->model();
     hello_.client_name = config_.name;
     hello_.software_version = std::string(kSoftwareVersion);
@@ -491,7 +491,8 @@ class LocalWorker final : public Worker {
   const std::shared_ptr<const ModelAssets> assets_;
   const LocalWorkerOptions options_;
   const std::unique_ptr<const ClientDataset> data_;
-  std::optional<PrivateTrainer> private_trainer_;  // With privacy.dp_sgd: every task trains with DP-SGD.
+  // With privacy.dp_sgd: every task trains with DP-SGD under the client's own budget.
+  std::optional<PrivateTrainer> private_trainer_;
   const LocalFactorStore local_store_;
   wire::Hello hello_;                       // Without base_version (see Describe).
 
@@ -610,9 +611,8 @@ Result<std::unique_ptr<Worker>> MakeLocalWorker(const ClientConfig& config,
   } else {
     LogDebug("client '", config.name, "': ", (*data)->summary());
   }
-  return std::unique_ptr<Worker>(
-      std::make_unique<LocalWorker>(config, std::move(assets), options, std::move(data).value(),
-                                    std::move(private_trainer)));
+  return std::unique_ptr<Worker>(std::make_unique<LocalWorker>(
+      config, std::move(assets), options, std::move(data).value(), std::move(private_trainer)));
 }
 
 void ConfigureTorchThreads(unsigned threads) {

@@ -24,7 +24,7 @@ struct DpSgdConfig {
   double noise_multiplier = 1.0;  // σ: N(0, σ²C²) per coordinate of each step's sum.
   // q: each example's chance to join a step's batch; 0 = train.batch_size / examples.
   double sample_rate = 0;
-  double target_epsilon = 0;      // Required (> 0) when enabled: over every round, ever.
+  double target_epsilon = 0;  // Required (> 0) when enabled: over every round, ever.
   double delta = 1e-5;
 };
 

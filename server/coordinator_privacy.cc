@@ -75,11 +75,10 @@ Status Coordinator::Impl::StartPrivacy(const std::optional<Checkpoint>& latest) 
                               dp.min_clients, " of the noise variance, a round needs ",
                               dp.min_clients, "+ inputs")
                      : std::string("central Gaussian, DP-FedAvg"),
-          "): changes clipped to L2 ",
-          ledger_->clip(), ", noise multiplier ", ledger_->noise_multiplier(),
-          ledger_->sigma_solved() ? " (solved from the budget)" : "", ", clients sampled with ",
-          "probability ", dp.sample_rate, ", delta ", dp.delta, "; epsilon spent so far ",
-          ledger_->EpsilonSpent(), " over ", ledger_->rounds_released(),
+          "): changes clipped to L2 ", ledger_->clip(), ", noise multiplier ",
+          ledger_->noise_multiplier(), ledger_->sigma_solved() ? " (solved from the budget)" : "",
+          ", clients sampled with ", "probability ", dp.sample_rate, ", delta ", dp.delta,
+          "; epsilon spent so far ", ledger_->EpsilonSpent(), " over ", ledger_->rounds_released(),
           " released round(s); after all ", config_.rounds, " rounds it would be ",
           planned.EpsilonSpent(),
           dp.target_epsilon > 0 ? StrCat(" (budget ", dp.target_epsilon, ")") : std::string());
@@ -207,9 +206,8 @@ bool Coordinator::Impl::RecordPrivateRelease() {
                               " on the sum from ", shares, " client shares")
                      : StrCat(private_tally_.clipped, " clipped to ", private_round_->clip,
                               ", noise ", noise, " on the sum"),
-          ", mean over ",
-          private_round_->denominator, "); epsilon spent ", private_round_->epsilon, " at delta ",
-          ledger_->delta(),
+          ", mean over ", private_round_->denominator, "); epsilon spent ", private_round_->epsilon,
+          " at delta ", ledger_->delta(),
           ledger_->target_epsilon() > 0 ? StrCat(" of ", ledger_->target_epsilon()) : std::string(),
           private_round_->within_clip
               ? StrCat("; noised share within the clip ", *private_round_->within_clip,

@@ -120,8 +120,7 @@ void Coordinator::Impl::StartSecureAttempt(const std::vector<std::string>& chose
                                 std::chrono::milliseconds(sa.stage_timeout_ms)};
   // Distributed DP: a sum of fewer than t inputs would carry less than the round's noise.
   const std::uint32_t least = PrivacyOn() ? NoiseShareClients() : Quorum();
-  secagg_.emplace(run.round, attempt, params, settings, members, least, clock_.Now(),
-                  run.deadline);
+  secagg_.emplace(run.round, attempt, params, settings, members, least, clock_.Now(), run.deadline);
   const UploadSpec masked{{std::string(secagg::kMaskedTensorName),
                            ExpectedTensor{{DType::kU32, {static_cast<std::int64_t>(*length)}}}}};
   for (std::size_t k = 0; k < chosen.size(); ++k) {
@@ -270,9 +269,9 @@ Result<AggregateReport> Coordinator::Impl::FinishSecureRound(GlobalState& candid
   const SecAggReport& r = secagg_->report();
   secagg::SecureSum sum = *secure_sum_;  // Kept as decoded: a re-aggregation starts from it.
   if (PrivacyOn()) {  // Distributed DP: the clients' noise is in the sum; the mean is over m.
-    FEDLORA_ASSIGN_OR_RETURN(sum, PrivateReleaseOf(*secure_sum_, candidate.adapter,
-                                                   strategy_->secure_spec()->delta,
-                                                   private_round_->denominator));
+    FEDLORA_ASSIGN_OR_RETURN(
+        sum, PrivateReleaseOf(*secure_sum_, candidate.adapter, strategy_->secure_spec()->delta,
+                              private_round_->denominator));
     private_round_->secure_inputs = static_cast<std::uint32_t>(r.masked);
     private_tally_.folded = r.masked;
   }

@@ -110,8 +110,8 @@ Result<secagg::SecureSum> PrivateReleaseOf(const secagg::SecureSum& sum, const T
     if (!delta) {
       const auto g = global.find(name);
       if (g == global.end() || g->second.shape != weighted.shape) {
-        return Internal("private release: the global adapter has no tensor '", name,
-                        "' of shape ", ShapeString(weighted.shape));
+        return Internal("private release: the global adapter has no tensor '", name, "' of shape ",
+                        ShapeString(weighted.shape));
       }
       // m G + (Σ x − (Σ w) G) = Σ x + (m − Σ w) G.
       const std::vector<double> gv = ToDoubles(g->second);

@@ -401,9 +401,9 @@ at::Tensor LoraAdapter::AdapterInput(const at::Tensor& x) {
   if (!training_ || dropout_ == 0.0) return x;
   // Inverted dropout on the adapter path only, with this adapter's generator.
   // The mask is drawn on the CPU (the generator is a CPU one) and moved to x's device.
-  const at::Tensor keep =
-      at::empty(x.sizes(), x.options().device(at::kCPU)).bernoulli_(1.0 - dropout_, generator_)
-          .to(x.device());
+  const at::Tensor keep = at::empty(x.sizes(), x.options().device(at::kCPU))
+                              .bernoulli_(1.0 - dropout_, generator_)
+                              .to(x.device());
   return x * keep * (1.0 / (1.0 - dropout_));
 }
 

@@ -89,20 +89,19 @@ Result<DpSgdStats> TrainLoraDpSgd(const LlamaModel& model, LoraAdapter& adapter,
   double loss_sum = 0;
   for (std::uint64_t step = 0; step < total_steps; ++step) {
     if (stop.stop_requested()) {
-      return Status(StatusCode::kCancelled,
-                    StrCat("DP-SGD training cancelled after ", step, " of ", total_steps, " steps"));
+      return Status(StatusCode::kCancelled, StrCat("DP-SGD training cancelled after ", step, " of ",
+                                                   total_steps, " steps"));
     }
     const std::vector<std::size_t> picks =
         PoissonBatch(seed, step, source.size(), options.sample_rate);
-    FEDLORA_ASSIGN_OR_RETURN(
-        ClippedGradients grads,
-        ClippedGradientSum(model, adapter, source, picks, options.clip, spec.batch_size,
-                           base_weights));
+    FEDLORA_ASSIGN_OR_RETURN(ClippedGradients grads,
+                             ClippedGradientSum(model, adapter, source, picks, options.clip,
+                                                spec.batch_size, base_weights));
     // Noise on every coordinate (even when the batch is empty), then the mean over q N.
     for (std::size_t k = 0; k < params.size(); ++k) {
       std::vector<double> noise(static_cast<std::size_t>(params[k].numel()), 0.0);
-      privacy::AddGaussianNoise(noise, stddev,
-                                privacy::DeriveNoiseSeed(seed, StrCat("dp-sgd/noise/", step, "/", k)));
+      privacy::AddGaussianNoise(
+          noise, stddev, privacy::DeriveNoiseSeed(seed, StrCat("dp-sgd/noise/", step, "/", k)));
       const at::Tensor noise_tensor =
           at::from_blob(noise.data(), params[k].sizes(), at::kDouble).to(grads.sums[k].options());
       params[k].mutable_grad() = (grads.sums[k] + noise_tensor) / expected_batch;
@@ -129,7 +128,8 @@ Result<DpSgdStats> TrainLoraDpSgd(const LlamaModel& model, LoraAdapter& adapter,
     stats.clipped += grads.clipped;
     if (picks.empty()) ++stats.empty_steps;
   }
-  stats.train.loss = stats.train.tokens > 0 ? loss_sum / static_cast<double>(stats.train.tokens) : 0;
+  stats.train.loss =
+      stats.train.tokens > 0 ? loss_sum / static_cast<double>(stats.train.tokens) : 0;
   stats.train.seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return stats;

@@ -39,9 +39,9 @@ struct DpSgdOptions {
 };
 
 struct DpSgdStats {
-  TrainStats train;              // As TrainLora's; samples counts the examples sampled.
-  std::uint64_t clipped = 0;     // Sampled examples whose gradient norm exceeded C.
-  std::uint64_t empty_steps = 0; // Steps whose Poisson batch was empty (noise only).
+  TrainStats train;               // As TrainLora's; samples counts the examples sampled.
+  std::uint64_t clipped = 0;      // Sampled examples whose gradient norm exceeded C.
+  std::uint64_t empty_steps = 0;  // Steps whose Poisson batch was empty (noise only).
 };
 
 // The steps TrainLoraDpSgd takes on a source of `examples` rows: local_epochs > 0 ?

@@ -34,10 +34,10 @@ namespace fedlora::client {
 struct ClippedGradients {
   // Σ_e c_e g_e, one tensor per adapter.Parameters() entry (same order, shape, device; float32).
   std::vector<at::Tensor> sums;
-  std::vector<double> norms;     // ‖g_e‖ per example, in `picks` order.
-  std::uint64_t clipped = 0;     // Examples with ‖g_e‖ > clip.
-  double loss_sum = 0;           // Σ over the examples' predicted tokens of the token loss.
-  std::uint64_t tokens = 0;      // Predicted tokens of the examples.
+  std::vector<double> norms;  // ‖g_e‖ per example, in `picks` order.
+  std::uint64_t clipped = 0;  // Examples with ‖g_e‖ > clip.
+  double loss_sum = 0;        // Σ over the examples' predicted tokens of the token loss.
+  std::uint64_t tokens = 0;   // Predicted tokens of the examples.
 };
 
 // The clipped sum of the per-example gradients of `adapter.Parameters()` over the rows `picks`

@@ -16,24 +16,24 @@ Result<PrivateTrainer> PrivateTrainer::Open(const DpSgdConfig& config, std::stri
       DpSgdBudget::Open(std::move(budget_path), config.target_epsilon, config.delta));
   if (budget.steps() > 0) {
     LogInfo("client '", client, "': DP-SGD budget ", budget.path(), ": ", budget.steps(),
-            " steps taken so far, epsilon ", budget.EpsilonSpent(), " of ",
-            config.target_epsilon, " at delta ", config.delta);
+            " steps taken so far, epsilon ", budget.EpsilonSpent(), " of ", config.target_epsilon,
+            " at delta ", config.delta);
   }
   return PrivateTrainer(config, std::move(client), std::move(budget));
 }
 
 Result<TrainStats> PrivateTrainer::Train(const LlamaModel& model, LoraAdapter& adapter,
-                                         const SequenceSource& source,
-                                         const wire::TrainSpec& spec, std::uint64_t round,
-                                         std::stop_token stop,
+                                         const SequenceSource& source, const wire::TrainSpec& spec,
+                                         std::uint64_t round, std::stop_token stop,
                                          std::span<const at::Tensor> base_weights,
                                          wire::Metrics& metrics) {
   const std::size_t examples = source.size();
   if (examples == 0) return FailedPrecondition("no training data (empty token stream)");
-  const double q = config_.sample_rate > 0
-                       ? config_.sample_rate
-                       : std::min(1.0, static_cast<double>(std::max<std::uint32_t>(spec.batch_size, 1)) /
-                                           static_cast<double>(examples));
+  const double q =
+      config_.sample_rate > 0
+          ? config_.sample_rate
+          : std::min(1.0, static_cast<double>(std::max<std::uint32_t>(spec.batch_size, 1)) /
+                              static_cast<double>(examples));
   const std::uint64_t steps = DpSgdSteps(spec, examples);
   const double spent = budget_.EpsilonSpent();
   const double after = budget_.EpsilonAfter(q, config_.noise_multiplier, steps);
@@ -42,18 +42,17 @@ Result<TrainStats> PrivateTrainer::Train(const LlamaModel& model, LoraAdapter& a
         FailedPrecondition("client '", client_, "': DP-SGD budget: round ", round, "'s ", steps,
                            " steps (sample rate ", q, ", noise multiplier ",
                            config_.noise_multiplier, ") would take epsilon from ", spent, " to ",
-                           after, ", past privacy.dp_sgd.target_epsilon ",
-                           config_.target_epsilon, " (", budget_.path(), ")")
+                           after, ", past privacy.dp_sgd.target_epsilon ", config_.target_epsilon,
+                           " (", budget_.path(), ")")
             .WithDetail(static_cast<std::uint32_t>(wire::ErrorCode::kPrivacyMismatch));
     LogWarn(refused.message());
     return refused;
   }
-  const DpSgdOptions options{.clip = config_.clip,
-                             .noise_multiplier = config_.noise_multiplier,
-                             .sample_rate = q};
-  FEDLORA_ASSIGN_OR_RETURN(const DpSgdStats stats,
-                           TrainLoraDpSgd(model, adapter, source, spec, options, std::move(stop),
-                                          base_weights));
+  const DpSgdOptions options{
+      .clip = config_.clip, .noise_multiplier = config_.noise_multiplier, .sample_rate = q};
+  FEDLORA_ASSIGN_OR_RETURN(
+      const DpSgdStats stats,
+      TrainLoraDpSgd(model, adapter, source, spec, options, std::move(stop), base_weights));
   // Spent once trained, whether or not the update arrives: written before it may leave.
   if (Status recorded = budget_.Record(q, config_.noise_multiplier, stats.train.steps);
       !recorded.ok()) {

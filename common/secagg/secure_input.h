@@ -61,8 +61,7 @@ struct InputNoise {
 // for an upload that does not fit its slot, or a tensor the layout does not have.
 Result<SecureInput> MakeSecureInput(const wire::SecAggParams& params, const wire::AdapterPlan& plan,
                                     const TensorMap& sent, const wire::Update& update,
-                                    std::uint64_t rounding_seed,
-                                    const InputNoise* noise = nullptr);
+                                    std::uint64_t rounding_seed, const InputNoise* noise = nullptr);
 
 // The unmasked sum of `survivors` clients' vectors, per slot: Σ w·x (f64, full shape) and Σ w.
 struct SecureSum {

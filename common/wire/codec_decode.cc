@@ -286,9 +286,9 @@ Result<SecAggParams> DecodeSecAggParams(proto::SecAggParams::Reader r) {
 
 // A clip and noise a client can act on: finite, clip > 0, sigma >= 0, q in (0, 1].
 Result<PrivacyParams> DecodePrivacyParams(proto::PrivacyParams::Reader r) {
-  PrivacyParams p{r.getClip(),         r.getNoiseMultiplier(), r.getSampleRate(),  r.getDelta(),
-                  r.getEpsilonSpent(), r.getTargetEpsilon(),   r.getAdaptiveClip(),
-                  r.getNoiseShareClients()};
+  PrivacyParams p{r.getClip(),         r.getNoiseMultiplier(),  r.getSampleRate(),
+                  r.getDelta(),        r.getEpsilonSpent(),     r.getTargetEpsilon(),
+                  r.getAdaptiveClip(), r.getNoiseShareClients()};
   const auto bad = [](std::string_view what, double v) {
     return DecodeError(ErrorCode::kInvalidField, StatusCode::kInvalidArgument,
                        StrCat("privacy.", what, ": ", v, " is out of range"));

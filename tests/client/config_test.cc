@@ -38,9 +38,10 @@ TEST(ClientConfigTest, InvalidValuesNameTheirKey) {
 }
 
 TEST(ClientConfigTest, DpSgdSectionParsesAndRefusesARunWithoutABudget) {
-  const Result<ClientConfig> c = LoadClientConfig(
-      FEDLORA_SOURCE_DIR "/configs/client.yaml",
-      {"privacy.dp_sgd.enabled=true", "privacy.dp_sgd.clip=0.25", "privacy.dp_sgd.sample_rate=0.01"});
+  const Result<ClientConfig> c =
+      LoadClientConfig(FEDLORA_SOURCE_DIR "/configs/client.yaml",
+                       {"privacy.dp_sgd.enabled=true", "privacy.dp_sgd.clip=0.25",
+                        "privacy.dp_sgd.sample_rate=0.01"});
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_TRUE(c->privacy.dp_sgd.enabled);
   EXPECT_DOUBLE_EQ(c->privacy.dp_sgd.clip, 0.25);

@@ -82,7 +82,8 @@ TEST(DpSgdTest, TheSameSeedTrainsTheSameAdapterAndBatchesAverageQTimesTheExample
     samples = stats->train.samples;
     result = Snapshot(*adapter);
   }
-  for (std::size_t k = 0; k < results[0].size(); ++k) EXPECT_TRUE(results[0][k].equal(results[1][k]));
+  for (std::size_t k = 0; k < results[0].size(); ++k)
+    EXPECT_TRUE(results[0][k].equal(results[1][k]));
   // Poisson sampling: the total is Binomial(steps x N, q); within 6 standard deviations.
   const double n = static_cast<double>(kSteps * source.size());
   const double mean = 0.05 * n;
@@ -123,9 +124,10 @@ TEST(DpSgdTest, AnEmptyBatchStillGetsNoiseOfDeviationSigmaCOverQN) {
 TEST(DpSgdTest, RefusesOptionsOutOfRangeNamingTheKey) {
   const WindowSource source(Stream(), 32, Tokenizer::kBos);
   std::unique_ptr<LoraAdapter> adapter = MakeAdapter();
-  for (const DpSgdOptions& bad : {DpSgdOptions{.clip = 0, .noise_multiplier = 1, .sample_rate = 0.1},
-                                  DpSgdOptions{.clip = 1, .noise_multiplier = -1, .sample_rate = 0.1},
-                                  DpSgdOptions{.clip = 1, .noise_multiplier = 1, .sample_rate = 0}}) {
+  for (const DpSgdOptions& bad :
+       {DpSgdOptions{.clip = 0, .noise_multiplier = 1, .sample_rate = 0.1},
+        DpSgdOptions{.clip = 1, .noise_multiplier = -1, .sample_rate = 0.1},
+        DpSgdOptions{.clip = 1, .noise_multiplier = 1, .sample_rate = 0}}) {
     const Result<DpSgdStats> stats = TrainLoraDpSgd(Stories260K(), *adapter, source, Spec(1), bad);
     EXPECT_EQ(stats.status().code(), StatusCode::kInvalidArgument);
     EXPECT_NE(stats.status().message().find("privacy.dp_sgd."), std::string::npos);
@@ -154,9 +156,9 @@ TEST(DpSgdBudgetTest, RecordedStepsSurviveReopeningAndEqualTheAccountantsEpsilon
 TEST(DpSgdBudgetTest, ADamagedBudgetFileIsAnErrorNamingItNeverAFreshBudget) {
   const std::string dir = TempPath("damaged");
   std::filesystem::create_directories(dir);
-  const std::string path = WriteTempFile(
-      "fedlora_dpsgd_" + std::to_string(::getpid()) + "_damaged/dp_sgd_budget.json",
-      "{\"dp_sgd_steps\": [{\"sample_rate\": 0.1, \"noise_mult");
+  const std::string path =
+      WriteTempFile("fedlora_dpsgd_" + std::to_string(::getpid()) + "_damaged/dp_sgd_budget.json",
+                    "{\"dp_sgd_steps\": [{\"sample_rate\": 0.1, \"noise_mult");
   const Result<DpSgdBudget> budget = DpSgdBudget::Open(path, 8, 1e-5);
   EXPECT_EQ(budget.status().code(), StatusCode::kDataLoss);
   EXPECT_NE(budget.status().message().find(path), std::string::npos);
@@ -196,7 +198,8 @@ TEST(PrivateTrainerTest, ARoundPastTheClientsBudgetIsRefusedBeforeAnyTraining) {
   Result<TrainStats> second =
       trainer->Train(Stories260K(), *adapter, source, spec, 2, {}, {}, refused_metrics);
   ASSERT_FALSE(second.ok());
-  EXPECT_EQ(second.status().detail(), static_cast<std::uint32_t>(wire::ErrorCode::kPrivacyMismatch));
+  EXPECT_EQ(second.status().detail(),
+            static_cast<std::uint32_t>(wire::ErrorCode::kPrivacyMismatch));
   EXPECT_NE(second.status().message().find("privacy.dp_sgd.target_epsilon"), std::string::npos);
   const std::vector<at::Tensor> after = Snapshot(*adapter);
   for (std::size_t k = 0; k < after.size(); ++k) EXPECT_TRUE(after[k].equal(before[k]));
@@ -206,7 +209,8 @@ TEST(PrivateTrainerTest, ARoundPastTheClientsBudgetIsRefusedBeforeAnyTraining) {
   Result<PrivateTrainer> restarted = PrivateTrainer::Open(config, "ann", path);
   ASSERT_TRUE(restarted.ok()) << restarted.status().ToString();
   EXPECT_EQ(restarted->budget().steps(), 10u);
-  EXPECT_FALSE(restarted->Train(Stories260K(), *adapter, source, spec, 2, {}, {}, refused_metrics).ok());
+  EXPECT_FALSE(
+      restarted->Train(Stories260K(), *adapter, source, spec, 2, {}, {}, refused_metrics).ok());
 }
 
 }  // namespace dp_sgd_test

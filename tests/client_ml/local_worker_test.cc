@@ -3,11 +3,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <unistd.h>
 #include <cmath>
 #include <filesystem>
 #include <mutex>
 #include <thread>
-#include <unistd.h>
 
 #include "client/data/text_dataset.h"
 #include "client/model/tokenizer.h"
@@ -312,7 +312,6 @@ TEST(LocalWorkerTest, MakeLocalWorkerRejectsUnsupportedDevicesAndBadData) {
   EXPECT_THAT(s.message(), HasSubstr("leo"));
 }
 
-
 // ---- A data owner who trains with DP-SGD (privacy.dp_sgd) --------------------------------------
 
 ClientConfig DpSgdConfigFor(const std::string& name, double target_epsilon) {
@@ -327,7 +326,8 @@ ClientConfig DpSgdConfigFor(const std::string& name, double target_epsilon) {
   return config;
 }
 
-TEST(LocalWorkerTest, ADpSgdClientReportsItsEpsilonAndRefusesOnceItsBudgetIsSpentEvenAfterARestart) {
+TEST(LocalWorkerTest,
+     ADpSgdClientReportsItsEpsilonAndRefusesOnceItsBudgetIsSpentEvenAfterARestart) {
   ClientConfig config = DpSgdConfigFor("dp-ann", 3.0);
   std::filesystem::remove_all(config.state_dir);
   const wire::RoundTask task = WorkerTask(1, 20);

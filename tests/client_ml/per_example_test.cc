@@ -69,7 +69,8 @@ OneAtATime Reference(LoraAdapter& adapter, const SequenceSource& source,
     for (const at::Tensor& p : params) p.mutable_grad() = at::Tensor();
     loss.backward();
     double squared = 0;
-    for (const at::Tensor& p : params) squared += p.grad().to(at::kDouble).pow(2).sum().item<double>();
+    for (const at::Tensor& p : params)
+      squared += p.grad().to(at::kDouble).pow(2).sum().item<double>();
     const double norm = std::sqrt(squared);
     out.norms.push_back(norm);
     const double coef = std::min(1.0, clip / (norm + 1e-6));
@@ -101,7 +102,8 @@ void ExpectEqualsOneAtATime(LoraAdapter& adapter, const SequenceSource& source,
   ASSERT_EQ(got->norms.size(), picks.size());
   std::uint64_t clipped = 0;
   for (std::size_t e = 0; e < picks.size(); ++e) {
-    EXPECT_NEAR(got->norms[e], expected.norms[e], kTolerance * expected.norms[e]) << "example " << e;
+    EXPECT_NEAR(got->norms[e], expected.norms[e], kTolerance * expected.norms[e])
+        << "example " << e;
     if (expected.norms[e] > clip) ++clipped;
   }
   EXPECT_EQ(got->clipped, clipped);

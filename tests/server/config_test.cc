@@ -195,12 +195,14 @@ TEST(CoordinatorConfigTest, PrivacySectionIsReadAndCheckedAgainstTheRest) {
                 .find("privacy.sample_rate"),
             std::string::npos);
   // With secure aggregation the clients add the noise: min_clients says how many shares.
-  const std::string secure = "round: {min_clients: 3, quorum: 2}\nsecure_aggregation: {enabled: true}\n";
+  const std::string secure =
+      "round: {min_clients: 3, quorum: 2}\nsecure_aggregation: {enabled: true}\n";
   EXPECT_NE(message("privacy: {enabled: true, clip: 1, noise_multiplier: 1}\n" + secure)
                 .find("privacy.min_clients must be >= 2 with secure_aggregation"),
             std::string::npos);
   EXPECT_NE(message("privacy: {enabled: true, clip: 1, noise_multiplier: 1, min_clients: 3, "
-                    "target_quantile: 0.5, count_noise_multiplier: 4}\n" + secure)
+                    "target_quantile: 0.5, count_noise_multiplier: 4}\n" +
+                    secure)
                 .find("privacy.target_quantile"),
             std::string::npos);
   EXPECT_NE(message("privacy: {enabled: true, clip: 1, noise_multiplier: 1, min_clients: 3}")

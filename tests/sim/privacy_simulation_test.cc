@@ -185,9 +185,9 @@ TEST(DistributedPrivacyNoiseTest, HetloraIsRefusedAtStartSayingWhy) {
   std::vector<std::string> o = Distributed("hetlora", 0.05, 2.0);
   o.push_back("coordinator.strategy.hetlora.weighting=uniform");
   o.insert(o.begin(), kShrunk.begin(), kShrunk.end());
-  const Result<SimConfig> c = LoadSimConfig(
-      std::string(FEDLORA_SOURCE_DIR) + "/configs/sim/shakespeare-hetlora.yaml", o,
-      ::testing::TempDir() + "/fedlora_sim_ddp_hetlora");
+  const Result<SimConfig> c =
+      LoadSimConfig(std::string(FEDLORA_SOURCE_DIR) + "/configs/sim/shakespeare-hetlora.yaml", o,
+                    ::testing::TempDir() + "/fedlora_sim_ddp_hetlora");
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   const Status ran = RunSimulation(*c);
   EXPECT_EQ(ran.code(), StatusCode::kFailedPrecondition);

@@ -75,8 +75,9 @@ TEST(SecureInputTest, DistributedNoiseSharesSumToTheRoundsDeviationAndLeaveTheWe
   for (std::uint8_t k = 0; k < 4; ++k) {
     InputNoise noise{kShare, {}};
     noise.seed.fill(k);
-    inputs.push_back(MakeSecureInput(p, {}, {}, Upload(1, {{"m.lora_B.weight", MakeF64({100, 50}, x)}}),
-                                     k, &noise)
+    inputs.push_back(MakeSecureInput(p, {}, {},
+                                     Upload(1, {{"m.lora_B.weight", MakeF64({100, 50}, x)}}), k,
+                                     &noise)
                          .value());
   }
   const SecureSum sum = SumOf(p, inputs);
