@@ -28,6 +28,7 @@
 #include "common/process.h"
 #include "server/coordinator.h"
 #include "server/strategies/make_strategy.h"
+#include "sim/session_limits.h"
 
 namespace fedlora::sim {
 
@@ -246,14 +247,18 @@ class Fleet {
     return out;
   }
 
-  // Runs every session on a thread of its own. With `stop_all_on_error`, the first session that
-  // fails (any status but OK and kCancelled) stops the others, so the process can report it.
-  void Start(bool stop_all_on_error) {
+  // Runs every session on a thread of its own. The first session that fails (any status but OK
+  // and kCancelled) stops the others, so the process can report it, and calls `on_failure`
+  // (which must be thread-safe; e.g. stopping the in-process coordinator, which would otherwise
+  // wait for the missing client).
+  void Start(std::function<void()> on_failure = {}) {
     for (Member& m : members_) {
-      threads_.emplace_back([this, &m, stop_all_on_error] {
+      threads_.emplace_back([this, &m, on_failure] {
         m.status = m.session->Run();
-        if (stop_all_on_error && !m.status.ok() && m.status.code() != StatusCode::kCancelled) {
+        if (!m.status.ok() && m.status.code() != StatusCode::kCancelled) {
+          LogError(m.name, ": its session failed: ", m.status.ToString());
           StopSessions();
+          if (on_failure) on_failure();
         }
       });
     }
@@ -551,6 +556,7 @@ Result<SimConfig> LoadSimConfig(const std::string& path, const std::vector<std::
   SimConfig c;
   FEDLORA_RETURN_IF_ERROR(root.Read("num_clients", &c.num_clients));
   FEDLORA_RETURN_IF_ERROR(root.Read("threads", &c.threads));
+  FEDLORA_RETURN_IF_ERROR(root.Read("max_sockets", &c.max_sockets));
   FEDLORA_RETURN_IF_ERROR(root.Read("log_level", &c.log_level));
   FEDLORA_RETURN_IF_ERROR(root.Read("client_max_ranks", &c.client_max_ranks));
   FEDLORA_RETURN_IF_ERROR(root.Read("client_relative_speeds", &c.client_relative_speeds));
@@ -643,7 +649,11 @@ Status RunSimulation(const SimConfig& config, const Placement& placement) {
                                                          .train = coordinator_config.train,
                                                          .seed = coordinator_config.seed}));
 
+  const auto local_clients = static_cast<std::uint32_t>(
+      (config.num_clients - placement.shard + placement.shards - 1) / placement.shards);
   net::Context context;
+  FEDLORA_ASSIGN_OR_RETURN(const SessionLimits limits,
+                           ApplySessionLimits(local_clients, config.max_sockets, context));
   SystemClock clock;
   server::Coordinator coordinator(coordinator_config, std::move(strategy), context, clock);
   FEDLORA_RETURN_IF_ERROR(coordinator.Start());
@@ -654,8 +664,6 @@ Status RunSimulation(const SimConfig& config, const Placement& placement) {
     local.client.security.coordinator_public_key = key->Z85();
   }
 
-  const auto local_clients = static_cast<std::uint32_t>(
-      (config.num_clients - placement.shard + placement.shards - 1) / placement.shards);
   FEDLORA_ASSIGN_OR_RETURN(
       std::unique_ptr<Fleet> fleet,
       Fleet::Build(local, placement, LocalEndpoint(coordinator.endpoint()), assets, context,
@@ -671,7 +679,9 @@ Status RunSimulation(const SimConfig& config, const Placement& placement) {
   StopTargets targets{&coordinator, fleet.get()};
   OnStopSignal([](void* t) { static_cast<StopTargets*>(t)->Stop(); }, &targets);
 
-  fleet->Start(/*stop_all_on_error=*/false);
+  // A session that fails (it could not open its socket, or was refused for good) stops the run:
+  // the coordinator would otherwise wait for that client forever.
+  fleet->Start([&coordinator] { coordinator.Stop(); });
   const Status result = coordinator.Run();
   // Clients leave on the coordinator's Bye. Those that never got one (the run was already
   // complete when they connected, or it ended in an error or a stop) are told directly; a session
@@ -680,6 +690,10 @@ Status RunSimulation(const SimConfig& config, const Placement& placement) {
   fleet->Join();
   OnStopSignal([](void*) {}, nullptr);
   fleet->WarnFailures();
+  if (const Status failure = fleet->FirstFailure(); !failure.ok()) {
+    return failure.WithContext(StrCat("the run was stopped because a client session failed (",
+                                      DescribeLimits(limits), ")"));
+  }
   if (result.ok()) PrintSummary(config.out_dir);
   return result;
 }
@@ -700,10 +714,12 @@ Status RunWorkers(const SimConfig& config, const Placement& placement) {
   }
   FEDLORA_ASSIGN_OR_RETURN(std::shared_ptr<const client::ModelAssets> assets, Prepare(config));
   const std::string label = ShardLabel(placement);
-  net::Context context;
-  SystemClock clock;
   const auto local_clients = static_cast<std::uint32_t>(
       (config.num_clients - placement.shard + placement.shards - 1) / placement.shards);
+  net::Context context;
+  FEDLORA_ASSIGN_OR_RETURN(const SessionLimits limits,
+                           ApplySessionLimits(local_clients, config.max_sockets, context));
+  SystemClock clock;
   FEDLORA_ASSIGN_OR_RETURN(
       std::unique_ptr<Fleet> fleet,
       Fleet::Build(config, placement, endpoint, assets, context, clock,
@@ -719,7 +735,7 @@ Status RunWorkers(const SimConfig& config, const Placement& placement) {
           "..., coordinator ", endpoint, ", client state in ", config.out_dir, "/clients/");
   StopTargets targets{nullptr, fleet.get()};
   OnStopSignal([](void* t) { static_cast<StopTargets*>(t)->Stop(); }, &targets);
-  fleet->Start(/*stop_all_on_error=*/true);
+  fleet->Start();
   fleet->Join();
   OnStopSignal([](void*) {}, nullptr);
 
@@ -727,7 +743,7 @@ Status RunWorkers(const SimConfig& config, const Placement& placement) {
   const char* how = !failure.ok() ? "failed" : fleet->stopped() ? "stopped" : "run complete";
   LogInfo(label, ": ", how, "; rounds trained: ", fleet->RoundsTrained());
   fleet->WarnFailures();
-  if (!failure.ok()) return failure;
+  if (!failure.ok()) return failure.WithContext(DescribeLimits(limits));
   if (fleet->stopped()) return MakeStatus(StatusCode::kCancelled, label, " stopped by a signal");
   return OkStatus();
 }

@@ -73,6 +73,9 @@ struct SimConfig {
   FleetConfig fleet;
   // Clients that corrupt their uploads (the `adversary` section, adversary.h); none by default.
   AdversaryConfig adversary;
+  // ZeroMQ sockets this process may open; 0: what its client sessions need (2 each, plus a
+  // margin; session_limits.h). A lower value makes sessions fail to open: for testing that path.
+  std::uint32_t max_sockets = 0;
 };
 
 // Which of the config's clients this process runs and how it is reached. A value.

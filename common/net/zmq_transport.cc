@@ -21,9 +21,10 @@ Status FromZmq(const zmq::error_t& e, std::string_view what) {
                               ? StatusCode::kUnavailable
                           : (err == EINVAL || err == EPROTONOSUPPORT || err == ENOCOMPATPROTO)
                               ? StatusCode::kInvalidArgument
-                          : err == ETERM  ? StatusCode::kCancelled
-                          : err == ENOENT ? StatusCode::kNotFound
-                                          : StatusCode::kInternal;
+                          : err == ETERM                   ? StatusCode::kCancelled
+                          : err == ENOENT                  ? StatusCode::kNotFound
+                          : err == EMFILE || err == ENFILE ? StatusCode::kResourceExhausted
+                                                           : StatusCode::kInternal;
   return Status(code, StrCat(what, ": ", e.what()));
 }
 
@@ -45,6 +46,19 @@ Context::Context(int io_threads) : impl_(std::make_unique<Impl>()) {
 }
 Context::~Context() = default;
 void* Context::raw() { return impl_->ctx.handle(); }
+
+Status Context::SetMaxSockets(int n) {
+  if (n < 1) return InvalidArgument("ZeroMQ max_sockets ", n, " must be >= 1");
+  const int limit = impl_->ctx.get(zmq::ctxopt::socket_limit);
+  if (n > limit) {
+    return MakeStatus(StatusCode::kResourceExhausted, "ZeroMQ sockets: ", n,
+                      " wanted, but this libzmq allows at most ", limit, " per context");
+  }
+  impl_->ctx.set(zmq::ctxopt::max_sockets, n);
+  return OkStatus();
+}
+
+int Context::max_sockets() const { return impl_->ctx.get(zmq::ctxopt::max_sockets); }
 
 Result<ZapRegistration> Context::ServeZap(const std::string& domain, ZapHandler handler) {
   std::lock_guard<std::mutex> lock(impl_->zap_mu);

@@ -68,6 +68,13 @@ class Context {
 
   void* raw();  // Borrowed; for Socket only.
 
+  // ZeroMQ's limit on the sockets this context may have open at once (ZMQ_MAX_SOCKETS; its
+  // default, 1,023, is what stopped simulations at ~1,020 clients). Call before the first socket
+  // opens. kResourceExhausted naming both numbers when `n` is above what this libzmq allows
+  // (ZMQ_SOCKET_LIMIT); kInvalidArgument for n < 1.
+  Status SetMaxSockets(int n);
+  int max_sockets() const;
+
   // Serves ZAP requests of `domain` with `handler` until the registration is destroyed; requests
   // of a domain nobody serves are refused. The first call starts the context's ZAP thread (bound
   // to inproc://zeromq.zap.01, once per context, for the context's lifetime). kAlreadyExists if

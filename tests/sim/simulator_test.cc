@@ -170,6 +170,17 @@ TEST_F(SimulatorTest, AVirtualStragglerMissesTheDeadlineAndTheRoundGoesOnWithout
 
 // configs/sim/scale-1000.yaml, one round: 1000 sessions on one base, 50 selected, every one of
 // them either reported or declined for a reason the fleet model gave.
+TEST_F(SimulatorTest, AClientSessionThatCannotOpenStopsTheRunWithAnErrorNamingTheLimit) {
+  // Room for the coordinator's sockets but not for every client's: some sessions cannot open.
+  // The run must end with that error, not wait for the missing clients.
+  const Result<SimConfig> config = Small({"max_sockets=2"});
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  const Status ran = RunSimulation(*config);
+  ASSERT_FALSE(ran.ok());
+  EXPECT_NE(ran.message().find("a client session failed"), std::string::npos) << ran.message();
+  EXPECT_NE(ran.message().find("ZeroMQ max_sockets 2"), std::string::npos) << ran.message();
+}
+
 TEST_F(SimulatorTest, TheThousandClientConfigCompletesARound) {
   const Result<SimConfig> config =
       LoadSimConfig(FEDLORA_SOURCE_DIR "/configs/sim/scale-1000.yaml",
@@ -191,6 +202,25 @@ TEST_F(SimulatorTest, TheThousandClientConfigCompletesARound) {
   EXPECT_GT(sim["virtual_round_s"].get<double>(), 0);
   EXPECT_LE(sim["virtual_round_s"].get<double>(), 10.0);  // fleet.deadline_s
   EXPECT_EQ(sim["batched_clients"], m["clients_reported"]);
+}
+
+// ZeroMQ's default limit of 1,023 sockets per context once stopped simulations at ~1,020 clients
+// (the rest failed to open and the coordinator waited for them forever). With the limits set
+// from the session count (session_limits.h), 2,000 clients start and a round of 10 completes.
+TEST_F(SimulatorTest, MoreClientsThanZeroMqsDefaultSocketLimitCompleteARound) {
+  const Result<SimConfig> config =
+      LoadSimConfig(FEDLORA_SOURCE_DIR "/configs/sim/scale-1000.yaml",
+                    {"num_clients=2000", "coordinator.round.fraction=0.005",
+                     "coordinator.round.min_clients=10", "coordinator.rounds=1", "log_level=warn"},
+                    out_);
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  const Status ran = RunSimulation(*config);
+  ASSERT_TRUE(ran.ok()) << ran.ToString();
+  const std::vector<nlohmann::json> metrics = Metrics();
+  ASSERT_EQ(metrics.size(), 2u);
+  EXPECT_EQ(metrics[1]["clients_selected"], 10);
+  EXPECT_EQ(metrics[1]["simulation"]["clients"], 2000);
+  EXPECT_GE(metrics[1]["clients_reported"].get<int>(), 6);  // quorum_fraction 0.6
 }
 
 // The shipped classification experiment, shrunk: SpamAssassin records with Dirichlet label skew
