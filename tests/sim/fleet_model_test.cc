@@ -159,6 +159,18 @@ TEST_F(FleetTraceTest, ListedClientsTakeTheTraceValuesAndTheOthersKeepTheirDraws
   EXPECT_EQ((*fleet)->profile(0).tokens_per_second, 1000);
 }
 
+TEST_F(FleetTraceTest, AHundredThousandRowTraceAppliesEveryRow) {
+  // Cross-device scale (issue 15); its load time is bench/fleet_trace's (0.08 s here).
+  std::string text = "client,tokens_per_second,dropout\n";
+  for (int i = 0; i < 100000; ++i) text += StrCat(i, ",", 100 + i, ",0.", i % 10, "\n");
+  const auto fleet = WithTrace(text, 100000);
+  ASSERT_TRUE(fleet.ok()) << fleet.status().ToString();
+  EXPECT_EQ((*fleet)->profile(0).tokens_per_second, 100);
+  EXPECT_EQ((*fleet)->profile(99999).tokens_per_second, 100099);
+  EXPECT_EQ((*fleet)->profile(99999).dropout, 0.9);
+  EXPECT_EQ((*fleet)->profile(12345).uplink_mbps, 0.8);  // Not in the trace: the draw stays.
+}
+
 TEST_F(FleetTraceTest, ErrorsNameTheFileLineAndColumn) {
   Status s = WithTrace("client,tokens_per_second\n0,fast\n").status();
   EXPECT_THAT(s.message(), HasSubstr(".csv:2: column tokens_per_second: 'fast' is not a finite"));
