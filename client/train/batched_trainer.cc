@@ -450,10 +450,7 @@ Result<std::vector<TrainStats>> Run(const LlamaModel& model,
       Batch batch = r.source->MakeBatch(picks);
       r.cursor += take;
       const wire::TrainSpec& spec = *r.spec;
-      const double lr = spec.warmup_steps > 0 && step < spec.warmup_steps
-                            ? spec.learning_rate * static_cast<double>(step + 1) / spec.warmup_steps
-                            : spec.learning_rate;
-      r.lr = lr;
+      r.lr = LearningRateAt(spec, step);
       r.optimizer->ZeroGrad();
       const std::uint64_t tokens = r.source->CountTargets(picks);
       if (tokens == 0) continue;  // Only masked targets: TrainLora skips the step too.

@@ -16,18 +16,6 @@
 namespace fedlora::client {
 namespace {
 
-// Restores evaluation mode when training ends on any path.
-class TrainingMode {
- public:
-  explicit TrainingMode(LoraAdapter& adapter) : adapter_(adapter) { adapter_.SetTraining(true); }
-  ~TrainingMode() { adapter_.SetTraining(false); }
-  TrainingMode(const TrainingMode&) = delete;
-  TrainingMode& operator=(const TrainingMode&) = delete;
-
- private:
-  LoraAdapter& adapter_;
-};
-
 // The rows of one step's Poisson batch: row i joins when its 32-bit word from the step's stream
 // is below floor(q 2^32), so the real rate never exceeds q.
 std::vector<std::size_t> PoissonBatch(const crypto::Seed& seed, std::uint64_t step,
@@ -83,7 +71,7 @@ Result<DpSgdStats> TrainLoraDpSgd(const LlamaModel& model, LoraAdapter& adapter,
                                             .betas({spec.beta1, spec.beta2})
                                             .eps(spec.eps)
                                             .weight_decay(spec.weight_decay));
-  const TrainingMode training(adapter);
+  const TrainingModeScope training(adapter);
   const auto start = std::chrono::steady_clock::now();
   DpSgdStats stats;
   double loss_sum = 0;
@@ -112,9 +100,7 @@ Result<DpSgdStats> TrainLoraDpSgd(const LlamaModel& model, LoraAdapter& adapter,
       }
       penalty.backward();  // Data-independent: added after the noise.
     }
-    const double lr = spec.warmup_steps > 0 && step < spec.warmup_steps
-                          ? spec.learning_rate * static_cast<double>(step + 1) / spec.warmup_steps
-                          : spec.learning_rate;
+    const double lr = LearningRateAt(spec, step);
     for (auto& group : optimizer.param_groups()) {
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
     }

@@ -36,7 +36,6 @@ Status ValidateSeqLen(std::uint32_t seq_len, const LlamaModel& model, std::strin
   return OkStatus();
 }
 
-
 at::Tensor TokenLoss(const at::Tensor& logits, const at::Tensor& targets, at::Reduction::Reduction r) {
   const std::int64_t vocab = logits.size(-1);
   return at::cross_entropy_loss(logits.reshape({-1, vocab}), targets.reshape({-1}), {}, r,
@@ -59,21 +58,13 @@ void ClipGradNorm(const std::vector<at::Tensor>& params, double max_norm) {
   }
 }
 
-// Restores evaluation mode when training ends on any path.
-class TrainingModeScope {
- public:
-  explicit TrainingModeScope(LoraAdapter& adapter) : adapter_(adapter) {
-    adapter_.SetTraining(true);
-  }
-  ~TrainingModeScope() { adapter_.SetTraining(false); }
-  TrainingModeScope(const TrainingModeScope&) = delete;
-  TrainingModeScope& operator=(const TrainingModeScope&) = delete;
-
- private:
-  LoraAdapter& adapter_;
-};
-
 }  // namespace
+
+double LearningRateAt(const wire::TrainSpec& spec, std::uint64_t step) {
+  return spec.warmup_steps > 0 && step < spec.warmup_steps
+             ? spec.learning_rate * static_cast<double>(step + 1) / spec.warmup_steps
+             : spec.learning_rate;
+}
 
 Status ValidateTrainSpec(const wire::TrainSpec& s, const LlamaModel& model) {
   FEDLORA_RETURN_IF_ERROR(ValidateSeqLen(s.seq_len, model, "train.seq_len"));
@@ -149,9 +140,7 @@ Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
     const Batch batch = source.MakeBatch(picks);
     cursor += take;
 
-    const double lr = spec.warmup_steps > 0 && step < spec.warmup_steps
-                          ? spec.learning_rate * static_cast<double>(step + 1) / spec.warmup_steps
-                          : spec.learning_rate;
+    const double lr = LearningRateAt(spec, step);
     for (auto& group : optimizer.param_groups()) {
       static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
     }

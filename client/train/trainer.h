@@ -34,6 +34,23 @@ namespace fedlora::client {
 // (seq_len, batch_size, steps, learning rate, betas, eps, weight decay, clipping).
 Status ValidateTrainSpec(const wire::TrainSpec& spec, const LlamaModel& model);
 
+// The learning rate at step `step` (0-based): learning_rate * min(1, (step + 1) / warmup_steps).
+double LearningRateAt(const wire::TrainSpec& spec, std::uint64_t step);
+
+// Puts `adapter` in training mode for its lifetime and back in evaluation mode on any exit.
+class TrainingModeScope {
+ public:
+  explicit TrainingModeScope(LoraAdapter& adapter) : adapter_(adapter) {
+    adapter_.SetTraining(true);
+  }
+  ~TrainingModeScope() { adapter_.SetTraining(false); }
+  TrainingModeScope(const TrainingModeScope&) = delete;
+  TrainingModeScope& operator=(const TrainingModeScope&) = delete;
+
+ private:
+  LoraAdapter& adapter_;
+};
+
 struct TrainStats {
   double loss = 0.0;           // Mean training loss per predicted token (nats), over all steps.
   std::uint64_t steps = 0;
