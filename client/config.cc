@@ -37,7 +37,7 @@ Status ValidateDataConfig(const DataConfig& d) {
   static const std::vector<std::string> kTemplates = {"", "alpaca", "chatml", "plain",
                                                       "classify"};
   static const std::vector<std::string> kTextPartitions = {"none", "iid", "contiguous",
-                                                           "speaker"};
+                                                           "speaker", "sample"};
   static const std::vector<std::string> kRecordPartitions = {"none", "iid", "dirichlet", "group",
                                                              "quantity"};
   const auto contains = [](const std::vector<std::string>& list, const std::string& value) {
@@ -51,7 +51,7 @@ Status ValidateDataConfig(const DataConfig& d) {
   if (text) {
     if (!contains(kTextPartitions, d.partition)) {
       return InvalidArgument("data.partition: unknown partitioner '", d.partition,
-                             "' for format text (expected none, iid, contiguous or speaker)");
+                             "' for format text (expected none, iid, contiguous, speaker or sample)");
     }
     for (const auto& [key, set] : {std::pair<const char*, bool>{"template", !d.template_name.empty()},
                                    {"eval_path", !d.eval_path.empty()},
@@ -67,6 +67,11 @@ Status ValidateDataConfig(const DataConfig& d) {
       return InvalidArgument("data.template: unknown template '", d.template_name,
                              "' (expected alpaca, chatml, plain or classify)");
     }
+  }
+  if ((d.partition == "sample") != (d.sample_paragraphs != 0)) {
+    return InvalidArgument(d.partition == "sample"
+                               ? "data.sample_paragraphs must be >= 1 with data.partition: sample"
+                               : "data.sample_paragraphs applies only to data.partition: sample");
   }
   if (d.num_partitions == 0 || d.partition_index >= d.num_partitions) {
     return InvalidArgument("data.partition_index (", d.partition_index,
@@ -143,6 +148,7 @@ Status ParseClientConfig(const config::ConfigSection& root, ClientConfig* c) {
   FEDLORA_RETURN_IF_ERROR(data.Read("max_eval_windows", &c->data.max_eval_windows));
   FEDLORA_RETURN_IF_ERROR(data.Read("template", &c->data.template_name));
   FEDLORA_RETURN_IF_ERROR(data.Read("dirichlet_alpha", &c->data.dirichlet_alpha));
+  FEDLORA_RETURN_IF_ERROR(data.Read("sample_paragraphs", &c->data.sample_paragraphs));
   FEDLORA_RETURN_IF_ERROR(data.ReadPath("eval_path", &c->data.eval_path));
   FEDLORA_RETURN_IF_ERROR(data.Read("max_tokens", &c->data.max_tokens));
   FEDLORA_RETURN_IF_ERROR(data.Read("max_records", &c->data.max_records));

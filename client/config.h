@@ -44,7 +44,9 @@ struct DataConfig {
   // client/data/prompt_template.h. YAML key "template".
   std::string template_name;
   // text: none (the whole file), iid (paragraphs dealt at random), contiguous (equal
-  // consecutive parts), speaker (tinyshakespeare turns grouped by character; natural non-IID).
+  // consecutive parts), speaker (tinyshakespeare turns grouped by character; natural non-IID),
+  // sample (each client draws sample_paragraphs paragraphs at random: shares overlap when
+  // num_partitions x sample_paragraphs exceeds the corpus, so any number of clients gets text).
   // Record formats: none, iid, dirichlet (label skew, per-class proportions ~ Dir(alpha); for
   // unlabeled records over their groups), group (natural groups, e.g. SpamAssassin's, never
   // split), quantity (sizes ~ Dir(alpha), every client at least one record).
@@ -53,6 +55,7 @@ struct DataConfig {
   std::uint32_t partition_index = 0;
   std::uint64_t partition_seed = 0;   // Must be equal on every client of one federation.
   double dirichlet_alpha = 0.5;       // Concentration of dirichlet/quantity; smaller = more skew.
+  std::uint32_t sample_paragraphs = 0; // partition: sample (text): paragraphs per client, >= 1.
   // Share of this client's paragraphs (text) or records held out for evaluation. With eval_path
   // set it is ignored (and may be 0): the client trains on its whole partition.
   double heldout_fraction = 0.1;

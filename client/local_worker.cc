@@ -75,7 +75,7 @@ constexpr std::uint64_t kOrderSalt = 0x0D;
 class LocalWorker final : public Worker {
  public:
   LocalWorker(ClientConfig config, std::shared_ptr<const ModelAssets> assets,
-              LocalWorkerOptions options, std::unique_ptr<ClientDataset> data,
+              LocalWorkerOptions options, std::shared_ptr<const ClientDataset> data,
               std::optional<PrivateTrainer> private_trainer)
       : config_(std::move(config)),
         assets_(std::move(assets)),
@@ -490,7 +490,7 @@ class LocalWorker final : public Worker {
   const ClientConfig config_;
   const std::shared_ptr<const ModelAssets> assets_;
   const LocalWorkerOptions options_;
-  const std::unique_ptr<const ClientDataset> data_;
+  const std::shared_ptr<const ClientDataset> data_;
   // With privacy.dp_sgd: every task trains with DP-SGD under the client's own budget.
   std::optional<PrivateTrainer> private_trainer_;
   const LocalFactorStore local_store_;
@@ -581,6 +581,23 @@ std::vector<wire::ModuleInfo> AdaptableModules(const ModelAssets& assets) {
   return assets.model().AdaptableModules();
 }
 
+Result<std::shared_ptr<const ClientDataset>> LoadClientDataset(const ClientConfig& config,
+                                                               const ModelAssets& assets,
+                                                               CorpusCache* corpus) {
+  Result<std::unique_ptr<ClientDataset>> data =
+      ClientDataset::Load(config.data, assets.tokenizer(),
+                          static_cast<std::size_t>(assets.model().config().seq_len), corpus);
+  if (!data.ok()) return data.status().WithContext(StrCat("client '", config.name, "'"));
+  if (config.log_progress) {
+    LogInfo("client '", config.name, "': ", (*data)->summary());
+  } else {
+    LogDebug("client '", config.name, "': ", (*data)->summary());
+  }
+  return std::shared_ptr<const ClientDataset>(std::move(data).value());
+}
+
+std::uint64_t ClientDatasetBytes(const ClientDataset& dataset) { return dataset.MemoryBytes(); }
+
 Result<std::unique_ptr<Worker>> MakeLocalWorker(const ClientConfig& config,
                                                 std::shared_ptr<const ModelAssets> assets,
                                                 LocalWorkerOptions options) {
@@ -602,17 +619,15 @@ Result<std::unique_ptr<Worker>> MakeLocalWorker(const ClientConfig& config,
     if (!opened.ok()) return opened.status().WithContext(StrCat("client '", config.name, "'"));
     private_trainer.emplace(std::move(opened).value());
   }
-  Result<std::unique_ptr<ClientDataset>> data =
-      ClientDataset::Load(config.data, assets->tokenizer(),
-                          static_cast<std::size_t>(assets->model().config().seq_len));
-  if (!data.ok()) return data.status().WithContext(StrCat("client '", config.name, "'"));
-  if (config.log_progress) {
-    LogInfo("client '", config.name, "': ", (*data)->summary());
-  } else {
-    LogDebug("client '", config.name, "': ", (*data)->summary());
+  std::shared_ptr<const ClientDataset> data = options.dataset;
+  if (data == nullptr) {
+    Result<std::shared_ptr<const ClientDataset>> loaded =
+        LoadClientDataset(config, *assets, options.corpus);
+    if (!loaded.ok()) return loaded.status();
+    data = std::move(loaded).value();
   }
   return std::unique_ptr<Worker>(std::make_unique<LocalWorker>(
-      config, std::move(assets), options, std::move(data).value(), std::move(private_trainer)));
+      config, std::move(assets), options, std::move(data), std::move(private_trainer)));
 }
 
 void ConfigureTorchThreads(unsigned threads) {

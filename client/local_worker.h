@@ -85,6 +85,20 @@ BatcherStats GetBatcherStats(const TrainingBatcher& batcher);
 // MLP activations), used to size batched groups to a memory budget.
 std::uint64_t ActivationBytesPerRow(const ModelAssets& assets, std::uint32_t seq_len);
 
+// One client's loaded data (client/train/client_dataset.h): immutable, shareable between
+// workers built one after another for the same client (the simulator's checked-in clients).
+class ClientDataset;
+// Text corpora read and partitioned once for many clients (client/data/corpus_cache.h).
+class CorpusCache;
+
+// Loads, partitions and tokenizes `config.data` for the client `config.name` (as MakeLocalWorker
+// does); with `corpus`, through that cache. Errors name the data file and the client.
+Result<std::shared_ptr<const ClientDataset>> LoadClientDataset(const ClientConfig& config,
+                                                               const ModelAssets& assets,
+                                                               CorpusCache* corpus = nullptr);
+// Bytes of tokens and labels `dataset` holds.
+std::uint64_t ClientDatasetBytes(const ClientDataset& dataset);
+
 struct LocalWorkerOptions {
   // When set, training and evaluation hold this mutex, so workers sharing a machine take turns
   // on its cores instead of oversubscribing them. Must outlive the worker.
@@ -93,10 +107,16 @@ struct LocalWorkerOptions {
   // with other workers of the same batcher; the batcher must be built on the same assets and
   // compute lock.
   std::shared_ptr<TrainingBatcher> batcher;
+  // The client's data, loaded earlier with LoadClientDataset for this same config; null: loaded
+  // by MakeLocalWorker (through `corpus` when set, which must outlive the call).
+  std::shared_ptr<const ClientDataset> dataset;
+  CorpusCache* corpus = nullptr;
 };
 
 // Builds a worker for `config` (its name, data and capabilities) on top of shared `assets`.
-// Loads, partitions and tokenizes the client's data; errors name the data file at fault.
+// Loads, partitions and tokenizes the client's data unless `options.dataset` holds it; errors
+// name the data file at fault. Private state (FedSA-LoRA's B, the DP-SGD budget) is read from
+// config.state_dir, so a worker built again for the same client goes on where the last left.
 Result<std::unique_ptr<Worker>> MakeLocalWorker(const ClientConfig& config,
                                                 std::shared_ptr<const ModelAssets> assets,
                                                 LocalWorkerOptions options = {});

@@ -234,8 +234,13 @@ void Coordinator::Impl::OnTick() {
   }
 }
 
-void Coordinator::Impl::OnClientGone(const std::string& id, std::string_view why) {
-  LogWarn("client ", id, " is gone: ", why);
+void Coordinator::Impl::OnClientGone(const std::string& id, std::string_view why,
+                                     bool between_rounds) {
+  if (between_rounds) {
+    LogInfo("client ", id, " left between rounds: ", why);
+  } else {
+    LogWarn("client ", id, " is gone: ", why);
+  }
   DropInbound(id, "its connection ended");  // A partial upload leaves nothing in the round.
   void_transfers_.erase(id);
   round_.OnClientGone(id);
@@ -426,7 +431,8 @@ void Coordinator::Impl::HandleMessage(const net::Message& message) {
   } else if (const auto* bye = std::get_if<wire::Bye>(&envelope.body)) {
     const std::string id = client->id;
     clients_.Remove(id);
-    OnClientGone(id, StrCat("said bye (", bye->reason, ")"));
+    OnClientGone(id, StrCat("said bye (", bye->reason, ")"),
+                 round_.phase() == RoundPhase::kWaiting || round_.phase() == RoundPhase::kDone);
   } else {
     ProtocolError(who, route, envelope.sequence, ErrorCode::kUnexpectedMessage,
                   StrCat("a client may not send ", wire::BodyName(envelope.body)));
@@ -562,6 +568,7 @@ void Coordinator::SetInboundObserver(InboundObserver observer) {
 void Coordinator::SetRoundAnnotator(RoundAnnotator annotator) {
   impl_->SetRoundAnnotator(std::move(annotator));
 }
+void Coordinator::SetRoundGate(RoundGate gate) { impl_->SetRoundGate(std::move(gate)); }
 void Coordinator::Stop() { impl_->Stop(); }
 void Coordinator::Wake() { impl_->Wake(); }
 void Coordinator::Reload() { impl_->Reload(); }

@@ -71,6 +71,13 @@ class Coordinator {
   // Before Run(): `annotator` adds the "simulation" fields of each committed round's
   // metrics line (round_metrics.h). It runs on the coordinator's thread.
   void SetRoundAnnotator(RoundAnnotator annotator);
+  // Before Run(): `gate` decides when the next round may start. It is asked, on the
+  // coordinator's thread, before each round (round 0 included) with the names of the live
+  // clients, and the round waits (as for round.min_clients) until it answers true. For the
+  // simulator, whose virtual clients check in per round (sim/simulator.h, sessions: per_round):
+  // the round starts once exactly the checked-in clients are connected.
+  using RoundGate = std::function<bool(std::uint64_t round, const std::vector<std::string>& live)>;
+  void SetRoundGate(RoundGate gate);
   // Before Run(): `observer` sees every message the coordinator decodes from a client (chunked
   // uploads once assembled), on the coordinator's thread. For audits and tests: e.g. that under
   // secure aggregation no client's own upload ever reaches the coordinator.

@@ -66,6 +66,7 @@ class Coordinator::Impl {
     wake_.Notify();
   }
   void SetRoundAnnotator(RoundAnnotator annotator) { annotator_ = std::move(annotator); }
+  void SetRoundGate(Coordinator::RoundGate gate) { round_gate_ = std::move(gate); }
   void SetInboundObserver(InboundObserver observer) { observer_ = std::move(observer); }
   std::string endpoint() const { return endpoint_; }
   std::optional<crypto::CurvePublicKey> public_key() const {
@@ -175,7 +176,9 @@ class Coordinator::Impl {
   // ---- timers and membership ----
   void OnTick();
   std::chrono::milliseconds NextWait() const;
-  void OnClientGone(const std::string& id, std::string_view why);
+  // Forgets client `id`, with a warning saying `why` (an info line when `between_rounds`: a
+  // client that said bye while the coordinator waits between rounds leaves nothing undone).
+  void OnClientGone(const std::string& id, std::string_view why, bool between_rounds = false);
 
   // ---- transport security (coordinator_security.cc) ----
   // CURVE: OK when the connection's key (`user_id`) may speak: a stranger's key is enrolled
@@ -244,6 +247,7 @@ class Coordinator::Impl {
   net::Context& context_;
   const Clock& clock_;
   RoundAnnotator annotator_;  // Optional (SetRoundAnnotator).
+  Coordinator::RoundGate round_gate_;  // Optional (SetRoundGate).
   InboundObserver observer_;  // Optional (SetInboundObserver).
   bool gathered_ = false;     // round.wait_for_clients was met once.
   wire::DecodeLimits limits_;

@@ -137,6 +137,13 @@ void Coordinator::Impl::Advance() {
     StartInit();
     return;
   }
+  if (round_gate_ && !round_gate_(next, clients_.Ids())) {
+    if (now - last_wait_log_ > std::chrono::seconds(10)) {
+      LogInfo("round ", next, " waits for its clients to check in: ", clients_.size(), " live");
+      last_wait_log_ = now;
+    }
+    return;
+  }
   const std::size_t live = clients_.size();
   const bool first = !gathered_;
   const std::uint32_t needed =

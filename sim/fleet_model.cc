@@ -17,6 +17,7 @@ namespace {
 
 constexpr std::uint64_t kProfileSalt = 0xF1EE7;
 constexpr std::uint64_t kTaskSalt = 0x7A5C;
+constexpr std::uint64_t kCheckInSalt = 0xC4EC;
 
 // Uniform in [0, 1) from the top 53 bits: the same on every standard library.
 double Uniform01(std::mt19937_64& rng) {
@@ -303,7 +304,7 @@ Result<std::unique_ptr<FleetModel>> FleetModel::Make(const FleetConfig& config,
 
 TaskPlan FleetModel::Plan(std::uint32_t client, std::uint64_t round, std::uint64_t nth,
                           std::uint64_t down_bytes, std::uint64_t tokens,
-                          std::uint64_t up_bytes) const {
+                          std::uint64_t up_bytes, bool checked_in) const {
   const ClientProfile& p = profiles_.at(client);
   std::mt19937_64 rng(MixSeed(
       MixSeed(MixSeed(config_.seed, kTaskSalt), client),
@@ -319,7 +320,7 @@ TaskPlan FleetModel::Plan(std::uint32_t client, std::uint64_t round, std::uint64
   plan.upload_s = seconds(up_bytes, p.uplink_mbps);
   plan.finish_s = plan.download_s + plan.compute_s + plan.upload_s;
   char buf[160];
-  if (u_online >= p.availability) {
+  if (!checked_in && u_online >= p.availability) {
     plan.outcome = TaskOutcome::kOffline;
     std::snprintf(buf, sizeof buf, "offline in round %llu (availability %.3g)",
                   static_cast<unsigned long long>(round), p.availability);
@@ -339,6 +340,11 @@ TaskPlan FleetModel::Plan(std::uint32_t client, std::uint64_t round, std::uint64
     plan.reason = buf;
   }
   return plan;
+}
+
+bool FleetModel::Online(std::uint32_t client, std::uint64_t round) const {
+  std::mt19937_64 rng(MixSeed(MixSeed(config_.seed, kCheckInSalt), MixSeed(client, round)));
+  return Uniform01(rng) < profiles_.at(client).availability;
 }
 
 void FleetModel::Record(std::uint64_t round, const TaskPlan& plan) {

@@ -104,9 +104,15 @@ class FleetModel {
 
   // The fate of client `client`'s `nth` task (0, 1, ... over the run) of `round`, which moves
   // `down_bytes` to the client, trains `tokens` predicted tokens and moves `up_bytes` back.
-  // Deterministic in (seed, client, round, nth).
+  // Deterministic in (seed, client, round, nth). A client that `checked_in` for the round
+  // (Online said so) is never offline; it may still drop out or miss the deadline.
   TaskPlan Plan(std::uint32_t client, std::uint64_t round, std::uint64_t nth,
-                std::uint64_t down_bytes, std::uint64_t tokens, std::uint64_t up_bytes) const;
+                std::uint64_t down_bytes, std::uint64_t tokens, std::uint64_t up_bytes,
+                bool checked_in = false) const;
+
+  // Whether client `client` is online to check in for `round` (probability: its availability).
+  // Deterministic in (seed, client, round); independent of Plan's draws.
+  bool Online(std::uint32_t client, std::uint64_t round) const;
 
   // Records a task's outcome for its round's timing.
   void Record(std::uint64_t round, const TaskPlan& plan);

@@ -1,13 +1,14 @@
-// simulator.cc — fedlora-sim's run (simulator.h): assets once, the real coordinator, virtual
-// clients with the real session code (one process, or worker shards over TCP), progress and the
-// summary. Longer than ~600 lines: the orchestration of a run reads top to bottom here; the parts
-// with their own job have their own files (fleet_model, adversary, shard_keys, the batcher).
+// simulator.cc — fedlora-sim's run (simulator.h): assets once, the real coordinator, the virtual
+// clients (fleet.h) with the real session code (one process, or worker shards over TCP), progress
+// and the summary. The parts with a job of their own have their own files (fleet, check_in,
+// fleet_model, adversary, session_limits, shard_keys, the batcher).
 #include "sim/simulator.h"
 
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <functional>
@@ -28,6 +29,7 @@
 #include "common/process.h"
 #include "server/coordinator.h"
 #include "server/strategies/make_strategy.h"
+#include "sim/fleet.h"
 #include "sim/session_limits.h"
 
 namespace fedlora::sim {
@@ -48,311 +50,13 @@ std::string ForShard(std::string path, std::uint32_t shard) {
 
 namespace {
 
-// Bytes a message's tensors take on the wire (the envelope's few hundred bytes aside).
-std::uint64_t TensorBytes(const TensorMap& tensors) {
-  std::uint64_t bytes = 0;
-  for (const auto& [name, t] : tensors) bytes += t.data.size();
-  return bytes;
-}
-
-// Memory figures one virtual client reported with its last update.
-struct MemberMemory {
-  std::atomic<std::uint64_t> state_bytes{0};       // Resident between tasks (data, private B).
-  std::atomic<std::uint64_t> trainable_params{0};  // Of its last adapter.
-};
-
-// A Worker that forwards to the real one and plays the client's part in the simulated fleet:
-// with a FleetModel, each task is first planned on the virtual clock, and a client that is
-// offline, drops out or would miss the virtual deadline declines it (TASK_DECLINED) instead of
-// training. Counts what it did for the fleet's log lines and metrics.
-// Describe() runs on the session thread, Train() on the session's job thread: atomics.
-class VirtualClientWorker final : public client::Worker {
- public:
-  // `on_first_hello` runs on the session thread the first time the session introduces itself.
-  // `fleet` may be null (no virtual clock); otherwise it must outlive the worker.
-  VirtualClientWorker(std::unique_ptr<client::Worker> inner, std::uint32_t index,
-                      FleetModel* fleet, std::function<void()> on_first_hello)
-      : inner_(std::move(inner)), index_(index), fleet_(fleet),
-        on_first_hello_(std::move(on_first_hello)) {}
-
-  wire::Hello Describe() const override {
-    wire::Hello hello = inner_->Describe();
-    if (!said_hello_.exchange(true)) on_first_hello_();
-    return hello;
-  }
-
-  Result<wire::Update> Train(const wire::RoundTask& task, std::stop_token stop) override {
-    if (fleet_ == nullptr) return Count(inner_->Train(task, std::move(stop)));
-    // Planned before training when the task fixes its token count (local_steps), so that
-    // clients that would decline do not spend this machine's time; the upload is estimated as
-    // the task's adapter tensors and checked again after training.
-    const std::uint64_t nth = tasks_.fetch_add(1);
-    const std::uint64_t down = TensorBytes(task.tensors);
-    std::uint64_t adapter_down = 0;
-    for (const auto& [name, t] : task.tensors) {
-      if (!name.starts_with("base.")) adapter_down += t.data.size();
-    }
-    const bool fixed_tokens = task.train.local_epochs == 0;
-    const std::uint64_t planned_tokens = fixed_tokens
-        ? std::uint64_t{task.train.local_steps} * task.train.batch_size * task.train.seq_len
-        : 0;
-    TaskPlan plan = fleet_->Plan(index_, task.round, nth, down, planned_tokens, adapter_down);
-    if (plan.outcome != TaskOutcome::kReported &&
-        (fixed_tokens || plan.outcome != TaskOutcome::kStraggler)) {
-      return Decline(task.round, std::move(plan));
-    }
-    Result<wire::Update> update = inner_->Train(task, std::move(stop));
-    if (!update.ok()) return update;
-    // The exact plan: tokens trained and bytes uploaded.
-    const auto tokens = static_cast<std::uint64_t>(update->metrics.count("tokens") != 0
-                                                       ? update->metrics.at("tokens")
-                                                       : static_cast<double>(planned_tokens));
-    plan = fleet_->Plan(index_, task.round, nth, down, tokens, TensorBytes(update->tensors));
-    if (plan.outcome != TaskOutcome::kReported) return Decline(task.round, std::move(plan));
-    fleet_->Record(task.round, plan);
-    update->metrics["virtual_finish_s"] = plan.finish_s;
-    return Count(std::move(update));
-  }
-
-  Result<wire::EvalResult> Evaluate(const wire::EvalTask& task, std::stop_token stop) override {
-    return inner_->Evaluate(task, std::move(stop));
-  }
-
-  std::uint32_t rounds_trained() const { return rounds_trained_.load(); }
-  const MemberMemory& memory() const { return memory_; }
-  void set_state_bytes(std::uint64_t bytes) { memory_.state_bytes.store(bytes); }
-
- private:
-  Result<wire::Update> Count(Result<wire::Update> update) {
-    if (!update.ok()) return update;
-    rounds_trained_.fetch_add(1);
-    const auto metric = [&](const char* key) {
-      const auto it = update->metrics.find(key);
-      return it != update->metrics.end() ? static_cast<std::uint64_t>(it->second) : 0;
-    };
-    memory_.state_bytes.store(metric("state_bytes"));
-    memory_.trainable_params.store(metric("trainable_params"));
-    return update;
-  }
-
-  Status Decline(std::uint64_t round, TaskPlan plan) {
-    std::string reason = plan.reason;
-    fleet_->Record(round, std::move(plan));
-    return Status(StatusCode::kUnavailable, std::move(reason),
-                  static_cast<std::uint32_t>(wire::ErrorCode::kTaskDeclined));
-  }
-
-  std::unique_ptr<client::Worker> inner_;
-  const std::uint32_t index_;
-  FleetModel* const fleet_;
-  std::function<void()> on_first_hello_;
-  mutable std::atomic<bool> said_hello_{false};
-  std::atomic<std::uint64_t> tasks_{0};
-  std::atomic<std::uint32_t> rounds_trained_{0};
-  MemberMemory memory_;
-};
-
-// The virtual clients of one process — a worker and a session each, all on one shared base
-// model and one compute lock — built the same way in both modes.
-//
-// Thread-compatible, except Stop() (any thread, async-signal-safe). Start() once, then Join().
-class Fleet {
- public:
-  // Builds the clients `placement` assigns to this process, all connecting to `endpoint`.
-  // `on_all_introduced` (may be empty) runs once, on a session thread, with the number of
-  // sessions when every one of them has sent its first Hello. `context` and `clock` must outlive
-  // the fleet. Errors: those of MakeLocalWorker, prefixed with the client's name.
-  static Result<std::unique_ptr<Fleet>> Build(
-      const SimConfig& config, const Placement& placement, const std::string& endpoint,
-      const std::shared_ptr<const client::ModelAssets>& assets, net::Context& context,
-      const Clock& clock, const client::BatchingOptions& batching,
-      std::function<void(std::size_t)> on_all_introduced) {
-    std::unique_ptr<Fleet> fleet(new Fleet());
-    std::vector<std::uint32_t> indices;
-    for (std::uint32_t i = placement.shard; i < config.num_clients; i += placement.shards) {
-      indices.push_back(i);
-    }
-    if (config.fleet.enabled) {
-      Result<std::unique_ptr<FleetModel>> model = FleetModel::Make(config.fleet, config.num_clients);
-      if (!model.ok()) return model.status().WithContext("fleet");
-      fleet->model_ = std::move(model).value();
-    }
-    // One compute lock per lane: workers take turns within their lock, so evaluations (and
-    // task preparation) run up to `lanes` at a time, like the batcher's training groups.
-    fleet->compute_locks_ = std::vector<std::mutex>(std::max(1u, batching.lanes));
-    if (batching.max_clients > 1 || batching.lanes > 1) {
-      fleet->batcher_ =
-          client::MakeTrainingBatcher(assets, &fleet->compute_locks_.front(), batching);
-    }
-    fleet->members_.reserve(indices.size());
-    const auto on_first_hello = [f = fleet.get(), n = indices.size(),
-                                 cb = std::move(on_all_introduced)] {
-      if (f->introduced_.fetch_add(1) + 1 == n && cb) cb(n);
-    };
-    for (std::uint32_t i : indices) {
-      client::ClientConfig c = config.client;
-      c.name = ClientName(placement.client_prefix, i);
-      c.coordinator = endpoint;
-      // One key per shard (docs/security.md): "keys/shard-{shard}.key_secret".
-      c.security.secret_key_file = ForShard(c.security.secret_key_file, placement.shard);
-      // Global index of num_clients in every placement: the shards together hold exactly the
-      // single-process federation's data.
-      c.data.partition_index = i;
-      c.data.num_partitions = config.num_clients;
-      c.log_progress = false;  // The coordinator reports per-round progress for everyone.
-      c.state_dir = StrCat(config.out_dir, "/clients/", c.name);
-      if (!config.client_max_ranks.empty()) c.capabilities.max_rank = config.client_max_ranks[i];
-      if (!config.client_relative_speeds.empty()) {
-        c.capabilities.relative_speed = config.client_relative_speeds[i];
-      } else if (fleet->model_ != nullptr) {  // Rank policies see the simulated hardware.
-        c.capabilities.relative_speed = fleet->model_->profile(i).tokens_per_second /
-                                        fleet->model_->median_tokens_per_second();
-      }
-      Result<std::unique_ptr<client::Worker>> local = client::MakeLocalWorker(
-          c, assets,
-          {.compute_lock = &fleet->compute_locks_[fleet->members_.size() % fleet->compute_locks_.size()],
-           .batcher = fleet->batcher_});
-      if (!local.ok()) return local.status().WithContext(c.name);
-      const std::uint64_t state_bytes = client::LocalWorkerStateBytes(**local);
-      std::unique_ptr<client::Worker> worker = std::move(local).value();
-      const std::vector<std::uint32_t>& hostile = config.adversary.clients;
-      if (std::find(hostile.begin(), hostile.end(), i) != hostile.end()) {
-        LogWarn(c.name, " is HOSTILE (adversary.kind ", config.adversary.kind, "): it corrupts "
-                "every upload");
-        worker = std::make_unique<AdversarialWorker>(std::move(worker), i, config.adversary);
-      }
-      Member& m = fleet->members_.emplace_back();
-      m.name = c.name;
-      m.worker = std::make_unique<VirtualClientWorker>(std::move(worker), i, fleet->model_.get(),
-                                                       on_first_hello);
-      m.worker->set_state_bytes(state_bytes);
-      m.session = std::make_unique<client::ClientSession>(c, *m.worker, context, clock);
-    }
-    return fleet;
-  }
-
-  ~Fleet() {
-    Stop();
-    for (std::thread& t : threads_) {
-      if (t.joinable()) t.join();
-    }
-  }
-  Fleet(const Fleet&) = delete;
-  Fleet& operator=(const Fleet&) = delete;
-
-  std::size_t size() const { return members_.size(); }
-  std::string names() const {
-    std::string out;
-    for (const Member& m : members_) out += (out.empty() ? "" : ", ") + m.name;
-    return out;
-  }
-
-  // Runs every session on a thread of its own. The first session that fails (any status but OK
-  // and kCancelled) stops the others, so the process can report it, and calls `on_failure`
-  // (which must be thread-safe; e.g. stopping the in-process coordinator, which would otherwise
-  // wait for the missing client).
-  void Start(std::function<void()> on_failure = {}) {
-    for (Member& m : members_) {
-      threads_.emplace_back([this, &m, on_failure] {
-        m.status = m.session->Run();
-        if (!m.status.ok() && m.status.code() != StatusCode::kCancelled) {
-          LogError(m.name, ": its session failed: ", m.status.ToString());
-          StopSessions();
-          if (on_failure) on_failure();
-        }
-      });
-    }
-  }
-
-  // Asks every session to end; records that the fleet was stopped from outside.
-  void Stop() {
-    stopped_.store(true);
-    StopSessions();
-  }
-  bool stopped() const { return stopped_.load(); }
-
-  // Waits for every session. Then: the statuses, names and counters below are final.
-  void Join() {
-    for (std::thread& t : threads_) t.join();
-    threads_.clear();
-  }
-
-  // After Join(): the first failure in client order (not OK, not kCancelled), or OK.
-  Status FirstFailure() const {
-    for (const Member& m : members_) {
-      if (!m.status.ok() && m.status.code() != StatusCode::kCancelled) {
-        return m.status.WithContext(m.name);
-      }
-    }
-    return OkStatus();
-  }
-  // After Join(): a warning per session that ended in failure.
-  void WarnFailures() const {
-    for (const Member& m : members_) {
-      if (!m.status.ok() && m.status.code() != StatusCode::kCancelled) {
-        LogWarn(m.name, " ended with ", m.status.ToString());
-      }
-    }
-  }
-  FleetModel* model() const { return model_.get(); }
-  const client::TrainingBatcher* batcher() const { return batcher_.get(); }
-
-  // Memory the clients hold, from their last reports (thread-safe).
-  struct MemoryReport {
-    std::uint64_t state_bytes_total = 0;     // Resident client state (data, private factors).
-    std::uint64_t max_trainable_params = 0;  // Largest adapter trained so far.
-  };
-  MemoryReport Memory() const {
-    MemoryReport r;
-    for (const Member& m : members_) {
-      r.state_bytes_total += m.worker->memory().state_bytes.load();
-      r.max_trainable_params =
-          std::max(r.max_trainable_params, m.worker->memory().trainable_params.load());
-    }
-    return r;
-  }
-
-  // "client-00=2 client-02=2": rounds each client trained (updates it produced).
-  std::string RoundsTrained() const {
-    std::string out;
-    for (const Member& m : members_) {
-      out += StrCat(out.empty() ? "" : " ", m.name, "=", m.worker->rounds_trained());
-    }
-    return out;
-  }
-
- private:
-  // Destroyed in reverse order: the session before the worker it borrows.
-  struct Member {
-    std::string name;
-    std::unique_ptr<VirtualClientWorker> worker;
-    std::unique_ptr<client::ClientSession> session;
-    Status status;  // Written by the member's thread; read after Join().
-  };
-
-  Fleet() = default;
-
-  void StopSessions() {  // Async-signal-safe: members_ is not resized after Build.
-    for (Member& m : members_) m.session->Stop();
-  }
-
-  // Outlive the batcher and the workers (declared first); never resized after Build.
-  std::vector<std::mutex> compute_locks_;
-  std::unique_ptr<FleetModel> model_;                // Null without a `fleet` section.
-  std::shared_ptr<client::TrainingBatcher> batcher_; // Null with one lane and K = 1.
-  std::atomic<std::size_t> introduced_{0};
-  std::atomic<bool> stopped_{false};
-  std::vector<Member> members_;
-  std::vector<std::thread> threads_;
-};
-
 // What a stop signal must reach. Every call in Stop() is async-signal-safe.
 struct StopTargets {
   server::Coordinator* coordinator = nullptr;  // Null in workers mode.
   Fleet* fleet = nullptr;
   void Stop() {
     if (coordinator != nullptr) coordinator->Stop();
-    fleet->Stop();
+    fleet->StopFromSignal();
   }
 };
 
@@ -434,16 +138,6 @@ void PrintSummary(const std::string& out_dir) {
   std::fflush(stdout);
 }
 
-// The clients one round selects (RoundConfig: fraction of the live clients, clamped to
-// [min_clients, max_clients]).
-std::uint32_t ClientsPerRound(const SimConfig& config) {
-  const server::RoundConfig& r = config.coordinator.round;
-  auto n = static_cast<std::uint32_t>(std::ceil(r.fraction * config.num_clients));
-  n = std::max(n, r.min_clients);
-  if (r.max_clients != 0) n = std::min(n, r.max_clients);
-  return std::clamp<std::uint32_t>(n, 1, config.num_clients);
-}
-
 // Tokens per forward/backward pass at which one CPU core runs stories260K's training step as fast
 // per token as it gets (bench/sim_throughput, one thread: batch 8 x 128 tokens alone matched any
 // batched group; batch 1 x 64 gained 1.9-2.4x from groups of 16).
@@ -498,6 +192,11 @@ class SimAnnotator {
  public:
   SimAnnotator(const Fleet& fleet, double elapsed_before) : fleet_(fleet), elapsed_(elapsed_before) {}
 
+  // Seconds from the start of the run to the first clients' sessions (assets, records, the
+  // coordinator's start and the first check-in).
+  void set_startup_seconds(double s) { startup_s_.store(s); }
+  double startup_seconds() const { return startup_s_.load(); }
+
   std::vector<std::pair<std::string, double>> operator()(const server::RoundMetrics& m) {
     std::vector<std::pair<std::string, double>> out;
     if (FleetModel* model = fleet_.model(); model != nullptr && m.clients_selected > 0) {
@@ -513,6 +212,15 @@ class SimAnnotator {
     }
     const Fleet::MemoryReport mem = fleet_.Memory();
     out.emplace_back("clients", static_cast<double>(fleet_.size()));
+    out.emplace_back("startup_s", startup_s_.load());
+    if (fleet_.per_round() > 0) {  // Sessions per round: who checked in, what stays resident.
+      const Fleet::CheckInReport check_in = fleet_.LastCheckIn();
+      out.emplace_back("checked_in", check_in.checked_in);
+      out.emplace_back("checkin_offline", check_in.offline);
+      out.emplace_back("clients_tokenized", static_cast<double>(mem.tokenized));
+      out.emplace_back("records_mb", static_cast<double>(mem.records_bytes) / (1 << 20));
+      out.emplace_back("client_state_mb", static_cast<double>(mem.state_bytes_total) / (1 << 20));
+    }
     out.emplace_back("peak_rss_mb", static_cast<double>(PeakRssBytes()) / (1 << 20));
     out.emplace_back("rss_mb", static_cast<double>(CurrentRssBytes()) / (1 << 20));
     out.emplace_back("client_state_bytes_mean",
@@ -532,6 +240,7 @@ class SimAnnotator {
  private:
   const Fleet& fleet_;
   double elapsed_;
+  std::atomic<double> startup_s_{0};
   client::BatcherStats last_;
 };
 
@@ -549,6 +258,14 @@ double VirtualElapsedSoFar(const std::string& out_dir) {
 
 }  // namespace
 
+std::uint32_t ClientsPerRound(const SimConfig& config) {
+  const server::RoundConfig& r = config.coordinator.round;
+  auto n = static_cast<std::uint32_t>(std::ceil(r.fraction * config.num_clients));
+  n = std::max(n, r.min_clients);
+  if (r.max_clients != 0) n = std::min(n, r.max_clients);
+  return std::clamp<std::uint32_t>(n, 1, config.num_clients);
+}
+
 Result<SimConfig> LoadSimConfig(const std::string& path, const std::vector<std::string>& overrides,
                                 const std::string& out_dir) {
   FEDLORA_ASSIGN_OR_RETURN(config::ConfigDocument doc, config::ConfigDocument::Load(path, overrides));
@@ -557,6 +274,14 @@ Result<SimConfig> LoadSimConfig(const std::string& path, const std::vector<std::
   FEDLORA_RETURN_IF_ERROR(root.Read("num_clients", &c.num_clients));
   FEDLORA_RETURN_IF_ERROR(root.Read("threads", &c.threads));
   FEDLORA_RETURN_IF_ERROR(root.Read("max_sockets", &c.max_sockets));
+  std::string sessions = "persistent";
+  FEDLORA_RETURN_IF_ERROR(root.Read("sessions", &sessions));
+  if (sessions == "per_round") {
+    c.sessions = SessionMode::kPerRound;
+  } else if (sessions != "persistent") {
+    return InvalidArgument(root.PathOf("sessions"), ": '", sessions,
+                           "' is not a session mode (expected persistent or per_round)");
+  }
   FEDLORA_RETURN_IF_ERROR(root.Read("log_level", &c.log_level));
   FEDLORA_RETURN_IF_ERROR(root.Read("client_max_ranks", &c.client_max_ranks));
   FEDLORA_RETURN_IF_ERROR(root.Read("client_relative_speeds", &c.client_relative_speeds));
@@ -593,6 +318,11 @@ Result<SimConfig> LoadSimConfig(const std::string& path, const std::vector<std::
   for (double speed : c.client_relative_speeds) {
     if (!(speed > 0)) return InvalidArgument("client_relative_speeds must be > 0");
   }
+  if (c.sessions == SessionMode::kPerRound && c.coordinator.privacy.enabled) {
+    return InvalidArgument(root.PathOf("sessions"), ": per_round does not combine with "
+                           "coordinator.privacy: its sampling rate is over every live client, and "
+                           "per round only the checked-in clients are live (use persistent)");
+  }
   if (c.coordinator.round.min_clients > c.num_clients) {
     return InvalidArgument("coordinator.round.min_clients (", c.coordinator.round.min_clients,
                            ") exceeds num_clients (", c.num_clients, ")");
@@ -620,6 +350,11 @@ Status ValidatePlacement(const SimConfig& config, const Placement& placement, bo
   if (workers && !placement.listen.empty()) {
     return InvalidArgument("workers connect to a coordinator; they do not listen");
   }
+  if (config.sessions == SessionMode::kPerRound && (workers || placement.shards > 1)) {
+    return InvalidArgument("sessions: per_round runs in one process: the in-process coordinator "
+                           "tells the fleet when a round is over (use persistent with --workers "
+                           "or shards)");
+  }
   if (!workers && placement.shards > 1 && placement.listen.empty()) {
     return InvalidArgument("shards > 1 needs a listen endpoint: the other shards could not reach "
                            "an inproc coordinator");
@@ -628,6 +363,7 @@ Status ValidatePlacement(const SimConfig& config, const Placement& placement, bo
 }
 
 Status RunSimulation(const SimConfig& config, const Placement& placement) {
+  const auto began = std::chrono::steady_clock::now();
   FEDLORA_RETURN_IF_ERROR(ValidatePlacement(config, placement, /*workers=*/false));
   FEDLORA_ASSIGN_OR_RETURN(std::shared_ptr<const client::ModelAssets> assets, Prepare(config));
   const std::string digest = client::BaseModelDigest(*assets);
@@ -639,8 +375,13 @@ Status RunSimulation(const SimConfig& config, const Placement& placement) {
   if (coordinator_config.base_model_sha256.empty()) {
     coordinator_config.base_model_sha256 = digest;
   }
-  // The first round selects from every virtual client, however fast they connect.
-  if (coordinator_config.round.wait_for_clients == 0) {
+  const bool per_round = config.sessions == SessionMode::kPerRound;
+  if (per_round) {
+    // Every client that checked in is selected: ClientsPerRound of them, already a sample.
+    coordinator_config.round.fraction = 1.0;
+    coordinator_config.round.wait_for_clients = ClientsPerRound(config);
+  } else if (coordinator_config.round.wait_for_clients == 0) {
+    // The first round selects from every virtual client, however fast they connect.
     coordinator_config.round.wait_for_clients = config.num_clients;
   }
   FEDLORA_ASSIGN_OR_RETURN(
@@ -652,8 +393,11 @@ Status RunSimulation(const SimConfig& config, const Placement& placement) {
   const auto local_clients = static_cast<std::uint32_t>(
       (config.num_clients - placement.shard + placement.shards - 1) / placement.shards);
   net::Context context;
-  FEDLORA_ASSIGN_OR_RETURN(const SessionLimits limits,
-                           ApplySessionLimits(local_clients, config.max_sockets, context));
+  FEDLORA_ASSIGN_OR_RETURN(
+      const SessionLimits limits,
+      // Per round, the retired clients' sockets may linger (their Bye) while the next open.
+      ApplySessionLimits(per_round ? 2 * ClientsPerRound(config) : local_clients,
+                         config.max_sockets, context));
   SystemClock clock;
   server::Coordinator coordinator(coordinator_config, std::move(strategy), context, clock);
   FEDLORA_RETURN_IF_ERROR(coordinator.Start());
@@ -669,19 +413,37 @@ Status RunSimulation(const SimConfig& config, const Placement& placement) {
       Fleet::Build(local, placement, LocalEndpoint(coordinator.endpoint()), assets, context,
                    clock, ResolveBatching(config, *assets, local_clients, /*workers=*/false),
                    /*on_all_introduced=*/{}));
+  const auto annotator = std::make_shared<SimAnnotator>(*fleet, VirtualElapsedSoFar(config.out_dir));
   coordinator.SetRoundAnnotator(
-      [annotator = std::make_shared<SimAnnotator>(*fleet, VirtualElapsedSoFar(config.out_dir))](
-          const server::RoundMetrics& m) { return (*annotator)(m); });
+      [annotator](const server::RoundMetrics& m) { return (*annotator)(m); });
+  if (per_round) coordinator.SetRoundGate([f = fleet.get()](std::uint64_t round,
+                                                             const std::vector<std::string>& live) {
+    return f->RoundReady(round, live);
+  });
   LogInfo("simulating ", fleet->size(),
           placement.shards > 1 ? StrCat(" of ", config.num_clients) : std::string(),
           " clients on one shared base model (", digest.substr(0, 12), "...), output in ",
           config.out_dir);
+  if (per_round) {
+    LogInfo("sessions per round: ", fleet->per_round(), " clients check in each round (drawn ",
+            config.fleet.enabled ? "among those the fleet has online" : "uniformly",
+            ") and all of them are selected; the others are records without a session");
+  }
   StopTargets targets{&coordinator, fleet.get()};
   OnStopSignal([](void* t) { static_cast<StopTargets*>(t)->Stop(); }, &targets);
 
   // A session that fails (it could not open its socket, or was refused for good) stops the run:
   // the coordinator would otherwise wait for that client forever.
-  fleet->Start([&coordinator] { coordinator.Stop(); });
+  const server::CoordinatorCounters resumed = coordinator.counters();
+  if (Status started = fleet->Start(resumed.has_committed ? resumed.committed_round + 1 : 0,
+                                    [&coordinator] { coordinator.Stop(); });
+      !started.ok()) {
+    OnStopSignal([](void*) {}, nullptr);
+    return started;
+  }
+  annotator->set_startup_seconds(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count());
+  LogInfo("start-up: ", Fixed4(annotator->startup_seconds()), " s to the first clients' sessions");
   const Status result = coordinator.Run();
   // Clients leave on the coordinator's Bye. Those that never got one (the run was already
   // complete when they connected, or it ended in an error or a stop) are told directly; a session
@@ -735,7 +497,7 @@ Status RunWorkers(const SimConfig& config, const Placement& placement) {
           "..., coordinator ", endpoint, ", client state in ", config.out_dir, "/clients/");
   StopTargets targets{nullptr, fleet.get()};
   OnStopSignal([](void* t) { static_cast<StopTargets*>(t)->Stop(); }, &targets);
-  fleet->Start();
+  FEDLORA_RETURN_IF_ERROR(fleet->Start(/*first_round=*/0));
   fleet->Join();
   OnStopSignal([](void*) {}, nullptr);
 

@@ -9,6 +9,10 @@
 // clock (fleet_model.h) decides which clients are offline, drop out or miss the deadline, and
 // times each round as that fleet would.
 //
+// Sessions (`sessions`): persistent (every client connected for the whole run) or per_round
+// (clients are records; each round the clients that check in get sessions; fleet.h), which is
+// what lets one machine hold 10^5 clients.
+//
 // Two modes:
 //   RunSimulation: the whole federation in one process over ZeroMQ inproc (or, with
 //     Placement::listen, a coordinator that shards on other machines can join over TCP).
@@ -51,6 +55,12 @@ struct BatchingConfig {
   std::uint32_t lanes = 0;
 };
 
+// How virtual clients hold their sessions (fleet.h). YAML key `sessions`.
+enum class SessionMode {
+  kPersistent,  // "persistent": every client connected for the whole run (the default).
+  kPerRound,    // "per_round": clients are records; those that check in for a round connect.
+};
+
 struct SimConfig {
   std::uint32_t num_clients = 8;
   std::uint32_t threads = 0;          // LibTorch intra-op threads; 0 = all cores (per lane: 1).
@@ -76,6 +86,10 @@ struct SimConfig {
   // ZeroMQ sockets this process may open; 0: what its client sessions need (2 each, plus a
   // margin; session_limits.h). A lower value makes sessions fail to open: for testing that path.
   std::uint32_t max_sockets = 0;
+  // per_round: only the clients a round checks in (ClientsPerRound, drawn among those online)
+  // have sessions, and the coordinator selects all of them. Single process only (no --workers,
+  // no shards), and not with coordinator.privacy (its sampling rate needs the population).
+  SessionMode sessions = SessionMode::kPersistent;
 };
 
 // Which of the config's clients this process runs and how it is reached. A value.
@@ -89,6 +103,10 @@ struct Placement {
   // `fedlora-sim --workers` shards can join; empty = a private inproc endpoint.
   std::string listen;
 };
+
+// The clients one round selects: coordinator.round.fraction of num_clients, clamped to
+// [min_clients, max_clients] and to [1, num_clients].
+std::uint32_t ClientsPerRound(const SimConfig& config);
 
 // Client i's name: `prefix` and i with at least two digits ("client-07").
 std::string ClientName(const std::string& prefix, std::uint32_t i);

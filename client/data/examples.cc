@@ -1,5 +1,7 @@
 #include "client/data/examples.h"
 
+#include "client/data/corpus_cache.h"
+
 #include <algorithm>
 #include <numeric>
 #include <random>
@@ -200,26 +202,15 @@ Result<PromptTemplate> ResolvePromptTemplate(const DataConfig& config) {
   return tmpl;
 }
 
-Result<ClientExamples> LoadClientExamples(const DataConfig& config,
-                                          const TextTokenizer& tokenizer) {
+Result<std::shared_ptr<const PartitionedRecords>> LoadPartitionedRecords(const DataConfig& config) {
   FEDLORA_RETURN_IF_ERROR(ValidateRecordConfig(config));
-  ClientExamples out;
-  FEDLORA_ASSIGN_OR_RETURN(out.prompt_template, ResolvePromptTemplate(config));
-  out.format = ParseRecordFormat(config.format).value();
   Result<RecordPartitioner> partitioner = ParseRecordPartitioner(config.partition);
   if (!partitioner.ok()) return partitioner.status().WithContext("data.partition");
-  std::size_t num_classes = 0;
-  if (IsClassificationFormat(out.format)) {
-    Result<LabelSet> labels =
-        MakeLabelSet(out.prompt_template.classification.label_words, tokenizer);
-    if (!labels.ok()) return labels.status().WithContext("data.label_words");
-    out.labels = std::move(labels).value();
-    num_classes = out.labels.size();
-  }
-
+  auto out = std::make_shared<PartitionedRecords>();
+  out->format = ParseRecordFormat(config.format).value();
   const RecordLoadOptions load_options{.limit = 0, .max_text_chars = config.max_text_chars};
-  FEDLORA_ASSIGN_OR_RETURN(std::vector<Record> records,
-                           LoadRecords(out.format, config.path, load_options));
+  FEDLORA_ASSIGN_OR_RETURN(out->records, LoadRecords(out->format, config.path, load_options));
+  std::vector<Record>& records = out->records;
   if (config.max_records != 0 && records.size() > config.max_records) {
     std::vector<std::size_t> order(records.size());
     std::iota(order.begin(), order.end(), std::size_t{0});
@@ -232,8 +223,6 @@ Result<ClientExamples> LoadClientExamples(const DataConfig& config,
     for (std::size_t i : order) kept.push_back(std::move(records[i]));
     records = std::move(kept);
   }
-  out.stats.file_records = records.size();
-
   Result<Partitions> partitions =
       PartitionRecords(records, {.partitioner = *partitioner,
                                  .num_partitions = config.num_partitions,
@@ -243,7 +232,38 @@ Result<ClientExamples> LoadClientExamples(const DataConfig& config,
     return partitions.status().WithContext(
         StrCat("data.partition ", config.partition, " of '", config.path, "'"));
   }
-  const std::vector<std::size_t>& mine = (*partitions)[config.partition_index];
+  out->partitions = std::move(partitions).value();
+  if (!config.eval_path.empty()) {
+    Result<std::vector<Record>> loaded = LoadRecords(out->format, config.eval_path, load_options);
+    if (!loaded.ok()) return loaded.status().WithContext("data.eval_path");
+    out->eval_records = std::move(loaded).value();
+  }
+  return std::shared_ptr<const PartitionedRecords>(std::move(out));
+}
+
+Result<ClientExamples> LoadClientExamples(const DataConfig& config,
+                                          const TextTokenizer& tokenizer, CorpusCache* corpus) {
+  FEDLORA_RETURN_IF_ERROR(ValidateRecordConfig(config));
+  ClientExamples out;
+  FEDLORA_ASSIGN_OR_RETURN(out.prompt_template, ResolvePromptTemplate(config));
+  out.format = ParseRecordFormat(config.format).value();
+  std::size_t num_classes = 0;
+  if (IsClassificationFormat(out.format)) {
+    Result<LabelSet> labels =
+        MakeLabelSet(out.prompt_template.classification.label_words, tokenizer);
+    if (!labels.ok()) return labels.status().WithContext("data.label_words");
+    out.labels = std::move(labels).value();
+    num_classes = out.labels.size();
+  }
+  std::shared_ptr<const PartitionedRecords> shared;
+  if (corpus != nullptr) {
+    FEDLORA_ASSIGN_OR_RETURN(shared, corpus->Records(config));
+  } else {
+    FEDLORA_ASSIGN_OR_RETURN(shared, LoadPartitionedRecords(config));
+  }
+  const std::vector<Record>& records = shared->records;
+  out.stats.file_records = records.size();
+  const std::vector<std::size_t>& mine = shared->partitions[config.partition_index];
   if (mine.empty()) {
     return FailedPrecondition("partition ", config.partition_index, " of ", config.num_partitions,
                               " (", config.partition, ") of '", config.path, "' is empty (",
@@ -253,7 +273,6 @@ Result<ClientExamples> LoadClientExamples(const DataConfig& config,
   }
   out.stats.partition_records = mine.size();
 
-  std::vector<Record> eval_records;
   std::vector<std::size_t> train_indices;
   std::vector<std::size_t> heldout_indices;
   if (config.eval_path.empty()) {
@@ -263,13 +282,11 @@ Result<ClientExamples> LoadClientExamples(const DataConfig& config,
     heldout_indices = std::move(split.heldout);
   } else {
     train_indices = mine;
-    Result<std::vector<Record>> loaded = LoadRecords(out.format, config.eval_path, load_options);
-    if (!loaded.ok()) return loaded.status().WithContext("data.eval_path");
-    eval_records = std::move(loaded).value();
-    heldout_indices.resize(eval_records.size());
+    heldout_indices.resize(shared->eval_records.size());
     std::iota(heldout_indices.begin(), heldout_indices.end(), std::size_t{0});
   }
-  const std::vector<Record>& heldout_source = config.eval_path.empty() ? records : eval_records;
+  const std::vector<Record>& heldout_source =
+      config.eval_path.empty() ? records : shared->eval_records;
   out.stats.train_records = train_indices.size();
   out.stats.heldout_records = heldout_indices.size();
   if (num_classes > 0) {

@@ -25,6 +25,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -142,6 +143,19 @@ struct ClientExamples {
   std::string Summary(const DataConfig& config) const;
 };
 
+// Steps 1-3 of LoadClientExamples for every client at once: the records of data.path (after
+// max_records), their partitions, and eval_path's records (empty without one). Immutable, so
+// the clients of one process can share it (CorpusCache::Records).
+struct PartitionedRecords {
+  RecordFormat format = RecordFormat::kAlpaca;
+  std::vector<Record> records;
+  Partitions partitions;
+  std::vector<Record> eval_records;
+};
+Result<std::shared_ptr<const PartitionedRecords>> LoadPartitionedRecords(const DataConfig& config);
+
+class CorpusCache;  // corpus_cache.h
+
 // The whole pipeline for one client of a record format (data.format != text):
 //   1. read data.path with the format's loader (max_text_chars applied);
 //   2. when max_records > 0 and the file has more, keep a seeded sample of max_records records
@@ -155,8 +169,10 @@ struct ClientExamples {
 //   5. render with data.template (empty: the format's default) and encode (max_tokens).
 // kInvalidArgument: a bad config value (names the data.* key), a malformed file (file, line,
 // key), labels that share a first token. kNotFound / kDataLoss: the loaders'. kFailedPrecondition:
-// this client's partition is empty, or no training example survived max_tokens.
-Result<ClientExamples> LoadClientExamples(const DataConfig& config, const TextTokenizer& tokenizer);
+// this client's partition is empty, or no training example survived max_tokens. With `corpus`,
+// steps 1-3 run once for every client sharing the cache.
+Result<ClientExamples> LoadClientExamples(const DataConfig& config, const TextTokenizer& tokenizer,
+                                          CorpusCache* corpus = nullptr);
 
 // The template of `config` (data.template, or the format's default, with data.label_words when
 // set). kInvalidArgument naming data.format / data.template / data.label_words.

@@ -1,5 +1,7 @@
 #include "client/data/text_dataset.h"
 
+#include "client/data/corpus_cache.h"
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -147,8 +149,9 @@ Result<Partitioner> ParsePartitioner(std::string_view name) {
   if (name == "iid") return Partitioner::kIid;
   if (name == "contiguous") return Partitioner::kContiguous;
   if (name == "speaker") return Partitioner::kSpeaker;
+  if (name == "sample") return Partitioner::kSample;
   return InvalidArgument("unknown partitioner '", name,
-                         "' (expected one of: none, iid, contiguous, speaker)");
+                         "' (expected one of: none, iid, contiguous, speaker, sample)");
 }
 
 std::string_view PartitionerName(Partitioner partitioner) {
@@ -157,13 +160,40 @@ std::string_view PartitionerName(Partitioner partitioner) {
     case Partitioner::kIid: return "iid";
     case Partitioner::kContiguous: return "contiguous";
     case Partitioner::kSpeaker: return "speaker";
+    case Partitioner::kSample: return "sample";
   }
   return "invalid";
+}
+
+std::vector<std::size_t> SampleShare(std::size_t n, std::uint32_t sample_size, std::uint64_t seed,
+                                     std::uint32_t index) {
+  std::vector<std::size_t> share;
+  if (n == 0) return share;
+  std::mt19937_64 rng(MixSeed(seed, index));
+  const std::size_t k = std::min<std::size_t>(sample_size, n);
+  if (2 * k > n) {  // Most of the corpus: a shuffle's prefix.
+    std::vector<std::size_t> all(n);
+    std::iota(all.begin(), all.end(), std::size_t{0});
+    DeterministicShuffle(all, rng);
+    share.assign(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(k));
+    std::sort(share.begin(), share.end());
+  } else {  // A few of many: draw until k distinct (expected < 2k draws), kept sorted.
+    share.reserve(k);
+    while (share.size() < k) {
+      const std::size_t draw = UniformBelow(rng, n);
+      const auto at = std::lower_bound(share.begin(), share.end(), draw);
+      if (at == share.end() || *at != draw) share.insert(at, draw);
+    }
+  }
+  return share;
 }
 
 Result<std::vector<std::vector<std::size_t>>> PartitionParagraphs(
     std::span<const std::string> paragraphs, const PartitionSpec& spec) {
   if (spec.num_partitions == 0) return InvalidArgument("num_partitions must be >= 1");
+  if (spec.partitioner == Partitioner::kSample && spec.sample_size == 0) {
+    return InvalidArgument("the sample partitioner needs sample_size >= 1");
+  }
   const std::size_t n = paragraphs.size();
   const std::size_t parts = spec.num_partitions;
   std::vector<std::vector<std::size_t>> out(parts);
@@ -197,6 +227,12 @@ Result<std::vector<std::vector<std::size_t>>> PartitionParagraphs(
       }
       break;
     }
+
+    case Partitioner::kSample:
+      for (std::uint32_t i = 0; i < spec.num_partitions; ++i) {
+        out[i] = SampleShare(n, spec.sample_size, spec.seed, i);
+      }
+      return out;
 
     case Partitioner::kSpeaker: {
       std::map<std::string_view, std::uint64_t> load_of_speaker;  // Name order.
@@ -267,21 +303,23 @@ std::vector<TokenWindow> MakeWindows(std::size_t stream_size, std::size_t seq_le
   return windows;
 }
 
-Result<ClientData> LoadClientData(const DataConfig& config, const TextTokenizer& tokenizer) {
+Result<ClientData> LoadClientData(const DataConfig& config, const TextTokenizer& tokenizer,
+                                  CorpusCache* corpus) {
   FEDLORA_RETURN_IF_ERROR(ValidateDataConfig(config));
-  Result<Partitioner> partitioner = ParsePartitioner(config.partition);
-  if (!partitioner.ok()) return partitioner.status().WithContext("data.partition");
-  FEDLORA_ASSIGN_OR_RETURN(const std::string text, ReadTextFile(config.path));
-  const std::vector<std::string> paragraphs = SplitParagraphs(text);
-  FEDLORA_ASSIGN_OR_RETURN(
-      const auto partitions,
-      PartitionParagraphs(paragraphs, {*partitioner, config.num_partitions, config.partition_seed}));
-  const std::vector<std::size_t>& mine = partitions[config.partition_index];
+  std::shared_ptr<const PartitionedText> text;
+  if (corpus != nullptr) {
+    FEDLORA_ASSIGN_OR_RETURN(text, corpus->Text(config));
+  } else {
+    FEDLORA_ASSIGN_OR_RETURN(text, PartitionedText::Load(config));
+  }
+  const std::span<const std::string> paragraphs = text->paragraphs();
+  const std::vector<std::size_t> mine = text->Share(config.partition_index);
   if (mine.empty()) {
     return FailedPrecondition("partition ", config.partition_index, " of ",
                               config.num_partitions, " (", config.partition, ") of '",
                               config.path, "' is empty (", paragraphs.size(),
-                              " paragraphs in all; hint: use fewer partitions)");
+                              " paragraphs in all; hint: use fewer partitions, or partition: "
+                              "sample)");
   }
   const HeldoutSplit split =
       SplitHeldout(mine, config.heldout_fraction,

@@ -58,23 +58,34 @@ enum class Partitioner {
   kIid,         // Paragraphs shuffled with the seed, then dealt round-robin (sizes differ by <= 1).
   kContiguous,  // Consecutive runs of paragraphs with about equal character counts.
   kSpeaker,     // Whole speakers (SpeakerOf), largest first, each to the least-loaded partition.
+  kSample,      // Each partition draws sample_size distinct paragraphs at random (its own seed):
+                // never empty, but partitions overlap once num_partitions x sample_size exceeds
+                // the corpus. For cross-device populations larger than the corpus's paragraphs.
 };
-// "none", "iid", "contiguous", "speaker"; kInvalidArgument listing these otherwise.
+// "none", "iid", "contiguous", "speaker", "sample"; kInvalidArgument listing these otherwise.
 Result<Partitioner> ParsePartitioner(std::string_view name);
 std::string_view PartitionerName(Partitioner partitioner);
 
 struct PartitionSpec {
   Partitioner partitioner = Partitioner::kNone;
   std::uint32_t num_partitions = 1;
-  std::uint64_t seed = 0;  // Used by kIid; kContiguous and kSpeaker are seed-independent.
+  std::uint64_t seed = 0;  // Used by kIid and kSample; kContiguous and kSpeaker are not seeded.
+  std::uint32_t sample_size = 0;  // kSample: paragraphs per partition (>= 1).
 };
 
+// kSample's share of partition `index`: min(sample_size, n) distinct paragraph indices below
+// `n`, ascending, drawn with MixSeed(seed, index). O(sample_size log sample_size) for a small
+// share of a large corpus; the same on every machine.
+std::vector<std::size_t> SampleShare(std::size_t n, std::uint32_t sample_size, std::uint64_t seed,
+                                     std::uint32_t index);
+
 // Paragraph indices of each of the `num_partitions` partitions, each list ascending (corpus
-// order). Except for kNone, partitions are disjoint and together cover every paragraph. kSpeaker
+// order). Except for kNone and kSample, partitions are disjoint and together cover every
+// paragraph. kSpeaker
 // never splits one speaker across partitions; ties in load go to the lowest partition index and
 // speakers of equal size are taken in name order, so the result is fully deterministic.
 // Partitions may be empty (more partitions than speakers or paragraphs).
-// kInvalidArgument: num_partitions == 0.
+// kInvalidArgument: num_partitions == 0, or kSample with sample_size == 0.
 Result<std::vector<std::vector<std::size_t>>> PartitionParagraphs(
     std::span<const std::string> paragraphs, const PartitionSpec& spec);
 
@@ -118,11 +129,16 @@ struct ClientData {
   std::size_t heldout_paragraphs = 0;
 };
 
+class CorpusCache;  // corpus_cache.h
+
 // The whole pipeline for one client: reads `config.path`, partitions the paragraphs with
-// {partition, num_partitions, partition_seed}, keeps partition `partition_index`, holds out
-// `heldout_fraction` of it (seeded by MixSeed(partition_seed, partition_index)), and encodes
-// both splits. kInvalidArgument: a bad config value (names the key) or unreadable text.
-// kFailedPrecondition: the client's partition is empty. Errors name `config.path`.
-Result<ClientData> LoadClientData(const DataConfig& config, const TextTokenizer& tokenizer);
+// {partition, num_partitions, partition_seed, sample_paragraphs}, keeps partition
+// `partition_index`, holds out `heldout_fraction` of it (seeded by MixSeed(partition_seed,
+// partition_index)), and encodes both splits. With `corpus`, the file is read and partitioned
+// once for every client that shares the cache; without, by this call. kInvalidArgument: a bad
+// config value (names the key) or unreadable text. kFailedPrecondition: the client's partition
+// is empty. Errors name `config.path`.
+Result<ClientData> LoadClientData(const DataConfig& config, const TextTokenizer& tokenizer,
+                                  CorpusCache* corpus = nullptr);
 
 }  // namespace fedlora::client

@@ -10,7 +10,8 @@ namespace fedlora::client {
 
 Result<std::unique_ptr<ClientDataset>> ClientDataset::Load(const DataConfig& config,
                                                            const TextTokenizer& tokenizer,
-                                                           std::size_t context) {
+                                                           std::size_t context,
+                                                           CorpusCache* corpus) {
   std::unique_ptr<ClientDataset> d(new ClientDataset());
   d->bos_ = tokenizer.bos_id();
   d->pad_ = tokenizer.eos_id() >= 0 ? tokenizer.eos_id() : 0;
@@ -18,7 +19,7 @@ Result<std::unique_ptr<ClientDataset>> ClientDataset::Load(const DataConfig& con
   d->init_from_train_ = config.init_from_train;
   d->text_mode_ = config.format == "text";
   if (d->text_mode_) {
-    FEDLORA_ASSIGN_OR_RETURN(d->text_, LoadClientData(config, tokenizer));
+    FEDLORA_ASSIGN_OR_RETURN(d->text_, LoadClientData(config, tokenizer, corpus));
     d->summary_ = StrCat("text ", config.path, ": ", d->text_.train_paragraphs, " paragraphs (",
                          d->text_.train.size(), " tokens) for training, ",
                          d->text_.heldout_paragraphs, " (", d->text_.heldout.size(),
@@ -28,7 +29,7 @@ Result<std::unique_ptr<ClientDataset>> ClientDataset::Load(const DataConfig& con
     // An example of n tokens feeds n - 1 positions to the model.
     const auto limit = static_cast<std::uint32_t>(std::min<std::size_t>(context + 1, UINT32_MAX));
     if (clamped.max_tokens == 0 || clamped.max_tokens > limit) clamped.max_tokens = limit;
-    FEDLORA_ASSIGN_OR_RETURN(d->examples_, LoadClientExamples(clamped, tokenizer));
+    FEDLORA_ASSIGN_OR_RETURN(d->examples_, LoadClientExamples(clamped, tokenizer, corpus));
     if (d->examples_.train.empty()) {
       return FailedPrecondition("data.path '", config.path, "': no training example for partition ",
                                 config.partition_index, " of ", config.num_partitions);
@@ -51,11 +52,16 @@ Result<std::unique_ptr<ClientDataset>> ClientDataset::Load(const DataConfig& con
     d->summary_ = d->examples_.Summary(clamped);
   }
   if (!config.init_path.empty()) {  // A whole corpus declared for initialisation.
-    FEDLORA_ASSIGN_OR_RETURN(const std::string text, ReadTextFile(config.init_path));
-    const std::vector<std::string> paragraphs = SplitParagraphs(text);
-    std::vector<std::size_t> all(paragraphs.size());
+    std::shared_ptr<const std::vector<std::string>> paragraphs;
+    if (corpus != nullptr) {
+      FEDLORA_ASSIGN_OR_RETURN(paragraphs, corpus->Paragraphs(config.init_path));
+    } else {
+      FEDLORA_ASSIGN_OR_RETURN(const std::string text, ReadTextFile(config.init_path));
+      paragraphs = std::make_shared<const std::vector<std::string>>(SplitParagraphs(text));
+    }
+    std::vector<std::size_t> all(paragraphs->size());
     std::iota(all.begin(), all.end(), std::size_t{0});
-    d->init_stream_ = tokenizer.Encode(JoinParagraphs(paragraphs, all), false, false);
+    d->init_stream_ = tokenizer.Encode(JoinParagraphs(*paragraphs, all), false, false);
   }
   return d;
 }

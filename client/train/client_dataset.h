@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "client/config.h"
+#include "client/data/corpus_cache.h"
 #include "client/data/examples.h"
 #include "client/data/text_dataset.h"
 #include "client/model/text_tokenizer.h"
@@ -28,9 +29,12 @@ class ClientDataset {
   // Loads `config` with `tokenizer`. `context` is the model's context length: examples longer
   // than context + 1 tokens are refused at load, so data.max_tokens is clamped to it.
   // Errors are the loaders' (naming the file, line and key) with the client's context added.
+  // With `corpus`, text corpora (data.path of format text, data.init_path) are read and
+  // partitioned once for every client sharing the cache.
   static Result<std::unique_ptr<ClientDataset>> Load(const DataConfig& config,
                                                      const TextTokenizer& tokenizer,
-                                                     std::size_t context);
+                                                     std::size_t context,
+                                                     CorpusCache* corpus = nullptr);
 
   bool has_examples() const { return !text_mode_; }
   // Rows one epoch trains on: windows of `seq_len` tokens (text) or examples.

@@ -35,6 +35,17 @@ TEST(ClientConfigTest, InvalidValuesNameTheirKey) {
   EXPECT_NE(message({"model.fromat=hf"}).find("model.fromat"), std::string::npos);
   EXPECT_NE(message({"device=tpu"}).find("device"), std::string::npos);
   EXPECT_NE(message({"data.heldout_fraction=1.5"}).find("heldout_fraction"), std::string::npos);
+  EXPECT_NE(message({"data.partition=sample"}).find("data.sample_paragraphs"), std::string::npos);
+  EXPECT_NE(message({"data.sample_paragraphs=4"}).find("data.sample_paragraphs"),
+            std::string::npos);
+}
+
+TEST(ClientConfigTest, TheSamplePartitionerTakesItsParagraphsPerClient) {
+  const Result<ClientConfig> c = LoadClientConfig(
+      FEDLORA_SOURCE_DIR "/configs/client.yaml",
+      {"data.partition=sample", "data.sample_paragraphs=8", "data.num_partitions=100000"});
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->data.sample_paragraphs, 8u);
 }
 
 TEST(ClientConfigTest, DpSgdSectionParsesAndRefusesARunWithoutABudget) {
