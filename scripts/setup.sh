@@ -18,8 +18,10 @@ PACKAGES=(
   libzmq3-dev cppzmq-dev libsodium-dev
   capnproto libcapnp-dev
   libssl-dev libyaml-cpp-dev
-  nlohmann-json3-dev libspdlog-dev libcli11-dev
+  nlohmann-json3-dev libspdlog-dev libcli11-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev
+  # tests: the Prometheus text parser the ops endpoint is checked against
+  python3-prometheus-client
   # tokenizers (regex pre-tokenizers, Unicode normalisation, SentencePiece models) and gzip data
   libpcre2-dev libutf8proc-dev libsentencepiece-dev zlib1g-dev
 )

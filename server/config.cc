@@ -384,6 +384,7 @@ Status ParseCoordinatorConfig(const ConfigSection& root, CoordinatorConfig* c) {
   FEDLORA_RETURN_IF_ERROR(private_section.Finish());
   // Read before the strategy section, whose validation checks that the rule composes with it.
   FEDLORA_RETURN_IF_ERROR(ParseStrategyConfig(root.Section("strategy"), &c->strategy));
+  FEDLORA_RETURN_IF_ERROR(ops::ParseOpsConfig(root.Section("ops"), &c->ops));
 
   const ConfigSection exporting = root.Section("export");
   FEDLORA_RETURN_IF_ERROR(exporting.ReadPath("peft_dir", &c->export_config.peft_dir));

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/config/yaml_config.h"
+#include "common/ops/ops_server.h"
 #include "common/status.h"
 #include "common/wire/messages.h"
 #include "server/strategies/make_strategy.h"
@@ -144,6 +145,7 @@ struct CoordinatorConfig {
   SecureAggregationConfig secure_aggregation;
   PrivacyConfig privacy;
   ExportConfig export_config;        // The `export` section.
+  ops::OpsConfig ops;                // /metrics, /status and probes (common/ops/ops_server.h).
   wire::LoraSpec lora{.rank = 8, .alpha = 16.0, .dropout = 0.0, .rslora = false,
                       .targets = {"q_proj", "v_proj"}};
   wire::TrainSpec train;

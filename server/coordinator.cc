@@ -133,14 +133,23 @@ Status Coordinator::Impl::Start() {
   if (robust.norm_bound <= 0) {
     LogWarn("robust.norm_bound is 0: one client's upload can move the global model arbitrarily far");
   }
-  return OkStatus();
+  return StartOps();
 }
 
 // ---- the loop ------------------------------------------------------------------------------
 
 Status Coordinator::Impl::Run() {
   FEDLORA_CHECK_MSG(router_.valid(), "Run() before a successful Start()");
+  running_.store(true);
+  const Status result = Loop();
+  running_.store(false);
+  PublishStatus();  // Stopped, failed or done; and wakes any ops thread still waiting.
+  return result;
+}
+
+Status Coordinator::Impl::Loop() {
   while (true) {
+    loop_turned_ns_.store(std::chrono::steady_clock::now().time_since_epoch().count());
     if (stop_.load(std::memory_order_acquire)) {
       for (auto& [id, client] : clients_.all()) {
         Send(client, wire::Error{ErrorCode::kShuttingDown,
@@ -193,6 +202,7 @@ Status Coordinator::Impl::Run() {
         Advance();
         if (before == milestone()) break;
       }
+      if (status_wanted_.exchange(false)) PublishStatus();
     } catch (const std::exception& e) {
       Fatal(Internal("round engine: ", e.what()));
     }
@@ -273,6 +283,7 @@ std::size_t Coordinator::Impl::Send(ClientConnection& client, wire::Body body) {
     LogDebug("send ", wire::BodyName(envelope.body), " to ", client.id, " failed: ", s.message());
     return 0;
   }
+  Count([&](CoordinatorCounters& c) { c.bytes_out += encoded.total_bytes(); });
   return encoded.total_bytes();
 }
 
@@ -301,12 +312,16 @@ void Coordinator::Impl::ProtocolError(const std::string& who, const std::string&
     if (code == ErrorCode::kTaskMismatch) ++c.task_mismatches;
   });
   ++refusals_[std::string(wire::ErrorCodeName(code))];
+  Count([&](CoordinatorCounters& c) { ++c.refused[std::string(wire::ErrorCodeName(code))]; });
   LogWarn(who, ": ", wire::ErrorCodeName(code), ": ", message);
   SendError(route, ref_sequence, code, message);
 }
 
 void Coordinator::Impl::HandleMessage(const net::Message& message) {
-  Count([](CoordinatorCounters& c) { ++c.messages_in; });
+  Count([&](CoordinatorCounters& c) {
+    ++c.messages_in;
+    c.bytes_in += message.total_bytes();
+  });
   if (message.size() < 2) return;  // A ROUTER always prepends the route; nothing to answer.
   const std::span<const std::byte> route_bytes = message.frame(0);
   const std::string route(reinterpret_cast<const char*>(route_bytes.data()), route_bytes.size());
@@ -404,6 +419,9 @@ void Coordinator::Impl::HandleMessage(const net::Message& message) {
       LogWarn(who, " reports ", wire::ErrorCodeName(error->code), ": ", error->message);
     }
     ++task_refusals_[std::string(wire::ErrorCodeName(error->code))];
+    Count([&](CoordinatorCounters& c) {
+      ++c.tasks_refused[std::string(wire::ErrorCodeName(error->code))];
+    });
     // The client's base is not what we believed: the next task rebuilds it from scratch.
     // So is a task whose chunks did not arrive whole (its base update was never applied).
     if (error->code == ErrorCode::kBaseVersionMismatch ||
@@ -577,5 +595,7 @@ std::optional<crypto::CurvePublicKey> Coordinator::public_key() const {
   return impl_->public_key();
 }
 CoordinatorCounters Coordinator::counters() const { return impl_->counters(); }
+CoordinatorStatus Coordinator::status() const { return impl_->status(); }
+std::string Coordinator::ops_url() const { return impl_->ops_url(); }
 
 }  // namespace fedlora::server

@@ -13,13 +13,16 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/clock.h"
 #include "common/crypto/curve_keys.h"
 #include "common/net/zmq_transport.h"
+#include "common/ops/prometheus_text.h"
 #include "common/status.h"
 #include "server/config.h"
 #include "server/peft_export.h"  // GlobalPeft, GlobalPeftOf (also used by fedlora-agg).
@@ -48,6 +51,44 @@ struct CoordinatorCounters {
   std::uint64_t chunks_discarded = 0;  // Late chunks of a refused or voided transfer, dropped.
   std::uint64_t committed_round = 0;
   bool has_committed = false;
+  // Ops (Prometheus /metrics). Live: bytes of every message received and sent, messages refused
+  // and tasks clients refused by error code name. Summed at each commit of this process (a
+  // resumed run starts from 0): rounds, clients selected, reported and failed, durations.
+  std::uint64_t bytes_in = 0;
+  std::uint64_t bytes_out = 0;
+  std::map<std::string, std::uint64_t, std::less<>> refused;
+  std::map<std::string, std::uint64_t, std::less<>> tasks_refused;
+  std::uint64_t rounds_committed = 0;
+  std::uint64_t clients_selected = 0;
+  std::uint64_t clients_reported = 0;
+  std::uint64_t clients_failed = 0;
+  std::optional<double> eval_loss;  // Of the last committed round that had one.
+  std::optional<double> train_loss;
+  std::optional<double> privacy_epsilon;                       // Spent so far (privacy.enabled)...
+  double privacy_target_epsilon = 0;                           // ...of this budget (0: none).
+  ops::Histogram round_seconds{ops::DurationBuckets()};        // First task to commit.
+  ops::Histogram aggregation_seconds{ops::DurationBuckets()};  // Folding the round's uploads.
+};
+
+// Where the coordinator is, for an operator's /status. A snapshot.
+struct CoordinatorStatus {
+  struct Client {
+    std::string id;
+    double last_seen_s = 0;  // Since the last message from it.
+    // idle | training (task out) | reported (upload accepted) | failed (this round) |
+    // evaluating | evaluated
+    std::string state;
+    std::string device;
+  };
+  // starting | waiting | init | fit | eval | done | stopped | failed
+  std::string phase = "starting";
+  std::uint64_t round = 0;   // In progress (init, fit, eval), else the next to run.
+  std::uint32_t rounds = 0;  // Configured.
+  std::optional<std::uint64_t> committed_round;
+  std::uint32_t attempt = 0;         // Of the fit phase.
+  std::optional<double> deadline_s;  // Until the fit or eval deadline.
+  std::string error;                 // When failed.
+  std::vector<Client> clients;       // Live, by id.
 };
 
 class Coordinator {
@@ -94,6 +135,11 @@ class Coordinator {
   // CURVE: the coordinator's public key (clients pin it); nullopt without CURVE. After Start().
   std::optional<crypto::CurvePublicKey> public_key() const;
   CoordinatorCounters counters() const;
+  // Where the round is (as /status shows it): fresh from the loop while Run() runs (a call waits
+  // for the loop's next turn, which it wakes), else as the loop left it. Thread-safe.
+  CoordinatorStatus status() const;
+  // The ops endpoint's URL ("http://127.0.0.1:9464"); empty without ops.listen.
+  std::string ops_url() const;
 
  private:
   class Impl;

@@ -213,6 +213,7 @@ std::size_t Coordinator::Impl::SendChunked(ClientConnection& client, wire::Envel
             head.chunked->chunk_count, " chunks) failed part-way: ", s.message());
     sent = 0;
   }
+  Count([&](CoordinatorCounters& c) { c.bytes_out += sent; });
   return sent;
 }
 

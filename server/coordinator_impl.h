@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "common/net/zmq_transport.h"
+#include "common/ops/ops_server.h"
 #include "common/wire/chunk_assembler.h"
 #include "common/wire/codec.h"
 #include "server/checkpoint_store.h"
@@ -79,6 +81,10 @@ class Coordinator::Impl {
     if (security_) c.handshakes_denied = security_->handshakes_denied();  // Set before Run().
     return c;
   }
+  // Where the round is now: asks the loop to publish it (waiting up to a couple of seconds),
+  // or, while the loop is not running, what it published last. Any thread.
+  CoordinatorStatus status();
+  std::string ops_url() const { return ops_ ? ops_->url() : std::string(); }
 
  private:
   // ---- messaging (coordinator.cc; HandleUpdate, HandleEvalResult: coordinator_uploads.cc) ----
@@ -319,8 +325,30 @@ class Coordinator::Impl {
   // answered with its own Bye. Not a round timer, so not on the injected clock.
   std::chrono::steady_clock::time_point farewell_until_{};
 
+  Status Loop();  // Run()'s loop.
+
+  // ---- ops (coordinator_ops.cc): /metrics, /status, /healthz, /readyz ----
+  // Starts the endpoint when ops.listen is set (from Start()).
+  Status StartOps();
+  // Copies where the round is into status_ and wakes whoever waits for it (loop thread).
+  void PublishStatus();
+  std::string MetricsText();
+  std::string StatusJson();
+  Status Healthy() const;
+  Status Ready();
+
+  std::atomic<bool> status_wanted_{false};  // An ops thread waits for a fresh status_.
+  // The loop's last turn (steady clock, ns since epoch), for /healthz; 0 before Run().
+  std::atomic<std::int64_t> loop_turned_ns_{0};
+  std::atomic<bool> running_{false};
+
   mutable std::mutex counters_mu_;
   CoordinatorCounters counters_;  // Guarded by counters_mu_.
+  CoordinatorStatus status_;      // Guarded by counters_mu_...
+  std::uint64_t status_generation_ = 0;  // ...bumped at each publish.
+  std::condition_variable status_published_;
+  // Null without ops.listen. Declared last: destroyed (its threads stopped) first.
+  std::unique_ptr<ops::OpsServer> ops_;
 };
 
 }  // namespace fedlora::server

@@ -394,6 +394,7 @@ void Coordinator::Impl::Aggregate() {
   const PendingUploads uploads(*store_, run.round, clients,
                                [this](const std::string& id) { return DeriveTask(id); });
   GlobalState candidate = *state_;
+  const auto aggregation_began = std::chrono::steady_clock::now();
   Result<AggregateReport> report = AggregateReport{};
   // The strategy sees the sum of the survivors' inputs, and nothing else. A private round
   // without a secure sum (too few sampled, or the protocol failed) folded nothing: its private
@@ -410,6 +411,11 @@ void Coordinator::Impl::Aggregate() {
     Fatal(report.status().WithContext(StrCat("aggregating round ", run.round)));
     return;
   }
+  Count([&](CoordinatorCounters& c) {
+    c.aggregation_seconds.Observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - aggregation_began)
+            .count());
+  });
   candidate.round = run.round;
   // Spent before the aggregate reaches anyone (evaluators first).
   if (PrivacyOn() && !RecordPrivateRelease()) return;
@@ -481,6 +487,17 @@ void Coordinator::Impl::Commit() {
   Count([&](CoordinatorCounters& c) {
     c.committed_round = round;
     c.has_committed = true;
+    ++c.rounds_committed;
+    c.clients_selected += m.clients_selected;
+    c.clients_reported += m.clients_reported;
+    c.clients_failed += m.clients_failed;
+    if (m.eval_loss) c.eval_loss = m.eval_loss;
+    if (m.train_loss) c.train_loss = m.train_loss;
+    if (m.privacy) {
+      c.privacy_epsilon = m.privacy->epsilon;
+      c.privacy_target_epsilon = m.privacy->target_epsilon;
+    }
+    if (round > 0) c.round_seconds.Observe(m.seconds);
   });
   LogInfo(RoundSummary(m, config_.rounds), "; committed to ", store_->CheckpointDir(round));
   ExportPeftAfterCommit(config_.export_config, config_.rounds, config_.state_dir, *strategy_,
