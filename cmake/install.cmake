@@ -1,6 +1,7 @@
 # Installation: `cmake --install build [--prefix P]` and the .deb (`cpack --config
 # build/CPackConfig.cmake`).
-#   bin/                       fedlora-coordinator, fedlora-client, fedlora-sim, fedlora-agg and
+#   bin/                       fedlora-coordinator, fedlora-client, fedlora-sim, fedlora-agg,
+#                              fedlora-report and
 #                              the SentencePiece shim they look for next to themselves
 #   lib/systemd/system/        fedlora-coordinator.service, fedlora-client.service
 #   <sysconfdir>/fedlora/      coordinator.yaml, client.yaml (the services' configurations)
@@ -13,7 +14,7 @@
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
 
-install(TARGETS fedlora-coordinator fedlora-client fedlora-sim fedlora-agg
+install(TARGETS fedlora-coordinator fedlora-client fedlora-sim fedlora-agg fedlora-report
         RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT runtime)
 install(TARGETS fedlora_spm_shim LIBRARY DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT runtime)
 

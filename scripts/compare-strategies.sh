@@ -3,7 +3,8 @@
 # and writes the comparison table into docs/strategies.md (between the compare markers).
 #   ./scripts/compare-strategies.sh                       # all strategies, 5 rounds each
 #   STRATEGIES="fedavg fedex" ./scripts/compare-strategies.sh --set coordinator.rounds=3
-# Extra arguments go to every fedlora-sim run. Results: runs/compare/<name>/metrics.jsonl.
+# Extra arguments go to every fedlora-sim run. Results: runs/compare/<name>/metrics.jsonl, and
+# runs/compare/report.html (fedlora-report: the runs' charts overlaid, with their table).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,7 +12,7 @@ OUT="${OUT:-runs/compare}"
 STRATEGIES="${STRATEGIES:-fedavg ffa fedex flora fedsa fedsb lorafair hetlora fslora}"
 
 ./scripts/setup.sh
-./scripts/build.sh --target fedlora-sim
+./scripts/build.sh --target fedlora-sim fedlora-report
 BUILD_DIR="${BUILD_DIR:-build}"
 
 for s in $STRATEGIES; do
@@ -22,3 +23,6 @@ for s in $STRATEGIES; do
 done
 python3 scripts/strategy_table.py --runs "$OUT" --doc docs/strategies.md $STRATEGIES
 echo "table written to docs/strategies.md"
+runs=()
+for s in $STRATEGIES; do [[ -f "$OUT/$s/metrics.jsonl" ]] && runs+=("$OUT/$s"); done
+"$BUILD_DIR/report/fedlora-report" "${runs[@]}" --out "$OUT/report.html"

@@ -21,8 +21,8 @@ PACKAGES=(
   nlohmann-json3-dev libspdlog-dev libcli11-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev
   # tests: the Prometheus text parser the ops endpoint is checked against, systemd-analyze for
-  # the units
-  python3-prometheus-client systemd
+  # the units, a browser for the HTML report
+  python3-prometheus-client systemd chromium
   # tokenizers (regex pre-tokenizers, Unicode normalisation, SentencePiece models) and gzip data
   libpcre2-dev libutf8proc-dev libsentencepiece-dev zlib1g-dev
 )

@@ -20,7 +20,7 @@ for f in bin/fedlora-coordinator bin/fedlora-client bin/fedlora-sim bin/fedlora-
          etc/fedlora/coordinator.yaml etc/fedlora/client.yaml \
          share/fedlora/configs/coordinator.yaml share/fedlora/configs/sim/scale-100k.yaml \
          share/fedlora/assets/models/stories260K/stories260K.bin \
-         share/fedlora/grafana/fedlora.json share/doc/fedlora/README.md \
+         share/fedlora/grafana/fedlora.json share/doc/fedlora/README.md bin/fedlora-report \
          lib/cmake/fedlora/fedlora-config.cmake lib/libfedlora_common.a \
          include/fedlora/common/status.h include/fedlora/common/ops/prometheus_text.h \
          include/fedlora/server/coordinator.h; do
