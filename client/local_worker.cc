@@ -149,12 +149,18 @@ class LocalWorker final : public Worker {
       start_scores = adapter->TailScores();
     }
     const std::unique_ptr<SequenceSource> source = data_->TrainSource(task.train.seq_len);
+    // Progress for the data owner (a rewriting line on a terminal, else a log line every 10 s);
+    // not for the simulator's virtual clients, whose coordinator reports for everyone.
+    const ProgressFn progress =
+        config_.log_progress
+            ? ProgressReporter::ForThisProcess(StrCat("client '", config_.name, "' round ", task.round))
+            : ProgressFn();
     TrainStats stats;
     wire::Metrics dp_metrics;
     if (private_trainer_) {
       FEDLORA_ASSIGN_OR_RETURN(
           stats, private_trainer_->Train(assets_->model(), *adapter, *source, task.train,
-                                         task.round, stop, BaseWeights(), dp_metrics));
+                                         task.round, stop, BaseWeights(), dp_metrics, progress));
     } else if (options_.batcher != nullptr) {
       // The group trains under the compute lock itself; TrainLoraBatched equals TrainLora.
       if (lock.owns_lock()) lock.unlock();
@@ -170,7 +176,8 @@ class LocalWorker final : public Worker {
       if (lock.mutex() != nullptr) lock.lock();
     } else {
       FEDLORA_ASSIGN_OR_RETURN(stats, TrainLora(assets_->model(), *adapter, *source, task.train,
-                                                MixSeed(seed, kOrderSalt), stop, BaseWeights()));
+                                                MixSeed(seed, kOrderSalt), stop, BaseWeights(),
+                                                progress));
     }
     wire::Update update;
     update.round = task.round;

@@ -176,9 +176,27 @@ Status RunGenerate(const ToolModel& m, const GenerateRequest& request, std::ostr
   if (const TokenId im_end = tokenizer->PieceToId("<|im_end|>"); im_end >= 0) {
     options.stop_tokens.push_back(im_end);
   }
+  // Streamed: each token's text as soon as it is chosen. Decoding the whole answer so far and
+  // printing what is new keeps multi-token characters whole (a partial one decodes to a text
+  // that is not an extension of what was printed, and waits for the next token).
+  std::vector<TokenId> so_far;
+  std::string shown;
+  const auto show = [&](const std::string& text) {
+    if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0) {
+      out << text.substr(shown.size()) << std::flush;
+      shown = text;
+    }
+  };
+  options.on_token = [&](TokenId token) {
+    so_far.push_back(token);
+    show(tokenizer->Decode(so_far));
+  };
   FEDLORA_ASSIGN_OR_RETURN(const std::vector<TokenId> generated,
                            Generate(*model, adapter.get(), ids, options));
-  out << tokenizer->Decode(generated) << "\n";
+  const std::string text = tokenizer->Decode(generated);
+  show(text);
+  if (text != shown) out << "\n" << text;  // Decoding rewrote an earlier piece: the whole answer.
+  out << "\n";
   return OkStatus();
 }
 

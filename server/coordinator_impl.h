@@ -320,6 +320,9 @@ class Coordinator::Impl {
   PrivateRoundTally private_tally_;
   std::uint64_t anonymous_sequence_ = 0;
   Clock::TimePoint last_wait_log_{};
+  Clock::TimePoint last_progress_log_{};  // Of the fit phase (LogRoundProgress).
+  // Every 10 s of a fit phase: updates in, clients training and failed, time to the deadline.
+  void LogRoundProgress(Clock::TimePoint now);
   // After the last round: until then (wall time), a client still heard from is sent Bye again, in
   // case the first one was lost with the connection; Run returns earlier once every client has
   // answered with its own Bye. Not a round timer, so not on the injected clock.

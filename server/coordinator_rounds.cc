@@ -16,7 +16,11 @@
 #include "server/round_report.h"
 
 namespace fedlora::server {
+
 namespace {
+
+// Within a long fit phase, a line on where it stands this often.
+constexpr std::chrono::seconds kRoundProgressInterval{10};
 
 using std::chrono::milliseconds;
 
@@ -118,7 +122,10 @@ void Coordinator::Impl::Advance() {
   const Clock::TimePoint now = clock_.Now();
   switch (round_.phase()) {
     case RoundPhase::kInit: round_.StepInit(now); return;
-    case RoundPhase::kFit: CheckFit(); return;
+    case RoundPhase::kFit:
+      CheckFit();
+      LogRoundProgress(now);
+      return;
     case RoundPhase::kEval:
       if (round_.EvalDue(now)) Commit();
       return;
@@ -254,6 +261,7 @@ void Coordinator::Impl::StartAttempt() {
   // One client at a time (Configure is a pure function of the state, the round and the client;
   // DeriveTask relies on it too): N tasks at once would hold N copies of the adapter.
   round_.BeginAttempt(clock_.Now());
+  last_progress_log_ = clock_.Now();
   if (SecureOn() && PrivacyOn() && chosen.size() < NoiseShareClients()) {
     // Too few for the clients' noise shares to make up the round's noise: nobody is tasked and
     // the round releases the global adapter with the whole noise added here (no change folded).
@@ -287,6 +295,19 @@ void Coordinator::Impl::StartAttempt() {
   LogInfo("round ", run.round, "/", config_.rounds, (attempt > 1 ? " (retry)" : ""),
           ": tasks sent to ", chosen.size(), " client(s); aggregating at ", Quorum(),
           "+ updates, deadline in ", config_.round.timeout_ms, " ms");
+}
+
+void Coordinator::Impl::LogRoundProgress(Clock::TimePoint now) {
+  if (round_.phase() != RoundPhase::kFit || now - last_progress_log_ < kRoundProgressInterval) {
+    return;
+  }
+  last_progress_log_ = now;
+  const RoundRun& run = round_.run();
+  const auto left = std::chrono::duration_cast<std::chrono::seconds>(run.deadline - now).count();
+  LogInfo("round ", run.round, "/", config_.rounds, ": ", run.accepted.size(), " of ", run.want,
+          " updates in, ", run.outstanding.size(), " client(s) training, ", run.failed.size(),
+          " failed; ", std::chrono::duration_cast<std::chrono::seconds>(now - run.started).count(),
+          " s in, deadline in ", std::max<std::int64_t>(0, left), " s");
 }
 
 void Coordinator::Impl::CheckFit() {

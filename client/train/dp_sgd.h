@@ -22,6 +22,7 @@
 
 #include "client/lora/lora_adapter.h"
 #include "client/model/llama.h"
+#include "client/train/progress.h"
 #include "client/train/sequences.h"
 #include "client/train/trainer.h"
 #include "common/crypto/key_agreement.h"
@@ -36,6 +37,7 @@ struct DpSgdOptions {
   double sample_rate = 0;       // q in (0, 1]: each example's chance to join a step's batch.
   // Sampling and noise; nullopt: fresh from the operating system (what a deployment does).
   std::optional<crypto::Seed> seed;
+  ProgressFn progress;          // Called after every step (progress.h); may be empty.
 };
 
 struct DpSgdStats {

@@ -26,7 +26,7 @@ Result<TrainStats> PrivateTrainer::Train(const LlamaModel& model, LoraAdapter& a
                                          const SequenceSource& source, const wire::TrainSpec& spec,
                                          std::uint64_t round, std::stop_token stop,
                                          std::span<const at::Tensor> base_weights,
-                                         wire::Metrics& metrics) {
+                                         wire::Metrics& metrics, const ProgressFn& progress) {
   const std::size_t examples = source.size();
   if (examples == 0) return FailedPrecondition("no training data (empty token stream)");
   const double q =
@@ -48,8 +48,10 @@ Result<TrainStats> PrivateTrainer::Train(const LlamaModel& model, LoraAdapter& a
     LogWarn(refused.message());
     return refused;
   }
-  const DpSgdOptions options{
-      .clip = config_.clip, .noise_multiplier = config_.noise_multiplier, .sample_rate = q};
+  const DpSgdOptions options{.clip = config_.clip,
+                             .noise_multiplier = config_.noise_multiplier,
+                             .sample_rate = q,
+                             .progress = progress};
   FEDLORA_ASSIGN_OR_RETURN(
       const DpSgdStats stats,
       TrainLoraDpSgd(model, adapter, source, spec, options, std::move(stop), base_weights));

@@ -43,7 +43,8 @@ class PrivateTrainer {
   Result<TrainStats> Train(const LlamaModel& model, LoraAdapter& adapter,
                            const SequenceSource& source, const wire::TrainSpec& spec,
                            std::uint64_t round, std::stop_token stop,
-                           std::span<const at::Tensor> base_weights, wire::Metrics& metrics);
+                           std::span<const at::Tensor> base_weights, wire::Metrics& metrics,
+                           const ProgressFn& progress = {});
 
   const DpSgdBudget& budget() const { return budget_; }
 

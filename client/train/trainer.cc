@@ -103,7 +103,8 @@ Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
 Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
                              const SequenceSource& source, const wire::TrainSpec& spec,
                              std::uint64_t seed, std::stop_token stop,
-                             std::span<const at::Tensor> base_weights) try {
+                             std::span<const at::Tensor> base_weights,
+                             const ProgressFn& progress) try {
   FEDLORA_RETURN_IF_ERROR(ValidateTrainSpec(spec, model));
   if (source.size() == 0) return FailedPrecondition("no training data (empty token stream)");
   const std::size_t batch_size = spec.batch_size;
@@ -173,6 +174,7 @@ Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
     stats.tokens += tokens;
     stats.samples += take;
     stats.steps = step + 1;
+    if (progress) progress({step + 1, total_steps, loss_value, stats.tokens, SecondsSince(start)});
   }
   stats.loss = stats.tokens > 0 ? loss_sum / static_cast<double>(stats.tokens) : 0.0;
   stats.seconds = SecondsSince(start);
@@ -425,6 +427,7 @@ Result<std::vector<TokenId>> Generate(const LlamaModel& model, ModuleAdapter* ad
     }
     sequence.push_back(next);
     generated.push_back(next);
+    if (options.on_token) options.on_token(next);
     if (std::find(options.stop_tokens.begin(), options.stop_tokens.end(), next) !=
         options.stop_tokens.end()) {
       break;

@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <span>
 #include <stop_token>
@@ -24,6 +25,7 @@
 #include "client/lora/lora_adapter.h"
 #include "client/model/llama.h"
 #include "client/model/tokenizer.h"
+#include "client/train/progress.h"
 #include "client/train/sequences.h"
 #include "common/status.h"
 #include "common/wire/messages.h"
@@ -84,10 +86,12 @@ Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
 // are masked out of the loss. An epoch is ceil(source.size() / batch_size) steps; the loss is
 // the mean over the batch's unmasked targets. Batches are built on the CPU and moved to the
 // model's device.
+// `progress` (may be empty) is called after every step (progress.h).
 Result<TrainStats> TrainLora(const LlamaModel& model, LoraAdapter& adapter,
                              const SequenceSource& source, const wire::TrainSpec& spec,
                              std::uint64_t seed, std::stop_token stop = {},
-                             std::span<const at::Tensor> base_weights = {});
+                             std::span<const at::Tensor> base_weights = {},
+                             const ProgressFn& progress = {});
 
 struct EvalOptions {
   std::uint32_t seq_len = 128;
@@ -169,6 +173,8 @@ Result<std::vector<TokenId>> GenerateGreedy(const LlamaModel& model, ModuleAdapt
 
 struct GenerateOptions {
   std::size_t max_new_tokens = 64;
+  // Called with each token as it is chosen (e.g. to print a streamed answer); may be empty.
+  std::function<void(TokenId)> on_token;
   double temperature = 0.0;  // 0 = greedy (argmax); else softmax(logits / temperature).
   double top_p = 1.0;        // Nucleus sampling: the smallest set of tokens with mass >= top_p.
   std::uint64_t seed = 0;    // Sampling is deterministic in the seed.

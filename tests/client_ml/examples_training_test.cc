@@ -126,6 +126,12 @@ TEST(GenerateTest, GreedyMatchesGenerateGreedyAndStopsAtAStopToken) {
   Result<std::vector<TokenId>> generated = Generate(model, nullptr, prompt, options);
   ASSERT_TRUE(generated.ok());
   EXPECT_EQ(*generated, std::vector<TokenId>(greedy->begin() + prompt.size(), greedy->end()));
+  // Streamed: each token reaches on_token as it is chosen, in order.
+  std::vector<TokenId> streamed;
+  options.on_token = [&](TokenId t) { streamed.push_back(t); };
+  ASSERT_EQ(Generate(model, nullptr, prompt, options).value(), *generated);
+  EXPECT_EQ(streamed, *generated);
+  options.on_token = {};
   options.stop_tokens = {(*generated)[2]};
   generated = Generate(model, nullptr, prompt, options);
   ASSERT_TRUE(generated.ok());

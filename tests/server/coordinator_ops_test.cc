@@ -157,6 +157,27 @@ TEST_F(CoordinatorOpsTest, TheGrafanaDashboardQueriesOnlyExportedMetrics) {
   EXPECT_GT(queried, 20u);
 }
 
+// Within a long fit phase the coordinator says where the round stands every 10 s (on its clock):
+// updates in, clients training, time left.
+TEST_F(CoordinatorOpsTest, ALongFitPhaseReportsWhereItStandsEveryTenSeconds) {
+  config_.round.timeout_ms = 60000;
+  ASSERT_TRUE(LaunchOnInproc("ops", &fake_clock_).ok());
+  TestPeer a(context_, coordinator_->endpoint());
+  TestPeer b(context_, coordinator_->endpoint());
+  a.Join(MakeHello("a", kDigest, kModules));
+  b.Join(MakeHello("b", kDigest, kModules));
+  const wire::RoundTask task = a.Expect<wire::RoundTask>();
+  b.Expect<wire::RoundTask>();
+  a.Send(Answer(task, 0.5f, false));
+  a.Expect<wire::Ack>();
+  ::testing::internal::CaptureStderr();
+  fake_clock_.Advance(std::chrono::seconds(11));
+  (void)coordinator_->status();  // Waits for a turn of the loop after the clock moved.
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_THAT(log, HasSubstr("round 1/1: 1 of 2 updates in, 1 client(s) training, 0 failed; 11 s "
+                             "in, deadline in 49 s"));
+}
+
 // A refused message shows at once, by its error code, not only at the next commit.
 TEST_F(CoordinatorOpsTest, RefusedMessagesAreCountedByCodeAsTheyHappen) {
   ASSERT_TRUE(LaunchOnInproc("ops").ok());
