@@ -36,8 +36,8 @@ Status ValidateDataConfig(const DataConfig& d) {
                                                     "gsm8k", "sst2",   "spamassassin"};
   static const std::vector<std::string> kTemplates = {"", "alpaca", "chatml", "plain",
                                                       "classify"};
-  static const std::vector<std::string> kTextPartitions = {"none", "iid", "contiguous",
-                                                           "speaker", "sample"};
+  static const std::vector<std::string> kTextPartitions = {"none", "iid", "contiguous", "speaker",
+                                                           "sample"};
   static const std::vector<std::string> kRecordPartitions = {"none", "iid", "dirichlet", "group",
                                                              "quantity"};
   const auto contains = [](const std::vector<std::string>& list, const std::string& value) {
@@ -50,8 +50,9 @@ Status ValidateDataConfig(const DataConfig& d) {
   const bool text = d.format == "text";
   if (text) {
     if (!contains(kTextPartitions, d.partition)) {
-      return InvalidArgument("data.partition: unknown partitioner '", d.partition,
-                             "' for format text (expected none, iid, contiguous, speaker or sample)");
+      return InvalidArgument(
+          "data.partition: unknown partitioner '", d.partition,
+          "' for format text (expected none, iid, contiguous, speaker or sample)");
     }
     for (const auto& [key, set] : {std::pair<const char*, bool>{"template", !d.template_name.empty()},
                                    {"eval_path", !d.eval_path.empty()},
@@ -160,6 +161,7 @@ Status ParseClientConfig(const config::ConfigSection& root, ClientConfig* c) {
   FEDLORA_RETURN_IF_ERROR(data.Read("max_new_tokens", &c->data.max_new_tokens));
   FEDLORA_RETURN_IF_ERROR(data.Finish());
 
+  FEDLORA_RETURN_IF_ERROR(ops::ParseOpsConfig(root.Section("ops"), &c->ops));
   const config::ConfigSection transport = root.Section("transport");
   ClientTransportConfig& t = c->transport;
   FEDLORA_RETURN_IF_ERROR(transport.Read("heartbeat_interval_ms", &t.heartbeat_interval_ms));

@@ -11,6 +11,7 @@
 
 #include "client/privacy_policy.h"
 #include "common/config/yaml_config.h"
+#include "common/ops/ops_server.h"
 #include "common/status.h"
 
 namespace fedlora::client {
@@ -55,7 +56,7 @@ struct DataConfig {
   std::uint32_t partition_index = 0;
   std::uint64_t partition_seed = 0;   // Must be equal on every client of one federation.
   double dirichlet_alpha = 0.5;       // Concentration of dirichlet/quantity; smaller = more skew.
-  std::uint32_t sample_paragraphs = 0; // partition: sample (text): paragraphs per client, >= 1.
+  std::uint32_t sample_paragraphs = 0;  // partition: sample (text): paragraphs per client, >= 1.
   // Share of this client's paragraphs (text) or records held out for evaluation. With eval_path
   // set it is ignored (and may be 0): the client trains on its whole partition.
   double heldout_fraction = 0.1;
@@ -141,6 +142,8 @@ struct ClientConfig {
   // Where the client keeps state across rounds and restarts (FedSA-LoRA's private B). Empty:
   // "fedlora-client-<name>" in the working directory.
   std::string state_dir;
+  ops::OpsConfig
+      ops;  // /metrics, /status and probes of this client (client_ops.h); off by default.
   bool log_progress = true;  // Log each task, upload and acknowledgement at info level (else debug).
   // Keep private per-client factors (FedSA-LoRA's B) only in state_dir between tasks, reading
   // them back when tasked: for simulations of many clients, whose idle state then is their data.

@@ -151,10 +151,10 @@ class LocalWorker final : public Worker {
     const std::unique_ptr<SequenceSource> source = data_->TrainSource(task.train.seq_len);
     // Progress for the data owner (a rewriting line on a terminal, else a log line every 10 s);
     // not for the simulator's virtual clients, whose coordinator reports for everyone.
-    const ProgressFn progress =
-        config_.log_progress
-            ? ProgressReporter::ForThisProcess(StrCat("client '", config_.name, "' round ", task.round))
-            : ProgressFn();
+    const ProgressFn progress = config_.log_progress
+                                    ? ProgressReporter::ForThisProcess(
+                                          StrCat("client '", config_.name, "' round ", task.round))
+                                    : ProgressFn();
     TrainStats stats;
     wire::Metrics dp_metrics;
     if (private_trainer_) {
@@ -175,9 +175,9 @@ class LocalWorker final : public Worker {
                      stop)));
       if (lock.mutex() != nullptr) lock.lock();
     } else {
-      FEDLORA_ASSIGN_OR_RETURN(stats, TrainLora(assets_->model(), *adapter, *source, task.train,
-                                                MixSeed(seed, kOrderSalt), stop, BaseWeights(),
-                                                progress));
+      FEDLORA_ASSIGN_OR_RETURN(stats,
+                               TrainLora(assets_->model(), *adapter, *source, task.train,
+                                         MixSeed(seed, kOrderSalt), stop, BaseWeights(), progress));
     }
     wire::Update update;
     update.round = task.round;

@@ -22,6 +22,7 @@
 #include <exception>
 #include <iostream>
 
+#include "client/client_ops.h"
 #include "client/config.h"
 #include "client/keygen.h"
 #include "client/local_worker.h"
@@ -158,6 +159,15 @@ int Main(int argc, char** argv) {
   net::Context context;
   SystemClock clock;
   client::ClientSession session(*config, **worker, context, clock);
+  std::unique_ptr<ops::OpsServer> ops_endpoint;
+  if (!config->ops.listen.empty()) {
+    Result<std::unique_ptr<ops::OpsServer>> started = client::StartClientOps(*config, session);
+    if (!started.ok()) {
+      std::cerr << "fedlora-client: " << started.status().ToString() << "\n";
+      return 1;
+    }
+    ops_endpoint = std::move(started).value();
+  }
   OnStopSignal([](void* s) { static_cast<client::ClientSession*>(s)->Stop(); }, &session);
   LogInfo("client ", config->name, " starting; coordinator ", config->coordinator);
   client::LogClientSecurity(*config, *security);

@@ -153,6 +153,7 @@ Status ClientSession::Impl::Run() {
     Send(worker_.Describe());
 
     const Outcome outcome = Serve();
+    Count([](ClientSessionCounters& c) { c.connected = false; });
     if (outcome == Outcome::kStop) {
       // Tell the coordinator we are leaving, then give the message a moment to go out.
       if (welcomed_) Send(wire::Bye{"client stopping"});
@@ -240,6 +241,10 @@ Outcome ClientSession::Impl::Serve() {
         return Outcome::kFatal;
       }
       if (!message->has_value()) break;
+      Count([&](ClientSessionCounters& c) {
+        ++c.messages_in;
+        c.bytes_in += (*message)->total_bytes();
+      });
       Result<wire::Envelope> envelope = wire::Decode((*message)->frames(), limits);
       if (!envelope.ok()) {
         LogWarn("undecodable message from the coordinator: ", envelope.status().ToString());
@@ -303,6 +308,9 @@ void ClientSession::Impl::HandleDone(JobDone done) {
             ? static_cast<ErrorCode>(status.detail())
         : status.code() == StatusCode::kInvalidArgument ? ErrorCode::kInvalidField
                                                         : ErrorCode::kInternal;
+    Count([&](ClientSessionCounters& c) {
+      ++(code == ErrorCode::kTaskDeclined ? c.tasks_declined : c.tasks_failed);
+    });
     if (code == ErrorCode::kTaskDeclined) {  // A decision, not a failure.
       LogDebug("declining round ", done.key.round, ": ", status.message());
     } else {
@@ -333,8 +341,17 @@ void ClientSession::Impl::HandleDone(JobDone done) {
       return;
     }
     Progress("round ", update->round, ": uploading update");
+    Count([&](ClientSessionCounters& c) {
+      ++c.updates_sent;
+      if (const auto it = update->metrics.find("train_loss"); it != update->metrics.end()) {
+        c.last_train_loss = it->second;
+      }
+    });
     SendPendingUpdate(std::move(*update));
     return;
+  }
+  if (std::holds_alternative<wire::EvalResult>(body)) {
+    Count([](ClientSessionCounters& c) { ++c.evaluations; });
   }
   Send(std::move(body));
 }
@@ -354,5 +371,6 @@ ClientSession::ClientSession(ClientConfig config, Worker& worker, net::Context& 
 ClientSession::~ClientSession() = default;
 Status ClientSession::Run() { return impl_->Run(); }
 void ClientSession::Stop() { impl_->Stop(); }
+ClientSessionCounters ClientSession::counters() const { return impl_->counters(); }
 
 }  // namespace fedlora::client

@@ -13,7 +13,9 @@
 // any thread or a signal handler.
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "client/config.h"
 #include "client/worker.h"
@@ -22,6 +24,25 @@
 #include "common/status.h"
 
 namespace fedlora::client {
+
+// What a session has done, for the client's ops endpoint (/metrics, /status). A snapshot.
+struct ClientSessionCounters {
+  bool connected = false;      // Welcomed by the coordinator on the current connection.
+  std::uint64_t welcomes = 0;  // Connections the coordinator accepted (1 + reconnects).
+  std::uint64_t messages_in = 0;
+  std::uint64_t bytes_in = 0;        // Every message received.
+  std::uint64_t bytes_out = 0;       // Every message sent (chunks included).
+  std::uint64_t tasks_received = 0;  // Round tasks.
+  std::uint64_t tasks_refused = 0;   // Refused by this client's privacy policy.
+  std::uint64_t updates_sent = 0;    // Trained updates uploaded (first sends).
+  std::uint64_t updates_acknowledged = 0;
+  std::uint64_t tasks_declined = 0;  // TASK_DECLINED (e.g. a DP-SGD budget that is spent).
+  std::uint64_t tasks_failed = 0;    // Training or evaluation errors.
+  std::uint64_t evaluations = 0;     // Evaluation results sent.
+  std::uint64_t errors_from_coordinator = 0;
+  std::uint64_t last_round = 0;           // Of the last task received.
+  std::optional<double> last_train_loss;  // Of the last update sent.
+};
 
 class ClientSession {
  public:
@@ -42,6 +63,7 @@ class ClientSession {
   Status Run();
 
   void Stop();  // Thread-safe and async-signal-safe.
+  ClientSessionCounters counters() const;  // Thread-safe.
 
  private:
   class Impl;

@@ -107,6 +107,10 @@ class ClientSession::Impl {
 
   Status Run();
   Status Connect();  // Opens socket_ (monitored, except over inproc) and connects.
+  ClientSessionCounters counters() const {
+    std::lock_guard<std::mutex> lock(counters_mu_);
+    return counters_;
+  }
   void Stop() {
     stop_.store(true, std::memory_order_release);
     wake_.Notify();
@@ -194,6 +198,15 @@ class ClientSession::Impl {
   // travel in clear, even once their attempt is over (a job that finished despite being
   // superseded). Bounded: the oldest are forgotten.
   std::deque<std::array<std::uint8_t, 16>> secure_nonces_;
+
+  // For the ops endpoint (counters()); written on the session thread.
+  template <typename F>
+  void Count(F&& f) {
+    std::lock_guard<std::mutex> lock(counters_mu_);
+    f(counters_);
+  }
+  mutable std::mutex counters_mu_;
+  ClientSessionCounters counters_;
 
   // Shared with the job thread.
   std::mutex mu_;

@@ -91,6 +91,10 @@ std::optional<Outcome> ClientSession::Impl::HandleChunked(wire::Envelope envelop
 std::optional<Outcome> ClientSession::Impl::Dispatch(wire::Envelope envelope) {
   if (auto* welcome = std::get_if<wire::Welcome>(&envelope.body)) {
     welcomed_ = true;
+    Count([](ClientSessionCounters& c) {
+      c.connected = true;
+      ++c.welcomes;
+    });
     session_id_ = envelope.session_id;
     interval_ = milliseconds(std::max<std::uint32_t>(1, welcome->heartbeat_interval_ms));
     liveness_ = std::max<std::uint32_t>(1, welcome->heartbeat_liveness);
@@ -111,6 +115,10 @@ std::optional<Outcome> ClientSession::Impl::Dispatch(wire::Envelope envelope) {
   }
   if (std::holds_alternative<wire::Heartbeat>(envelope.body)) return std::nullopt;
   if (auto* task = std::get_if<wire::RoundTask>(&envelope.body)) {
+    Count([&](ClientSessionCounters& c) {
+      ++c.tasks_received;
+      c.last_round = task->round;
+    });
     if (pending_update_ && pending_update_->round == task->round &&
         pending_update_->ticket == task->ticket) {
       ResendPendingUpload();  // Trained already; the coordinator lost it.
@@ -121,6 +129,7 @@ std::optional<Outcome> ClientSession::Impl::Dispatch(wire::Envelope envelope) {
     // Fails closed: a task short of the privacy this data owner requires is never trained for.
     if (Status allowed = CheckTaskPrivacy(config_.privacy, task->privacy); !allowed.ok()) {
       LogWarn("round ", task->round, ": refusing the task: ", allowed.message());
+      Count([](ClientSessionCounters& c) { ++c.tasks_refused; });
       Send(wire::Error{ErrorCode::kPrivacyMismatch, std::string(allowed.message()),
                        envelope.sequence});
       return std::nullopt;
@@ -151,12 +160,14 @@ std::optional<Outcome> ClientSession::Impl::Dispatch(wire::Envelope envelope) {
   if (const auto* ack = std::get_if<wire::Ack>(&envelope.body)) {
     if (pending_update_ && ack->round == pending_update_->round) {
       Progress("round ", ack->round, ": update acknowledged");
+      Count([](ClientSessionCounters& c) { ++c.updates_acknowledged; });
       pending_update_.reset();
     }
     return std::nullopt;
   }
   if (const auto* error = std::get_if<wire::Error>(&envelope.body)) {
     LogWarn("coordinator: ", wire::ErrorCodeName(error->code), ": ", error->message);
+    Count([](ClientSessionCounters& c) { ++c.errors_from_coordinator; });
     switch (error->code) {
       case ErrorCode::kBaseModelMismatch:
       case ErrorCode::kVersionMismatch:
@@ -234,6 +245,7 @@ void ClientSession::Impl::SendChunked(wire::Body body) {
     LogWarn("send ", wire::BodyName(out.envelope->body), " failed: ", s.message());
     return;
   }
+  Count([&](ClientSessionCounters& c) { c.bytes_out += out.head.total_bytes(); });
   Progress("sending ", wire::BodyName(out.envelope->body), " in ", out.head.chunked->chunk_count,
            " chunks (", out.head.chunked->total_bytes, " bytes)");
   outbound_ = std::move(out);  // Replaces (voids) a transfer still going out.
@@ -253,6 +265,7 @@ void ClientSession::Impl::PumpOutbound() {
     const wire::EncodedMessage chunk =
         wire::EncodeChunk(session_id_, sequence_out_ + 1, header, pieces);
     if (!socket_.Send(chunk.frames()).ok()) return;  // Queue full: Serve waits until writable.
+    Count([&](ClientSessionCounters& c) { c.bytes_out += chunk.total_bytes(); });
     ++sequence_out_;
     last_sent_ = clock_.Now();
     ++outbound_->next;
@@ -274,7 +287,9 @@ void ClientSession::Impl::Send(wire::Body body) {
   if (Status s = socket_.Send(encoded.frames()); !s.ok()) {
     // DEALER queues until connected; failure means the queue is full. Liveness handles the rest.
     LogWarn("send ", wire::BodyName(envelope.body), " failed: ", s.message());
+    return;
   }
+  Count([&](ClientSessionCounters& c) { c.bytes_out += encoded.total_bytes(); });
 }
 
 }  // namespace fedlora::client

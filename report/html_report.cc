@@ -64,8 +64,10 @@ std::string Table(const std::vector<RunMetrics>& runs) {
     const std::size_t trained = static_cast<std::size_t>(
         std::count_if(r.rounds.begin(), r.rounds.end(), [](std::uint64_t x) { return x >= 1; }));
     const double per_round = trained > 0 ? r.Total("seconds") / static_cast<double>(trained) : NAN;
-    const std::optional<double> accuracy =
-        r.Has("eval_accuracy") ? r.Points("eval_accuracy").back().second : std::optional<double>();
+    std::optional<double> accuracy;
+    if (const auto points = r.Points("eval_accuracy"); !points.empty()) {
+      accuracy = points.back().second;
+    }
     html += StrCat(
         "<tr><td><span class=\"swatch\" style=\"background:", SeriesColour(i), "\"></span>",
         XmlEscape(r.label), "</td><td>", XmlEscape(r.strategy), "</td><td>", trained, "</td><td>",

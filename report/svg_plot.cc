@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 
 #include "common/status.h"
@@ -78,9 +79,15 @@ std::vector<double> NiceTicks(double lo, double hi, int count) {
     step = m * magnitude;
     if (step >= raw) break;
   }
-  std::vector<double> ticks;
-  for (double t = std::ceil(lo / step - 1e-9) * step; t <= hi + step * 1e-9; t += step) {
-    ticks.push_back(std::fabs(t) < step * 1e-9 ? 0.0 : t);
+  std::vector<double> ticks;  // k x step, not a running sum: no drift off round numbers.
+  const auto first = static_cast<long long>(std::ceil(lo / step - 1e-9));
+  const auto last = static_cast<long long>(std::floor(hi / step + 1e-9));
+  for (long long k = first; k <= last; ++k) {
+    const double t = static_cast<double>(k) * step;
+    // Shortest decimal of the tick (0.30000000000000004 -> 0.3).
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.12g", t);
+    ticks.push_back(std::strtod(buf, nullptr));
   }
   return ticks;
 }
@@ -128,7 +135,8 @@ std::string LinePlotSvg(const PlotSpec& spec, const std::vector<Series>& series)
   for (const Series& s : series) {
     for (const auto& [x, y] : s.points) integer_x = integer_x && x == std::floor(x);
   }
-  for (double t : NiceTicks(x_lo, x_hi, 8)) {
+  const int x_ticks = integer_x ? static_cast<int>(std::clamp(x_hi - x_lo, 1.0, 8.0)) : 8;
+  for (double t : NiceTicks(x_lo, x_hi, x_ticks)) {
     if (t < x_lo || t > x_hi || (integer_x && t != std::floor(t))) continue;
     svg += StrCat("<text class=\"xtick\" x=\"", Num(px(t)), "\" y=\"", Num(kTop + plot_h + 16),
                   "\">", TickLabel(t), "</text>\n");

@@ -47,8 +47,10 @@ Result<CheckIns> DrawCheckIns(std::uint32_t population, std::uint32_t count, std
   }
   if (out.clients.size() < count) {
     return ResourceExhausted("only ", out.clients.size(), " of the ", population,
-                             " clients are online in round ", round, " (fleet availability), "
-                             "fewer than the ", count, " a round checks in");
+                             " clients are online in round ", round,
+                             " (fleet availability), "
+                             "fewer than the ",
+                             count, " a round checks in");
   }
   std::sort(out.clients.begin(), out.clients.end());
   return out;

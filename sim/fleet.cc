@@ -32,7 +32,10 @@ class VirtualClientWorker final : public client::Worker {
   // outlive the worker. A client that `checked_in` for its round is online (FleetModel::Plan).
   VirtualClientWorker(std::unique_ptr<client::Worker> inner, ClientRecord& record,
                       FleetModel* fleet, bool checked_in, std::function<void()> on_first_hello)
-      : inner_(std::move(inner)), record_(record), fleet_(fleet), checked_in_(checked_in),
+      : inner_(std::move(inner)),
+        record_(record),
+        fleet_(fleet),
+        checked_in_(checked_in),
         on_first_hello_(std::move(on_first_hello)) {}
 
   wire::Hello Describe() const override {
@@ -53,11 +56,12 @@ class VirtualClientWorker final : public client::Worker {
       if (!name.starts_with("base.")) adapter_down += t.data.size();
     }
     const bool fixed_tokens = task.train.local_epochs == 0;
-    const std::uint64_t planned_tokens = fixed_tokens
-        ? std::uint64_t{task.train.local_steps} * task.train.batch_size * task.train.seq_len
-        : 0;
-    TaskPlan plan =
-        fleet_->Plan(record_.index, task.round, nth, down, planned_tokens, adapter_down, checked_in_);
+    const std::uint64_t planned_tokens =
+        fixed_tokens
+            ? std::uint64_t{task.train.local_steps} * task.train.batch_size * task.train.seq_len
+            : 0;
+    TaskPlan plan = fleet_->Plan(record_.index, task.round, nth, down, planned_tokens, adapter_down,
+                                 checked_in_);
     if (plan.outcome != TaskOutcome::kReported &&
         (fixed_tokens || plan.outcome != TaskOutcome::kStraggler)) {
       return Decline(task.round, std::move(plan));
@@ -214,7 +218,8 @@ Result<std::unique_ptr<Fleet::Member>> Fleet::Open(ClientRecord& record, bool ch
   std::unique_ptr<client::Worker> worker = std::move(local).value();
   const std::vector<std::uint32_t>& hostile = config_.adversary.clients;
   if (std::find(hostile.begin(), hostile.end(), i) != hostile.end()) {
-    LogWarn(c.name, " is HOSTILE (adversary.kind ", config_.adversary.kind, "): it corrupts "
+    LogWarn(c.name, " is HOSTILE (adversary.kind ", config_.adversary.kind,
+            "): it corrupts "
             "every upload");
     worker = std::make_unique<AdversarialWorker>(std::move(worker), i, config_.adversary);
   }
@@ -232,7 +237,8 @@ std::string Fleet::names() const {
   for (std::size_t k = 0; k < records_.size() && k < kNamesListed; ++k) {
     out += StrCat(k == 0 ? "" : ", ", ClientName(placement_.client_prefix, records_[k].index));
   }
-  if (records_.size() > kNamesListed) out += StrCat(" and ", records_.size() - kNamesListed, " more");
+  if (records_.size() > kNamesListed)
+    out += StrCat(" and ", records_.size() - kNamesListed, " more");
   return out;
 }
 
@@ -451,7 +457,8 @@ std::string Fleet::RoundsTrained() const {
       ++more;
       continue;
     }
-    out += StrCat(out.empty() ? "" : " ", ClientName(placement_.client_prefix, record.index), "=", n);
+    out +=
+        StrCat(out.empty() ? "" : " ", ClientName(placement_.client_prefix, record.index), "=", n);
   }
   if (more > 0) out += StrCat(" and ", more, " more");
   return out;

@@ -41,11 +41,11 @@ namespace fedlora::sim {
 // An idle virtual client. About 48 bytes, plus its tokens once it has been selected (kept, so a
 // client is tokenized once per run).
 struct ClientRecord {
-  std::uint32_t index = 0;                              // Global client index.
-  std::shared_ptr<const client::ClientDataset> data;    // Null until first needed.
-  std::atomic<std::uint32_t> rounds_trained{0};         // Updates it produced.
-  std::atomic<std::uint64_t> state_bytes{0};            // Resident between tasks.
-  std::atomic<std::uint64_t> trainable_params{0};       // Of its last adapter.
+  std::uint32_t index = 0;                            // Global client index.
+  std::shared_ptr<const client::ClientDataset> data;  // Null until first needed.
+  std::atomic<std::uint32_t> rounds_trained{0};       // Updates it produced.
+  std::atomic<std::uint64_t> state_bytes{0};          // Resident between tasks.
+  std::atomic<std::uint64_t> trainable_params{0};     // Of its last adapter.
 };
 
 class Fleet {
@@ -65,7 +65,7 @@ class Fleet {
   Fleet(const Fleet&) = delete;
   Fleet& operator=(const Fleet&) = delete;
 
-  std::size_t size() const { return records_.size(); }  // Clients of this process.
+  std::size_t size() const { return records_.size(); }    // Clients of this process.
   std::uint32_t per_round() const { return per_round_; }  // Check-ins a round (0: persistent).
   // "client-00, client-01, ..." (the first few and a count past ten).
   std::string names() const;
@@ -153,12 +153,12 @@ class Fleet {
 
   // Outlive the batcher and the workers (declared first); never resized after Build.
   std::vector<std::mutex> compute_locks_;
-  std::unique_ptr<FleetModel> model_;                // Null without a `fleet` section.
-  std::shared_ptr<client::TrainingBatcher> batcher_; // Null with one lane and K = 1.
-  std::unique_ptr<client::CorpusCache> corpus_;     // Text read and partitioned once.
-  std::vector<ClientRecord> records_;                // Never resized after Build.
+  std::unique_ptr<FleetModel> model_;                 // Null without a `fleet` section.
+  std::shared_ptr<client::TrainingBatcher> batcher_;  // Null with one lane and K = 1.
+  std::unique_ptr<client::CorpusCache> corpus_;       // Text read and partitioned once.
+  std::vector<ClientRecord> records_;                 // Never resized after Build.
   std::atomic<std::size_t> introduced_{0};
-  std::atomic<std::uint64_t> tokenized_{0};          // Records whose data is loaded.
+  std::atomic<std::uint64_t> tokenized_{0};  // Records whose data is loaded.
   std::atomic<bool> stopped_{false};
 
   // Persistent: every member, never resized after Build. Per round: the open pool (mu_).
@@ -166,12 +166,12 @@ class Fleet {
   std::thread driver_;
   mutable std::mutex mu_;
   std::condition_variable wake_;
-  bool stop_requested_ = false;                      // mu_
-  bool swapping_ = false;                            // mu_
-  std::optional<std::uint64_t> pool_round_;          // mu_
-  std::optional<std::uint64_t> requested_round_;     // mu_
-  std::vector<std::string> pool_names_;              // mu_, sorted
-  CheckInReport last_check_in_;                      // mu_
+  bool stop_requested_ = false;                           // mu_
+  bool swapping_ = false;                                 // mu_
+  std::optional<std::uint64_t> pool_round_;               // mu_
+  std::optional<std::uint64_t> requested_round_;          // mu_
+  std::vector<std::string> pool_names_;                   // mu_, sorted
+  CheckInReport last_check_in_;                           // mu_
   std::vector<std::pair<std::string, Status>> failures_;  // mu_
 };
 

@@ -303,8 +303,8 @@ Result<std::unique_ptr<FleetModel>> FleetModel::Make(const FleetConfig& config,
 }
 
 TaskPlan FleetModel::Plan(std::uint32_t client, std::uint64_t round, std::uint64_t nth,
-                          std::uint64_t down_bytes, std::uint64_t tokens,
-                          std::uint64_t up_bytes, bool checked_in) const {
+                          std::uint64_t down_bytes, std::uint64_t tokens, std::uint64_t up_bytes,
+                          bool checked_in) const {
   const ClientProfile& p = profiles_.at(client);
   std::mt19937_64 rng(MixSeed(
       MixSeed(MixSeed(config_.seed, kTaskSalt), client),

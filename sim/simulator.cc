@@ -318,8 +318,15 @@ Result<SimConfig> LoadSimConfig(const std::string& path, const std::vector<std::
   for (double speed : c.client_relative_speeds) {
     if (!(speed > 0)) return InvalidArgument("client_relative_speeds must be > 0");
   }
+  if (!c.client.ops.listen.empty()) {
+    return InvalidArgument(root.PathOf("client"),
+                           ".ops.listen: the simulator's virtual clients "
+                           "serve no ops endpoint (the in-process coordinator does: "
+                           "coordinator.ops.listen)");
+  }
   if (c.sessions == SessionMode::kPerRound && c.coordinator.privacy.enabled) {
-    return InvalidArgument(root.PathOf("sessions"), ": per_round does not combine with "
+    return InvalidArgument(root.PathOf("sessions"),
+                           ": per_round does not combine with "
                            "coordinator.privacy: its sampling rate is over every live client, and "
                            "per round only the checked-in clients are live (use persistent)");
   }
@@ -351,9 +358,10 @@ Status ValidatePlacement(const SimConfig& config, const Placement& placement, bo
     return InvalidArgument("workers connect to a coordinator; they do not listen");
   }
   if (config.sessions == SessionMode::kPerRound && (workers || placement.shards > 1)) {
-    return InvalidArgument("sessions: per_round runs in one process: the in-process coordinator "
-                           "tells the fleet when a round is over (use persistent with --workers "
-                           "or shards)");
+    return InvalidArgument(
+        "sessions: per_round runs in one process: the in-process coordinator "
+        "tells the fleet when a round is over (use persistent with --workers "
+        "or shards)");
   }
   if (!workers && placement.shards > 1 && placement.listen.empty()) {
     return InvalidArgument("shards > 1 needs a listen endpoint: the other shards could not reach "
@@ -413,13 +421,15 @@ Status RunSimulation(const SimConfig& config, const Placement& placement) {
       Fleet::Build(local, placement, LocalEndpoint(coordinator.endpoint()), assets, context,
                    clock, ResolveBatching(config, *assets, local_clients, /*workers=*/false),
                    /*on_all_introduced=*/{}));
-  const auto annotator = std::make_shared<SimAnnotator>(*fleet, VirtualElapsedSoFar(config.out_dir));
+  const auto annotator =
+      std::make_shared<SimAnnotator>(*fleet, VirtualElapsedSoFar(config.out_dir));
   coordinator.SetRoundAnnotator(
       [annotator](const server::RoundMetrics& m) { return (*annotator)(m); });
-  if (per_round) coordinator.SetRoundGate([f = fleet.get()](std::uint64_t round,
-                                                             const std::vector<std::string>& live) {
-    return f->RoundReady(round, live);
-  });
+  if (per_round)
+    coordinator.SetRoundGate(
+        [f = fleet.get()](std::uint64_t round, const std::vector<std::string>& live) {
+          return f->RoundReady(round, live);
+        });
   LogInfo("simulating ", fleet->size(),
           placement.shards > 1 ? StrCat(" of ", config.num_clients) : std::string(),
           " clients on one shared base model (", digest.substr(0, 12), "...), output in ",

@@ -1,6 +1,6 @@
 // corpus_cache.h — a corpus (text, or records of a record format) read and partitioned once, and
-// shared by every client of one process (the simulator's virtual clients), so that building N clients
-// costs O(corpus + N) instead of N reads of the corpus. Torch-free.
+// shared by every client of one process (the simulator's virtual clients), so that building N
+// clients costs O(corpus + N) instead of N reads of the corpus. Torch-free.
 #pragma once
 
 #include <cstddef>

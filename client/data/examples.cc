@@ -241,8 +241,8 @@ Result<std::shared_ptr<const PartitionedRecords>> LoadPartitionedRecords(const D
   return std::shared_ptr<const PartitionedRecords>(std::move(out));
 }
 
-Result<ClientExamples> LoadClientExamples(const DataConfig& config,
-                                          const TextTokenizer& tokenizer, CorpusCache* corpus) {
+Result<ClientExamples> LoadClientExamples(const DataConfig& config, const TextTokenizer& tokenizer,
+                                          CorpusCache* corpus) {
   FEDLORA_RETURN_IF_ERROR(ValidateRecordConfig(config));
   ClientExamples out;
   FEDLORA_ASSIGN_OR_RETURN(out.prompt_template, ResolvePromptTemplate(config));

@@ -160,7 +160,8 @@ std::string_view PartitionerName(Partitioner partitioner) {
     case Partitioner::kIid: return "iid";
     case Partitioner::kContiguous: return "contiguous";
     case Partitioner::kSpeaker: return "speaker";
-    case Partitioner::kSample: return "sample";
+    case Partitioner::kSample:
+      return "sample";
   }
   return "invalid";
 }
@@ -315,9 +316,9 @@ Result<ClientData> LoadClientData(const DataConfig& config, const TextTokenizer&
   const std::span<const std::string> paragraphs = text->paragraphs();
   const std::vector<std::size_t> mine = text->Share(config.partition_index);
   if (mine.empty()) {
-    return FailedPrecondition("partition ", config.partition_index, " of ",
-                              config.num_partitions, " (", config.partition, ") of '",
-                              config.path, "' is empty (", paragraphs.size(),
+    return FailedPrecondition("partition ", config.partition_index, " of ", config.num_partitions,
+                              " (", config.partition, ") of '", config.path, "' is empty (",
+                              paragraphs.size(),
                               " paragraphs in all; hint: use fewer partitions, or partition: "
                               "sample)");
   }

@@ -114,10 +114,11 @@ Result<DpSgdStats> TrainLoraDpSgd(const LlamaModel& model, LoraAdapter& adapter,
     stats.clipped += grads.clipped;
     if (picks.empty()) ++stats.empty_steps;
     if (options.progress) {
-      const double step_loss = grads.tokens > 0 ? grads.loss_sum / static_cast<double>(grads.tokens) : 0;
-      options.progress({step + 1, total_steps, step_loss, stats.train.tokens,
-                        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-                            .count()});
+      const double step_loss =
+          grads.tokens > 0 ? grads.loss_sum / static_cast<double>(grads.tokens) : 0;
+      options.progress(
+          {step + 1, total_steps, step_loss, stats.train.tokens,
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()});
     }
   }
   stats.train.loss =

@@ -37,7 +37,7 @@ struct DpSgdOptions {
   double sample_rate = 0;       // q in (0, 1]: each example's chance to join a step's batch.
   // Sampling and noise; nullopt: fresh from the operating system (what a deployment does).
   std::optional<crypto::Seed> seed;
-  ProgressFn progress;          // Called after every step (progress.h); may be empty.
+  ProgressFn progress;  // Called after every step (progress.h); may be empty.
 };
 
 struct DpSgdStats {

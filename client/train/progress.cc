@@ -33,7 +33,8 @@ std::string Duration(double seconds) {
 std::string ProgressLine(std::string_view label, const StepProgress& p) {
   const double rate = p.seconds > 0 ? static_cast<double>(p.tokens) / p.seconds : 0;
   const double per_step = p.step > 0 ? p.seconds / static_cast<double>(p.step) : NAN;
-  const double left = per_step * static_cast<double>(p.total_steps - std::min(p.step, p.total_steps));
+  const double left =
+      per_step * static_cast<double>(p.total_steps - std::min(p.step, p.total_steps));
   char numbers[160];
   std::snprintf(numbers, sizeof numbers, "step %llu/%llu, loss %.4f, %.0f tokens/s, ",
                 static_cast<unsigned long long>(p.step),
@@ -44,8 +45,8 @@ std::string ProgressLine(std::string_view label, const StepProgress& p) {
 
 void ProgressReporter::operator()(const StepProgress& p) {
   const bool last = p.step >= p.total_steps;
-  const double gap = terminal_ ? kTerminalRedrawSeconds
-                               : std::chrono::duration<double>(interval_).count();
+  const double gap =
+      terminal_ ? kTerminalRedrawSeconds : std::chrono::duration<double>(interval_).count();
   if (!last && last_shown_s_ >= 0 && p.seconds - last_shown_s_ < gap) return;
   if (!last && last_shown_s_ < 0 && !terminal_ && p.seconds < gap) return;  // Short runs: one line.
   last_shown_s_ = p.seconds;

@@ -14,11 +14,11 @@ namespace fedlora::client {
 
 // What a trainer knows after a step.
 struct StepProgress {
-  std::uint64_t step = 0;         // Steps done (1-based after the first).
+  std::uint64_t step = 0;  // Steps done (1-based after the first).
   std::uint64_t total_steps = 0;
-  double loss = 0;                // This step's mean token loss.
-  std::uint64_t tokens = 0;       // Predicted tokens so far.
-  double seconds = 0;             // Since training began.
+  double loss = 0;           // This step's mean token loss.
+  std::uint64_t tokens = 0;  // Predicted tokens so far.
+  double seconds = 0;        // Since training began.
 };
 using ProgressFn = std::function<void(const StepProgress&)>;
 
@@ -32,7 +32,10 @@ class ProgressReporter {
   using Sink = std::function<void(const std::string& line, bool overwrite, bool last)>;
 
   ProgressReporter(std::string label, bool terminal, std::chrono::milliseconds interval, Sink sink)
-      : label_(std::move(label)), terminal_(terminal), interval_(interval), sink_(std::move(sink)) {}
+      : label_(std::move(label)),
+        terminal_(terminal),
+        interval_(interval),
+        sink_(std::move(sink)) {}
 
   // Shows `p` if it is the last step, or on a terminal at most every 200 ms, or in logs every
   // `interval` (by p.seconds, the trainer's own clock).

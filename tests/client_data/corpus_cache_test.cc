@@ -100,7 +100,8 @@ TEST(CorpusCacheTest, RecordFormatsAreReadOncePerPartitioningToo) {
     std::ofstream file(path);
     for (int i = 0; i < 40; ++i) {
       file << R"({"instruction": "Say )" << i << R"(.", "output": "Once upon a time )" << i
-           << R"(."})" << "\n";
+           << R"(."})"
+           << "\n";
     }
   }
   const Tokenizer tok = std::move(Tokenizer::Load(TokenizerPath(), 512)).value();

@@ -24,13 +24,16 @@ ProgressReporter Recorder(bool terminal, std::vector<Shown>* shown) {
 }
 
 TEST(ProgressTest, ALineSaysStepLossThroughputAndTimeLeft) {
-  EXPECT_EQ(ProgressLine("client 'alice' round 3",
-                         {.step = 12, .total_steps = 30, .loss = 3.21, .tokens = 12000, .seconds = 6}),
-            "client 'alice' round 3: step 12/30, loss 3.2100, 2000 tokens/s, ETA 9 s");
-  EXPECT_THAT(ProgressLine("x", {.step = 1, .total_steps = 200, .loss = 4, .tokens = 10, .seconds = 30}),
-              HasSubstr("ETA 1 h 39 min"));
-  EXPECT_THAT(ProgressLine("x", {.step = 30, .total_steps = 30, .loss = 2, .tokens = 10, .seconds = 75}),
-              HasSubstr("done in 1 min 15 s"));
+  EXPECT_EQ(
+      ProgressLine("client 'alice' round 3",
+                   {.step = 12, .total_steps = 30, .loss = 3.21, .tokens = 12000, .seconds = 6}),
+      "client 'alice' round 3: step 12/30, loss 3.2100, 2000 tokens/s, ETA 9 s");
+  EXPECT_THAT(
+      ProgressLine("x", {.step = 1, .total_steps = 200, .loss = 4, .tokens = 10, .seconds = 30}),
+      HasSubstr("ETA 1 h 39 min"));
+  EXPECT_THAT(
+      ProgressLine("x", {.step = 30, .total_steps = 30, .loss = 2, .tokens = 10, .seconds = 75}),
+      HasSubstr("done in 1 min 15 s"));
 }
 
 // In logs: one line per 10 s of training, and always the last step's.
@@ -38,7 +41,10 @@ TEST(ProgressTest, LogLinesComeEveryIntervalAndAtTheEnd) {
   std::vector<Shown> shown;
   ProgressReporter reporter = Recorder(/*terminal=*/false, &shown);
   for (std::uint64_t step = 1; step <= 30; ++step) {
-    reporter({.step = step, .total_steps = 30, .loss = 3, .tokens = step * 100,
+    reporter({.step = step,
+              .total_steps = 30,
+              .loss = 3,
+              .tokens = step * 100,
               .seconds = static_cast<double>(step)});
   }
   ASSERT_EQ(shown.size(), 3u);  // At 10 s, 20 s, and step 30 (the last).
@@ -55,7 +61,10 @@ TEST(ProgressTest, ATerminalLineIsRedrawnAtMostFiveTimesASecond) {
   std::vector<Shown> shown;
   ProgressReporter reporter = Recorder(/*terminal=*/true, &shown);
   for (std::uint64_t step = 1; step <= 100; ++step) {
-    reporter({.step = step, .total_steps = 100, .loss = 3, .tokens = step,
+    reporter({.step = step,
+              .total_steps = 100,
+              .loss = 3,
+              .tokens = step,
               .seconds = static_cast<double>(step) * 0.01});  // 1 s in all.
   }
   EXPECT_GE(shown.size(), 5u);

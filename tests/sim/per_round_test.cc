@@ -31,15 +31,11 @@ class PerRoundSessionsTest : public ::testing::Test {
   static Result<SimConfig> Load(const std::string& name, const std::string& out,
                                 std::vector<std::string> extra) {
     std::vector<std::string> overrides = {
-        "log_level=warn",
-        "coordinator.train.local_steps=3",
-        "coordinator.train.batch_size=4",
-        "coordinator.train.seq_len=32",
-        "coordinator.eval.max_batches=1",
+        "log_level=warn", "coordinator.train.local_steps=3", "coordinator.train.batch_size=4",
+        "coordinator.train.seq_len=32", "coordinator.eval.max_batches=1",
         "coordinator.lora.targets=[q_proj,v_proj]",
         // One client at a time, so that two runs train exactly alike.
-        "batching.clients=1",
-        "batching.lanes=1"};
+        "batching.clients=1", "batching.lanes=1"};
     overrides.insert(overrides.end(), extra.begin(), extra.end());
     return LoadSimConfig(FEDLORA_SOURCE_DIR "/configs/sim/" + name, overrides, out);
   }
@@ -134,9 +130,8 @@ TEST_F(PerRoundSessionsTest, FedSaPrivateBRoundTripsAcrossSelectionsBitForBit) {
 // configs/sim/scale-100k.yaml, one round: 100,000 clients as records, 100 checked in among the
 // half the fleet has online, every one of them selected; reporters and fleet declines add up.
 TEST_F(PerRoundSessionsTest, TheHundredThousandClientConfigCompletesARound) {
-  const Result<SimConfig> config =
-      LoadSimConfig(FEDLORA_SOURCE_DIR "/configs/sim/scale-100k.yaml",
-                    {"coordinator.rounds=1", "log_level=warn"}, out_);
+  const Result<SimConfig> config = LoadSimConfig(FEDLORA_SOURCE_DIR "/configs/sim/scale-100k.yaml",
+                                                 {"coordinator.rounds=1", "log_level=warn"}, out_);
   ASSERT_TRUE(config.ok()) << config.status().ToString();
   EXPECT_EQ(config->num_clients, 100000u);
   EXPECT_EQ(config->sessions, SessionMode::kPerRound);
@@ -164,8 +159,9 @@ TEST_F(PerRoundSessionsTest, PerRoundSessionsAreRefusedWithCentralPrivacyAndWith
       << dp.status().message();
   const Result<SimConfig> c = Load("shakespeare-fedavg.yaml", out_, {"sessions=per_round"});
   ASSERT_TRUE(c.ok()) << c.status().ToString();
-  const Status shards = ValidatePlacement(*c, {.shard = 0, .shards = 2, .listen = "tcp://127.0.0.1:0"},
-                                          /*workers=*/false);
+  const Status shards =
+      ValidatePlacement(*c, {.shard = 0, .shards = 2, .listen = "tcp://127.0.0.1:0"},
+                        /*workers=*/false);
   EXPECT_FALSE(shards.ok());
   EXPECT_NE(shards.message().find("per_round"), std::string::npos) << shards.message();
   const Result<SimConfig> bad = Load("shakespeare-fedavg.yaml", out_, {"sessions=sometimes"});
