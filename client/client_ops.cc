@@ -6,7 +6,8 @@
 
 namespace fedlora::client {
 
-std::string ClientMetricsText(const std::string& name, const ClientSessionCounters& c) {
+std::string ClientMetricsText(const std::string& name, const ClientSessionCounters& c,
+                              const std::optional<TrainingProgressBoard::Entry>& training) {
   ops::PrometheusText t;
   const auto n = [](std::uint64_t v) { return static_cast<double>(v); };
   t.Gauge("fedlora_client_info", "This client (value 1).", 1, {{"name", name}});
@@ -33,10 +34,19 @@ std::string ClientMetricsText(const std::string& name, const ClientSessionCounte
   t.Counter("fedlora_client_sent_bytes_total", "Bytes sent.", n(c.bytes_out));
   t.Gauge("fedlora_client_train_loss", "Train loss of the last update sent (NaN: none yet).",
           c.last_train_loss.value_or(std::nan("")));
+  if (training) {
+    const StepProgress& p = training->step;
+    t.Gauge("fedlora_client_training_round", "Round of the latest training.", n(training->round));
+    t.Gauge("fedlora_client_training_step", "Steps done in the latest training.", n(p.step));
+    t.Gauge("fedlora_client_training_steps", "Steps the latest training takes.", n(p.total_steps));
+    t.Gauge("fedlora_client_training_tokens_per_second", "Throughput of the latest training.",
+            p.seconds > 0 ? static_cast<double>(p.tokens) / p.seconds : 0);
+  }
   return t.str();
 }
 
-std::string ClientStatusJson(const ClientConfig& config, const ClientSessionCounters& c) {
+std::string ClientStatusJson(const ClientConfig& config, const ClientSessionCounters& c,
+                             const std::optional<TrainingProgressBoard::Entry>& training) {
   nlohmann::json j;
   j["name"] = config.name;
   j["coordinator"] = config.coordinator;
@@ -50,16 +60,33 @@ std::string ClientStatusJson(const ClientConfig& config, const ClientSessionCoun
   j["tasks_failed"] = c.tasks_failed;
   j["tasks_refused"] = c.tasks_refused;
   j["evaluations"] = c.evaluations;
+  j["training"] = nullptr;
+  if (training) {
+    const StepProgress& p = training->step;
+    j["training"] = {
+        {"round", training->round},
+        {"step", p.step},
+        {"total_steps", p.total_steps},
+        {"loss", p.loss},
+        {"tokens_per_s", p.seconds > 0 ? static_cast<double>(p.tokens) / p.seconds : 0},
+        {"seconds", p.seconds}};
+  }
   return j.dump() + "\n";
 }
 
 Result<std::unique_ptr<ops::OpsServer>> StartClientOps(const ClientConfig& config,
-                                                       const ClientSession& session) {
-  ops::OpsServer::Handlers h;
-  h.metrics = [&session, name = config.name] {
-    return ClientMetricsText(name, session.counters());
+                                                       const ClientSession& session,
+                                                       const TrainingProgressBoard* board) {
+  const auto latest = [board] {
+    return board != nullptr ? board->Latest() : std::optional<TrainingProgressBoard::Entry>();
   };
-  h.status_json = [&session, config] { return ClientStatusJson(config, session.counters()); };
+  ops::OpsServer::Handlers h;
+  h.metrics = [&session, name = config.name, latest] {
+    return ClientMetricsText(name, session.counters(), latest());
+  };
+  h.status_json = [&session, config, latest] {
+    return ClientStatusJson(config, session.counters(), latest());
+  };
   h.health = [] { return OkStatus(); };
   h.ready = [&session, coordinator = config.coordinator] {
     return session.counters().connected

@@ -151,10 +151,16 @@ class LocalWorker final : public Worker {
     const std::unique_ptr<SequenceSource> source = data_->TrainSource(task.train.seq_len);
     // Progress for the data owner (a rewriting line on a terminal, else a log line every 10 s);
     // not for the simulator's virtual clients, whose coordinator reports for everyone.
-    const ProgressFn progress = config_.log_progress
-                                    ? ProgressReporter::ForThisProcess(
-                                          StrCat("client '", config_.name, "' round ", task.round))
-                                    : ProgressFn();
+    ProgressFn progress = config_.log_progress
+                              ? ProgressReporter::ForThisProcess(
+                                    StrCat("client '", config_.name, "' round ", task.round))
+                              : ProgressFn();
+    if (TrainingProgressBoard* board = options_.progress_board; board != nullptr) {
+      progress = [board, round = task.round, show = std::move(progress)](const StepProgress& p) {
+        board->Update(round, p);
+        if (show) show(p);
+      };
+    }
     TrainStats stats;
     wire::Metrics dp_metrics;
     if (private_trainer_) {

@@ -90,6 +90,8 @@ std::uint64_t ActivationBytesPerRow(const ModelAssets& assets, std::uint32_t seq
 class ClientDataset;
 // Text corpora read and partitioned once for many clients (client/data/corpus_cache.h).
 class CorpusCache;
+// The training step in progress, for an ops endpoint (client/train/progress.h).
+class TrainingProgressBoard;
 
 // Loads, partitions and tokenizes `config.data` for the client `config.name` (as MakeLocalWorker
 // does); with `corpus`, through that cache. Errors name the data file and the client.
@@ -111,6 +113,9 @@ struct LocalWorkerOptions {
   // by MakeLocalWorker (through `corpus` when set, which must outlive the call).
   std::shared_ptr<const ClientDataset> dataset;
   CorpusCache* corpus = nullptr;
+  // When set, every training step is posted here (the client's ops endpoint shows it); must
+  // outlive the worker.
+  TrainingProgressBoard* progress_board = nullptr;
 };
 
 // Builds a worker for `config` (its name, data and capabilities) on top of shared `assets`.

@@ -28,6 +28,7 @@
 #include "client/local_worker.h"
 #include "client/session.h"
 #include "client/tools.h"
+#include "client/train/progress.h"
 #include "client/transport_security.h"
 #include "common/clock.h"
 #include "common/log.h"
@@ -150,7 +151,9 @@ int Main(int argc, char** argv) {
     std::cout << client::BaseModelDigest(**assets) << "\n";
     return 0;
   }
-  Result<std::unique_ptr<client::Worker>> worker = client::MakeLocalWorker(*config, *assets);
+  client::TrainingProgressBoard progress_board;  // The ops endpoint shows the training step.
+  Result<std::unique_ptr<client::Worker>> worker =
+      client::MakeLocalWorker(*config, *assets, {.progress_board = &progress_board});
   if (!worker.ok()) {
     std::cerr << "fedlora-client: " << worker.status().ToString() << "\n";
     return 1;
@@ -161,7 +164,8 @@ int Main(int argc, char** argv) {
   client::ClientSession session(*config, **worker, context, clock);
   std::unique_ptr<ops::OpsServer> ops_endpoint;
   if (!config->ops.listen.empty()) {
-    Result<std::unique_ptr<ops::OpsServer>> started = client::StartClientOps(*config, session);
+    Result<std::unique_ptr<ops::OpsServer>> started =
+        client::StartClientOps(*config, session, &progress_board);
     if (!started.ok()) {
       std::cerr << "fedlora-client: " << started.status().ToString() << "\n";
       return 1;

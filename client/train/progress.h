@@ -7,6 +7,8 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -24,6 +26,28 @@ using ProgressFn = std::function<void(const StepProgress&)>;
 
 // "client 'alice' round 3: step 12/30, loss 3.2100, 1234 tokens/s, ETA 8 s".
 std::string ProgressLine(std::string_view label, const StepProgress& p);
+
+// The latest step of the training in progress (or just finished), for a client's /status and
+// /metrics. Thread-safe: the trainer writes it, the ops endpoint reads it.
+class TrainingProgressBoard {
+ public:
+  struct Entry {
+    std::uint64_t round = 0;
+    StepProgress step;
+  };
+  void Update(std::uint64_t round, const StepProgress& p) {
+    std::lock_guard<std::mutex> lock(mu_);
+    entry_ = Entry{round, p};
+  }
+  std::optional<Entry> Latest() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return entry_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::optional<Entry> entry_;
+};
 
 class ProgressReporter {
  public:

@@ -7,6 +7,8 @@
 #include <httplib.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
@@ -109,6 +111,7 @@ class OpsServer::Impl {
  public:
   std::unique_ptr<httplib::Server> server;
   std::thread thread;
+  std::atomic<bool> serving_done{false};  // listen_after_bind returned.
   int port = 0;
   std::string url;
   std::string token;
@@ -117,7 +120,14 @@ class OpsServer::Impl {
 OpsServer::OpsServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 OpsServer::~OpsServer() {
-  if (impl_->server) impl_->server->stop();
+  if (impl_->server && impl_->thread.joinable()) {
+    // cpp-httplib's stop() does nothing until the listening loop has begun (is_running), so a
+    // server destroyed right after Start would serve forever: wait for the loop (or its end).
+    while (!impl_->server->is_running() && !impl_->serving_done.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    impl_->server->stop();
+  }
   if (impl_->thread.joinable()) impl_->thread.join();
 }
 
@@ -208,7 +218,10 @@ Result<std::unique_ptr<OpsServer>> OpsServer::Start(const OpsConfig& config, con
   const bool v6 = where.host.find(':') != std::string::npos;
   impl->url = StrCat(tls ? "https://" : "http://", v6 ? "[" : "", where.host, v6 ? "]" : "", ":",
                      impl->port);
-  impl->thread = std::thread([&server] { server.listen_after_bind(); });
+  impl->thread = std::thread([&server, done = &impl->serving_done] {
+    server.listen_after_bind();
+    done->store(true);
+  });
   LogInfo(who, " ops endpoint on ", impl->url, " (/metrics, /status, /healthz, /readyz)",
           impl->token.empty() ? "" : "; bearer token required for /metrics and /status");
   if (!loopback) {

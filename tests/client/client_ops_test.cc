@@ -75,6 +75,28 @@ TEST_F(ClientOpsTest, MetricsAndStatusCountWhatTheSessionDid) {
   EXPECT_EQ(http.Get("/readyz")->status, 503);
 }
 
+// The training step the worker posts shows in /status and /metrics.
+TEST_F(ClientOpsTest, TheTrainingStepShowsInStatusAndMetrics) {
+  FakeWorker alice("alice", kDigest);
+  ClientSession session(client_, alice, context_, system_clock_);
+  TrainingProgressBoard board;
+  Result<std::unique_ptr<ops::OpsServer>> endpoint = StartClientOps(client_, session, &board);
+  ASSERT_TRUE(endpoint.ok()) << endpoint.status().ToString();
+  httplib::Client http((*endpoint)->url());
+  EXPECT_TRUE(nlohmann::json::parse(http.Get("/status")->body)["training"].is_null());
+  board.Update(3, {.step = 12, .total_steps = 30, .loss = 3.2, .tokens = 12000, .seconds = 6});
+  const nlohmann::json training = nlohmann::json::parse(http.Get("/status")->body)["training"];
+  EXPECT_EQ(training["round"], 3);
+  EXPECT_EQ(training["step"], 12);
+  EXPECT_EQ(training["total_steps"], 30);
+  EXPECT_DOUBLE_EQ(training["tokens_per_s"].get<double>(), 2000.0);
+  const Result<std::map<std::string, double>> m =
+      fedlora::testing::ParsePrometheusText(http.Get("/metrics")->body);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(m->at("fedlora_client_training_step{}"), 12);
+  EXPECT_EQ(m->at("fedlora_client_training_steps{}"), 30);
+}
+
 TEST_F(ClientOpsTest, AClientEndpointOnAPublicAddressIsRefused) {
   FakeWorker alice("alice", kDigest);
   ClientSession session(client_, alice, context_, system_clock_);

@@ -11,6 +11,7 @@
 
 #include "client/data/text_dataset.h"
 #include "client/model/tokenizer.h"
+#include "client/train/progress.h"
 #include "tests/client_ml/ml_test_util.h"
 #include "tests/testing/tensor_compare.h"
 
@@ -118,6 +119,23 @@ TEST(LocalWorkerTest, TrainReturnsAnUpdateWithMetricsAndFactorsInTheUploadDtype)
   const Tensor& b = update->tensors.at("model.layers.4.mlp.down_proj.lora_B.weight");
   EXPECT_EQ(b.dtype, DType::kBF16);
   EXPECT_EQ(b.shape, (std::vector<std::int64_t>{64, 4}));
+}
+
+// The data owner's ops endpoint reads the training step from the board the worker posts to.
+TEST(LocalWorkerTest, EveryTrainingStepIsPostedToTheProgressBoard) {
+  TrainingProgressBoard board;
+  Result<std::unique_ptr<Worker>> worker =
+      MakeLocalWorker(WorkerConfig("erin"), SharedAssets(), {.progress_board = &board});
+  ASSERT_TRUE(worker.ok()) << worker.status().ToString();
+  EXPECT_FALSE(board.Latest().has_value());
+  ASSERT_TRUE((*worker)->Train(WorkerTask(5, /*steps=*/6), {}).ok());
+  const std::optional<TrainingProgressBoard::Entry> latest = board.Latest();
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(latest->round, 5u);
+  EXPECT_EQ(latest->step.step, 6u);
+  EXPECT_EQ(latest->step.total_steps, 6u);
+  EXPECT_GT(latest->step.tokens, 0u);
+  EXPECT_GT(latest->step.loss, 0.0);
 }
 
 TEST(LocalWorkerTest, TrainingFromTheReturnedAdapterLowersTheHeldoutLoss) {

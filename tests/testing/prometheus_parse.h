@@ -3,6 +3,9 @@
 // the format.
 #pragma once
 
+#include <unistd.h>
+
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -18,8 +21,9 @@ namespace fedlora::testing {
 // Every sample of `text` as "name{label="value",...}" (labels sorted; "{}" without) -> value.
 // Errors: the parser's message (a malformed exposition) or python3 missing.
 inline Result<std::map<std::string, double>> ParsePrometheusText(const std::string& text) {
+  static std::atomic<int> calls{0};  // A file of its own per call and process.
   const std::string path = ::testing::TempDir() + "/prometheus_parse_" +
-                           std::to_string(std::hash<std::string>{}(text)) + ".txt";
+                           std::to_string(::getpid()) + "_" + std::to_string(++calls) + ".txt";
   std::ofstream(path, std::ios::binary) << text;
   // Debian's python3-prometheus-client belongs to the system interpreter.
   const char* python = std::filesystem::exists("/usr/bin/python3") ? "/usr/bin/python3" : "python3";

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <filesystem>
@@ -24,7 +25,7 @@ OpsServer::Handlers Fixed(std::atomic<bool>* ready) {
 }
 
 std::string WriteToken(const std::string& name, const std::string& token, mode_t mode) {
-  const std::string path = ::testing::TempDir() + "/" + name;
+  const std::string path = ::testing::TempDir() + "/" + name + "_" + std::to_string(::getpid());
   std::ofstream(path) << token << "\n";
   ::chmod(path.c_str(), mode);
   return path;
