@@ -22,7 +22,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   # tests: the Prometheus text parser the ops endpoint is checked against, systemd-analyze for
   # the units, a browser for the HTML report
-  python3-prometheus-client systemd chromium
+  python3-prometheus-client systemd chromium fonts-liberation
   # tokenizers (regex pre-tokenizers, Unicode normalisation, SentencePiece models) and gzip data
   libpcre2-dev libutf8proc-dev libsentencepiece-dev zlib1g-dev
 )
