@@ -15,6 +15,7 @@
 
 #include "common/fs.h"
 #include "common/log.h"
+#include "common/net/endpoint.h"
 
 namespace fedlora::ops {
 
@@ -77,34 +78,23 @@ Status ParseOpsConfig(const config::ConfigSection& section, OpsConfig* out) {
 }
 
 Result<HostPort> ParseListen(const std::string& listen) {
-  HostPort hp;
-  std::string port;
-  if (!listen.empty() && listen.front() == '[') {
-    const std::size_t close = listen.find(']');
-    if (close == std::string::npos || close + 1 >= listen.size() || listen[close + 1] != ':') {
-      return InvalidArgument("ops.listen '", listen, "' is not [IPv6]:port");
-    }
-    hp.host = listen.substr(1, close - 1);
-    port = listen.substr(close + 2);
-  } else {
-    const std::size_t colon = listen.rfind(':');
-    if (colon == std::string::npos || colon == 0) {
-      return InvalidArgument("ops.listen '", listen, "' is not host:port (e.g. 127.0.0.1:9464)");
-    }
-    hp.host = listen.substr(0, colon);
-    port = listen.substr(colon + 1);
+  // The same "host:port" / "[v6]:port" grammar as a ZeroMQ tcp:// endpoint (common/net).
+  const std::optional<net::TcpAddress> address = net::ParseTcpEndpoint(StrCat("tcp://", listen));
+  if (!address || address->host.empty()) {
+    return InvalidArgument("ops.listen '", listen,
+                           "' is not host:port or [IPv6]:port (e.g. 127.0.0.1:9464)");
   }
   char* end = nullptr;
-  const long value = std::strtol(port.c_str(), &end, 10);
-  if (port.empty() || *end != '\0' || value < 0 || value > 65535) {
-    return InvalidArgument("ops.listen '", listen, "': port '", port, "' is not 0-65535");
+  const long port = std::strtol(address->port.c_str(), &end, 10);
+  if (*end != '\0' || port < 0 || port > 65535) {
+    return InvalidArgument("ops.listen '", listen, "': port '", address->port, "' is not 0-65535");
   }
-  hp.port = static_cast<int>(value);
-  return hp;
+  return HostPort{address->host, static_cast<int>(port)};
 }
 
 bool IsLoopbackHost(const std::string& host) {
-  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+  const bool v6 = host.find(':') != std::string::npos;
+  return net::IsLocalEndpoint(StrCat("tcp://", v6 ? "[" : "", host, v6 ? "]" : "", ":0"));
 }
 
 class OpsServer::Impl {

@@ -37,7 +37,7 @@ struct HostPort {
   int port = 0;
 };
 Result<HostPort> ParseListen(const std::string& listen);
-// 127.0.0.0/8, ::1 and "localhost".
+// 127.0.0.0/8, ::1 and "localhost" (literal addresses only, as net::IsLocalEndpoint).
 bool IsLoopbackHost(const std::string& host);
 
 class OpsServer {

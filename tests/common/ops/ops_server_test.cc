@@ -134,6 +134,7 @@ TEST(OpsServerTest, ListenAddressesParse) {
   EXPECT_TRUE(IsLoopbackHost("localhost"));
   EXPECT_FALSE(IsLoopbackHost("0.0.0.0"));
   EXPECT_FALSE(IsLoopbackHost("10.0.0.5"));
+  EXPECT_FALSE(IsLoopbackHost("127.0.0.1.example.com"));  // A name, resolvable anywhere.
 }
 
 }  // namespace
